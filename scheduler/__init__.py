@@ -1,0 +1,1 @@
+"""titus-scheduler: the bundled control plane (job API, placement, persistent state)."""

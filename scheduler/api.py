@@ -1,0 +1,209 @@
+"""The scheduler's REST API (JSON over HTTP). The OpenAPI document is `scheduler/openapi.py`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from scheduler.core import Conflict, NotFound, Scheduler
+from scheduler.openapi import openapi_document
+from scheduler.records import JobRecord, JobState, TaskRecord
+from titus_common.jobspec import SpecError, parse_job_spec
+from titus_common.protocol import SyncRequest, UpdatesRequest, UpdatesResponse
+from titus_common.states import TaskState
+
+log = logging.getLogger("titus.scheduler.api")
+
+SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)
+M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E", TaskState, JobState)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.problems = problems or []
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.json_response(doc, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        body: dict[str, Any] = {"message": e.message}
+        if e.problems:
+            body["problems"] = [{"field": f, "message": m} for f, m in e.problems]
+        return _json({"error": body}, status=e.status)
+    except NotFound as e:
+        return _json({"error": {"message": str(e)}}, status=404)
+    except Conflict as e:
+        return _json({"error": {"message": str(e)}}, status=409)
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"malformed JSON: {e}") from None
+
+
+def _parse(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = [
+            (".".join(str(p) for p in err["loc"]), err["msg"]) for err in e.errors(include_url=False)
+        ]
+        raise ApiError(400, "invalid request", problems) from None
+
+
+def job_view(s: Scheduler, job: JobRecord) -> dict[str, Any]:
+    doc = job.to_api()
+    tasks = s.job_tasks(job.id)
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.state.value] = counts.get(t.state.value, 0) + 1
+    doc["taskCounts"] = counts
+    doc["crashLooping"] = s.crash_looping(job)
+    return doc
+
+
+def task_view(task: TaskRecord) -> dict[str, Any]:
+    return task.to_api()
+
+
+def _query_state(request: web.Request, enum: type[E]) -> E | None:
+    value = request.query.get("state")
+    if value is None:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        raise ApiError(400, f"unknown state {value!r}; one of {', '.join(e.value for e in enum)}") from None
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    data = await _body(request)
+    if isinstance(data, dict) and "Idempotency-Key" in request.headers:
+        data.setdefault("idempotencyKey", request.headers["Idempotency-Key"])
+    try:
+        spec = parse_job_spec(data)
+    except SpecError as e:
+        raise ApiError(400, "invalid job", e.problems) from None
+    job, created = s.submit(spec)
+    return _json(job_view(s, job), status=201 if created else 200)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    state = _query_state(request, JobState)
+    jobs = [j for j in s.jobs.values() if state is None or j.state is state]
+    return _json({"jobs": [job_view(s, j) for j in sorted(jobs, key=lambda j: j.created_at)]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    return _json(job_view(s, s.job(request.match_info["job_id"])))
+
+
+async def kill_job(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    return _json(job_view(s, s.kill_job(request.match_info["job_id"])), status=202)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    state = _query_state(request, TaskState)
+    job_id = request.query.get("jobId")
+    node_id = request.query.get("nodeId")
+    if job_id is not None:
+        s.job(job_id)  # 404 for a job that does not exist, not an empty list
+    tasks = [
+        t
+        for t in s.tasks.values()
+        if (state is None or t.state is state)
+        and (job_id is None or t.job_id == job_id)
+        and (node_id is None or t.node_id == node_id)
+    ]
+    tasks.sort(key=lambda t: t.timestamps.get(TaskState.ACCEPTED.value, 0.0))
+    return _json({"tasks": [task_view(t) for t in tasks]})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    return _json(task_view(s.task(request.match_info["task_id"])))
+
+
+async def kill_task(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    return _json(task_view(s.kill_task(request.match_info["task_id"])), status=202)
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    return _json({"nodes": [n.to_api() for n in sorted(s.nodes.values(), key=lambda n: n.id)]})
+
+
+async def node_sync(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    req = _parse(SyncRequest, await _body(request))
+    if req.node.id != request.match_info["node_id"]:
+        raise ApiError(400, "node.id does not match the URL")
+    resp = await s.sync(req.node, req.wait_seconds)
+    return _json(resp.model_dump(mode="json", by_alias=True))
+
+
+async def node_updates(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    req = _parse(UpdatesRequest, await _body(request))
+    accepted = s.apply_updates(request.match_info["node_id"], req.updates)
+    return _json(UpdatesResponse(accepted=accepted).model_dump(mode="json", by_alias=True))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    resp = web.Response(body=generate_latest(s.metrics.registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"ok": True})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document())
+
+
+def make_app(scheduler: Scheduler) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
+    app[SCHEDULER_KEY] = scheduler
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/v1/jobs", submit_job)
+    app.router.add_get("/v1/jobs", list_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", get_job)
+    app.router.add_post("/v1/jobs/{job_id}/kill", kill_job)
+    app.router.add_get("/v1/tasks", list_tasks)
+    app.router.add_get("/v1/tasks/{task_id}", get_task)
+    app.router.add_post("/v1/tasks/{task_id}/kill", kill_task)
+    app.router.add_get("/v1/nodes", list_nodes)
+    app.router.add_post("/v1/nodes/{node_id}/sync", node_sync)
+    app.router.add_post("/v1/nodes/{node_id}/updates", node_updates)
+    return app

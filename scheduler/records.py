@@ -1,0 +1,89 @@
+"""What the scheduler stores: jobs, tasks and nodes, as typed records serialised to JSON."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from titus_common.jobspec import JobSpec
+from titus_common.states import FinishReason, TaskState
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    def to_api(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class JobState(str, enum.Enum):
+    ACCEPTED = "Accepted"
+    KILL_INITIATED = "KillInitiated"
+    FINISHED = "Finished"
+
+
+class JobRecord(_Record):
+    id: str
+    spec: JobSpec
+    state: JobState = JobState.ACCEPTED
+    created_at: float
+    finished_at: float | None = None
+    # Batch: the final outcome of each task index ("0" → "normal"), filled as indexes complete.
+    index_results: dict[str, FinishReason] = Field(default_factory=dict)
+    # Tasks created so far (the next task's sequence number).
+    tasks_created: int = 0
+
+
+class TaskRecord(_Record):
+    id: str
+    job_id: str
+    index: int
+    state: TaskState = TaskState.ACCEPTED
+    reason: FinishReason | None = None
+    message: str = ""
+    exit_code: int | None = None
+    node_id: str | None = None
+    container_id: str | None = None
+    # When the task entered each state (state name → epoch seconds).
+    timestamps: dict[str, float] = Field(default_factory=dict)
+    # A replacement may wait (retry delay, crash back-off) before it is placed.
+    not_before: float = 0.0
+    retries_used: int = 0  # user retries consumed by this index so far
+    system_retries: int = 0  # replacements after crashed/lost (never count against retries)
+    consecutive_crashes: int = 0  # system errors in a row on this index: the crash-loop signal
+    consecutive_failures: int = 0  # user failures in a row (service jobs back off on these)
+    kill_requested: bool = False
+    replaced_by: str | None = None
+
+    def enter(self, state: TaskState, at: float) -> None:
+        self.state = state
+        self.timestamps.setdefault(state.value, at)
+
+
+class NodeStatus(str, enum.Enum):
+    READY = "Ready"
+    DISCONNECTED = "Disconnected"  # missed heartbeats: no new work, its tasks still count as running
+    LOST = "Lost"  # gone long enough that its tasks were declared lost
+
+
+class Capacity(_Record):
+    cpus: float = Field(gt=0)
+    memory_mib: int = Field(alias="memoryMiB", gt=0)
+    disk_mib: int = Field(alias="diskMiB", gt=0)
+
+
+class NodeRecord(_Record):
+    id: str
+    capacity: Capacity
+    labels: dict[str, str] = Field(default_factory=dict)
+    status: NodeStatus = NodeStatus.READY
+    registered_at: float
+    last_heartbeat: float
+    agent_version: str = ""
+    # Containers the agent found that neither its checkpoint nor the scheduler knows: reported, not killed.
+    unknown_containers: list[str] = Field(default_factory=list)
+    # Tasks the scheduler believes run there but the agent did not report (a mismatch to look at).
+    missing_tasks: list[str] = Field(default_factory=list)

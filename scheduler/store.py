@@ -1,0 +1,151 @@
+"""Persistent state of the scheduler.
+
+The in-memory model in `core.Scheduler` is the working copy; every change is committed here first,
+in one transaction per API call or agent report, so a crash never leaves half a job behind.
+
+On start, every record must load. One that does not is an error that stops the scheduler: starting
+with partial state would make reconciliation "fix" the missing part by killing or re-running tasks —
+the mass-kill pattern of the talk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from scheduler.records import JobRecord, NodeRecord, TaskRecord
+
+
+class StoreCorrupt(RuntimeError):
+    """A stored record cannot be read; the message names the table, the id and what is wrong."""
+
+
+@dataclass
+class Snapshot:
+    jobs: list[JobRecord] = field(default_factory=list)
+    tasks: list[TaskRecord] = field(default_factory=list)
+    nodes: list[NodeRecord] = field(default_factory=list)
+
+
+class Store(Protocol):
+    def load(self) -> Snapshot: ...
+
+    def commit(
+        self,
+        jobs: Iterable[JobRecord] = (),
+        tasks: Iterable[TaskRecord] = (),
+        nodes: Iterable[NodeRecord] = (),
+    ) -> None:
+        """Write all records in one transaction: all land or none."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, doc TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, state TEXT NOT NULL, doc TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX tasks_job ON tasks (job_id)")
+    db.execute("CREATE TABLE nodes (id TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+
+
+# Explicit, append-only migrations: MIGRATIONS[i] takes the schema from version i to i + 1.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SQLiteStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; a power cut may lose the last
+        # transactions but never corrupts the database.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreCorrupt(
+                f"{self.path}: schema version {version} is newer than this scheduler understands "
+                f"({SCHEMA_VERSION}); run the newer release or restore a backup"
+            )
+        for target in range(version, SCHEMA_VERSION):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                MIGRATIONS[target](self._db)
+                self._db.execute(f"PRAGMA user_version={target + 1}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def load(self) -> Snapshot:
+        snap = Snapshot()
+        for table, model, out in (
+            ("jobs", JobRecord, snap.jobs),
+            ("tasks", TaskRecord, snap.tasks),
+            ("nodes", NodeRecord, snap.nodes),
+        ):
+            for row_id, doc in self._db.execute(f"SELECT id, doc FROM {table} ORDER BY rowid"):
+                try:
+                    record = model.model_validate_json(doc)
+                except ValidationError as e:
+                    raise StoreCorrupt(
+                        f"{self.path}: {table} record {row_id!r} cannot be read: "
+                        f"{e.errors(include_url=False)[0]['msg']} at "
+                        f"{'.'.join(str(p) for p in e.errors()[0]['loc']) or 'top level'}. "
+                        "Refusing to start with partial state; restore a backup or repair the record."
+                    ) from None
+                if record.id != row_id:
+                    raise StoreCorrupt(f"{self.path}: {table} row {row_id!r} holds a record for {record.id!r}")
+                out.append(record)  # type: ignore[arg-type]
+        job_ids = {j.id for j in snap.jobs}
+        for t in snap.tasks:
+            if t.job_id not in job_ids:
+                raise StoreCorrupt(f"{self.path}: task {t.id!r} belongs to job {t.job_id!r}, which is missing")
+        return snap
+
+    def commit(
+        self,
+        jobs: Iterable[JobRecord] = (),
+        tasks: Iterable[TaskRecord] = (),
+        nodes: Iterable[NodeRecord] = (),
+    ) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for j in jobs:
+                db.execute(
+                    "INSERT INTO jobs (id, idempotency_key, doc) VALUES (?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+                    (j.id, j.spec.idempotency_key, j.model_dump_json()),
+                )
+            for t in tasks:
+                db.execute(
+                    "INSERT INTO tasks (id, job_id, state, doc) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET state = excluded.state, doc = excluded.doc",
+                    (t.id, t.job_id, t.state.value, t.model_dump_json()),
+                )
+            for n in nodes:
+                db.execute(
+                    "INSERT INTO nodes (id, doc) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+                    (n.id, n.model_dump_json()),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,75 @@
+"""Messages between agent and scheduler. The agent always initiates (the scheduler never reaches into
+hosts): a long-poll `sync` that is also the heartbeat and delivers work, and `updates` that report
+task transitions as they happen."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from titus_common.jobspec import ContainerSpec
+from titus_common.states import FinishReason, TaskState
+
+MAX_WAIT_SECONDS = 30.0
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class CapacityReport(_Msg):
+    cpus: Annotated[float, Field(gt=0, le=4096)]
+    memory_mib: Annotated[int, Field(alias="memoryMiB", gt=0)]
+    disk_mib: Annotated[int, Field(alias="diskMiB", gt=0)]
+
+
+class NodeReport(_Msg):
+    id: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    capacity: CapacityReport
+    labels: dict[str, str] = Field(default_factory=dict)
+    agent_version: str = ""
+    running: list[str] = Field(default_factory=list)  # task ids the agent holds (any non-final state)
+    unknown_containers: list[str] = Field(default_factory=list)
+
+
+class SyncRequest(_Msg):
+    node: NodeReport
+    wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)] = 0.0
+
+
+class TaskAssignment(_Msg):
+    task_id: str
+    job_id: str
+    index: int
+    container: ContainerSpec
+    runtime_limit_seconds: float | None = None
+    accepted_at: float
+
+
+class SyncResponse(_Msg):
+    launch: list[TaskAssignment] = Field(default_factory=list)
+    kill: list[str] = Field(default_factory=list)
+    heartbeat_interval_seconds: float = 5.0
+
+
+class TaskUpdate(_Msg):
+    task_id: str
+    state: TaskState
+    # When the task entered each state it went through on this agent.
+    timestamps: dict[TaskState, float]
+    reason: FinishReason | None = None
+    message: str = ""
+    exit_code: int | None = None
+    container_id: str | None = None
+
+
+class UpdatesRequest(_Msg):
+    updates: Annotated[list[TaskUpdate], Field(max_length=10_000)]
+
+
+class UpdatesResponse(_Msg):
+    # Every update the scheduler has durably taken (applied, or recognised as stale): the agent may
+    # forget these. Anything not listed is sent again.
+    accepted: list[str]
