@@ -220,7 +220,21 @@ class Scheduler:
             and t.id not in running
         )
         self.nodes[node.id] = node
-        self.store.commit(nodes=[node])
+        # A kill already sent for a task the agent does not hold: nothing is left to kill.
+        gone = [
+            t
+            for t in self.tasks.values()
+            if t.node_id == node.id
+            and t.state is TaskState.KILL_INITIATED
+            and t.id in self._delivered_at
+            and t.id not in running
+        ]
+        new_tasks: list[TaskRecord] = []
+        for t in gone:
+            self._finish(t, FinishReason.KILLED, "killed (the host no longer held it)", now)
+            new_tasks.extend(self._after_finish(t, self.jobs[t.job_id]))
+        self.store.commit(nodes=[node], tasks=[*gone, *new_tasks], jobs={self.jobs[t.job_id].id: self.jobs[t.job_id] for t in gone}.values())
+        self._remember(new_tasks)
         self._schedule_wanted.set()
         return node
 

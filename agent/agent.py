@@ -1,0 +1,252 @@
+"""The agent: recovers what it ran, takes work from the scheduler, runs each task through its
+TaskRunner, reports transitions, and keeps its view in step with the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+
+import psutil
+
+from agent import __version__
+from agent.checkpoint import CheckpointStore, TaskCheckpoint
+from agent.config import AgentConfig
+from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
+from agent.metrics import AgentMetrics
+from agent.pipeline import Pipeline
+from agent.runner import TaskRunner
+from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
+from agent.steps.container import ContainerStep
+from agent.steps.image import ImageStep
+from agent.watcher import ContainerWatcher
+from titus_common.protocol import CapacityReport, NodeReport, TaskAssignment
+from titus_common.states import TaskState
+
+log = logging.getLogger("titus.agent")
+
+RECONCILE_EVERY = 30.0
+
+
+def default_pipeline(config: AgentConfig, metrics: AgentMetrics) -> Pipeline:
+    # The order is the launch order. Network, cpuset, credentials and security steps go between
+    # the image and the container as they are built (each a module under agent/steps/).
+    return Pipeline([ImageStep(always_pull=config.always_pull), ContainerStep()], metrics)
+
+
+def host_capacity(config: AgentConfig) -> CapacityReport:
+    cpus = config.cpus or float(psutil.cpu_count(logical=True) or 1)
+    memory = config.memory_mib or psutil.virtual_memory().total // (1024 * 1024)
+    disk_root = config.docker_root if config.docker_root.exists() else config.state_dir
+    disk = config.disk_mib or shutil.disk_usage(disk_root).total // (1024 * 1024)
+    return CapacityReport(cpus=cpus, memory_mib=max(1, memory), disk_mib=max(1, disk))
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        docker: Docker,
+        client: SchedulerClient,
+        metrics: AgentMetrics,
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        self.config = config
+        self.docker = docker
+        self.client = client
+        self.metrics = metrics
+        self.pipeline = pipeline or default_pipeline(config, metrics)
+        self.store = CheckpointStore(config.state_dir)
+        self.capacity = host_capacity(config)
+        self.runners: dict[str, TaskRunner] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self.unknown_containers: list[str] = []
+        self.last_sync_ok: float | None = None
+        self._report_wanted = asyncio.Event()
+        self._reconcile_wanted = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._watcher: ContainerWatcher | None = None
+        metrics.bind(lambda: [r.record.state for r in self.runners.values()], lambda: len(self.unknown_containers))
+
+    # ---- start and stop ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        records = self.store.load_all()  # CheckpointCorrupt stops the agent: never guess
+        containers = await self._list_containers_patiently()
+        present = {c["Labels"].get(LABEL_TASK): c for c in containers}
+        for record in records:
+            self._add_runner(record)
+            if record.state is TaskState.STARTED and record.task_id in present:
+                self.metrics.adopted.inc()
+                log.info("re-adopting running task", extra={"task_id": record.task_id, "job_id": record.job_id})
+        self._note_unknown(containers)
+        loop = asyncio.get_running_loop()
+        self._watcher = ContainerWatcher(
+            self.docker, self.config.node_id, loop, self._on_container_event, self._reconcile_wanted.set
+        )
+        self._watcher.start()
+        self._loops = [
+            asyncio.create_task(self._sync_loop(), name="sync"),
+            asyncio.create_task(self._report_loop(), name="report"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+        ]
+        self._report_wanted.set()
+        log.info(
+            "agent %s up: %d tasks recovered, %d unknown containers",
+            self.config.node_id, len(records), len(self.unknown_containers),
+        )
+
+    async def _list_containers_patiently(self) -> list[dict[str, object]]:
+        """At start the agent must know what runs before it acts; wait for the engine if it is down."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.docker.list_labelled(self.config.node_id)
+            except (DockerUnavailable, DockerError) as e:
+                log.warning("Docker engine not answering at start (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+
+    async def stop(self) -> None:
+        """Stop the agent, not the tasks: containers keep running and are re-adopted at next start."""
+        if self._watcher is not None:
+            self._watcher.stop()
+        for t in [*self._loops, *self._running.values()]:
+            t.cancel()
+        for t in [*self._loops, *self._running.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.client.close()
+
+    # ---- tasks -------------------------------------------------------------------------------
+
+    def _add_runner(self, record: TaskCheckpoint) -> TaskRunner:
+        runner = TaskRunner(
+            record, self.pipeline, self.docker, self.store, self.config.node_id, self.metrics, self._on_change
+        )
+        self.runners[record.task_id] = runner
+        self._running[record.task_id] = asyncio.create_task(runner.run(), name=f"task-{record.task_id}")
+        return runner
+
+    def accept(self, assignment: TaskAssignment) -> None:
+        if assignment.task_id in self.runners:
+            return  # a redelivery: the task is already ours
+        self.metrics.launches.inc()
+        record = TaskCheckpoint(
+            assignment=assignment, state=TaskState.LAUNCHED, timestamps={TaskState.LAUNCHED: time.time()}
+        )
+        self.store.save(record)
+        log.info("task received", extra={"task_id": assignment.task_id, "job_id": assignment.job_id})
+        self._add_runner(record)
+
+    def kill(self, task_id: str) -> None:
+        runner = self.runners.get(task_id)
+        if runner is not None:
+            runner.request_kill()
+            return
+        log.warning("kill for a task this agent does not hold: %s", task_id, extra={"task_id": task_id})
+
+    def _on_change(self, record: TaskCheckpoint) -> None:
+        self._report_wanted.set()
+
+    def _on_container_event(self, task_id: str) -> None:
+        runner = self.runners.get(task_id)
+        if runner is not None:
+            runner.container_may_have_exited()
+
+    def _forget(self, task_id: str) -> None:
+        self.store.delete(task_id)
+        self.runners.pop(task_id, None)
+        self._running.pop(task_id, None)
+
+    # ---- loops -------------------------------------------------------------------------------
+
+    def node_report(self) -> NodeReport:
+        return NodeReport(
+            id=self.config.node_id,
+            capacity=self.capacity,
+            labels=self.config.labels,
+            agent_version=__version__,
+            running=[tid for tid, r in self.runners.items() if not r.record.state.terminal],
+            unknown_containers=self.unknown_containers,
+        )
+
+    async def _sync_loop(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                resp = await self.client.sync(self.node_report(), self.config.sync_wait_seconds)
+            except SchedulerUnavailable as e:
+                self.metrics.sync_errors.labels(call="sync").inc()
+                log.warning("sync with scheduler failed: %s; retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+                continue
+            delay = 0.2
+            self.last_sync_ok = time.time()
+            for assignment in resp.launch:
+                self.accept(assignment)
+            for task_id in resp.kill:
+                self.kill(task_id)
+
+    async def _report_loop(self) -> None:
+        delay = 0.2
+        while True:
+            await self._report_wanted.wait()
+            self._report_wanted.clear()
+            pending = [r.record for r in self.runners.values() if r.record.unreported]
+            if not pending:
+                continue
+            sent = {rec.task_id: rec.revision for rec in pending}
+            try:
+                resp = await self.client.updates([rec.to_update() for rec in pending])
+            except SchedulerUnavailable as e:
+                self.metrics.sync_errors.labels(call="updates").inc()
+                log.warning("reporting %d updates failed: %s; retrying in %.1fs", len(pending), e, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+                self._report_wanted.set()
+                continue
+            delay = 0.2
+            for task_id in resp.accepted:
+                runner = self.runners.get(task_id)
+                if runner is None or task_id not in sent:
+                    continue
+                rec = runner.record
+                rec.reported_revision = max(rec.reported_revision, sent[task_id])
+                if rec.state.terminal and not rec.unreported:
+                    self._forget(task_id)
+
+    async def _reconcile_loop(self) -> None:
+        """Catch exits the event stream missed (it reconnects after dockerd restarts)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_wanted.wait(), timeout=RECONCILE_EVERY)
+            self._reconcile_wanted.clear()
+            try:
+                containers = await self.docker.list_labelled(self.config.node_id)
+            except (DockerUnavailable, DockerError) as e:
+                log.warning("reconcile: cannot list containers: %s", e)
+                continue
+            running = {c["Labels"].get(LABEL_TASK) for c in containers if c.get("State") == "running"}
+            for task_id, runner in self.runners.items():
+                if runner.record.state in (TaskState.STARTED, TaskState.KILL_INITIATED) and task_id not in running:
+                    runner.container_may_have_exited()
+            self._note_unknown(containers)
+
+    def _note_unknown(self, containers: list[dict[str, object]]) -> None:
+        unknown = []
+        for c in containers:
+            labels = c.get("Labels") or {}
+            assert isinstance(labels, dict)
+            if labels.get(LABEL_TASK) not in self.runners:
+                unknown.append(str(c.get("Id", ""))[:12])
+        if unknown and sorted(unknown) != sorted(self.unknown_containers):
+            log.warning(
+                "%d container(s) labelled for this agent match no task it holds: %s (reported, not killed)",
+                len(unknown), ", ".join(unknown),
+            )
+        self.unknown_containers = sorted(unknown)
+

@@ -1,0 +1,112 @@
+"""The agent's durable memory: one JSON file per task, written atomically on every change.
+
+After `kill -9` the agent rebuilds its view from these files and the containers that exist. One file
+per task keeps a write O(1) however many tasks the host runs. A file is deleted only after the
+scheduler has acknowledged the task's Finished report, so no outcome is ever lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from titus_common.files import atomic_write_bytes
+from titus_common.protocol import TaskAssignment, TaskUpdate
+from titus_common.states import FinishReason, TaskState
+
+log = logging.getLogger("titus.agent.checkpoint")
+
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointCorrupt(RuntimeError):
+    pass
+
+
+class TaskCheckpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = CHECKPOINT_VERSION
+    assignment: TaskAssignment
+    state: TaskState
+    timestamps: dict[TaskState, float] = Field(default_factory=dict)
+    reason: FinishReason | None = None
+    message: str = ""
+    exit_code: int | None = None
+    container_id: str | None = None
+    # What each launch step acquired (step name → its own record), so teardown and GC after a
+    # restart know exactly what to release.
+    resources: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    kill_requested: bool = False
+    runtime_limit_hit: bool = False
+    # Bumped on every change; the reporter sends until the scheduler has taken `revision`.
+    revision: int = 0
+    reported_revision: int = 0
+
+    @property
+    def task_id(self) -> str:
+        return self.assignment.task_id
+
+    @property
+    def job_id(self) -> str:
+        return self.assignment.job_id
+
+    @property
+    def unreported(self) -> bool:
+        return self.revision > self.reported_revision
+
+    def to_update(self) -> TaskUpdate:
+        return TaskUpdate(
+            task_id=self.task_id,
+            state=self.state,
+            timestamps=dict(self.timestamps),
+            reason=self.reason,
+            message=self.message,
+            exit_code=self.exit_code,
+            container_id=self.container_id,
+        )
+
+
+class CheckpointStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "tasks"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, task_id: str) -> Path:
+        if "/" in task_id or task_id.startswith("."):
+            raise ValueError(f"unsafe task id {task_id!r}")
+        return self.dir / f"{task_id}.json"
+
+    def save(self, record: TaskCheckpoint) -> None:
+        atomic_write_bytes(self._path(record.task_id), record.model_dump_json().encode())
+
+    def delete(self, task_id: str) -> None:
+        try:
+            os.unlink(self._path(task_id))
+        except FileNotFoundError:
+            pass
+
+    def load_all(self) -> list[TaskCheckpoint]:
+        """Every record, or CheckpointCorrupt naming the file: the agent must not guess what it ran."""
+        records = []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                record = TaskCheckpoint.model_validate_json(path.read_bytes())
+            except (ValidationError, OSError, UnicodeDecodeError) as e:
+                raise CheckpointCorrupt(
+                    f"checkpoint {path} cannot be read ({str(e).splitlines()[0]}); the agent will not start "
+                    "without knowing what it ran. Inspect the file; move it aside to give up on that task."
+                ) from None
+            if record.version > CHECKPOINT_VERSION:
+                raise CheckpointCorrupt(f"checkpoint {path} has version {record.version}, newer than this agent")
+            if path.stem != record.task_id:
+                raise CheckpointCorrupt(f"checkpoint {path} holds task {record.task_id}")
+            records.append(record)
+        # Left-over temp files from a write interrupted by a crash are garbage by construction.
+        for tmp in self.dir.glob(".*.json.*"):
+            tmp.unlink(missing_ok=True)
+        return records

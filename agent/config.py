@@ -1,0 +1,96 @@
+"""Agent configuration: command-line flags, optionally from a TOML file (`--config`), flags winning."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.main import parse_listen
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class AgentConfig:
+    node_id: str
+    scheduler_url: str = "http://127.0.0.1:7100"
+    listen: tuple[str, int] = ("127.0.0.1", 7101)
+    state_dir: Path = Path("/var/lib/titus/agent")
+    docker_url: str | None = None
+    docker_root: Path = Path("/var/lib/docker")
+    labels: dict[str, str] = field(default_factory=dict)
+    always_pull: bool = False
+    sync_wait_seconds: float = 5.0
+    # Capacity overrides (0 = measure the host).
+    cpus: float = 0.0
+    memory_mib: int = 0
+    disk_mib: int = 0
+    log_level: str = "INFO"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="titus-agent", description="Runs titus tasks as Docker containers")
+    p.add_argument("--config", type=Path, help="TOML file with the same keys as the flags (node_id, …)")
+    p.add_argument("--node-id", help="this host's name at the scheduler (default: hostname)")
+    p.add_argument("--scheduler", dest="scheduler_url", help="scheduler base URL")
+    p.add_argument("--listen", type=parse_listen, help="HOST:PORT for /metrics and /healthz")
+    p.add_argument("--state-dir", type=Path, help="where task checkpoints live")
+    p.add_argument("--docker-url", help="Docker engine address (default: DOCKER_HOST or the local socket)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="node label, repeatable")
+    p.add_argument("--always-pull", action="store_true", default=None, help="pull images at every launch")
+    p.add_argument("--sync-wait", dest="sync_wait_seconds", type=float, help="long-poll wait (heartbeat)")
+    p.add_argument("--cpus", type=float)
+    p.add_argument("--memory-mib", type=int)
+    p.add_argument("--disk-mib", type=int)
+    p.add_argument("--log-level")
+    return p
+
+
+_FIELDS = {f for f in AgentConfig.__dataclass_fields__}
+
+
+def load_config(argv: list[str] | None = None) -> AgentConfig:
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            doc = tomllib.loads(args.config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{args.config}: {e}") from None
+        unknown = set(doc) - _FIELDS
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown keys {sorted(unknown)}; known: {sorted(_FIELDS)}")
+        values.update(doc)
+    for key, value in vars(args).items():
+        if key in _FIELDS and value is not None:
+            values[key] = value
+    labels = dict(values.get("labels", {}))
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    labels.setdefault("zone", "local")
+    labels.setdefault("instanceType", "local")
+    values["labels"] = labels
+    values.setdefault("node_id", socket.gethostname())
+    for key in ("state_dir", "docker_root"):
+        if key in values:
+            values[key] = Path(values[key])
+    if "listen" in values and isinstance(values["listen"], str):
+        values["listen"] = parse_listen(values["listen"])
+    try:
+        config = AgentConfig(**values)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+    if not 0 < config.sync_wait_seconds <= 30:
+        raise ConfigError("sync_wait_seconds must be in (0, 30]")
+    if not config.scheduler_url.startswith(("http://", "https://")):
+        raise ConfigError(f"scheduler URL must start with http:// or https://, got {config.scheduler_url!r}")
+    return config

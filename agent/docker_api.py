@@ -1,0 +1,133 @@
+"""The agent's only door to the Docker engine: the docker SDK's low-level client, with every blocking
+call run on a dedicated thread pool so the event loop never waits on dockerd.
+
+Errors are translated once, here: `DockerUnavailable` (the engine does not answer — a platform fault)
+versus `DockerError` (the engine answered no, with its status code and message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+T = TypeVar("T")
+
+LABEL_TASK = "titus.task_id"
+LABEL_JOB = "titus.job_id"
+LABEL_AGENT = "titus.agent"
+LABEL_INDEX = "titus.task_index"
+
+
+class DockerUnavailable(RuntimeError):
+    """The engine could not be reached (down, socket missing, timed out)."""
+
+
+class DockerError(RuntimeError):
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+def _translate(e: Exception) -> Exception:
+    if isinstance(e, docker.errors.APIError):
+        status = e.response.status_code if e.response is not None else None
+        return DockerError(status, str(e.explanation or e))
+    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, FileNotFoundError)):
+        return DockerUnavailable(f"Docker engine unreachable: {e}")
+    if isinstance(e, docker.errors.DockerException):
+        return DockerUnavailable(f"Docker client error: {e}")
+    return e
+
+
+class Docker:
+    def __init__(self, base_url: str | None = None, api_version: str = "1.41", workers: int = 64) -> None:
+        # A fixed API version: "auto" would call the engine at construction and fail if it is down.
+        kwargs: dict[str, Any] = {"version": api_version, "timeout": 120}
+        if base_url:
+            kwargs["base_url"] = base_url
+        self.base_url = base_url
+        self.api_version = api_version
+        self.api = docker.APIClient(**kwargs)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+        except Exception as e:
+            raise _translate(e) from e
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.call(self.api.ping))
+        except (DockerUnavailable, DockerError):
+            return False
+
+    async def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return await self.call(self.api.inspect_image, ref)
+        except DockerError as e:
+            if e.not_found:
+                return None
+            raise
+
+    async def pull(self, ref: str) -> None:
+        # stream=False returns the whole progress log; errors inside it are raised by the SDK only
+        # for HTTP errors, so look for an error line ourselves.
+        out = await self.call(self.api.pull, ref)
+        for line in str(out).splitlines()[-3:]:
+            if '"error"' in line or '"errorDetail"' in line:
+                raise DockerError(None, line)
+
+    async def create(self, name: str, **kwargs: Any) -> str:
+        created = await self.call(self.api.create_container, name=name, **kwargs)
+        return str(created["Id"])
+
+    async def start(self, container_id: str) -> None:
+        await self.call(self.api.start, container_id)
+
+    async def inspect(self, container_id: str) -> dict[str, Any] | None:
+        try:
+            return await self.call(self.api.inspect_container, container_id)
+        except DockerError as e:
+            if e.not_found:
+                return None
+            raise
+
+    async def stop(self, container_id: str, grace_seconds: float) -> None:
+        """SIGTERM, then SIGKILL after the grace period (dockerd does the timing)."""
+        try:
+            await self.call(self.api.stop, container_id, timeout=max(0, round(grace_seconds)))
+        except DockerError as e:
+            if not e.not_found:
+                raise
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            await self.call(self.api.remove_container, container_id, force=True, v=True)
+        except DockerError as e:
+            if not e.not_found and "already in progress" not in str(e):
+                raise
+
+    async def list_labelled(self, agent_id: str) -> list[dict[str, Any]]:
+        return await self.call(
+            self.api.containers, all=True, filters={"label": [f"{LABEL_AGENT}={agent_id}"]}
+        )
+
+    def host_config(self, **kwargs: Any) -> dict[str, Any]:
+        return dict(self.api.create_host_config(**kwargs))

@@ -1,0 +1,45 @@
+"""The agent's own small HTTP face: /metrics for Prometheus, /healthz, and /v1/tasks (local view)."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agent.agent import Agent
+
+AGENT_KEY = web.AppKey("agent", Agent)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    resp = web.Response(body=generate_latest(request.app[AGENT_KEY].metrics.registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    docker_ok = await agent.docker.ping()
+    last = agent.last_sync_ok
+    scheduler_ok = last is not None and time.time() - last < 3 * agent.config.sync_wait_seconds + 15
+    body = {"docker": docker_ok, "scheduler": scheduler_ok, "tasks": len(agent.runners)}
+    return web.json_response(body, status=200 if docker_ok else 503)
+
+
+async def tasks(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    return web.json_response(
+        {"tasks": [r.record.model_dump(mode="json", exclude={"assignment"}) | {"taskId": r.task_id}
+                   for r in agent.runners.values()],
+         "unknownContainers": agent.unknown_containers}
+    )
+
+
+def make_app(agent: Agent) -> web.Application:
+    app = web.Application()
+    app[AGENT_KEY] = agent
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/tasks", tasks)
+    return app

@@ -1,0 +1,62 @@
+"""The contract of a launch step.
+
+A task's launch is an ordered list of steps; each owns exactly one kind of resource (image, network,
+cpuset, credentials, security profile, container). The pipeline runs `setup` in order and, when the
+task ends or a setup fails, `teardown` in reverse order — for every step, including the one that
+failed and those that never ran.
+
+Rules every step follows:
+- `setup` is idempotent: after an agent restart it may run again for the same task and must find and
+  reuse what it already made (name resources after the task id) rather than make a second one.
+- Before returning from `setup`, record what was acquired in `ctx.record.resources[step.name]` and
+  call `ctx.save()`, so a `kill -9` right after still leaves a trail for teardown and GC.
+- `teardown` is safe after a partial setup, after no setup at all, and when repeated; it reads what
+  to release from `ctx.record.resources`, never from the step's memory.
+- Errors leave as `StepError`, whose reason says whose fault it is: CRASHED (the platform; costs the
+  user no retry) or FAILED (the user's request cannot run, e.g. the image does not exist).
+- Steps contribute to the container through `ctx.create_options` / `ctx.host_config_options`; only
+  the container step talks to the engine about the container itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent.checkpoint import TaskCheckpoint
+from agent.docker_api import Docker
+from titus_common.states import FinishReason
+
+
+class StepError(Exception):
+    def __init__(self, message: str, reason: FinishReason = FinishReason.CRASHED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+
+@dataclass
+class LaunchContext:
+    record: TaskCheckpoint
+    docker: Docker
+    node_id: str
+    save: Callable[[], None]
+    # Accumulated arguments for the engine's container create call and its HostConfig.
+    create_options: dict[str, Any] = field(default_factory=dict)
+    host_config_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task_id(self) -> str:
+        return self.record.task_id
+
+    def resources(self, step: str) -> dict[str, Any]:
+        return self.record.resources.setdefault(step, {})
+
+
+class LaunchStep(Protocol):
+    name: str
+
+    async def setup(self, ctx: LaunchContext) -> None: ...
+
+    async def teardown(self, ctx: LaunchContext) -> None: ...

@@ -1,0 +1,101 @@
+"""Container step: the task's Docker container — created with everything the earlier steps
+contributed, then started. It is the last step: once it returns, the user's process runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agent.docker_api import LABEL_AGENT, LABEL_INDEX, LABEL_JOB, LABEL_TASK, DockerError, DockerUnavailable
+from agent.steps.base import LaunchContext, StepError
+from titus_common.states import FinishReason
+
+# The engine's words for "the command in the image cannot be executed": the user's error.
+_BAD_COMMAND_MARKERS = ("executable file not found", "no such file or directory", "permission denied")
+
+PIDS_LIMIT = 100_000  # Titus's value: high enough for any real program, stops a fork bomb
+
+
+def container_name(task_id: str) -> str:
+    return f"titus-{task_id}"
+
+
+class ContainerStep:
+    name = "container"
+
+    async def setup(self, ctx: LaunchContext) -> None:
+        mine = ctx.resources(self.name)
+        try:
+            container_id = mine.get("id") or await self._create(ctx)
+            mine["id"] = container_id
+            ctx.record.container_id = container_id
+            ctx.save()
+            state = await ctx.docker.inspect(container_id)
+            if state is None:
+                raise StepError("container vanished between create and start")
+            if not state["State"]["Running"] and not state["State"]["FinishedAt"].startswith("0001"):
+                return  # already ran (and perhaps exited) before an agent restart: do not run it twice
+            if not state["State"]["Running"]:
+                await ctx.docker.start(container_id)
+            mine["started_at"] = time.time()
+            ctx.save()
+        except DockerUnavailable as e:
+            raise StepError(str(e)) from None
+        except DockerError as e:
+            if any(m in str(e).lower() for m in _BAD_COMMAND_MARKERS):
+                raise StepError(f"cannot run the task's command: {e}", FinishReason.FAILED) from None
+            raise StepError(f"Docker refused the container: {e}") from None
+
+    def _options(self, ctx: LaunchContext) -> dict[str, Any]:
+        a = ctx.record.assignment
+        spec = a.container
+        res = spec.resources
+        host = {
+            "mem_limit": res.memory_mib * 1024 * 1024,
+            "memswap_limit": res.memory_mib * 1024 * 1024,  # no swap: an OOM is an OOM
+            "nano_cpus": int(res.cpu * 1e9),
+            "cpu_shares": max(2, int(res.cpu * 1024)),
+            "pids_limit": PIDS_LIMIT,
+            # Networking is the network step's job; until it runs, the container has none.
+            "network_mode": "none",
+            "init": True,  # tini as PID 1: reaps zombies, forwards SIGTERM to the user's process
+            "log_config": {"Type": "json-file", "Config": {"max-size": "50m", "max-file": "2"}},
+            **ctx.host_config_options,
+        }
+        return {
+            "image": spec.image,
+            "command": spec.command,
+            "entrypoint": spec.entrypoint,
+            "environment": {
+                **spec.env,
+                "TITUS_TASK_ID": a.task_id,
+                "TITUS_JOB_ID": a.job_id,
+                "TITUS_TASK_INDEX": str(a.index),
+            },
+            "labels": {
+                LABEL_TASK: a.task_id,
+                LABEL_JOB: a.job_id,
+                LABEL_INDEX: str(a.index),
+                LABEL_AGENT: ctx.node_id,
+            },
+            "stop_signal": "SIGTERM",
+            "host_config": ctx.docker.host_config(**host),
+            **ctx.create_options,
+        }
+
+    async def _create(self, ctx: LaunchContext) -> str:
+        name = container_name(ctx.task_id)
+        try:
+            return await ctx.docker.create(name, **self._options(ctx))
+        except DockerError as e:
+            if not e.conflict:
+                raise
+        # Created before a crash, not yet checkpointed: adopt it if it really is this task's.
+        existing = await ctx.docker.inspect(name)
+        if existing is None or existing["Config"]["Labels"].get(LABEL_TASK) != ctx.task_id:
+            raise StepError(f"a container named {name} exists and is not this task's")
+        return str(existing["Id"])
+
+    async def teardown(self, ctx: LaunchContext) -> None:
+        target = ctx.resources(self.name).get("id") or container_name(ctx.task_id)
+        await ctx.docker.remove(target)

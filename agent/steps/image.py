@@ -1,0 +1,62 @@
+"""Image step: make sure the task's image is on the host."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from agent.docker_api import DockerError, DockerUnavailable
+from agent.steps.base import LaunchContext, StepError
+from titus_common.states import FinishReason
+
+log = logging.getLogger("titus.agent.image")
+
+_NOT_FOUND_MARKERS = ("not found", "manifest unknown", "does not exist", "repository name not known")
+
+
+class ImageStep:
+    """Pulls unless the reference is already present (`always_pull` re-resolves mutable tags each time,
+    at the cost of a registry round trip per launch). Up to `attempts` pulls with doubling back-off,
+    as Titus does; an image the registry says does not exist is the user's error (FAILED), anything
+    else is the platform's (CRASHED)."""
+
+    name = "image"
+
+    def __init__(self, always_pull: bool = False, attempts: int = 3, backoff: float = 1.0) -> None:
+        self.always_pull = always_pull
+        self.attempts = attempts
+        self.backoff = backoff
+
+    async def setup(self, ctx: LaunchContext) -> None:
+        ref = ctx.record.assignment.container.image
+        try:
+            image = None if self.always_pull else await ctx.docker.inspect_image(ref)
+            if image is None:
+                await self._pull(ctx, ref)
+                image = await ctx.docker.inspect_image(ref)
+        except DockerUnavailable as e:
+            raise StepError(f"image {ref}: {e}") from None
+        if image is None:
+            raise StepError(f"image {ref} is still missing after a successful pull")
+        ctx.resources(self.name)["image_id"] = image["Id"]
+        ctx.save()
+
+    async def _pull(self, ctx: LaunchContext, ref: str) -> None:
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await ctx.docker.pull(ref)
+                return
+            except DockerError as e:
+                text = str(e).lower()
+                if any(m in text for m in _NOT_FOUND_MARKERS):
+                    raise StepError(f"image {ref} not found in its registry: {e}", FinishReason.FAILED) from None
+                if attempt == self.attempts:
+                    raise StepError(f"pulling image {ref} failed {attempt} times: {e}") from None
+                log.warning("pull of %s failed (attempt %d): %s", ref, attempt, e, extra={"task_id": ctx.task_id})
+            await asyncio.sleep(delay)
+            delay *= 2
+
+    async def teardown(self, ctx: LaunchContext) -> None:
+        # Images are shared between tasks; removing unused ones is the image GC's job, not a task's.
+        return None

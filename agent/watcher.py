@@ -1,0 +1,72 @@
+"""Container exits, as the engine announces them: one event stream for the whole host (not a
+blocking wait per container) read on its own thread and handed to the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.docker_api import LABEL_AGENT, LABEL_TASK, Docker
+
+log = logging.getLogger("titus.agent.watcher")
+
+EXIT_ACTIONS = {"die", "destroy", "oom", "kill"}
+
+
+class ContainerWatcher:
+    def __init__(
+        self,
+        docker: Docker,
+        node_id: str,
+        loop: asyncio.AbstractEventLoop,
+        on_exit: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self.docker = docker
+        self.node_id = node_id
+        self.loop = loop
+        self.on_exit = on_exit
+        self.on_reconnect = on_reconnect
+        self._stop = threading.Event()
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                pass
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self._stream = self.docker.api.events(
+                    decode=True,
+                    filters={"type": "container", "label": [f"{LABEL_AGENT}={self.node_id}"]},
+                )
+                # Anything that happened while we were not listening is found by a reconcile.
+                self.loop.call_soon_threadsafe(self.on_reconnect)
+                delay = 0.5
+                for event in self._stream:
+                    if event.get("Action") in EXIT_ACTIONS:
+                        task_id = event.get("Actor", {}).get("Attributes", {}).get(LABEL_TASK)
+                        if task_id:
+                            self.loop.call_soon_threadsafe(self.on_exit, task_id)
+            except Exception as e:
+                if self._stop.is_set():
+                    return
+                log.warning("docker event stream broke: %s; reconnecting in %.1fs", e, delay)
+            if not self._stop.is_set():
+                time.sleep(delay)
+                delay = min(10.0, delay * 2)

@@ -1,0 +1,1 @@
+"""titusctl: the operator CLI."""

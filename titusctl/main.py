@@ -1,0 +1,302 @@
+"""titusctl: the operator's CLI for jobs, tasks and nodes.
+
+Exit codes scripts can rely on: 0 ok · 1 the request was refused or the object not found ·
+2 bad usage or input file · 3 the scheduler cannot be reached · 4 `--wait` ended with a task not normal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TASK_NOT_NORMAL = 0, 1, 2, 3, 4
+DEFAULT_URL = os.environ.get("TITUS_SCHEDULER", "http://127.0.0.1:7100")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Api:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout
+        self.http = requests.Session()
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        try:
+            r = self.http.request(method, self.base + path, json=body, timeout=self.timeout, headers=headers)
+        except requests.RequestException as e:
+            raise CliError(
+                f"cannot reach the scheduler at {self.base} ({e.__class__.__name__}); is titus-scheduler "
+                "running? (set --scheduler or TITUS_SCHEDULER)",
+                EXIT_UNREACHABLE,
+            ) from None
+        try:
+            doc = r.json()
+        except ValueError:
+            raise CliError(f"{method} {path}: HTTP {r.status_code} with a non-JSON answer", EXIT_UNREACHABLE) from None
+        if r.status_code >= 400:
+            err = doc.get("error", {}) if isinstance(doc, dict) else {}
+            lines = [f"error: {err.get('message', f'HTTP {r.status_code}')}"]
+            for p in err.get("problems", []):
+                lines.append(f"  {p.get('field') or '(job)'}: {p.get('message')}")
+            raise CliError("\n".join(lines), EXIT_REFUSED)
+        return doc
+
+
+# ---- output ----------------------------------------------------------------------------------
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = max(0, time.time() - ts)
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def emit(args: argparse.Namespace, doc: Any, human: str) -> None:
+    print(json.dumps(doc, indent=2) if args.output == "json" else human)
+
+
+def job_rows(jobs: list[dict[str, Any]]) -> str:
+    rows = []
+    for j in jobs:
+        spec = j["spec"]
+        kind = "batch" if spec.get("batch") else "service"
+        counts = j.get("taskCounts", {})
+        summary = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        flag = " CRASH-LOOP" if j.get("crashLooping") else ""
+        rows.append([j["id"], spec["appName"], kind, j["state"] + flag, summary, _ago(j["createdAt"])])
+    return table(rows, ["JOB", "APP", "KIND", "STATE", "TASKS", "AGE"])
+
+
+def task_rows(tasks: list[dict[str, Any]]) -> str:
+    rows = []
+    for t in tasks:
+        rows.append(
+            [
+                t["id"], t["jobId"][:8], str(t["index"]), t["state"], t.get("reason") or "-",
+                t.get("nodeId") or "-", _ago(t["timestamps"].get("Accepted")), (t.get("message") or "")[:60],
+            ]
+        )
+    return table(rows, ["TASK", "JOB", "IDX", "STATE", "REASON", "NODE", "AGE", "MESSAGE"])
+
+
+def describe(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2)
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--env {item!r}: expected NAME=VALUE", EXIT_USAGE)
+        env[name] = value
+    return env
+
+
+def job_spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.file:
+        if args.image or args.cmd:
+            raise CliError("give a job file or --image/--cmd, not both", EXIT_USAGE)
+        try:
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+            doc = json.loads(text)
+        except OSError as e:
+            raise CliError(f"cannot read {args.file}: {e.strerror}", EXIT_USAGE) from None
+        except json.JSONDecodeError as e:
+            raise CliError(f"{args.file} is not valid JSON: {e}", EXIT_USAGE) from None
+        if not isinstance(doc, dict):
+            raise CliError(f"{args.file}: the job must be a JSON object", EXIT_USAGE)
+        return doc
+    if not args.image:
+        raise CliError("give a job file, or --image (and usually --cmd)", EXIT_USAGE)
+    container: dict[str, Any] = {
+        "image": args.image,
+        "resources": {"cpu": args.cpu, "memoryMiB": args.memory, "diskMiB": args.disk},
+        "env": _parse_env(args.env),
+    }
+    if args.cmd:
+        container["command"] = ["/bin/sh", "-c", args.cmd] if args.shell else shlex.split(args.cmd)
+    if args.iam_role:
+        container["iamRole"] = args.iam_role
+    doc: dict[str, Any] = {"appName": args.app, "owner": args.owner, "container": container}
+    if args.service:
+        doc["service"] = {"desired": args.count}
+    else:
+        doc["batch"] = {
+            "size": args.count,
+            "retryPolicy": {"retries": args.retries},
+            **({"runtimeLimitSeconds": args.runtime_limit} if args.runtime_limit else {}),
+        }
+    return doc
+
+
+def wait_for_job(api: Api, job_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    while True:
+        job = api.call("GET", f"/v1/jobs/{job_id}")
+        if job["state"] == "Finished":
+            return dict(job)
+        if time.time() > deadline:
+            raise CliError(f"job {job_id} not finished after {timeout:g}s (state {job['state']})", EXIT_REFUSED)
+        time.sleep(0.3)
+
+
+def cmd_job_submit(api: Api, args: argparse.Namespace) -> int:
+    spec = job_spec_from_args(args)
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    job = api.call("POST", "/v1/jobs", spec, headers=headers)
+    if not args.wait:
+        emit(args, job, job["id"])
+        return EXIT_OK
+    job = wait_for_job(api, job["id"], args.timeout)
+    tasks = api.call("GET", f"/v1/tasks?jobId={job['id']}")["tasks"]
+    emit(args, {"job": job, "tasks": tasks}, task_rows(tasks))
+    final = [t for t in tasks if t["state"] == "Finished" and not t.get("replacedBy")]
+    return EXIT_OK if all(t["reason"] == "normal" for t in final) else EXIT_TASK_NOT_NORMAL
+
+
+def cmd_job_list(api: Api, args: argparse.Namespace) -> int:
+    q = f"?state={args.state}" if args.state else ""
+    doc = api.call("GET", f"/v1/jobs{q}")
+    emit(args, doc, job_rows(doc["jobs"]))
+    return EXIT_OK
+
+
+def cmd_job_describe(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("GET", f"/v1/jobs/{args.id}")
+    emit(args, doc, describe(doc))
+    return EXIT_OK
+
+
+def cmd_job_kill(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("POST", f"/v1/jobs/{args.id}/kill")
+    emit(args, doc, f"job {args.id}: {doc['state']}")
+    return EXIT_OK
+
+
+def cmd_task_list(api: Api, args: argparse.Namespace) -> int:
+    params = [f"{k}={v}" for k, v in (("jobId", args.job), ("state", args.state), ("nodeId", args.node)) if v]
+    doc = api.call("GET", "/v1/tasks" + ("?" + "&".join(params) if params else ""))
+    emit(args, doc, task_rows(doc["tasks"]))
+    return EXIT_OK
+
+
+def cmd_task_describe(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("GET", f"/v1/tasks/{args.id}")
+    emit(args, doc, describe(doc))
+    return EXIT_OK
+
+
+def cmd_task_kill(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("POST", f"/v1/tasks/{args.id}/kill")
+    emit(args, doc, f"task {args.id}: {doc['state']}")
+    return EXIT_OK
+
+
+def cmd_node_list(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("GET", "/v1/nodes")
+    rows = [
+        [
+            n["id"], n["status"], f"{n['capacity']['cpus']:g}", str(n["capacity"]["memoryMiB"]),
+            _ago(n["lastHeartbeat"]), str(len(n.get("unknownContainers", []))), str(len(n.get("missingTasks", []))),
+        ]
+        for n in doc["nodes"]
+    ]
+    emit(args, doc, table(rows, ["NODE", "STATUS", "CPUS", "MEM_MIB", "HEARTBEAT", "UNKNOWN", "MISSING"]))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="titusctl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--scheduler", default=DEFAULT_URL, help=f"scheduler URL (default {DEFAULT_URL})")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    sub = p.add_subparsers(dest="noun", required=True)
+
+    job = sub.add_parser("job", help="jobs").add_subparsers(dest="verb", required=True)
+    s = job.add_parser("submit", help="submit a job from a JSON file or from flags")
+    s.add_argument("file", nargs="?", help="job spec JSON file ('-' for stdin)")
+    s.add_argument("--image")
+    s.add_argument("--cmd", help="command line (split like a shell would; see --shell)")
+    s.add_argument("--shell", action="store_true", help="run --cmd through /bin/sh -c")
+    s.add_argument("--app", default="adhoc")
+    s.add_argument("--owner", default=os.environ.get("USER", "operator"))
+    s.add_argument("--count", type=int, default=1, help="batch size, or desired count with --service")
+    s.add_argument("--service", action="store_true", help="a service job (kept running)")
+    s.add_argument("--cpu", type=float, default=1.0)
+    s.add_argument("--memory", type=int, default=256, help="MiB")
+    s.add_argument("--disk", type=int, default=1024, help="MiB")
+    s.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    s.add_argument("--retries", type=int, default=0)
+    s.add_argument("--runtime-limit", type=float, help="seconds (batch)")
+    s.add_argument("--iam-role")
+    s.add_argument("--idempotency-key")
+    s.add_argument("--wait", action="store_true", help="wait for the job to finish; exit 4 unless all normal")
+    s.add_argument("--timeout", type=float, default=300.0)
+    s.set_defaults(fn=cmd_job_submit)
+    ls = job.add_parser("list")
+    ls.add_argument("--state")
+    ls.set_defaults(fn=cmd_job_list)
+    for verb, fn in (("describe", cmd_job_describe), ("kill", cmd_job_kill)):
+        c = job.add_parser(verb)
+        c.add_argument("id")
+        c.set_defaults(fn=fn)
+
+    task = sub.add_parser("task", help="tasks").add_subparsers(dest="verb", required=True)
+    tl = task.add_parser("list")
+    tl.add_argument("--job")
+    tl.add_argument("--state")
+    tl.add_argument("--node")
+    tl.set_defaults(fn=cmd_task_list)
+    for verb, fn in (("describe", cmd_task_describe), ("kill", cmd_task_kill)):
+        c = task.add_parser(verb)
+        c.add_argument("id")
+        c.set_defaults(fn=fn)
+
+    node = sub.add_parser("node", help="hosts").add_subparsers(dest="verb", required=True)
+    node.add_parser("list").set_defaults(fn=cmd_node_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.fn(Api(args.scheduler), args)
+    except CliError as e:
+        print(str(e), file=sys.stderr)
+        code = e.code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
