@@ -1,0 +1,58 @@
+import socket
+from pathlib import Path
+
+import pytest
+
+from titusctl.main import EXIT_UNREACHABLE, EXIT_USAGE, build_parser, job_spec_from_args, main
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_spec_from_flags() -> None:
+    args = build_parser().parse_args(
+        ["job", "submit", "--image", "busybox", "--cmd", "echo 'a b'", "--count", "3", "--env", "A=1", "--retries", "2"]
+    )
+    spec = job_spec_from_args(args)
+    assert spec["container"]["command"] == ["echo", "a b"]
+    assert spec["container"]["env"] == {"A": "1"}
+    assert spec["batch"] == {"size": 3, "retryPolicy": {"retries": 2}}
+
+
+def test_service_and_shell() -> None:
+    args = build_parser().parse_args(["job", "submit", "--image", "b", "--cmd", "exit 3", "--shell", "--service"])
+    spec = job_spec_from_args(args)
+    assert spec["service"] == {"desired": 1} and spec["container"]["command"] == ["/bin/sh", "-c", "exit 3"]
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["job", "submit"], "give a job file"),
+        (["job", "submit", "--image", "b", "--env", "NOVALUE"], "expected NAME=VALUE"),
+        (["job", "submit", "/nonexistent/job.json"], "cannot read"),
+    ],
+)
+def test_usage_errors(argv: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--scheduler", f"http://127.0.0.1:{free_port()}", *argv])
+    assert e.value.code == EXIT_USAGE
+    assert words in capsys.readouterr().err
+
+
+def test_bad_job_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "job.json"
+    f.write_text("[1,")
+    with pytest.raises(SystemExit) as e:
+        main(["job", "submit", str(f)])
+    assert e.value.code == EXIT_USAGE and "not valid JSON" in capsys.readouterr().err
+
+
+def test_unreachable_scheduler(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--scheduler", f"http://127.0.0.1:{free_port()}", "-o", "json", "job", "list"])
+    assert e.value.code == EXIT_UNREACHABLE
+    assert "cannot reach the scheduler" in capsys.readouterr().err
