@@ -1,43 +1,20 @@
-"""A real one-host platform for each test: titus-scheduler and titus-agent as processes, the real
-Docker engine, the local registry. Everything a test starts is stopped and removed afterwards."""
+"""Fixtures for the integration tests: a real platform per test (tests/harness.py), and a socket relay
+to play "the Docker engine is down"."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
 import requests
 
-IMAGE = os.environ.get("TITUS_TEST_IMAGE", "127.0.0.1:5000/titus/busybox:latest")
+from tests.harness import Platform
+
 DOCKER_SOCK = "/var/run/docker.sock"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.time() + timeout
-    last: Any = None
-    while time.time() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="session")
@@ -52,28 +29,6 @@ def engine() -> docker.DockerClient:
     except requests.RequestException as e:
         pytest.fail(f"local registry not reachable on 127.0.0.1:5000 ({e}); run scripts/setup-host.sh")
     return client
-
-
-class Proc:
-    def __init__(self, name: str, argv: list[str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self._fh = open(log, "ab")
-        self.p = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.alive():
-            self.p.send_signal(sig)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self._fh.close()
-        return int(self.p.returncode)
 
 
 class SocketProxy:
@@ -131,104 +86,6 @@ class SocketProxy:
                 pass
         self._conns.clear()
         self.path.unlink(missing_ok=True)
-
-
-class Platform:
-    def __init__(self, tmp: Path, engine: docker.DockerClient) -> None:
-        self.tmp = tmp
-        self.engine = engine
-        self.node_id = f"test-{uuid.uuid4().hex[:10]}"
-        self.scheduler_port = free_port()
-        self.agent_port = free_port()
-        self.url = f"http://127.0.0.1:{self.scheduler_port}"
-        self.scheduler: Proc | None = None
-        self.agent: Proc | None = None
-        self.http = requests.Session()
-
-    # ---- processes ----------------------------------------------------------------------------
-
-    def start_scheduler(self, *extra: str) -> None:
-        self.scheduler = Proc(
-            "scheduler",
-            [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{self.scheduler_port}",
-             "--db", str(self.tmp / "scheduler.db"), "--system-backoff-max", "2", *extra],
-            self.tmp / "scheduler.log",
-        )
-        wait_for(lambda: self._ok(f"{self.url}/healthz"), 15, "scheduler /healthz")
-
-    def start_agent(self, *extra: str) -> None:
-        self.agent = Proc(
-            "agent",
-            [sys.executable, "-m", "agent.main", "--scheduler", self.url, "--listen",
-             f"127.0.0.1:{self.agent_port}", "--state-dir", str(self.tmp / "agent"), "--node-id", self.node_id,
-             "--sync-wait", "2", *extra],
-            self.tmp / "agent.log",
-        )
-        wait_for(lambda: self._answers(f"http://127.0.0.1:{self.agent_port}/healthz"), 20, "agent /healthz")
-        wait_for(lambda: (n := self.node()) is not None and n["status"] == "Ready", 20, "agent registration")
-
-    def _answers(self, url: str) -> bool:
-        try:
-            self.http.get(url, timeout=2)
-            return True
-        except requests.RequestException:
-            return False
-
-    def _ok(self, url: str) -> bool:
-        try:
-            return self.http.get(url, timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def close(self) -> None:
-        for p in (self.agent, self.scheduler):
-            if p is not None:
-                p.stop()
-        for c in self.containers(all=True):
-            c.remove(force=True)
-
-    # ---- API ----------------------------------------------------------------------------------
-
-    def api(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
-        r = self.http.request(method, self.url + path, json=body, timeout=30)
-        if expect is not None:
-            assert r.status_code == expect, r.text
-        return r.json()
-
-    def submit(self, command: list[str] | str, count: int = 1, service: bool = False, **container: Any) -> str:
-        cmd = ["/bin/sh", "-c", command] if isinstance(command, str) else command
-        spec: dict[str, Any] = {
-            "appName": "itest",
-            "owner": "tests",
-            "container": {"image": IMAGE, "command": cmd, "resources": {"cpu": 0.1, "memoryMiB": 64}, **container},
-        }
-        spec["service" if service else "batch"] = {"desired": count} if service else {"size": count}
-        return str(self.api("POST", "/v1/jobs", spec, expect=201)["id"])
-
-    def tasks(self, job_id: str) -> list[dict[str, Any]]:
-        return list(self.api("GET", f"/v1/tasks?jobId={job_id}")["tasks"])
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.api("GET", f"/v1/jobs/{job_id}"))
-
-    def node(self) -> dict[str, Any] | None:
-        try:
-            nodes = self.api("GET", "/v1/nodes")["nodes"]
-        except requests.RequestException:
-            return None
-        return next((n for n in nodes if n["id"] == self.node_id), None)
-
-    def wait_job_finished(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
-        return dict(wait_for(lambda: (j := self.job(job_id))["state"] == "Finished" and j, timeout, "job Finished"))
-
-    def started(self, job_id: str) -> list[dict[str, Any]]:
-        return [t for t in self.tasks(job_id) if t["state"] == "Started"]
-
-    def containers(self, all: bool = False) -> list[Any]:
-        return list(self.engine.containers.list(all=all, filters={"label": f"titus.agent={self.node_id}"}))
-
-    def agent_metrics(self) -> str:
-        return str(self.http.get(f"http://127.0.0.1:{self.agent_port}/metrics", timeout=5).text)
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import signal
 import pytest
 import requests
 
-from tests.integration.conftest import IMAGE, Platform, SocketProxy, wait_for
+from tests.harness import IMAGE, Platform, wait_for
+from tests.integration.conftest import SocketProxy
 
 pytestmark = pytest.mark.integration
 
