@@ -8,6 +8,7 @@ import contextlib
 import logging
 import shutil
 import time
+from typing import Any
 
 import psutil
 
@@ -98,7 +99,7 @@ class Agent:
             self.config.node_id, len(records), len(self.unknown_containers),
         )
 
-    async def _list_containers_patiently(self) -> list[dict[str, object]]:
+    async def _list_containers_patiently(self) -> list[dict[str, Any]]:
         """At start the agent must know what runs before it acts; wait for the engine if it is down."""
         delay = 0.5
         while True:
@@ -236,12 +237,10 @@ class Agent:
                     runner.container_may_have_exited()
             self._note_unknown(containers)
 
-    def _note_unknown(self, containers: list[dict[str, object]]) -> None:
+    def _note_unknown(self, containers: list[dict[str, Any]]) -> None:
         unknown = []
         for c in containers:
-            labels = c.get("Labels") or {}
-            assert isinstance(labels, dict)
-            if labels.get(LABEL_TASK) not in self.runners:
+            if (c.get("Labels") or {}).get(LABEL_TASK) not in self.runners:
                 unknown.append(str(c.get("Id", ""))[:12])
         if unknown and sorted(unknown) != sorted(self.unknown_containers):
             log.warning(

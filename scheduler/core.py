@@ -162,7 +162,7 @@ class Scheduler:
             return task
         job = self.jobs[task.job_id]
         changed = self._request_kill(task)
-        new_tasks = self._after_finish(task, job) if task.state.terminal else []
+        new_tasks: list[TaskRecord] = self._after_finish(task, job) if task.state.terminal else []
         self.store.commit(jobs=[job], tasks=[t for t in (changed, *new_tasks) if t is not None])
         self._remember(new_tasks)
         return task

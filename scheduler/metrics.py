@@ -32,12 +32,12 @@ class _StateCollector(Collector):
             tasks.add_metric([state.value], by_state.get(state.value, 0))
         yield tasks
         jobs = GaugeMetricFamily("titus_scheduler_jobs", "Jobs by state", labels=["state"])
-        for state, n in sorted(_Tally(j.state.value for j in s.jobs.values()).items()):
-            jobs.add_metric([state], n)
+        for job_state, n in sorted(_Tally(j.state.value for j in s.jobs.values()).items()):
+            jobs.add_metric([job_state], n)
         yield jobs
         nodes = GaugeMetricFamily("titus_scheduler_nodes", "Agents by status", labels=["status"])
-        for status, n in sorted(_Tally(n.status.value for n in s.nodes.values()).items()):
-            nodes.add_metric([status], n)
+        for status, count in sorted(_Tally(n.status.value for n in s.nodes.values()).items()):
+            nodes.add_metric([status], count)
         yield nodes
         looping = sum(1 for j in s.jobs.values() if not j.state.value == "Finished" and s.crash_looping(j))
         yield GaugeMetricFamily(

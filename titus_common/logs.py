@@ -6,6 +6,7 @@ TASK_ID / JOB_ID so `journalctl TASK_ID=…` finds everything about one task.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ def _journald_handler(identifier: str) -> logging.Handler | None:
     if "JOURNAL_STREAM" not in os.environ:
         return None
     try:
-        from systemd import journal  # type: ignore[import-not-found]
+        journal: Any = importlib.import_module("systemd.journal")
     except ImportError:
         return None
 
@@ -51,7 +52,8 @@ def _journald_handler(identifier: str) -> logging.Handler | None:
                     setattr(record, field.upper(), value)
             super().emit(record)
 
-    return _Handler(SYSLOG_IDENTIFIER=identifier)  # type: ignore[no-any-return]
+    handler: logging.Handler = _Handler(SYSLOG_IDENTIFIER=identifier)
+    return handler
 
 
 def setup_logging(identifier: str, level: str = "INFO") -> None:

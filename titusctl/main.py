@@ -147,16 +147,16 @@ def job_spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         container["command"] = ["/bin/sh", "-c", args.cmd] if args.shell else shlex.split(args.cmd)
     if args.iam_role:
         container["iamRole"] = args.iam_role
-    doc: dict[str, Any] = {"appName": args.app, "owner": args.owner, "container": container}
+    job: dict[str, Any] = {"appName": args.app, "owner": args.owner, "container": container}
     if args.service:
-        doc["service"] = {"desired": args.count}
+        job["service"] = {"desired": args.count}
     else:
-        doc["batch"] = {
+        job["batch"] = {
             "size": args.count,
             "retryPolicy": {"retries": args.retries},
             **({"runtimeLimitSeconds": args.runtime_limit} if args.runtime_limit else {}),
         }
-    return doc
+    return job
 
 
 def wait_for_job(api: Api, job_id: str, timeout: float) -> dict[str, Any]:
