@@ -306,15 +306,21 @@ class Scheduler:
                 accepted.append(u.task_id)
                 continue
             accepted.append(u.task_id)
-            if not can_transition(task.state, u.state):
-                continue  # stale or repeated report
+            if task.state.terminal:
+                continue  # a repeated report, or the task was already declared lost
+            newly_started = TaskState.STARTED.value not in task.timestamps and TaskState.STARTED in u.timestamps
             for state in sorted(u.timestamps, key=lambda s: s.rank):
-                if can_transition(task.state, state) and state is not TaskState.FINISHED:
-                    task.enter(state, u.timestamps[state])
+                if state is TaskState.FINISHED:
+                    continue
+                # Keep every timestamp the agent saw (a Started that raced a kill still happened),
+                # but the state itself only moves forward.
+                task.timestamps.setdefault(state.value, u.timestamps[state])
+                if can_transition(task.state, state):
+                    task.state = state
                     self._delivered_at.pop(task.id, None)
             if u.container_id:
                 task.container_id = u.container_id
-            if TaskState.STARTED.value in task.timestamps and TaskState.STARTED in u.timestamps:
+            if newly_started:
                 self.metrics.observe_started(task)
             if u.state is TaskState.FINISHED:
                 self._finish(

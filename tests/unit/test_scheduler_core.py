@@ -280,3 +280,20 @@ def test_newer_schema_is_refused(tmp_path: Path, clock: Clock) -> None:
     db.close()
     with pytest.raises(StoreCorrupt, match="newer"):
         make(tmp_path, clock)
+
+
+def test_launch_latency_observed_once_and_started_kept_after_kill(sched: Scheduler, clock: Clock) -> None:
+    node(sched)
+    job, _ = sched.submit(spec())
+    sched.schedule_pass()
+    (task,) = sched.job_tasks(job.id)
+    sched.work_for("n1")  # delivered
+    report(sched, task.id, S.START_INITIATED, clock.now + 0.1)
+    sched.kill_task(task.id)
+    assert task.state is S.KILL_INITIATED
+    report(sched, task.id, S.STARTED, clock.now + 0.5)  # the agent started it before the kill arrived
+    assert task.state is S.KILL_INITIATED and task.timestamps["Started"] == clock.now + 0.5
+    report(sched, task.id, S.FINISHED, clock.now + 1, reason=R.KILLED)
+    hist = sched.metrics.launch_latency.collect()[0]
+    count = next(s.value for s in hist.samples if s.name.endswith("_count"))
+    assert count == 1
