@@ -148,15 +148,20 @@ def test_scheduler_restart_keeps_jobs_and_tasks(platform: Platform) -> None:
 
 
 def test_pull_from_registry(platform: Platform) -> None:
+    """A reference the host has never seen is pulled from the registry at launch."""
     p = platform
+    fresh = f"127.0.0.1:5000/titus/pulltest-{p.node_id}:1"
+    p.engine.images.get(IMAGE).tag(fresh)
+    p.engine.images.push(fresh)
+    p.engine.images.remove(fresh)  # only the tag goes; the shared test image stays
     try:
-        p.engine.images.remove(IMAGE)
-    except Exception:
-        pytest.fail("the test image is in use by a container; tests must clean up")
-    job_id = p.submit("exit 0")
-    p.wait_job_finished(job_id)
-    assert only_task(p, job_id)["reason"] == "normal"
-    assert p.engine.images.get(IMAGE) is not None
+        job_id = p.submit("exit 0", image=fresh)
+        p.wait_job_finished(job_id)
+        assert only_task(p, job_id)["reason"] == "normal"
+        assert p.engine.images.get(fresh) is not None
+    finally:
+        wait_for(lambda: not p.containers(all=True), 10, "containers removed")
+        p.engine.images.remove(fresh)
 
 
 def test_image_missing_from_registry_fails_without_looping(platform: Platform) -> None:
