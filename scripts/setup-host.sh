@@ -2,7 +2,8 @@
 # Host set-up for a one-host titus-node (developer machine, CI, demo box).
 #
 #   1. apt packages   docker.io docker-registry busybox-static iproute2 nftables
-#                     ca-certificates curl   (apt-get update only if one is missing)
+#                     ca-certificates curl libsystemd-dev pkg-config
+#                     (apt-get update only if one is missing)
 #   2. dockerd        started in the background if `docker info` fails
 #   3. registry       Debian's docker-registry on 127.0.0.1:5000 (no auth), if
 #                     http://127.0.0.1:5000/v2/ does not answer
@@ -34,7 +35,8 @@ IMAGE_REPO=${TITUS_TEST_IMAGE_REPO:-titus/busybox}
 IMAGE_TAG=${TITUS_TEST_IMAGE_TAG:-latest}
 IMAGE="$REGISTRY_ADDR/$IMAGE_REPO:$IMAGE_TAG"
 
-APT_PACKAGES=(docker.io docker-registry busybox-static iproute2 nftables ca-certificates curl)
+# libsystemd-dev + pkg-config: to build systemd-python (journald logging with TASK_ID/JOB_ID fields).
+APT_PACKAGES=(docker.io docker-registry busybox-static iproute2 nftables ca-certificates curl libsystemd-dev pkg-config)
 
 export DEBIAN_FRONTEND=noninteractive
 # needrestart (if installed) must not restart services behind our back.

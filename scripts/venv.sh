@@ -6,7 +6,7 @@
 # Environment:
 #   TITUS_PYTHON   interpreter used to create .venv (default: python3 on PATH)
 #   TITUS_VENV     virtualenv directory            (default: <repo>/.venv)
-#   TITUS_EXTRAS   extras to install               (default: test)
+#   TITUS_EXTRAS   extras to install               (default: test,journald)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +14,7 @@ cd "$REPO_ROOT"
 
 PYTHON=${TITUS_PYTHON:-python3}
 VENV=${TITUS_VENV:-$REPO_ROOT/.venv}
-EXTRAS=${TITUS_EXTRAS:-test}
+EXTRAS=${TITUS_EXTRAS:-test,journald}
 STAMP="$VENV/.installed-stamp"
 
 log() { printf 'venv: %s\n' "$*" >&2; }
