@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
-
-from aiohttp import web
 
 from agent.agent import Agent
 from agent.checkpoint import CheckpointCorrupt
@@ -16,6 +13,7 @@ from agent.docker_api import Docker
 from agent.http import make_app
 from agent.metrics import AgentMetrics
 from agent.scheduler_client import SchedulerClient
+from titus_common.daemon import CannotStart, refuse_start, serve_http, stop_on_signals
 from titus_common.logs import setup_logging
 
 log = logging.getLogger("titus.agent")
@@ -24,26 +22,17 @@ log = logging.getLogger("titus.agent")
 async def serve(config: AgentConfig) -> int:
     docker = Docker(config.docker_url)
     agent = Agent(config, docker, SchedulerClient(config.scheduler_url, config.node_id), AgentMetrics())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(agent), handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    host, port = config.listen
+    stop = stop_on_signals()
     try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as e:
-        print(f"titus-agent: cannot listen on {host}:{port}: {e}", file=sys.stderr)
-        await runner.cleanup()
-        return 2
+        runner = await serve_http(make_app(agent), config.listen)
+    except CannotStart as e:
+        return refuse_start("titus-agent", log, e)
     try:
         await agent.start()
     except CheckpointCorrupt as e:
-        print(f"titus-agent: cannot start: {e}", file=sys.stderr)
-        log.critical("cannot start: %s", e)
         await runner.cleanup()
-        return 2
+        return refuse_start("titus-agent", log, e)
+    host, port = config.listen
     log.info("agent %s serving on http://%s:%d, scheduler %s", config.node_id, host, port, config.scheduler_url)
     await stop.wait()
     log.info("stopping (containers keep running)")

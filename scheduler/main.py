@@ -5,28 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sqlite3
 import sys
 from pathlib import Path
-
-from aiohttp import web
 
 from scheduler.api import make_app
 from scheduler.core import Scheduler, SchedulerConfig
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import FirstFit
 from scheduler.store import SQLiteStore, StoreCorrupt
+from titus_common.daemon import CannotStart, parse_listen, refuse_start, serve_http, stop_on_signals
 from titus_common.logs import setup_logging
 
 log = logging.getLogger("titus.scheduler")
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host or "127.0.0.1", int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,22 +41,14 @@ async def serve(args: argparse.Namespace) -> int:
         )
         scheduler = Scheduler(store, FirstFit(), SchedulerMetrics(), config)
     except (StoreCorrupt, sqlite3.DatabaseError) as e:
-        log.critical("cannot start: %s", e)
-        print(f"titus-scheduler: cannot start: {e}", file=sys.stderr)
-        return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(scheduler), handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    host, port = args.listen
+        return refuse_start("titus-scheduler", log, e)
+    stop = stop_on_signals()
     try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as e:
-        print(f"titus-scheduler: cannot listen on {host}:{port}: {e}", file=sys.stderr)
-        await runner.cleanup()
-        return 2
+        runner = await serve_http(make_app(scheduler), args.listen)
+    except CannotStart as e:
+        store.close()
+        return refuse_start("titus-scheduler", log, e)
+    host, port = args.listen
     log.info("scheduler listening on http://%s:%d (db %s)", host, port, args.db)
     control = asyncio.create_task(scheduler.run(stop))
     try:
