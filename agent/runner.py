@@ -81,6 +81,10 @@ class TaskRunner:
         try:
             if self.record.state.terminal:
                 return  # only its report is outstanding
+            if self.record.reason is not None:
+                # The outcome was decided before a restart, the teardown may not have finished.
+                await self._end(self.record.reason, self.record.message, self.record.exit_code)
+                return
             if self.record.state.rank < TaskState.STARTED.rank:
                 if not await self._launch():
                     return
@@ -164,14 +168,16 @@ class TaskRunner:
         self._kill = asyncio.create_task(stop())
 
     async def _end(self, reason: FinishReason, message: str, exit_code: int | None = None) -> None:
-        problems = await self.pipeline.teardown(self.ctx)
-        if problems:
-            message += f" [teardown left: {'; '.join(problems)}]"
-        if self._kill is not None:
-            self._kill.cancel()
+        # Record the outcome before teardown removes the evidence (the container and its exit state).
         self.record.reason = reason
         self.record.message = message
         self.record.exit_code = exit_code
+        self.save()
+        problems = await self.pipeline.teardown(self.ctx)
+        if problems:
+            self.record.message = f"{message} [teardown left: {'; '.join(problems)}]"
+        if self._kill is not None:
+            self._kill.cancel()
         self._transition(TaskState.FINISHED)
         self.metrics.finished.labels(reason=reason.value).inc()
         log.info("task finished: %s (%s)", reason.value, message, extra=self._log_extra)
