@@ -15,12 +15,14 @@ import psutil
 from agent import __version__
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.config import AgentConfig
+from agent.cpus import CpusetApplier, CpuStateError, cpuset_loop, host_cpus
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.runner import TaskRunner
 from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
 from agent.steps.container import ContainerStep
+from agent.steps.cpuset import CpusetStep
 from agent.steps.image import ImageStep
 from agent.watcher import ContainerWatcher
 from titus_common.protocol import CapacityReport, NodeReport, TaskAssignment
@@ -31,10 +33,12 @@ log = logging.getLogger("titus.agent")
 RECONCILE_EVERY = 30.0
 
 
-def default_pipeline(config: AgentConfig, metrics: AgentMetrics) -> Pipeline:
-    # The order is the launch order. Network, cpuset, credentials and security steps go between
-    # the image and the container as they are built (each a module under agent/steps/).
-    return Pipeline([ImageStep(always_pull=config.always_pull), ContainerStep()], metrics)
+def default_pipeline(config: AgentConfig, metrics: AgentMetrics, cpus: CpusetApplier | None = None) -> Pipeline:
+    # The order is the launch order. Network, credentials and security steps go between the image
+    # and the container as they are built (each a module under agent/steps/). The cpuset step comes
+    # after the image pull, so a slow pull does not hold CPUs.
+    cpuset = [CpusetStep(cpus)] if cpus is not None else []
+    return Pipeline([ImageStep(always_pull=config.always_pull), *cpuset, ContainerStep()], metrics)
 
 
 def host_capacity(config: AgentConfig) -> CapacityReport:
@@ -58,7 +62,16 @@ class Agent:
         self.docker = docker
         self.client = client
         self.metrics = metrics
-        self.pipeline = pipeline or default_pipeline(config, metrics)
+        # One placement state for the host's CPUs (None with --no-cpuset). A topology that cannot be
+        # read stops the agent at start(), where start-up errors are reported.
+        self.cpus: CpusetApplier | None = None
+        self._cpus_error: CpuStateError | None = None
+        if config.cpuset_enabled:
+            try:
+                self.cpus = host_cpus(config, docker, metrics)
+            except CpuStateError as e:
+                self._cpus_error = e
+        self.pipeline = pipeline or default_pipeline(config, metrics, self.cpus)
         self.store = CheckpointStore(config.state_dir)
         self.capacity = host_capacity(config)
         self.runners: dict[str, TaskRunner] = {}
@@ -75,6 +88,14 @@ class Agent:
 
     async def start(self) -> None:
         records = self.store.load_all()  # CheckpointCorrupt stops the agent: never guess
+        if self._cpus_error is not None:
+            raise self._cpus_error
+        if self.cpus is not None:
+            # Before any runner runs: the task records are the checkpoint of truth for who holds
+            # which CPU (CpuStateError, a CheckpointCorrupt, on a mismatch).
+            self.cpus.host.rebuild(records, self.store.save)
+            if not self.config.cpus:  # the scheduler counts CPUs: offer only those tasks can get
+                self.capacity = self.capacity.model_copy(update={"cpus": float(len(self.cpus.host.topology.usable))})
         containers = await self._list_containers_patiently()
         present = {c["Labels"].get(LABEL_TASK): c for c in containers}
         for record in records:
@@ -93,6 +114,10 @@ class Agent:
             asyncio.create_task(self._report_loop(), name="report"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
         ]
+        if self.cpus is not None:
+            self._loops.append(
+                asyncio.create_task(cpuset_loop(self.cpus.host, self.cpus, self.config), name="cpuset")
+            )
         self._report_wanted.set()
         log.info(
             "agent %s up: %d tasks recovered, %d unknown containers",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler.main import parse_listen
+from titus_common.daemon import parse_listen
 
 
 class ConfigError(ValueError):
@@ -32,6 +32,18 @@ class AgentConfig:
     memory_mib: int = 0
     disk_mib: int = 0
     log_level: str = "INFO"
+    # cpuset placement (agent/cpus.py, agent/steps/cpuset.py; docs/cpuset.md).
+    cpuset_enabled: bool = True
+    sysfs_root: Path = Path("/sys")
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    # CPUs kept for the agent and the system, as a cpulist; None = automatic (none on hosts with
+    # fewer than 4 CPUs, else every thread of the first core), "" = none.
+    reserved_cpus: str | None = None
+    cpuset_rebalance_seconds: float = 30.0
+    cpuset_rebalance_max_moves: int = 8
+    # Read-back of every container's cpuset (drift correction): one inspect per container, so not
+    # too often; changes the agent makes itself are written at once, not on this period.
+    cpuset_check_seconds: float = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-mib", type=int)
     p.add_argument("--disk-mib", type=int)
     p.add_argument("--log-level")
+    p.add_argument("--no-cpuset", dest="cpuset_enabled", action="store_false", default=None,
+                   help="do not place containers on cpusets (no cpuset launch step, no rebalancing)")
+    p.add_argument("--sysfs-root", type=Path, help="where to read the CPU topology (default /sys)")
+    p.add_argument("--cgroup-root", type=Path, help="cgroup mount, to read applied cpusets back (default /sys/fs/cgroup)")
+    p.add_argument("--reserved-cpus", metavar="CPULIST",
+                   help="CPUs kept for the agent and system, e.g. '0,48' ('' = none; default: the first core "
+                        "on hosts with 4 or more CPUs, none below)")
+    p.add_argument("--cpuset-rebalance-seconds", type=float, help="period of the cpuset rebalance (0 = never)")
+    p.add_argument("--cpuset-rebalance-max-moves", type=int, help="CPUs one rebalance may move")
+    p.add_argument("--cpuset-check-seconds", type=float, help="period of the cpuset read-back / drift check")
     return p
 
 
@@ -80,7 +102,7 @@ def load_config(argv: list[str] | None = None) -> AgentConfig:
     labels.setdefault("instanceType", "local")
     values["labels"] = labels
     values.setdefault("node_id", socket.gethostname())
-    for key in ("state_dir", "docker_root"):
+    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root"):
         if key in values:
             values[key] = Path(values[key])
     if "listen" in values and isinstance(values["listen"], str):
@@ -91,6 +113,10 @@ def load_config(argv: list[str] | None = None) -> AgentConfig:
         raise ConfigError(str(e)) from None
     if not 0 < config.sync_wait_seconds <= 30:
         raise ConfigError("sync_wait_seconds must be in (0, 30]")
+    if config.cpuset_rebalance_seconds < 0 or config.cpuset_rebalance_max_moves < 0:
+        raise ConfigError("cpuset_rebalance_seconds and cpuset_rebalance_max_moves must not be negative")
+    if config.cpuset_check_seconds <= 0:
+        raise ConfigError("cpuset_check_seconds must be positive")
     if not config.scheduler_url.startswith(("http://", "https://")):
         raise ConfigError(f"scheduler URL must start with http:// or https://, got {config.scheduler_url!r}")
     return config

@@ -11,6 +11,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -129,5 +130,29 @@ class Docker:
             self.api.containers, all=True, filters={"label": [f"{LABEL_AGENT}={agent_id}"]}
         )
 
+    async def update_cpuset(self, container: str, cpus: str) -> None:
+        """`docker update --cpuset-cpus`: the engine rewrites the cgroup and remembers the value."""
+        await self.call(self.api.update_container, container, cpuset_cpus=cpus)
+
+    async def cgroup_cpuset(self, container_id: str, cgroup_root: Path) -> str | None:
+        """The container's cpuset as the kernel has it (`cpuset.cpus` of its cgroup), or None when
+        no known cgroup layout has it. Read on the pool: it is file I/O."""
+        return await self.call(_read_cgroup_cpuset, container_id, cgroup_root)
+
     def host_config(self, **kwargs: Any) -> dict[str, Any]:
         return dict(self.api.create_host_config(**kwargs))
+
+
+def _read_cgroup_cpuset(container_id: str, root: Path) -> str | None:
+    candidates = (
+        root / "cpuset" / "docker" / container_id,  # v1, cgroupfs driver
+        root / "cpuset" / "system.slice" / f"docker-{container_id}.scope",  # v1, systemd driver
+        root / "system.slice" / f"docker-{container_id}.scope",  # v2, systemd driver
+        root / "docker" / container_id,  # v2, cgroupfs driver
+    )
+    for directory in candidates:
+        try:
+            return (directory / "cpuset.cpus").read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return None

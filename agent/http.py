@@ -1,4 +1,5 @@
-"""The agent's own small HTTP face: /metrics for Prometheus, /healthz, and /v1/tasks (local view)."""
+"""The agent's own small HTTP face: /metrics for Prometheus, /healthz, /v1/tasks (local view) and
+/v1/cpus (the host's CPU map, for `titusctl node cpus`)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,20 @@ async def tasks(request: web.Request) -> web.Response:
     )
 
 
+async def cpus(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    if agent.cpus is None:
+        return web.json_response(
+            {"error": {"message": "cpuset placement is off on this agent (--no-cpuset)"}}, status=404
+        )
+    return web.json_response({"nodeId": agent.config.node_id, **agent.cpus.host.snapshot(agent.cpus.applied)})
+
+
 def make_app(agent: Agent) -> web.Application:
     app = web.Application()
     app[AGENT_KEY] = agent
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/tasks", tasks)
+    app.router.add_get("/v1/cpus", cpus)
     return app

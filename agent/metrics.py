@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as _Tally
-from collections.abc import Callable, Iterator, Iterable
+from collections.abc import Callable, Iterator, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -12,6 +12,8 @@ from prometheus_client.registry import Collector
 from titus_common.states import TaskState
 
 LAUNCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120)
+PLACEMENT_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025)
+MOVE_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64)
 STEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -30,6 +32,27 @@ class _LiveCollector(Collector):
             "titus_agent_unknown_containers",
             "Containers labelled for this agent that no task record explains (reported, not killed)",
             value=self.unknown(),
+        )
+
+
+class _CpuCollector(Collector):
+    """Live view of the host's CPUs, read from the placement state at scrape time."""
+
+    def __init__(self, usage: Callable[[], Mapping[str, int]], smt_shared: Callable[[], int]) -> None:
+        self.usage = usage
+        self.smt_shared = smt_shared
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        cpus = GaugeMetricFamily(
+            "titus_agent_cpuset_cpus", "Online CPUs by use (reserved, static, burst minimum, idle)", labels=["use"]
+        )
+        for use, n in sorted(self.usage().items()):
+            cpus.add_metric([use], n)
+        yield cpus
+        yield GaugeMetricFamily(
+            "titus_agent_cpuset_smt_shared_cores",
+            "Physical cores whose hardware threads are held by two or more different tasks",
+            value=self.smt_shared(),
         )
 
 
@@ -53,6 +76,42 @@ class AgentMetrics:
         self.step_failures = Counter("titus_agent_step_failures", "Launch step failures", ["step"], registry=r)
         self.adopted = Counter("titus_agent_adopted", "Tasks re-adopted after an agent restart", registry=r)
         self.sync_errors = Counter("titus_agent_sync_errors", "Failed calls to the scheduler", ["call"], registry=r)
+        # cpuset placement (agent/cpus.py)
+        self.cpuset_placements = Counter(
+            "titus_agent_cpuset_placements", "Exclusive CPU placements made, by class", ["cls"], registry=r
+        )
+        self.cpuset_cross_placements = Counter(
+            "titus_agent_cpuset_cross_placements",
+            "Placements whose CPUs span more than one socket / NUMA node / L3 group", ["level"], registry=r,
+        )
+        self.cpuset_smt_shared_placements = Counter(
+            "titus_agent_cpuset_smt_shared_placements",
+            "Placements that took a hardware thread whose sibling another task holds", registry=r,
+        )
+        self.cpuset_placement_seconds = Histogram(
+            "titus_agent_cpuset_placement_seconds", "Time to decide one placement (the C core through its API)",
+            buckets=PLACEMENT_BUCKETS, registry=r,
+        )
+        self.cpuset_placement_failures = Counter(
+            "titus_agent_cpuset_placement_failures", "Launches refused for want of CPUs to place them on", registry=r
+        )
+        self.cpuset_rebalance_moves = Histogram(
+            "titus_agent_cpuset_rebalance_moved_cpus", "CPUs moved per rebalance", buckets=MOVE_BUCKETS, registry=r
+        )
+        self.cpuset_updates = Counter(
+            "titus_agent_cpuset_updates", "cpusets written to running containers (docker update)", registry=r
+        )
+        self.cpuset_update_failures = Counter(
+            "titus_agent_cpuset_update_failures", "cpuset writes the engine refused or missed (retried)", registry=r
+        )
+        self.cpuset_drift_corrections = Counter(
+            "titus_agent_cpuset_drift_corrections",
+            "Containers found on a cpuset other than theirs (engine or cgroup value) and put back", ["source"],
+            registry=r,
+        )
 
     def bind(self, states: Callable[[], Iterable[TaskState]], unknown: Callable[[], int]) -> None:
         self.registry.register(_LiveCollector(states, unknown))
+
+    def bind_cpus(self, usage: Callable[[], Mapping[str, int]], smt_shared: Callable[[], int]) -> None:
+        self.registry.register(_CpuCollector(usage, smt_shared))

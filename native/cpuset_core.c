@@ -507,6 +507,26 @@ static void place_in(cs_state *st, int clev, const int16_t *cand, int32_t nc, in
                 br = r;
             }
         }
+        if (best >= 0 && clev == 1 && br.k[0] > 1) {
+            /* One socket holds the request only across more NUMA nodes than the fewest
+             * nodes that could hold it anywhere: NUMA span outranks staying in the socket
+             * (remote memory is per node), so decide at node level across all sockets. */
+            int16_t sub[MAXC];
+            int32_t ns = 0, k = 0;
+            for (int32_t i = 0; i < nc; i++) {
+                int32_t c = cand[i];
+                for (int32_t j = st->kstart[1][c]; j < st->kstart[1][c + 1]; j++) {
+                    int32_t nd = st->kids[1][j];
+                    sub[ns++] = (int16_t)nd;
+                    if (st->agg[2][nd].f > 0)
+                        st->tmp[k++] = st->agg[2][nd].f;
+                }
+            }
+            if (needed_count(st, k, need) < br.k[0]) {
+                place_in(st, 2, sub, ns, need);
+                return;
+            }
+        }
         if (best >= 0) {
             place(st, clev, best, need);
             st->agg[clev][best].f -= need;

@@ -71,6 +71,31 @@ class ContainerSpec(_Model):
     # Requests for security variants (seccomp/AppArmor profiles); their policy lives with the security step.
     security_attributes: dict[str, str] = Field(default_factory=dict)
     kill_grace_seconds: Annotated[float, Field(ge=0, le=600)] = 10.0
+    cpu_class: Annotated[
+        Literal["static", "burst"] | None,
+        Field(
+            description="CPU placement class. static: exclusive whole CPUs (whole physical cores when the "
+            "request allows, inside one NUMA node / L3 group when it fits); needs a whole-number cpu request. "
+            "burst: floor(cpu) exclusive CPUs as a guaranteed minimum, plus every idle CPU of the host, "
+            "shrinking back when static work arrives. Default: static for a whole-number cpu request, "
+            "burst for a fractional one (which then runs on the idle CPUs only)."
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _static_needs_whole_cpus(self) -> ContainerSpec:
+        if self.cpu_class == "static" and not self.resources.cpu.is_integer():
+            raise ValueError(
+                "cpuClass 'static' gets whole exclusive CPUs: ask for a whole number of cpus "
+                f"(not {self.resources.cpu:g}), or use cpuClass 'burst'"
+            )
+        return self
+
+    @property
+    def effective_cpu_class(self) -> Literal["static", "burst"]:
+        if self.cpu_class is not None:
+            return self.cpu_class
+        return "static" if self.resources.cpu.is_integer() else "burst"
 
     @field_validator("image")
     @classmethod

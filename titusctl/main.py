@@ -19,6 +19,7 @@ import requests
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TASK_NOT_NORMAL = 0, 1, 2, 3, 4
 DEFAULT_URL = os.environ.get("TITUS_SCHEDULER", "http://127.0.0.1:7100")
+DEFAULT_AGENT_URL = os.environ.get("TITUS_AGENT", "http://127.0.0.1:7101")
 
 
 class CliError(Exception):
@@ -235,6 +236,50 @@ def cmd_node_list(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cpu_map(doc: dict[str, Any]) -> str:
+    """The host's threads grouped socket → NUMA node → L3 group → core; a group's id is printed
+    where it starts, so the tree reads top-down."""
+    rows: list[list[str]] = []
+    last: tuple[int, ...] = ()
+    for c in sorted(doc["cpus"], key=lambda c: (c["socket"], c["node"], c["l3"], c["core"], c["cpu"])):
+        key = (c["socket"], c["node"], c["l3"], c["core"])
+        first_new = next((i for i in range(4) if not last or key[i] != last[i]), 4)
+        shown = ["" if i < first_new else str(k) for i, k in enumerate(key)]
+        last = key
+        holder = c["taskId"] or ("reserved" if c["reserved"] else "idle")
+        burst = f"{len(c['burstTasks'])} task(s)" if c["burstTasks"] else ""
+        rows.append([*shown, str(c["cpu"]), holder, c["class"] or "", burst])
+    out = [
+        f"node {doc.get('nodeId', '?')}: {doc['topology']['description']}",
+        f"burst pool {doc['burstPool'] or '-'} · SMT cores shared between tasks: {doc['smtSharedCores']}",
+        "",
+        table(rows, ["SOCKET", "NUMA", "L3", "CORE", "CPU", "HOLDER", "CLASS", "BURSTING"]),
+    ]
+    if doc["tasks"]:
+        tasks = [
+            [t["taskId"], t["class"], f"{t['request']:g}", t["exclusive"] or "-", t["cpuset"], t["applied"] or "-"]
+            for t in doc["tasks"]
+        ]
+        out += ["", table(tasks, ["TASK", "CLASS", "CPU", "EXCLUSIVE", "CPUSET", "APPLIED"])]
+    return "\n".join(out)
+
+
+def cmd_node_cpus(api: Api, args: argparse.Namespace) -> int:
+    # A host diagnostic: asked of the local agent, never through the scheduler.
+    url = args.agent.rstrip("/") + "/v1/cpus"
+    try:
+        r = requests.get(url, timeout=10)
+        doc = r.json()
+    except requests.RequestException as e:
+        raise CliError(f"cannot reach the agent at {args.agent} ({e.__class__.__name__}); set --agent", EXIT_UNREACHABLE) from None
+    except ValueError:
+        raise CliError(f"GET {url}: HTTP {r.status_code} with a non-JSON answer", EXIT_UNREACHABLE) from None
+    if r.status_code >= 400:
+        raise CliError(f"error: {doc.get('error', {}).get('message', f'HTTP {r.status_code}')}", EXIT_REFUSED)
+    emit(args, doc, cpu_map(doc))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="titusctl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scheduler", default=DEFAULT_URL, help=f"scheduler URL (default {DEFAULT_URL})")
@@ -283,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = sub.add_parser("node", help="hosts").add_subparsers(dest="verb", required=True)
     node.add_parser("list").set_defaults(fn=cmd_node_list)
+    nc = node.add_parser("cpus", help="this host's CPU map: which task holds which thread (asks the local agent)")
+    nc.add_argument("--agent", default=DEFAULT_AGENT_URL, help=f"agent URL (default {DEFAULT_AGENT_URL})")
+    nc.set_defaults(fn=cmd_node_cpus)
     return p
 
 
