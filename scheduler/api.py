@@ -131,14 +131,12 @@ async def list_tasks(request: web.Request) -> web.Response:
     state = _query_state(request, TaskState)
     job_id = request.query.get("jobId")
     node_id = request.query.get("nodeId")
-    if job_id is not None:
-        s.job(job_id)  # 404 for a job that does not exist, not an empty list
+    # 404 for a job that does not exist, not an empty list.
+    candidates = s.job_tasks(s.job(job_id).id) if job_id is not None else s.tasks.values()
     tasks = [
         t
-        for t in s.tasks.values()
-        if (state is None or t.state is state)
-        and (job_id is None or t.job_id == job_id)
-        and (node_id is None or t.node_id == node_id)
+        for t in candidates
+        if (state is None or t.state is state) and (node_id is None or t.node_id == node_id)
     ]
     tasks.sort(key=lambda t: t.timestamps.get(TaskState.ACCEPTED.value, 0.0))
     return _json({"tasks": [task_view(t) for t in tasks]})

@@ -76,6 +76,10 @@ class Scheduler:
         self.clock = clock
         self.jobs: dict[str, JobRecord] = {}
         self.tasks: dict[str, TaskRecord] = {}
+        # Indexes, so API reads and per-host work do not scan every task ever run.
+        self._tasks_by_job: dict[str, list[str]] = {}
+        self._active_by_node: dict[str, set[str]] = {}  # tasks holding resources on each host
+        self._pending: set[str] = set()  # Accepted tasks waiting for a host
         self.nodes: dict[str, NodeRecord] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._delivered_at: dict[str, float] = {}  # task id → when its launch/kill was last sent
@@ -89,7 +93,7 @@ class Scheduler:
             if j.spec.idempotency_key:
                 self._by_idempotency_key[j.spec.idempotency_key] = j.id
         for t in snap.tasks:
-            self.tasks[t.id] = t
+            self._index(t)
         now = clock()
         for n in snap.nodes:
             # A restarted scheduler has heard from nobody yet: give every host a fresh grace period
@@ -118,7 +122,7 @@ class Scheduler:
         if key:
             self._by_idempotency_key[key] = job.id
         for t in tasks:
-            self.tasks[t.id] = t
+            self._index(t)
         self.metrics.jobs_submitted.labels(kind=spec.kind).inc()
         log.info("job submitted: %s %s x%d", spec.kind, spec.app_name, spec.task_count, extra={"job_id": job.id})
         self._schedule_wanted.set()
@@ -143,7 +147,19 @@ class Scheduler:
             raise NotFound(f"no task {task_id!r}") from None
 
     def job_tasks(self, job_id: str) -> list[TaskRecord]:
-        return [t for t in self.tasks.values() if t.job_id == job_id]
+        return [self.tasks[i] for i in self._tasks_by_job.get(job_id, [])]
+
+    def node_tasks(self, node_id: str) -> list[TaskRecord]:
+        """Tasks holding (or about to hold) resources on a host."""
+        return [self.tasks[i] for i in self._active_by_node.get(node_id, ())]
+
+    def _index(self, task: TaskRecord) -> None:
+        self.tasks[task.id] = task
+        self._tasks_by_job.setdefault(task.job_id, []).append(task.id)
+        if task.node_id and task.state.active:
+            self._active_by_node.setdefault(task.node_id, set()).add(task.id)
+        if task.state is TaskState.ACCEPTED:
+            self._pending.add(task.id)
 
     def kill_job(self, job_id: str) -> JobRecord:
         job = self.job(job_id)
@@ -214,18 +230,16 @@ class Scheduler:
         # never acted on here — a mismatch is not proof that the tasks are gone.
         node.missing_tasks = sorted(
             t.id
-            for t in self.tasks.values()
-            if t.node_id == node.id
-            and t.state in (TaskState.START_INITIATED, TaskState.STARTED)
+            for t in self.node_tasks(node.id)
+            if t.state in (TaskState.START_INITIATED, TaskState.STARTED)
             and t.id not in running
         )
         self.nodes[node.id] = node
         # A kill already sent for a task the agent does not hold: nothing is left to kill.
         gone = [
             t
-            for t in self.tasks.values()
-            if t.node_id == node.id
-            and t.state is TaskState.KILL_INITIATED
+            for t in self.node_tasks(node.id)
+            if t.state is TaskState.KILL_INITIATED
             and t.id in self._delivered_at
             and t.id not in running
         ]
@@ -242,9 +256,7 @@ class Scheduler:
         """Launches and kills due for a node, not sent in the last `redeliver_after` seconds."""
         now = self.clock()
         resp = SyncResponse(heartbeat_interval_seconds=self.config.heartbeat_interval)
-        for t in self.tasks.values():
-            if t.node_id != node_id:
-                continue
+        for t in self.node_tasks(node_id):
             if now - self._delivered_at.get(t.id, -1e18) < self.config.redeliver_after:
                 continue
             if t.state is TaskState.LAUNCHED and not t.kill_requested:
@@ -341,7 +353,7 @@ class Scheduler:
 
     def _remember(self, new_tasks: list[TaskRecord]) -> None:
         for t in new_tasks:
-            self.tasks[t.id] = t
+            self._index(t)
         if new_tasks:
             self._schedule_wanted.set()
 
@@ -355,6 +367,9 @@ class Scheduler:
         task.message = message
         task.exit_code = exit_code
         self._delivered_at.pop(task.id, None)
+        self._pending.discard(task.id)
+        if task.node_id:
+            self._active_by_node.get(task.node_id, set()).discard(task.id)
         self.metrics.tasks_finished.labels(reason=reason.value).inc()
         log.info(
             "task finished: %s (%s)", reason.value, message, extra={"task_id": task.id, "job_id": task.job_id}
@@ -445,16 +460,16 @@ class Scheduler:
             for n in sorted(self.nodes.values(), key=lambda n: n.id)
             if n.status is NodeStatus.READY
         }
-        for t in self.tasks.values():
-            if t.state.active and t.node_id in views:
-                views[t.node_id].take(self.jobs[t.job_id].spec.container.resources)
+        for view in views.values():
+            for t in self.node_tasks(view.id):
+                view.take(self.jobs[t.job_id].spec.container.resources)
         return list(views.values())
 
     def schedule_pass(self) -> int:
         """Place every Accepted task that is due. Returns how many were placed."""
         now = self.clock()
         pending = sorted(
-            (t for t in self.tasks.values() if t.state is TaskState.ACCEPTED and t.not_before <= now),
+            (t for t in map(self.tasks.__getitem__, self._pending) if t.not_before <= now),
             key=lambda t: t.timestamps[TaskState.ACCEPTED.value],
         )
         if not pending:
@@ -469,6 +484,8 @@ class Scheduler:
             node.take(demand)
             t.node_id = node.id
             t.enter(TaskState.LAUNCHED, now)
+            self._active_by_node.setdefault(node.id, set()).add(t.id)
+            self._pending.discard(t.id)
             placed.append(t)
         if placed:
             self.store.commit(tasks=placed)
@@ -478,7 +495,7 @@ class Scheduler:
 
     def next_due(self) -> float | None:
         """When the earliest delayed Accepted task becomes placeable."""
-        delays = [t.not_before for t in self.tasks.values() if t.state is TaskState.ACCEPTED]
+        delays = [self.tasks[i].not_before for i in self._pending]
         return min(delays) if delays else None
 
     # ---- host liveness ------------------------------------------------------------------------
@@ -502,7 +519,7 @@ class Scheduler:
                 changed_nodes.append(node)
                 log.warning("node disconnected: %s (silent %.0fs)", node.id, silent, extra={"node_id": node.id})
             if node.status is not NodeStatus.READY and silent > self.config.lost_after:
-                for t in [t for t in self.tasks.values() if t.node_id == node.id and t.state.active]:
+                for t in self.node_tasks(node.id):
                     if self._lost_budget < 1:
                         log.error("lost-task rate limit reached: holding back; node %s", node.id)
                         break
