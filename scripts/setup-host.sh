@@ -2,7 +2,7 @@
 # Host set-up for a one-host titus-node (developer machine, CI, demo box).
 #
 #   1. apt packages   docker.io docker-registry busybox-static iproute2 nftables
-#                     ca-certificates curl libsystemd-dev pkg-config
+#                     ca-certificates curl libsystemd-dev pkg-config prometheus
 #                     (apt-get update only if one is missing)
 #   2. dockerd        started in the background if `docker info` fails
 #   3. registry       Debian's docker-registry on 127.0.0.1:5000 (no auth), if
@@ -36,7 +36,8 @@ IMAGE_TAG=${TITUS_TEST_IMAGE_TAG:-latest}
 IMAGE="$REGISTRY_ADDR/$IMAGE_REPO:$IMAGE_TAG"
 
 # libsystemd-dev + pkg-config: to build systemd-python (journald logging with TASK_ID/JOB_ID fields).
-APT_PACKAGES=(docker.io docker-registry busybox-static iproute2 nftables ca-certificates curl libsystemd-dev pkg-config)
+# prometheus: for promtool, which the tests use to lint both /metrics endpoints.
+APT_PACKAGES=(docker.io docker-registry busybox-static iproute2 nftables ca-certificates curl libsystemd-dev pkg-config prometheus)
 
 export DEBIAN_FRONTEND=noninteractive
 # needrestart (if installed) must not restart services behind our back.
