@@ -2,7 +2,8 @@
 # Host set-up for a one-host titus-node (developer machine, CI, demo box).
 #
 #   1. apt packages   docker.io docker-registry busybox-static iproute2 nftables
-#                     ca-certificates curl libsystemd-dev pkg-config prometheus
+#                     ca-certificates curl libsystemd-dev pkg-config prometheus apparmor
+#                     libseccomp2
 #                     (apt-get update only if one is missing)
 #   2. dockerd        started in the background if `docker info` fails
 #   3. registry       Debian's docker-registry on 127.0.0.1:5000 (no auth), if
@@ -37,7 +38,9 @@ IMAGE="$REGISTRY_ADDR/$IMAGE_REPO:$IMAGE_TAG"
 
 # libsystemd-dev + pkg-config: to build systemd-python (journald logging with TASK_ID/JOB_ID fields).
 # prometheus: for promtool, which the tests use to lint both /metrics endpoints.
-APT_PACKAGES=(docker.io docker-registry busybox-static iproute2 nftables ca-certificates curl libsystemd-dev pkg-config prometheus)
+# apparmor: apparmor_parser validates the generated profiles (the kernel here may not enforce them);
+# libseccomp2: the seccomp profiles are compiled with it in the tests.
+APT_PACKAGES=(docker.io docker-registry busybox-static iproute2 nftables ca-certificates curl libsystemd-dev pkg-config prometheus apparmor libseccomp2)
 
 export DEBIAN_FRONTEND=noninteractive
 # needrestart (if installed) must not restart services behind our back.
