@@ -1,0 +1,415 @@
+"""The `aws` provider: container ENIs and secondary IPs through the EC2 API (boto3).
+
+- Every blocking boto3 call runs in a worker thread (`asyncio.to_thread`); the event loop never waits
+  on the network.
+- Throttling (RequestLimitExceeded & co.) and transient failures (5xx, connection errors) are
+  retried with exponential backoff and full jitter; every attempt counts in `api_calls`.
+- Everything created is tagged `titus:node`, `titus:instance`, `titus:created`; listing, GC and
+  deletion only ever consider ENIs carrying this node's tag.
+- Answers are checked, not trusted: limits from `netns/limits.py` are enforced here (moto enforces
+  none), addresses must be inside the subnet, outside the VPC-reserved ones and not already held on
+  this node (moto hands out duplicates); bad ones are given back and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from netns.errors import (
+    AddressConflict,
+    EniLimitReached,
+    IpLimitReached,
+    NetworkError,
+    ProviderResponseInvalid,
+    ProviderThrottled,
+    ProviderUnavailable,
+    SubnetExhausted,
+    UnknownSecurityGroup,
+)
+from netns.ipam import SgKey, sg_key
+from netns.limits import InstanceLimits, limits_for
+from netns.providers.base import EniInfo, gateway_of, usable_addresses
+
+TAG_NODE = "titus:node"
+TAG_INSTANCE = "titus:instance"
+TAG_CREATED = "titus:created"
+DESCRIPTION_PREFIX = "titus-node"
+
+THROTTLE_CODES = {
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequestsException",
+}
+TRANSIENT_CODES = {"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"}
+ERROR_TYPES: dict[str, type[NetworkError]] = {
+    "InvalidGroup.NotFound": UnknownSecurityGroup,
+    "InvalidSecurityGroupID.NotFound": UnknownSecurityGroup,
+    "InvalidGroupId.Malformed": UnknownSecurityGroup,
+    "InsufficientFreeAddressesInSubnet": SubnetExhausted,
+    "InsufficientCidrBlocks": SubnetExhausted,
+    "AttachmentLimitExceeded": EniLimitReached,
+    "PrivateIpAddressLimitExceeded": IpLimitReached,
+}
+REPLACEMENT_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    node_id: str
+    instance_id: str
+    instance_type: str
+    subnet_id: str
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    max_attempts: int = 6
+    base_delay_s: float = 0.1
+    max_delay_s: float = 5.0
+    detach_wait_attempts: int = 10
+
+
+def make_client(config: AwsConfig) -> Any:
+    """An EC2 client with the SDK's own retries off: this provider retries, and counts, itself."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "ec2",
+        region_name=config.region,
+        endpoint_url=config.endpoint_url,
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=10),
+    )
+
+
+def _error_code(exc: BaseException) -> tuple[str, int]:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return "", 0
+    err = response.get("Error") or {}
+    meta = response.get("ResponseMetadata") or {}
+    status = meta.get("HTTPStatusCode")
+    return str(err.get("Code", "")), int(status) if isinstance(status, int) else 0
+
+
+def _str(doc: Any, key: str) -> str:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ProviderResponseInvalid(f"EC2 answer lacks {key}: {doc!r:.200}")
+    return value
+
+
+class AwsProvider:
+    name = "aws"
+
+    def __init__(
+        self,
+        config: AwsConfig,
+        client: Any | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.client = client if client is not None else make_client(config)
+        self._limits = limits_for(config.instance_type)
+        self._sleep = sleep
+        self.api_calls = 0
+        self.retries = 0
+        self._subnet_cidr: str | None = None
+        self._known_groups: set[str] = set()
+        self._enis: dict[str, EniInfo] = {}
+        self._attachments: dict[str, str] = {}
+
+    @property
+    def limits(self) -> InstanceLimits:
+        return self._limits
+
+    # ---- the one way to call EC2 -----------------------------------------------------------------
+
+    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        method = getattr(self.client, operation)
+        for attempt in range(self.config.max_attempts):
+            self.api_calls += 1
+            try:
+                answer = await asyncio.to_thread(method, **kwargs)
+            except ClientError as e:
+                code, status = _error_code(e)
+                if code in ERROR_TYPES:
+                    raise ERROR_TYPES[code](f"{operation}: {code}: {e}") from None
+                retry = code in THROTTLE_CODES or code in TRANSIENT_CODES or status >= 500
+                if not retry:
+                    raise NetworkError(f"{operation} refused: {code or status}: {e}") from None
+                last: Exception = e
+            except BotoCoreError as e:  # connection refused, timeouts, endpoint errors
+                code, last = "", e
+            else:
+                if not isinstance(answer, dict):
+                    raise ProviderResponseInvalid(f"{operation} answered {type(answer).__name__}")
+                return answer
+            if attempt + 1 < self.config.max_attempts:
+                self.retries += 1
+                cap = min(self.config.max_delay_s, self.config.base_delay_s * 2**attempt)
+                await self._sleep(random.uniform(0, cap))  # full jitter
+        if code in THROTTLE_CODES:
+            raise ProviderThrottled(f"{operation} throttled after {self.config.max_attempts} attempts")
+        raise ProviderUnavailable(f"{operation} failed after {self.config.max_attempts} attempts: {last}")
+
+    # ---- subnet, groups, parsing -------------------------------------------------------------------
+
+    async def _subnet(self) -> str:
+        if self._subnet_cidr is None:
+            answer = await self._call("describe_subnets", SubnetIds=[self.config.subnet_id])
+            subnets = answer.get("Subnets")
+            if not isinstance(subnets, list) or len(subnets) != 1:
+                raise ProviderResponseInvalid(f"subnet {self.config.subnet_id} not described")
+            cidr = _str(subnets[0], "CidrBlock")
+            usable_addresses(cidr)  # validates
+            self._subnet_cidr = cidr
+        return self._subnet_cidr
+
+    async def _check_groups(self, groups: SgKey) -> None:
+        missing = [g for g in groups if g not in self._known_groups]
+        if not missing:
+            return
+        answer = await self._call("describe_security_groups", GroupIds=missing)
+        found = {g.get("GroupId") for g in answer.get("SecurityGroups", []) if isinstance(g, dict)}
+        unknown = sorted(set(missing) - found)
+        if unknown:
+            raise UnknownSecurityGroup(f"security groups do not exist: {', '.join(unknown)}")
+        self._known_groups.update(missing)
+
+    def _check_address(self, address: Any, cidr: str) -> str | None:
+        """The address if it can be used, None if it is reserved, outside the subnet or malformed."""
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            return None
+        _, first, last = usable_addresses(cidr)
+        return str(ip) if first <= int(ip) <= last else None
+
+    def _parse_eni(self, doc: Any, cidr: str) -> EniInfo:
+        eni_id = _str(doc, "NetworkInterfaceId")
+        groups = sg_key(_str(g, "GroupId") for g in doc.get("Groups", []))
+        attachment = doc.get("Attachment") or {}
+        device_index = attachment.get("DeviceIndex")
+        if not isinstance(device_index, int) or device_index < 0:
+            raise ProviderResponseInvalid(f"{eni_id} has no device index")
+        if attachment.get("AttachmentId"):
+            self._attachments[eni_id] = str(attachment["AttachmentId"])
+        primary, secondary = "", []
+        for entry in doc.get("PrivateIpAddresses", []):
+            address = _str(entry, "PrivateIpAddress")
+            if entry.get("Primary"):
+                primary = address
+            else:
+                secondary.append(address)
+        tags = {t.get("Key"): t.get("Value") for t in doc.get("TagSet", []) if isinstance(t, dict)}
+        try:
+            created = float(tags.get(TAG_CREATED) or 0)
+        except ValueError:
+            created = 0.0
+        return EniInfo(
+            eni_id=eni_id,
+            device_index=device_index,
+            security_groups=groups,
+            subnet_cidr=cidr,
+            gateway=gateway_of(cidr),
+            mac=str(doc.get("MacAddress", "")),
+            primary_ip=primary or _str(doc, "PrivateIpAddress"),
+            secondary_ips=tuple(secondary),
+            created_at=created,
+        )
+
+    def _held(self) -> dict[str, str]:
+        held: dict[str, str] = {}
+        for eni in self._enis.values():
+            for address in (eni.primary_ip, *eni.secondary_ips):
+                held[address] = eni.eni_id
+        return held
+
+    # ---- Provider --------------------------------------------------------------------------------
+
+    async def list_enis(self) -> list[EniInfo]:
+        cidr = await self._subnet()
+        answer = await self._call(
+            "describe_network_interfaces",
+            Filters=[
+                {"Name": "attachment.instance-id", "Values": [self.config.instance_id]},
+                {"Name": f"tag:{TAG_NODE}", "Values": [self.config.node_id]},
+            ],
+        )
+        enis = [self._parse_eni(d, cidr) for d in answer.get("NetworkInterfaces", [])]
+        self._enis = {e.eni_id: e for e in enis if e.device_index > 0}
+        return list(self._enis.values())
+
+    async def create_eni(self, security_groups: SgKey, device_index: int) -> EniInfo:
+        if len(self._enis) >= self._limits.container_enis:
+            raise EniLimitReached(
+                f"{self.config.instance_type} allows {self._limits.container_enis} container ENIs"
+            )
+        if not security_groups:
+            raise UnknownSecurityGroup("an ENI needs at least one security group")
+        cidr = await self._subnet()
+        await self._check_groups(security_groups)
+        tags = [
+            {"Key": TAG_NODE, "Value": self.config.node_id},
+            {"Key": TAG_INSTANCE, "Value": self.config.instance_id},
+            {"Key": TAG_CREATED, "Value": str(int(time.time()))},
+        ]
+        for _ in range(REPLACEMENT_ROUNDS):
+            info = await self._create_and_attach(security_groups, device_index, tags, cidr)
+            if info.primary_ip not in self._held() and self._check_address(info.primary_ip, cidr):
+                self._enis[info.eni_id] = info
+                return info
+            # moto can hand out an address already held here; EC2 would not. Give it back, retry.
+            await self.delete_eni(info.eni_id)
+        raise AddressConflict("EC2 kept offering ENIs whose primary address is already in use")
+
+    async def _create_and_attach(
+        self, security_groups: SgKey, device_index: int, tags: list[dict[str, str]], cidr: str
+    ) -> EniInfo:
+        answer = await self._call(
+            "create_network_interface",
+            SubnetId=self.config.subnet_id,
+            Groups=list(security_groups),
+            Description=f"{DESCRIPTION_PREFIX} {self.config.node_id}",
+            TagSpecifications=[{"ResourceType": "network-interface", "Tags": tags}],
+        )
+        doc = answer.get("NetworkInterface")
+        eni_id = _str(doc, "NetworkInterfaceId")
+        try:
+            attached = await self._call(
+                "attach_network_interface",
+                NetworkInterfaceId=eni_id,
+                InstanceId=self.config.instance_id,
+                DeviceIndex=device_index,
+            )
+            self._attachments[eni_id] = _str(attached, "AttachmentId")
+        except NetworkError:
+            # Not attached: delete now rather than leave it for the leak GC.
+            await self._call("delete_network_interface", NetworkInterfaceId=eni_id)
+            raise
+        assert isinstance(doc, dict)
+        attachment = {"DeviceIndex": device_index, "AttachmentId": self._attachments[eni_id]}
+        return self._parse_eni({**doc, "Attachment": attachment, "TagSet": tags}, cidr)
+
+    async def assign_ips(self, eni_id: str, count: int) -> list[str]:
+        eni = self._enis.get(eni_id)
+        if eni is None:
+            raise NetworkError(f"{eni_id} is not a container ENI of node {self.config.node_id}")
+        room = self._limits.container_ips_per_eni - len(eni.secondary_ips)
+        if count > room:
+            raise IpLimitReached(f"{eni_id} has room for {room} more IPs, asked {count}")
+        cidr = await self._subnet()
+        _, first, last = usable_addresses(cidr)
+        held = self._held()
+        if len(held) + count > last - first + 1:
+            raise SubnetExhausted(f"subnet {cidr} cannot hold {count} more addresses")
+        good: list[str] = []
+        for _ in range(REPLACEMENT_ROUNDS):
+            wanted = count - len(good)
+            answer = await self._call(
+                "assign_private_ip_addresses",
+                NetworkInterfaceId=eni_id,
+                SecondaryPrivateIpAddressCount=wanted,
+            )
+            listed = [_str(a, "PrivateIpAddress") for a in answer.get("AssignedPrivateIpAddresses", [])]
+            # EC2 lists the new addresses; moto lists all of the ENI's. Keep only what is new here.
+            before = {eni.primary_ip, *eni.secondary_ips, *good}
+            returned = [a for a in listed if a not in before]
+            if len(returned) != wanted:
+                raise ProviderResponseInvalid(f"asked {wanted} IPs on {eni_id}, got {len(returned)}")
+            bad: list[str] = []
+            for raw in returned:
+                address = self._check_address(raw, cidr)
+                if address is None or address in held or address in good:
+                    bad.append(raw)
+                else:
+                    good.append(address)
+            if bad:  # give them back; they are not ours to use
+                await self._call(
+                    "unassign_private_ip_addresses", NetworkInterfaceId=eni_id, PrivateIpAddresses=bad
+                )
+            if len(good) == count:
+                break
+        self._enis[eni_id] = _with_secondary(eni, eni.secondary_ips + tuple(good))
+        if not good:
+            raise AddressConflict(f"EC2 offered only addresses already in use on {eni_id}")
+        return good
+
+    async def unassign_ips(self, eni_id: str, addresses: Sequence[str]) -> None:
+        if not addresses:
+            return
+        await self._call(
+            "unassign_private_ip_addresses", NetworkInterfaceId=eni_id, PrivateIpAddresses=list(addresses)
+        )
+        eni = self._enis.get(eni_id)
+        if eni is not None:
+            gone = set(addresses)
+            self._enis[eni_id] = _with_secondary(eni, tuple(a for a in eni.secondary_ips if a not in gone))
+
+    async def delete_eni(self, eni_id: str) -> None:
+        attachment = self._attachments.get(eni_id)
+        if attachment is not None:
+            await self._call("detach_network_interface", AttachmentId=attachment, Force=True)
+        await self._delete_when_detached(eni_id)
+        self._enis.pop(eni_id, None)
+        self._attachments.pop(eni_id, None)
+
+    async def _delete_when_detached(self, eni_id: str) -> None:
+        # EC2 detaches asynchronously; deleting too early answers InUse.
+        for attempt in range(self.config.detach_wait_attempts):
+            try:
+                await self._call("delete_network_interface", NetworkInterfaceId=eni_id)
+                return
+            except NetworkError as e:
+                if "InvalidNetworkInterfaceID.NotFound" in e.message:
+                    return
+                if "InUse" not in e.message or attempt + 1 == self.config.detach_wait_attempts:
+                    raise
+            await self._sleep(min(self.config.max_delay_s, self.config.base_delay_s * 2**attempt))
+
+    async def find_leaked_enis(self, older_than_s: float, now: float) -> list[str]:
+        answer = await self._call(
+            "describe_network_interfaces",
+            Filters=[
+                {"Name": f"tag:{TAG_NODE}", "Values": [self.config.node_id]},
+                {"Name": "status", "Values": ["available"]},
+            ],
+        )
+        leaked = []
+        for doc in answer.get("NetworkInterfaces", []):
+            tags = {t.get("Key"): t.get("Value") for t in doc.get("TagSet", []) if isinstance(t, dict)}
+            if tags.get(TAG_NODE) != self.config.node_id:
+                continue  # never touch an ENI this node did not create
+            try:
+                created = float(tags.get(TAG_CREATED) or "")
+            except ValueError:
+                continue  # no creation time: cannot prove it is old, leave it alone
+            if now - created >= older_than_s and not doc.get("Attachment"):
+                leaked.append(_str(doc, "NetworkInterfaceId"))
+        return sorted(leaked)
+
+    async def delete_leaked_eni(self, eni_id: str) -> None:
+        await self._delete_when_detached(eni_id)
+
+
+def _with_secondary(eni: EniInfo, secondary: tuple[str, ...]) -> EniInfo:
+    return EniInfo(
+        eni_id=eni.eni_id,
+        device_index=eni.device_index,
+        security_groups=eni.security_groups,
+        subnet_cidr=eni.subnet_cidr,
+        gateway=eni.gateway,
+        mac=eni.mac,
+        primary_ip=eni.primary_ip,
+        secondary_ips=secondary,
+        created_at=eni.created_at,
+    )

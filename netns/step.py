@@ -1,0 +1,133 @@
+"""The API the agent's network launch step calls (see docs/network.md for the step itself).
+
+    networks = TaskNetworks(pool, Wiring())                  # once, at agent start
+    await networks.restore({task_id: record, ...})           # records from the task checkpoints
+    record = ctx.resources("network")
+    await networks.setup(task_id, netns_path, security_groups, record, ctx.save)
+    ...
+    await networks.teardown(task_id, record)                 # idempotent, after partial setup too
+    await networks.collect_leaks(live_task_ids)              # periodically
+
+Errors leave as `netns.errors.NetworkError`: `platform_fault` True -> the task ends `crashed`,
+False (unknown security group) -> `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from netns.errors import NetworkError
+from netns.ipam import ReconcileReport
+from netns.pool import NetworkPool
+from netns.providers.base import EniInfo
+from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, iproute_in
+
+RECORD_VERSION = 1
+
+
+class HostEniByMac:
+    """Finds an ENI's link on the host by its MAC (EC2 names them eth1, ens6… unpredictably)."""
+
+    def __init__(self, host_netns: str | None = None) -> None:
+        self.host_netns = host_netns
+
+    def __call__(self, eni: EniInfo) -> HostEni | None:
+        if not eni.mac:
+            return None  # the local provider's ENIs have no link: host routing only
+        with iproute_in(self.host_netns) as ipr:
+            for link in ipr.link("dump"):
+                if str(link.get("IFLA_ADDRESS", "")).lower() == eni.mac.lower():
+                    return HostEni(eni.device_index, str(link.get("IFLA_IFNAME")), eni.gateway)
+        raise NetworkError(f"ENI {eni.eni_id} ({eni.mac}) has no link on this host yet")
+
+
+def no_host_eni(eni: EniInfo) -> HostEni | None:
+    return None
+
+
+@dataclass
+class LeakReport:
+    wiring: GcReport = field(default_factory=GcReport)
+    enis: list[str] = field(default_factory=list)
+
+
+class TaskNetworks:
+    def __init__(
+        self,
+        pool: NetworkPool,
+        wiring: Wiring,
+        host_eni_for: Callable[[EniInfo], HostEni | None] = no_host_eni,
+        mtu: int = 1500,
+    ) -> None:
+        self.pool = pool
+        self.wiring = wiring
+        self.host_eni_for = host_eni_for
+        self.mtu = mtu
+        self._eni_tables: set[str] = set()
+        self.last_leaks = LeakReport()
+
+    async def restore(self, records: Mapping[str, Mapping[str, Any]]) -> ReconcileReport:
+        """At agent start, before any setup: the task checkpoints' network records of tasks whose
+        containers still exist. Their addresses stay theirs; everything else is reconciled."""
+        existing = {
+            task: str(r["lease"]["address"])
+            for task, r in records.items()
+            if isinstance(r.get("lease"), dict) and "address" in r["lease"]
+        }
+        return await self.pool.start(existing)
+
+    async def setup(
+        self,
+        task_id: str,
+        netns_path: str,
+        security_groups: list[str] | tuple[str, ...],
+        record: dict[str, Any],
+        save: Callable[[], None],
+    ) -> dict[str, Any]:
+        """Give the task an IP and wire it into `netns_path`. Fills `record` (the step's resources
+        in the task checkpoint) and calls `save` as soon as the IP is held, so teardown and GC find
+        it after a kill -9 at any point."""
+        record["version"] = RECORD_VERSION
+        lease = await self.pool.acquire(task_id, security_groups)
+        record["lease"] = lease.to_json()
+        save()
+        eni = self.pool.enis.get(lease.eni_id)
+        host_eni = self.host_eni_for(eni) if eni is not None else None
+        if host_eni is not None and lease.eni_id not in self._eni_tables:
+            await asyncio.to_thread(self.wiring.ensure_eni_table, host_eni)
+            self._eni_tables.add(lease.eni_id)
+        spec = ContainerNetSpec(task_id, netns_path, lease.address, host_eni, self.mtu)
+        record["wiring"] = await asyncio.to_thread(self.wiring.setup, spec)
+        save()
+        return record
+
+    async def teardown(self, task_id: str, record: Mapping[str, Any]) -> None:
+        """Unwire, then give the IP back (it cools before reuse). Safe when repeated."""
+        wired = record.get("wiring")
+        if isinstance(wired, dict):
+            await asyncio.to_thread(self.wiring.teardown, wired)
+        await self.pool.release(task_id)
+
+    async def collect_leaks(self, live_task_ids: set[str], eni_min_age_s: float = 300.0) -> LeakReport:
+        report = LeakReport()
+        report.wiring = await asyncio.to_thread(self.wiring.gc, live_task_ids)
+        for task_id in list(self.pool.pool.by_task):
+            if task_id not in live_task_ids:
+                await self.pool.release(task_id)
+        report.enis = await self.pool.collect_leaked_enis(eni_min_age_s)
+        self.last_leaks = report
+        return report
+
+    def snapshot(self) -> dict[str, Any]:
+        """For `titusctl node net`."""
+        doc = self.pool.snapshot()
+        doc["leaks"] = {
+            "links": self.last_leaks.wiring.links,
+            "rules": self.last_leaks.wiring.rules,
+            "namespaces": self.last_leaks.wiring.namespaces,
+            "enis": self.last_leaks.enis,
+        }
+        return doc
