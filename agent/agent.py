@@ -21,9 +21,13 @@ from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.runner import TaskRunner
 from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
+from agent.security import apparmor
+from agent.security.posture import HostPosture, probe_host_posture
+from agent.security.profiles import PolicyError, SecurityPolicy, default_policy, load_policy
 from agent.steps.container import ContainerStep
 from agent.steps.cpuset import CpusetStep
 from agent.steps.image import ImageStep
+from agent.steps.security import HostSecurity, SecurityStep
 from agent.watcher import ContainerWatcher
 from titus_common.protocol import CapacityReport, NodeReport, TaskAssignment
 from titus_common.states import TaskState
@@ -33,12 +37,31 @@ log = logging.getLogger("titus.agent")
 RECONCILE_EVERY = 30.0
 
 
-def default_pipeline(config: AgentConfig, metrics: AgentMetrics, cpus: CpusetApplier | None = None) -> Pipeline:
-    # The order is the launch order. Network, credentials and security steps go between the image
-    # and the container as they are built (each a module under agent/steps/). The cpuset step comes
-    # after the image pull, so a slow pull does not hold CPUs.
+class SecurityStartError(RuntimeError):
+    """The agent cannot confine containers as its policy says (bad policy file, an AppArmor profile
+    the kernel will not load): it must not start and run them anyway."""
+
+
+def load_security_policy(config: AgentConfig) -> SecurityPolicy:
+    """The policy file named in the config, or the built-in one. PolicyError names file and field."""
+    return load_policy(config.security_policy) if config.security_policy is not None else default_policy()
+
+
+def default_pipeline(
+    config: AgentConfig,
+    metrics: AgentMetrics,
+    cpus: CpusetApplier | None = None,
+    security: HostSecurity | None = None,
+) -> Pipeline:
+    # The order is the launch order. Network and credentials steps go between the image and the
+    # container as they are built (each a module under agent/steps/). The cpuset step comes after the
+    # image pull, so a slow pull does not hold CPUs; the security step before it, so a job this host
+    # refuses never takes CPUs.
+    security = security or HostSecurity(load_security_policy(config))
     cpuset = [CpusetStep(cpus)] if cpus is not None else []
-    return Pipeline([ImageStep(always_pull=config.always_pull), *cpuset, ContainerStep()], metrics)
+    return Pipeline(
+        [ImageStep(always_pull=config.always_pull), SecurityStep(security), *cpuset, ContainerStep()], metrics
+    )
 
 
 def host_capacity(config: AgentConfig) -> CapacityReport:
@@ -71,7 +94,16 @@ class Agent:
                 self.cpus = host_cpus(config, docker, metrics)
             except CpuStateError as e:
                 self._cpus_error = e
-        self.pipeline = pipeline or default_pipeline(config, metrics, self.cpus)
+        # The security policy is read once; a bad file stops the agent at start(). The posture is
+        # probed in start() (it needs the engine) and refreshed on every reconcile.
+        self._security_error: PolicyError | None = None
+        try:
+            policy = load_security_policy(config)
+        except PolicyError as e:
+            self._security_error = e
+            policy = default_policy()
+        self.security = HostSecurity(policy)
+        self.pipeline = pipeline or default_pipeline(config, metrics, self.cpus, self.security)
         self.store = CheckpointStore(config.state_dir)
         self.capacity = host_capacity(config)
         self.runners: dict[str, TaskRunner] = {}
@@ -90,6 +122,8 @@ class Agent:
         records = self.store.load_all()  # CheckpointCorrupt stops the agent: never guess
         if self._cpus_error is not None:
             raise self._cpus_error
+        if self._security_error is not None:
+            raise SecurityStartError(f"security policy: {self._security_error}")
         if self.cpus is not None:
             # Before any runner runs: the task records are the checkpoint of truth for who holds
             # which CPU (CpuStateError, a CheckpointCorrupt, on a mismatch).
@@ -97,6 +131,9 @@ class Agent:
             if not self.config.cpus:  # the scheduler counts CPUs: offer only those tasks can get
                 self.capacity = self.capacity.model_copy(update={"cpus": float(len(self.cpus.host.topology.usable))})
         containers = await self._list_containers_patiently()
+        # Before any runner runs: every launch is decided against what this host can enforce.
+        self.security.posture = await self._probe_posture_patiently()
+        await self._load_apparmor_profiles()
         present = {c["Labels"].get(LABEL_TASK): c for c in containers}
         for record in records:
             self._add_runner(record)
@@ -134,6 +171,61 @@ class Agent:
                 log.warning("Docker engine not answering at start (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(10.0, delay * 2)
+
+    async def _probe_posture_patiently(self) -> HostPosture:
+        delay = 0.5
+        while True:
+            try:
+                posture = await self.docker.call(probe_host_posture, self.docker.api)
+            except (DockerUnavailable, DockerError) as e:
+                log.warning("cannot probe the host's security posture (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+                continue
+            self._log_posture(posture)
+            return posture
+
+    @staticmethod
+    def _log_posture(posture: HostPosture) -> None:
+        log.info(
+            "security posture: kernel %s, cgroup v%s, seccomp %s, AppArmor %s (%s), userns-remap %s",
+            posture.kernel_version, posture.cgroup_version,
+            "yes" if posture.seccomp_enforceable else "NO",
+            "enforced" if posture.apparmor.enforceable else "NOT enforced", posture.apparmor.reason,
+            "yes" if posture.userns.remapped else "no (container root is host root)",
+        )
+
+    async def _load_apparmor_profiles(self) -> None:
+        """Where the kernel enforces AppArmor, load (or replace) one profile per seccomp variant, so
+        `apparmor=titus-<variant>` names a profile the kernel has. Not loadable = do not start."""
+        posture = self.security.posture
+        if posture is None or not posture.apparmor.enforceable:
+            return
+        for variant in sorted(self.security.policy.catalog.profiles):
+            text = apparmor.render_profile(variant)
+            result = await asyncio.to_thread(apparmor.load_profile, text)
+            if not result.ok:
+                raise SecurityStartError(
+                    f"AppArmor profile {apparmor.profile_name(variant)} does not load: {result.output}"
+                )
+            log.info("AppArmor profile %s loaded", apparmor.profile_name(variant))
+
+    async def _refresh_posture(self) -> None:
+        """After a dockerd restart the engine may have changed (seccomp, userns-remap): re-probe."""
+        try:
+            posture = await self.docker.call(probe_host_posture, self.docker.api)
+        except (DockerUnavailable, DockerError) as e:
+            log.warning("reconcile: cannot probe the security posture: %s", e)
+            return
+        if posture != self.security.posture:
+            self._log_posture(posture)
+            was_enforced = self.security.posture is not None and self.security.posture.apparmor.enforceable
+            self.security.posture = posture
+            if posture.apparmor.enforceable and not was_enforced:
+                try:
+                    await self._load_apparmor_profiles()
+                except SecurityStartError as e:
+                    log.error("%s", e)
 
     async def stop(self) -> None:
         """Stop the agent, not the tasks: containers keep running and are re-adopted at next start."""
@@ -197,6 +289,7 @@ class Agent:
             agent_version=__version__,
             running=[tid for tid, r in self.runners.items() if not r.record.state.terminal],
             unknown_containers=self.unknown_containers,
+            posture=self.security.posture.to_json() if self.security.posture is not None else None,
         )
 
     async def _sync_loop(self) -> None:
@@ -251,6 +344,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reconcile_wanted.wait(), timeout=RECONCILE_EVERY)
             self._reconcile_wanted.clear()
+            await self._refresh_posture()
             try:
                 containers = await self.docker.list_labelled(self.config.node_id)
             except (DockerUnavailable, DockerError) as e:

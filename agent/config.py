@@ -44,6 +44,9 @@ class AgentConfig:
     # Read-back of every container's cpuset (drift correction): one inspect per container, so not
     # too often; changes the agent makes itself are written at once, not on this period.
     cpuset_check_seconds: float = 30.0
+    # Security policy file (variant allow-list, AppArmor-unavailable mode; docs/security.md).
+    # None = the built-in policy: only the `default` variant, refuse where AppArmor is required.
+    security_policy: Path | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpuset-rebalance-seconds", type=float, help="period of the cpuset rebalance (0 = never)")
     p.add_argument("--cpuset-rebalance-max-moves", type=int, help="CPUs one rebalance may move")
     p.add_argument("--cpuset-check-seconds", type=float, help="period of the cpuset read-back / drift check")
+    p.add_argument("--security-policy", type=Path, metavar="PATH",
+                   help="security policy JSON (seccomp variant allow-list; default: built-in, `default` only)")
     return p
 
 
@@ -102,7 +107,7 @@ def load_config(argv: list[str] | None = None) -> AgentConfig:
     labels.setdefault("instanceType", "local")
     values["labels"] = labels
     values.setdefault("node_id", socket.gethostname())
-    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root"):
+    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root", "security_policy"):
         if key in values:
             values[key] = Path(values[key])
     if "listen" in values and isinstance(values["listen"], str):

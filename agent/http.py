@@ -24,7 +24,23 @@ async def healthz(request: web.Request) -> web.Response:
     docker_ok = await agent.docker.ping()
     last = agent.last_sync_ok
     scheduler_ok = last is not None and time.time() - last < 3 * agent.config.sync_wait_seconds + 15
-    body = {"docker": docker_ok, "scheduler": scheduler_ok, "tasks": len(agent.runners)}
+    posture = agent.security.posture
+    body = {
+        "docker": docker_ok,
+        "scheduler": scheduler_ok,
+        "tasks": len(agent.runners),
+        # What this agent decides launches with (titusctl node doctor shows it).
+        "security": {
+            "postureProbed": posture is not None,
+            "seccomp": posture.seccomp_enforceable if posture is not None else None,
+            "apparmor": ("enforced" if posture.apparmor.enforceable else "unavailable") if posture is not None else None,
+            "userns": posture.userns.remapped if posture is not None else None,
+            "policy": agent.security.policy.source,
+            "apparmorUnavailable": agent.security.policy.apparmor_unavailable,
+            "variants": sorted(agent.security.policy.catalog.profiles),
+            "brokenProfiles": sorted(agent.security.policy.catalog.broken),
+        },
+    }
     return web.json_response(body, status=200 if docker_ok else 503)
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from agent.agent import Agent
+from agent.agent import Agent, SecurityStartError
 from agent.checkpoint import CheckpointCorrupt
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.docker_api import Docker
@@ -29,7 +29,7 @@ async def serve(config: AgentConfig) -> int:
         return refuse_start("titus-agent", log, e)
     try:
         await agent.start()
-    except CheckpointCorrupt as e:
+    except (CheckpointCorrupt, SecurityStartError) as e:
         await runner.cleanup()
         return refuse_start("titus-agent", log, e)
     host, port = config.listen

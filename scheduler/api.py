@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from agent.security.profiles import SecurityPolicy, default_policy, validate_security_request
 from scheduler.core import Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.records import JobRecord, JobState, TaskRecord
@@ -21,6 +22,7 @@ from titus_common.states import TaskState
 log = logging.getLogger("titus.scheduler.api")
 
 SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)
+SECURITY_POLICY_KEY = web.AppKey("security_policy", SecurityPolicy)
 M = TypeVar("M", bound=BaseModel)
 E = TypeVar("E", TaskState, JobState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,6 +107,11 @@ async def submit_job(request: web.Request) -> web.Response:
         spec = parse_job_spec(data)
     except SpecError as e:
         raise ApiError(400, "invalid job", e.problems) from None
+    # Security attributes (seccomp variant and its owner allow-list, AppArmor/userns requests,
+    # privileged / host namespaces refused): refused here, at submit, not at launch.
+    problems = validate_security_request(spec, request.app[SECURITY_POLICY_KEY])
+    if problems:
+        raise ApiError(400, "invalid job", problems)
     job, created = s.submit(spec)
     return _json(job_view(s, job), status=201 if created else 200)
 
@@ -188,9 +195,12 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(openapi_document())
 
 
-def make_app(scheduler: Scheduler) -> web.Application:
+def make_app(scheduler: Scheduler, security_policy: SecurityPolicy | None = None) -> web.Application:
+    """`security_policy`: the submit-time security check's policy (loaded once at start-up);
+    None = the built-in default policy."""
     app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
     app[SCHEDULER_KEY] = scheduler
+    app[SECURITY_POLICY_KEY] = security_policy or default_policy()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

@@ -225,6 +225,8 @@ class Scheduler:
         node.last_heartbeat = now
         node.status = NodeStatus.READY
         node.unknown_containers = list(report.unknown_containers)
+        if report.posture is not None:
+            node.posture = dict(report.posture)
         running = set(report.running)
         # Tasks we think are running there that the agent does not hold: recorded for an operator,
         # never acted on here — a mismatch is not proof that the tasks are gone.
@@ -269,6 +271,8 @@ class Scheduler:
                         container=job.spec.container,
                         runtime_limit_seconds=job.spec.batch.runtime_limit_seconds if job.spec.batch else None,
                         accepted_at=t.timestamps[TaskState.ACCEPTED.value],
+                        owner=job.spec.owner,
+                        app_name=job.spec.app_name,
                     )
                 )
                 self._delivered_at[t.id] = now

@@ -9,6 +9,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from agent.security.profiles import PolicyError, default_policy, load_policy
 from scheduler.api import make_app
 from scheduler.core import Scheduler, SchedulerConfig
 from scheduler.metrics import SchedulerMetrics
@@ -28,10 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disconnect-after", type=float, default=SchedulerConfig.disconnect_after)
     p.add_argument("--lost-after", type=float, default=SchedulerConfig.lost_after)
     p.add_argument("--system-backoff-max", type=float, default=SchedulerConfig.system_backoff_max)
+    p.add_argument("--security-policy", type=Path, metavar="PATH",
+                   help="security policy JSON checked at submit (seccomp variant allow-list, AppArmor mode; "
+                        "docs/security.md); default: built-in, only the `default` variant")
     return p
 
 
 async def serve(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.security_policy) if args.security_policy is not None else default_policy()
+    except PolicyError as e:
+        return refuse_start("titus-scheduler", log, e)
     try:
         store = SQLiteStore(args.db)
         config = SchedulerConfig(
@@ -44,7 +52,7 @@ async def serve(args: argparse.Namespace) -> int:
         return refuse_start("titus-scheduler", log, e)
     stop = stop_on_signals()
     try:
-        runner = await serve_http(make_app(scheduler), args.listen)
+        runner = await serve_http(make_app(scheduler, policy), args.listen)
     except CannotStart as e:
         store.close()
         return refuse_start("titus-scheduler", log, e)

@@ -87,3 +87,5 @@ class NodeRecord(_Record):
     unknown_containers: list[str] = Field(default_factory=list)
     # Tasks the scheduler believes run there but the agent did not report (a mismatch to look at).
     missing_tasks: list[str] = Field(default_factory=list)
+    # The host's security posture as the agent last reported it (None: never reported).
+    posture: dict[str, Any] | None = None

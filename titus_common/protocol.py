@@ -4,7 +4,7 @@ task transitions as they happen."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -32,6 +32,9 @@ class NodeReport(_Msg):
     agent_version: str = ""
     running: list[str] = Field(default_factory=list)  # task ids the agent holds (any non-final state)
     unknown_containers: list[str] = Field(default_factory=list)
+    # The host's security posture (agent/security/posture.py HostPosture.to_json(): kernel, cgroup
+    # version, seccomp, AppArmor, userns); None until the agent has probed it.
+    posture: dict[str, Any] | None = None
 
 
 class SyncRequest(_Msg):
@@ -46,6 +49,10 @@ class TaskAssignment(_Msg):
     container: ContainerSpec
     runtime_limit_seconds: float | None = None
     accepted_at: float
+    # The job's owner and app, for the agent's re-check of the security variant allow-list (None in
+    # assignments from before they were sent: the scheduler's submit-time check is then the gate).
+    owner: str | None = None
+    app_name: str | None = None
 
 
 class SyncResponse(_Msg):

@@ -280,6 +280,99 @@ def cmd_node_cpus(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _yes(v: Any) -> str:
+    return "?" if v is None else ("yes" if v else "NO")
+
+
+def posture_summary(posture: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The operator's questions about a host's posture, answered from what its agent reported
+    (agent/security/posture.py HostPosture.to_json())."""
+    if posture is None:
+        return None
+    aa = posture.get("apparmor") or {}
+    userns = posture.get("userns") or {}
+    return {
+        "kernel": posture.get("kernelVersion"),
+        "cgroupVersion": posture.get("cgroupVersion"),
+        "seccomp": posture.get("seccompEnforceable"),
+        "apparmorEnforced": aa.get("enforceable"),
+        "apparmorReason": aa.get("reason"),
+        "usernsRemapped": userns.get("remapped"),
+        "usernsRootUid": userns.get("rootUid"),
+        "usernsProblem": userns.get("problem"),
+        "engineVersion": posture.get("engineVersion"),
+    }
+
+
+def doctor_text(nodes: list[dict[str, Any]], agent: dict[str, Any]) -> str:
+    out: list[str] = []
+    for n in nodes:
+        out.append(f"node {n['id']} ({n['status']}, heartbeat {_ago(n.get('lastHeartbeat'))} ago)")
+        sm = n["summary"]
+        if sm is None:
+            out += ["  posture: not reported (agent older than the security step, or not probed yet)", ""]
+            continue
+        userns = "remapped" + (f" (container root = host uid {sm['usernsRootUid']})" if sm["usernsRootUid"] else "")
+        if not sm["usernsRemapped"]:
+            userns = "NOT remapped: container root is host root" + (f" ({sm['usernsProblem']})" if sm["usernsProblem"] else "")
+        aa = "enforced" if sm["apparmorEnforced"] else "NOT enforced"
+        out += [
+            f"  kernel     {sm['kernel'] or '?'}",
+            f"  cgroup     v{sm['cgroupVersion'] if sm['cgroupVersion'] is not None else '?'}",
+            f"  seccomp    {'enforced' if sm['seccomp'] else 'NOT enforceable: no job can run'}",
+            f"  apparmor   {aa}: {sm['apparmorReason'] or '?'}",
+            f"  userns     {userns}",
+            f"  engine     {sm['engineVersion'] or '?'}",
+            "",
+        ]
+    if agent.get("reachable"):
+        h = agent["healthz"]
+        sec = h.get("security") or {}
+        out.append(
+            f"local agent {agent['url']}: docker {_yes(h.get('docker'))}, scheduler {_yes(h.get('scheduler'))}, "
+            f"tasks {h.get('tasks', '?')}"
+        )
+        if sec:
+            out.append(
+                f"  security: posture probed {_yes(sec.get('postureProbed'))}, policy {sec.get('policy')}, "
+                f"variants {', '.join(sec.get('variants') or []) or '-'}, "
+                f"AppArmor-unavailable mode {sec.get('apparmorUnavailable')}"
+            )
+            if sec.get("brokenProfiles"):
+                out.append(f"  BROKEN seccomp profiles (jobs naming them are refused): {', '.join(sec['brokenProfiles'])}")
+    else:
+        out.append(f"local agent {agent['url']}: not reachable ({agent.get('error')}); skipped")
+    return "\n".join(out)
+
+
+def cmd_node_doctor(api: Api, args: argparse.Namespace) -> int:
+    nodes = api.call("GET", "/v1/nodes")["nodes"]
+    if args.node is not None:
+        nodes = [n for n in nodes if n["id"] == args.node]
+        if not nodes:
+            raise CliError(f"error: no node {args.node!r}", EXIT_REFUSED)
+    report = [
+        {
+            "id": n["id"],
+            "status": n["status"],
+            "lastHeartbeat": n.get("lastHeartbeat"),
+            "summary": posture_summary(n.get("posture")),
+            "posture": n.get("posture"),
+        }
+        for n in nodes
+    ]
+    # Only meaningful on the host itself: the local agent's own view (skipped when it is not there).
+    url = args.agent.rstrip("/")
+    agent: dict[str, Any] = {"url": url, "reachable": False}
+    try:
+        r = requests.get(url + "/healthz", timeout=3)
+        agent.update(reachable=True, healthz=r.json())
+    except (requests.RequestException, ValueError) as e:
+        agent["error"] = e.__class__.__name__
+    emit(args, {"nodes": report, "agent": agent}, doctor_text(report, agent))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="titusctl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scheduler", default=DEFAULT_URL, help=f"scheduler URL (default {DEFAULT_URL})")
@@ -331,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     nc = node.add_parser("cpus", help="this host's CPU map: which task holds which thread (asks the local agent)")
     nc.add_argument("--agent", default=DEFAULT_AGENT_URL, help=f"agent URL (default {DEFAULT_AGENT_URL})")
     nc.set_defaults(fn=cmd_node_cpus)
+    nd = node.add_parser("doctor", help="each host's security posture (userns, seccomp, AppArmor, cgroup, kernel)"
+                                        " and the local agent's health")
+    nd.add_argument("node", nargs="?", help="only this node")
+    nd.add_argument("--agent", default=DEFAULT_AGENT_URL,
+                    help=f"the local agent, asked for /healthz if reachable (default {DEFAULT_AGENT_URL})")
+    nd.set_defaults(fn=cmd_node_doctor)
     return p
 
 

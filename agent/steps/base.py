@@ -14,8 +14,10 @@ Rules every step follows:
   to release from `ctx.record.resources`, never from the step's memory.
 - Errors leave as `StepError`, whose reason says whose fault it is: CRASHED (the platform; costs the
   user no retry) or FAILED (the user's request cannot run, e.g. the image does not exist).
-- Steps contribute to the container through `ctx.create_options` / `ctx.host_config_options`; only
-  the container step talks to the engine about the container itself.
+- Steps contribute to the container through `ctx.create_options` / `ctx.host_config_options` (SDK
+  keywords of `create_host_config`) / `ctx.host_config_raw` (HostConfig fields the SDK has no keyword
+  for, merged into the final dict); only the container step talks to the engine about the container
+  itself, and it audits the final HostConfig (agent/security/hardening.py) before create.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class LaunchContext:
     # Accumulated arguments for the engine's container create call and its HostConfig.
     create_options: dict[str, Any] = field(default_factory=dict)
     host_config_options: dict[str, Any] = field(default_factory=dict)
+    # Raw HostConfig fields (engine API names, e.g. MaskedPaths) merged after create_host_config.
+    host_config_raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def task_id(self) -> str:

@@ -7,13 +7,16 @@ import time
 from typing import Any
 
 from agent.docker_api import LABEL_AGENT, LABEL_INDEX, LABEL_JOB, LABEL_TASK, DockerError, DockerUnavailable
+from agent.security.hardening import audit_host_config
 from agent.steps.base import LaunchContext, StepError
 from titus_common.states import FinishReason
 
 # The engine's words for "the command in the image cannot be executed": the user's error.
 _BAD_COMMAND_MARKERS = ("executable file not found", "no such file or directory", "permission denied")
 
-PIDS_LIMIT = 100_000  # Titus's value: high enough for any real program, stops a fork bomb
+# Titus's value: high enough for any real program, stops a fork bomb. The security step's tighter
+# limit (hardening.DEFAULT_PIDS_LIMIT) arrives through ctx.host_config_options and wins.
+PIDS_LIMIT = 100_000
 
 
 def container_name(task_id: str) -> str:
@@ -62,6 +65,14 @@ class ContainerStep:
             "log_config": {"Type": "json-file", "Config": {"max-size": "50m", "max-file": "2"}},
             **ctx.host_config_options,
         }
+        host_config: dict[str, Any] = dict(ctx.docker.host_config(**host))
+        host_config.update(ctx.host_config_raw)
+        # The last word before the engine: whatever the steps contributed, the container is hardened
+        # (no privileged, no host namespace, caps dropped, no-new-privileges, seccomp, limits, masked
+        # paths, no engine socket). Failing here is a platform bug, never the user's.
+        problems = audit_host_config(host_config)
+        if problems:
+            raise StepError(f"container HostConfig fails the hardening audit: {'; '.join(problems)}")
         return {
             "image": spec.image,
             "command": spec.command,
@@ -79,7 +90,7 @@ class ContainerStep:
                 LABEL_AGENT: ctx.node_id,
             },
             "stop_signal": "SIGTERM",
-            "host_config": ctx.docker.host_config(**host),
+            "host_config": host_config,
             **ctx.create_options,
         }
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from agent.security.profiles import load_policy
 from scheduler.api import make_app
 from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
@@ -70,6 +71,53 @@ async def test_bad_jobs_are_400_naming_the_field(
     assert field in [p["field"] for p in doc["error"]["problems"]]
     assert s.jobs == {} and s.tasks == {}
     assert s.store.load().jobs == []
+
+
+def _secure(**attributes: str) -> dict[str, Any]:
+    return {**JOB, "container": {**JOB["container"], "securityAttributes": attributes}}
+
+
+@pytest.mark.parametrize(
+    "body,field,words",
+    [
+        (_secure(privileged="true"), "container.securityAttributes.privileged", "privileged"),
+        (_secure(hostNetwork="true"), "container.securityAttributes.hostNetwork", "host"),
+        (_secure(seccomp="no-such-profile"), "container.securityAttributes.seccomp", "unknown seccomp profile"),
+        (_secure(seccomp="unconfined"), "container.securityAttributes.seccomp", "without a seccomp profile"),
+        # A variant that exists but is not granted to this owner/app by the (default) policy.
+        (_secure(seccomp="perf"), "container.securityAttributes.seccomp", "not allowed"),
+        (_secure(apparmor="sometimes"), "container.securityAttributes.apparmor", "sometimes"),
+    ],
+)
+async def test_security_requests_are_refused_at_submit(
+    api: tuple[TestClient[Any, Any], Scheduler], body: dict[str, Any], field: str, words: str
+) -> None:
+    client, s = api
+    r = await client.post("/v1/jobs", json=body)
+    assert r.status == 400, await r.text()
+    doc = await r.json()
+    problems = {p["field"]: p["message"] for p in doc["error"]["problems"]}
+    assert field in problems, problems
+    assert words.lower() in problems[field].lower()
+    assert s.jobs == {} and s.tasks == {}
+    assert s.store.load().jobs == []
+
+
+async def test_security_policy_grants_a_variant(tmp_path: Path) -> None:
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text('{"version": 1, "variants": {"perf": [{"owner": "me", "app": "web"}]}}')
+    s = Scheduler(SQLiteStore(tmp_path / "s.db"), FirstFit(), SchedulerMetrics())
+    client = TestClient(TestServer(make_app(s, load_policy(policy_file))))
+    await client.start_server()
+    try:
+        r = await client.post("/v1/jobs", json=_secure(seccomp="perf"))
+        assert r.status == 201, await r.text()
+        r = await client.post("/v1/jobs", json={**_secure(seccomp="perf"), "owner": "someone-else"})
+        assert r.status == 400
+        assert [p["field"] for p in (await r.json())["error"]["problems"]] == ["container.securityAttributes.seccomp"]
+        assert len(s.jobs) == 1
+    finally:
+        await client.close()
 
 
 async def test_malformed_json(api: tuple[TestClient[Any, Any], Scheduler]) -> None:

@@ -36,3 +36,15 @@ def test_bad_listen_address_is_a_usage_error(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 2 and "expected HOST:PORT" in proc.stderr
+
+
+def test_bad_security_policy_stops_the_process(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"version": 1, "variants": {"nope": [{"owner": "x"}]}}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduler.main", "--listen", "127.0.0.1:1", "--db", str(tmp_path / "s.db"),
+         "--security-policy", str(policy)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "cannot start" in proc.stderr and str(policy) in proc.stderr and "nope" in proc.stderr

@@ -1,0 +1,352 @@
+"""Profile catalog, the owner allow-list for variants, and turning a job's security attributes into
+concrete Docker options.
+
+Two entry points for the rest of the platform:
+- `validate_security_request(spec, policy)`: pure, for the scheduler at submit time. Returns
+  `[(field, message)]`; non-empty means refuse the job (unknown/broken profile, variant not allowed
+  for this owner/app, privileged or host namespaces asked for).
+- `resolve_security(container, policy, posture, owner=, app=)`: for the agent's security step at
+  launch. Returns a `SecurityDecision` (seccomp JSON + digest, AppArmor profile or the recorded
+  reason there is none, capabilities, devices, warnings) or raises `SecurityRefused`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.security import apparmor
+from agent.security.attributes import FIELD_PREFIX, SecurityRequest, parse_security_attributes
+from agent.security.capabilities import DEFAULT_CAPABILITIES
+from agent.security.posture import (
+    APPARMOR_MODES,
+    AppArmorUnavailableMode,
+    HostPosture,
+    check_posture,
+)
+from agent.security.seccomp_profile import (
+    PROFILE_NAME,
+    ProfileDocument,
+    ProfileError,
+    SeccompProfile,
+    apply_overlay,
+    full_profile,
+    read_profile_document,
+)
+from titus_common.jobspec import ContainerSpec, JobSpec
+
+PROFILE_DIR = Path(__file__).parent / "seccomp"
+OPEN_VARIANTS_DEFAULT: frozenset[str] = frozenset({"default"})
+
+
+# ---- catalog -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileCatalog:
+    """Every profile in a directory. A file that fails to load is kept in `broken` with its error, so
+    a job naming it is refused with the reason, and the other profiles still work."""
+
+    profiles: Mapping[str, SeccompProfile]
+    broken: Mapping[str, ProfileError]
+    directory: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return sorted({*self.profiles, *self.broken})
+
+    def get(self, name: str) -> SeccompProfile:
+        if name in self.profiles:
+            return self.profiles[name]
+        if name in self.broken:
+            raise self.broken[name]
+        raise KeyError(name)
+
+    @classmethod
+    def load(cls, directory: Path = PROFILE_DIR) -> ProfileCatalog:
+        docs: dict[str, ProfileDocument] = {}
+        broken: dict[str, ProfileError] = {}
+        for path in sorted(directory.glob("*.json")):
+            if not PROFILE_NAME.match(path.stem):
+                broken[path.stem] = ProfileError(str(path), "", "file name is not a valid profile name")
+                continue
+            try:
+                docs[path.stem] = read_profile_document(path)
+            except ProfileError as e:
+                broken[path.stem] = e
+        profiles: dict[str, SeccompProfile] = {}
+
+        def resolve(name: str, chain: tuple[str, ...]) -> SeccompProfile:
+            if name in profiles:
+                return profiles[name]
+            if name in broken:
+                raise broken[name]
+            doc = docs.get(name)
+            if doc is None:
+                raise ProfileError(str(directory / f"{chain[-1]}.json"), "titus.extends", f"no profile named {name!r}")
+            if name in chain:
+                raise ProfileError(doc.file, "titus.extends", f"cycle: {' -> '.join((*chain, name))}")
+            if doc.header.extends is None:
+                result = full_profile(doc)
+            else:
+                try:
+                    base = resolve(doc.header.extends, (*chain, name))
+                except ProfileError as e:
+                    raise ProfileError(
+                        doc.file, "titus.extends", f"base {doc.header.extends!r} is unusable ({e})"
+                    ) from None
+                result = apply_overlay(base, doc)
+            profiles[name] = result
+            return result
+
+        for name in docs:
+            try:
+                resolve(name, ())
+            except ProfileError as e:
+                broken[name] = e
+        return cls(profiles=profiles, broken=broken, directory=str(directory))
+
+
+# ---- owner allow-list ----------------------------------------------------------------------------
+
+
+class PolicyError(ValueError):
+    def __init__(self, file: str, field: str, message: str) -> None:
+        super().__init__(f"{file}: {field}: {message}" if field else f"{file}: {message}")
+        self.file = file
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VariantGrant:
+    """Owners and apps matching these globs (both must match) may use the variant."""
+
+    owner: str = "*"
+    app: str = "*"
+
+    def matches(self, owner: str, app: str) -> bool:
+        return fnmatch.fnmatchcase(owner, self.owner) and fnmatch.fnmatchcase(app, self.app)
+
+
+@dataclass(frozen=True)
+class SecurityPolicy:
+    catalog: ProfileCatalog
+    grants: Mapping[str, tuple[VariantGrant, ...]] = field(default_factory=dict)
+    open_variants: frozenset[str] = OPEN_VARIANTS_DEFAULT  # usable by every job
+    apparmor_unavailable: AppArmorUnavailableMode = "refuse"
+    source: str = "<built-in>"
+
+    def may_use(self, variant: str, owner: str, app: str) -> bool:
+        if variant in self.open_variants:
+            return True
+        return any(g.matches(owner, app) for g in self.grants.get(variant, ()))
+
+
+POLICY_EXAMPLE = """{
+  "version": 1,
+  "apparmorUnavailable": "refuse",
+  "openVariants": ["default"],
+  "variants": {
+    "perf": [{"owner": "perf-team@example.com"}, {"owner": "*", "app": "profiler-*"}],
+    "fuse": [{"owner": "storage@example.com", "app": "s3fs-*"}]
+  }
+}"""
+
+
+def parse_policy(data: Any, catalog: ProfileCatalog, file: str = "<policy>") -> SecurityPolicy:
+    """The policy file format is POLICY_EXAMPLE. Unknown fields and unknown variants are errors."""
+    if not isinstance(data, dict):
+        raise PolicyError(file, "", "must be a JSON object")
+    allowed = {"version", "apparmorUnavailable", "openVariants", "variants"}
+    for key in data:
+        if key not in allowed:
+            raise PolicyError(file, key, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+    if data.get("version") != 1:
+        raise PolicyError(file, "version", "must be 1")
+    mode = data.get("apparmorUnavailable", "refuse")
+    if mode not in APPARMOR_MODES:
+        raise PolicyError(file, "apparmorUnavailable", f"must be one of {', '.join(APPARMOR_MODES)}, not {mode!r}")
+    known = set(catalog.names)
+    open_raw = data.get("openVariants", ["default"])
+    if not isinstance(open_raw, list) or not all(isinstance(v, str) for v in open_raw):
+        raise PolicyError(file, "openVariants", "must be a list of profile names")
+    for i, v in enumerate(open_raw):
+        if v not in known:
+            raise PolicyError(file, f"openVariants[{i}]", f"no profile named {v!r} in {catalog.directory}")
+    variants = data.get("variants", {})
+    if not isinstance(variants, dict):
+        raise PolicyError(file, "variants", "must be an object: variant name -> list of grants")
+    grants: dict[str, tuple[VariantGrant, ...]] = {}
+    for variant, raw_grants in variants.items():
+        path = f"variants.{variant}"
+        if variant not in known:
+            raise PolicyError(file, path, f"no profile named {variant!r} in {catalog.directory}")
+        if not isinstance(raw_grants, list):
+            raise PolicyError(file, path, "must be a list of {owner, app} grants")
+        parsed: list[VariantGrant] = []
+        for i, g in enumerate(raw_grants):
+            gp = f"{path}[{i}]"
+            if not isinstance(g, dict) or not g or set(g) - {"owner", "app"}:
+                raise PolicyError(file, gp, "a grant is an object with 'owner' and/or 'app' (glob patterns)")
+            for k, v in g.items():
+                if not isinstance(v, str) or not v:
+                    raise PolicyError(file, f"{gp}.{k}", "must be a non-empty string")
+            if g.get("owner", "*") == "*" and g.get("app", "*") == "*":
+                raise PolicyError(file, gp, "grants everyone; list the variant in openVariants instead")
+            parsed.append(VariantGrant(owner=g.get("owner", "*"), app=g.get("app", "*")))
+        grants[variant] = tuple(parsed)
+    return SecurityPolicy(
+        catalog=catalog,
+        grants=grants,
+        open_variants=frozenset(open_raw),
+        apparmor_unavailable=mode,
+        source=file,
+    )
+
+
+def load_policy(path: Path, catalog: ProfileCatalog | None = None) -> SecurityPolicy:
+    catalog = catalog or ProfileCatalog.load()
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise PolicyError(str(path), "", f"cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise PolicyError(str(path), "", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    return parse_policy(data, catalog, str(path))
+
+
+def default_policy(catalog: ProfileCatalog | None = None) -> SecurityPolicy:
+    """No policy file: only the open variants (default) for everyone, refuse where AppArmor is needed."""
+    return SecurityPolicy(catalog=catalog or ProfileCatalog.load())
+
+
+# ---- submit time ---------------------------------------------------------------------------------
+
+
+def _variant_problems(request: SecurityRequest, owner: str, app: str, policy: SecurityPolicy) -> list[tuple[str, str]]:
+    path = f"{FIELD_PREFIX}.seccomp"
+    try:
+        policy.catalog.get(request.variant)
+    except KeyError:
+        available = ", ".join(policy.catalog.profiles) or "none"
+        return [(path, f"unknown seccomp profile {request.variant!r} (available: {available})")]
+    except ProfileError as e:
+        return [(path, f"seccomp profile {request.variant!r} cannot be used: {e}")]
+    if not policy.may_use(request.variant, owner, app):
+        return [
+            (
+                path,
+                f"owner {owner!r} (app {app!r}) is not allowed the {request.variant!r} variant; "
+                "the platform team grants variants per owner/app",
+            )
+        ]
+    return []
+
+
+def validate_security_attributes(
+    attributes: Mapping[str, str], owner: str, app: str, policy: SecurityPolicy
+) -> list[tuple[str, str]]:
+    request, problems = parse_security_attributes(attributes)
+    if not problems:
+        problems += _variant_problems(request, owner, app, policy)
+    return problems
+
+
+def validate_security_request(spec: JobSpec, policy: SecurityPolicy) -> list[tuple[str, str]]:
+    """Submit-time check (pure: no host, no engine). Empty list = acceptable."""
+    return validate_security_attributes(spec.container.security_attributes, spec.owner, spec.app_name, policy)
+
+
+# ---- launch time ---------------------------------------------------------------------------------
+
+
+class SecurityRefused(Exception):
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: {m}" if f else m for f, m in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class SecurityDecision:
+    """Everything the container step needs, and everything worth recording about the task's confinement."""
+
+    variant: str
+    seccomp_profile: SeccompProfile  # capability conditions already evaluated
+    seccomp_json: str
+    seccomp_digest: str
+    capabilities: tuple[str, ...]
+    devices: tuple[str, ...]
+    apparmor_profile: str | None  # None: not confined by AppArmor (reason in apparmor_status)
+    apparmor_status: Literal["enforced", "unavailable"]
+    warnings: tuple[str, ...]
+
+    def security_opt(self) -> list[str]:
+        opts = ["no-new-privileges:true", f"seccomp={self.seccomp_json}"]
+        if self.apparmor_profile is not None:
+            opts.append(f"apparmor={self.apparmor_profile}")
+        return opts
+
+    def to_json(self) -> dict[str, Any]:
+        """For the task's checkpoint and status (not the profile text: the digest identifies it)."""
+        return {
+            "variant": self.variant,
+            "seccompProfile": f"{self.seccomp_profile.name} v{self.seccomp_profile.header.version}",
+            "seccompDigest": self.seccomp_digest,
+            "capabilities": list(self.capabilities),
+            "devices": list(self.devices),
+            "apparmorProfile": self.apparmor_profile,
+            "apparmor": self.apparmor_status,
+            "noNewPrivileges": True,
+            "warnings": list(self.warnings),
+        }
+
+
+def resolve_security(
+    container: ContainerSpec,
+    policy: SecurityPolicy,
+    posture: HostPosture,
+    *,
+    owner: str | None = None,
+    app: str | None = None,
+) -> SecurityDecision:
+    """Launch-time resolution. Re-checks the attributes and the profile, the owner allow-list when
+    `owner` and `app` are given (a task assignment does not carry them today: the scheduler's
+    submit-time check is then the gate), then the host's posture. Raises SecurityRefused with
+    (field, message) problems."""
+    request, problems = parse_security_attributes(container.security_attributes)
+    if not problems:
+        if owner is not None and app is not None:
+            problems = _variant_problems(request, owner, app, policy)
+        else:
+            problems = _variant_problems(
+                request, "", "", replace(policy, open_variants=frozenset(policy.catalog.names))
+            )
+    if problems:
+        raise SecurityRefused(problems)
+    profile = policy.catalog.get(request.variant)
+    verdict = check_posture(
+        posture,
+        request,
+        variant_requires_apparmor=profile.header.requires_apparmor,
+        apparmor_unavailable=policy.apparmor_unavailable,
+    )
+    if not verdict.ok:
+        raise SecurityRefused([("host", p) for p in verdict.problems])
+    capabilities = tuple(dict.fromkeys((*DEFAULT_CAPABILITIES, *profile.header.add_capabilities)))
+    effective = profile.for_container(capabilities)
+    return SecurityDecision(
+        variant=request.variant,
+        seccomp_profile=effective,
+        seccomp_json=effective.to_docker_json(),
+        seccomp_digest=effective.digest(),
+        capabilities=capabilities,
+        devices=profile.header.devices,
+        apparmor_profile=apparmor.profile_name(request.variant) if verdict.apparmor_enforced else None,
+        apparmor_status="enforced" if verdict.apparmor_enforced else "unavailable",
+        warnings=verdict.warnings,
+    )
