@@ -152,14 +152,44 @@ require_commands() {
 
 docker_ok() { timeout 10 docker info >/dev/null 2>&1; }
 
+# Container root must not be host root: dockerd runs with user-namespace remapping ("default" makes
+# dockerd create the dockremap user and its /etc/subuid, /etc/subgid ranges).
+DOCKERD_ARGS=(--iptables=false --ip-masq=false --bridge=none --userns-remap=default)
+
+docker_userns() { docker info --format '{{range .SecurityOptions}}{{.}} {{end}}' 2>/dev/null | grep -q 'name=userns'; }
+
 docker_desc() {
-    docker info --format 'engine {{.ServerVersion}}, storage {{.Driver}}, cgroup v{{.CgroupVersion}} ({{.CgroupDriver}})' 2>/dev/null || echo "?"
+    local userns=off
+    docker_userns && userns=on
+    echo "$(docker info --format 'engine {{.ServerVersion}}, storage {{.Driver}}, cgroup v{{.CgroupVersion}} ({{.CgroupDriver}})' 2>/dev/null || echo "?"), userns-remap $userns"
+}
+
+# stop_dockerd PID: SIGTERM and wait (dockerd stops its containers' shims cleanly).
+stop_dockerd() {
+    local pid=$1
+    kill "$pid" 2>/dev/null || return 0
+    wait_for 60 "" bash -c "! kill -0 $pid 2>/dev/null" || die "dockerd (pid $pid) did not stop within 60s"
 }
 
 setup_dockerd() {
     if docker_ok; then
-        summary dockerd "already running ($(docker_desc))"
-        return
+        if docker_userns; then
+            summary dockerd "already running ($(docker_desc))"
+            return
+        fi
+        # Running without userns-remap: restart it only if this script started it (or when asked);
+        # someone else's engine is theirs to reconfigure.
+        local ours="" running
+        running=$(cat /var/run/docker.pid 2>/dev/null || true)
+        [ -s "$RUN_DIR/dockerd.pid" ] && [ "$(cat "$RUN_DIR/dockerd.pid")" = "$running" ] && ours=1
+        if [ -z "$ours" ] && [ "${TITUS_RESTART_DOCKERD:-0}" != 1 ]; then
+            log "WARNING: dockerd runs without --userns-remap: container root is host root, and the"
+            log "userns tests will fail. Restart it with ${DOCKERD_ARGS[*]} or rerun with TITUS_RESTART_DOCKERD=1."
+            summary dockerd "already running, NOT remapped ($(docker_desc))"
+            return
+        fi
+        log "restarting dockerd (pid $running) with --userns-remap=default"
+        stop_dockerd "$running"
     fi
     local pidfile=/var/run/docker.pid pid="" action
     if [ -s "$pidfile" ]; then
@@ -176,8 +206,7 @@ setup_dockerd() {
     if [ -z "$pid" ]; then
         # No iptables/NAT and no default bridge: containers get --network none
         # (or host); titus-agent sets up container networking itself.
-        spawn_daemon "$RUN_DIR/dockerd.pid" "$LOG_DIR/dockerd.log" \
-            dockerd --iptables=false --ip-masq=false --bridge=none
+        spawn_daemon "$RUN_DIR/dockerd.pid" "$LOG_DIR/dockerd.log" dockerd "${DOCKERD_ARGS[@]}"
         pid=$SPAWNED_PID
         action="started"
     fi
@@ -299,6 +328,13 @@ EOF
 
 setup_image() {
     if image_in_registry; then
+        # Each userns-remap mapping has its own image store: make sure this engine has the image,
+        # so tests and benches that start containers directly do not each pull it first.
+        if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+            docker pull -q "$IMAGE" >/dev/null || die "cannot pull $IMAGE from the local registry"
+            summary image "pulled from the registry ($IMAGE)"
+            return
+        fi
         summary image "already in registry ($IMAGE)"
         return
     fi
