@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,7 +132,8 @@ def test_node_doctor_shows_the_posture(platform: Platform) -> None:
     summary = node["summary"]
     assert summary["apparmorEnforced"] is support.enforceable and summary["apparmorReason"] == support.reason
     assert summary["seccomp"] is True and summary["cgroupVersion"] in (1, 2)
-    assert summary["kernel"] and node["posture"]["userns"]["remapped"] in (True, False)
+    # scripts/setup-host.sh runs dockerd with --userns-remap=default: the posture must say so.
+    assert summary["kernel"] and node["posture"]["userns"]["remapped"] is True
     assert doc["agent"]["reachable"] is True
     sec = doc["agent"]["healthz"]["security"]
     assert sec["postureProbed"] is True and sec["variants"] == ["default", "fuse", "perf"]
@@ -145,3 +147,30 @@ def test_node_doctor_shows_the_posture(platform: Platform) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert f"node {p.node_id}" in proc.stdout and "apparmor" in proc.stdout and "not reachable" in proc.stdout
+
+
+def remap_base(user: str = "dockremap") -> int:
+    for line in open("/etc/subuid"):
+        name, start, _count = line.strip().split(":")
+        if name == user:
+            return int(start)
+    raise AssertionError(f"no /etc/subuid range for {user}: is dockerd running with --userns-remap=default?")
+
+
+def test_container_root_is_an_unprivileged_host_uid(platform: Platform) -> None:
+    """userns-remap: root in the container is the remap range's first UID on the host, so a file the
+    task writes as root belongs to that UID, and the task's processes are not host root."""
+    p = platform
+    base = remap_base()
+    job_id = p.submit("id -u > /tmp/written-by-root; sleep 600", killGraceSeconds=1)
+    wait_for(lambda: p.started(job_id), 30, "Started")
+    (container,) = p.containers()
+    pid = int(container.attrs["State"]["Pid"])
+    host_file = Path(f"/proc/{pid}/root/tmp/written-by-root")
+    wait_for(host_file.exists, 10, "file written")
+    assert host_file.read_text().strip() == "0"  # root inside
+    assert host_file.stat().st_uid == base and base > 0  # an unprivileged UID outside
+    uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
+    assert {int(u) for u in uids.split()[1:]} == {base}
+    p.api("POST", f"/v1/jobs/{job_id}/kill", expect=202)
+    p.wait_job_finished(job_id, timeout=30)
