@@ -1,5 +1,6 @@
 """Launch latency: submit → Started through titus (scheduler + agent), side by side with the floor —
-`docker run` of the same image and options through the docker SDK — in the same run.
+`docker run` of the same image and options (limits, seccomp profile, capabilities, masked paths,
+built by titus's own hardening code) through the docker SDK — in the same run.
 
     python bench/launch.py            # 30 sequential + a burst of 20, per side
     python bench/launch.py --quick    # 10 sequential + a burst of 10 (under a minute)
@@ -19,12 +20,17 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.security.hardening import hardening_options  # noqa: E402
+from agent.security.posture import probe_host_posture  # noqa: E402
+from agent.security.profiles import default_policy, resolve_security  # noqa: E402
 from tests.harness import IMAGE, Platform, wait_for  # noqa: E402
+from titus_common.jobspec import ContainerSpec, Resources  # noqa: E402
 
 CPU, MEMORY_MIB = 0.1, 64
 
@@ -43,14 +49,25 @@ def titus_launch(p: Platform, command: list[str]) -> float:
     return float(task["timestamps"]["Started"]) - t0
 
 
-def floor_launch(engine: docker.DockerClient, command: list[str], label: str) -> float:
-    """The same image and limits through the docker SDK: create + start, returning when started."""
-    t0 = time.time()
-    engine.containers.run(
-        IMAGE, command, detach=True, network_mode="none", init=True,
-        mem_limit=MEMORY_MIB * 1024 * 1024, memswap_limit=MEMORY_MIB * 1024 * 1024,
-        nano_cpus=int(CPU * 1e9), pids_limit=100_000, labels={"titus.bench": label},
+def floor_host_config(engine: docker.DockerClient) -> dict[str, Any]:
+    """The HostConfig titus gives a default task (same limits, seccomp profile, capabilities, masked
+    paths), built by the same code, so the floor pays what titus pays inside the engine."""
+    spec = ContainerSpec(image=IMAGE, resources=Resources(cpu=CPU, memory_mib=MEMORY_MIB))
+    decision = resolve_security(spec, default_policy(), probe_host_posture(engine.api))
+    options = hardening_options(decision, memory_mib=MEMORY_MIB)
+    hc = options.host_config(
+        lambda **kw: engine.api.create_host_config(
+            network_mode="none", init=True, nano_cpus=int(CPU * 1e9), **kw
+        )
     )
+    return hc
+
+
+def floor_launch(engine: docker.DockerClient, command: list[str], label: str, host_config: dict[str, Any]) -> float:
+    """The same image and options through the docker SDK: create + start, returning when started."""
+    t0 = time.time()
+    created = engine.api.create_container(IMAGE, command, labels={"titus.bench": label}, host_config=host_config)
+    engine.api.start(created["Id"])
     return time.time() - t0
 
 
@@ -87,20 +104,21 @@ def main() -> None:
         try:
             p.start_scheduler()
             p.start_agent()
+            floor_hc = floor_host_config(engine)
             short = ["true"]
             titus_launch(p, short)  # warm-up: image present, code paths hot
-            floor_launch(engine, short, label)
+            floor_launch(engine, short, label, floor_hc)
             seq_t, seq_f = [], []
             for _ in range(seq_n):
                 seq_t.append(titus_launch(p, short))
-                seq_f.append(floor_launch(engine, short, label))
+                seq_f.append(floor_launch(engine, short, label, floor_hc))
             seq_jobs = [j["id"] for j in p.api("GET", "/v1/jobs")["jobs"]]
             # The burst: all launches at once; containers stay up until measured.
             long = ["sleep", "120"]
             with ThreadPoolExecutor(max_workers=burst_n) as pool:
                 burst_t = list(pool.map(lambda _: titus_launch(p, long), range(burst_n)))
             with ThreadPoolExecutor(max_workers=burst_n) as pool:
-                burst_f = list(pool.map(lambda _: floor_launch(engine, long, label), range(burst_n)))
+                burst_f = list(pool.map(lambda _: floor_launch(engine, long, label, floor_hc), range(burst_n)))
             breakdown = phase_breakdown(p, seq_jobs)
             steps = step_means(p.agent_metrics())
         finally:
