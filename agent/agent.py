@@ -22,7 +22,7 @@ from agent.pipeline import Pipeline
 from agent.runner import TaskRunner
 from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
 from agent.security import apparmor
-from agent.security.posture import HostPosture, probe_host_posture
+from agent.security.posture import HostPosture, probe_host_posture, userns_start_problem
 from agent.security.profiles import PolicyError, SecurityPolicy, default_policy, load_policy
 from agent.steps.container import ContainerStep
 from agent.steps.cpuset import CpusetStep
@@ -133,6 +133,9 @@ class Agent:
         containers = await self._list_containers_patiently()
         # Before any runner runs: every launch is decided against what this host can enforce.
         self.security.posture = await self._probe_posture_patiently()
+        problem = userns_start_problem(self.security.posture.userns, self.config.require_userns)
+        if problem is not None:
+            raise SecurityStartError(problem)
         await self._load_apparmor_profiles()
         present = {c["Labels"].get(LABEL_TASK): c for c in containers}
         for record in records:

@@ -47,6 +47,8 @@ class AgentConfig:
     # Security policy file (variant allow-list, AppArmor-unavailable mode; docs/security.md).
     # None = the built-in policy: only the `default` variant, refuse where AppArmor is required.
     security_policy: Path | None = None
+    # Refuse to start when dockerd does not remap user namespaces (container root = host root).
+    require_userns: bool = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpuset-check-seconds", type=float, help="period of the cpuset read-back / drift check")
     p.add_argument("--security-policy", type=Path, metavar="PATH",
                    help="security policy JSON (seccomp variant allow-list; default: built-in, `default` only)")
+    p.add_argument("--allow-no-userns", dest="require_userns", action="store_false", default=None,
+                   help="start even if dockerd runs without --userns-remap (container root is then host root)")
     return p
 
 

@@ -41,6 +41,15 @@ class UsernsPosture:
     problem: str | None = None  # a remap that is configured but inconsistent
 
 
+def userns_start_problem(userns: UsernsPosture, required: bool) -> str | None:
+    """Why the agent must not start on this engine, or None. Without a remap, root in a container is
+    root on the host: one kernel or runtime escape away from owning it."""
+    if not required or userns.remapped:
+        return None
+    why = userns.problem or "dockerd runs without --userns-remap: container root would be host root"
+    return f"{why}; restart dockerd with --userns-remap=default, or start the agent with --allow-no-userns"
+
+
 @dataclass(frozen=True)
 class HostPosture:
     kernel_version: str

@@ -135,3 +135,14 @@ def test_confinement_of_reads_the_label(tmp_path: Path) -> None:
     (tmp_path / "42" / "attr" / "apparmor" / "current").write_text("titus-default (enforce)\n")
     assert apparmor.confinement_of(42, tmp_path) == "titus-default (enforce)"
     assert apparmor.confinement_of(43, tmp_path) is None
+
+
+def test_agent_refuses_an_engine_without_userns_remap() -> None:
+    from agent.security.posture import UsernsPosture, userns_start_problem
+
+    assert userns_start_problem(UsernsPosture(remapped=True, remap_user="dockremap"), required=True) is None
+    problem = userns_start_problem(UsernsPosture(remapped=False), required=True)
+    assert problem is not None and "container root would be host root" in problem and "--allow-no-userns" in problem
+    broken = UsernsPosture(remapped=False, problem="engine reports userns but DockerRootDir does not name it")
+    assert "DockerRootDir" in (userns_start_problem(broken, required=True) or "")
+    assert userns_start_problem(UsernsPosture(remapped=False), required=False) is None
