@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.security import apparmor
-from agent.security.attributes import FIELD_PREFIX, SecurityRequest, parse_security_attributes
+from agent.security.attributes import (
+    FIELD_PREFIX,
+    SecurityRequest,
+    parse_security_attributes,
+)
 from agent.security.capabilities import DEFAULT_CAPABILITIES
+from agent.security.errors import DataFileError
 from agent.security.posture import (
     APPARMOR_MODES,
     AppArmorUnavailableMode,
@@ -114,12 +119,8 @@ class ProfileCatalog:
 # ---- owner allow-list ----------------------------------------------------------------------------
 
 
-class PolicyError(ValueError):
-    def __init__(self, file: str, field: str, message: str) -> None:
-        super().__init__(f"{file}: {field}: {message}" if field else f"{file}: {message}")
-        self.file = file
-        self.field = field
-        self.message = message
+class PolicyError(DataFileError):
+    """A policy file that cannot be used; `file` and `field` say where."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.security.errors import DataFileError
+
 ACTIONS = frozenset(
     {
         "SCMP_ACT_ALLOW",
@@ -80,14 +82,8 @@ _ARG_KEYS = {"index", "value", "valueTwo", "op"}
 _U64 = 2**64
 
 
-class ProfileError(ValueError):
+class ProfileError(DataFileError):
     """A profile that cannot be used. `file` and `field` say where (field is a JSON path)."""
-
-    def __init__(self, file: str, field: str, message: str) -> None:
-        super().__init__(f"{file}: {field}: {message}" if field else f"{file}: {message}")
-        self.file = file
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)
