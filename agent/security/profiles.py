@@ -13,6 +13,7 @@ Two entry points for the rest of the platform:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -307,6 +308,14 @@ class SecurityDecision:
         }
 
 
+@functools.lru_cache(maxsize=64)
+def _effective_profile(profile: SeccompProfile, capabilities: tuple[str, ...]) -> tuple[SeccompProfile, str, str]:
+    """The filter one variant gets with these capabilities, its Docker JSON and digest. The same for
+    every launch of the variant: evaluated and serialised once, not on every task's launch path."""
+    effective = profile.for_container(capabilities)
+    return effective, effective.to_docker_json(), effective.digest()
+
+
 def resolve_security(
     container: ContainerSpec,
     policy: SecurityPolicy,
@@ -339,12 +348,12 @@ def resolve_security(
     if not verdict.ok:
         raise SecurityRefused([("host", p) for p in verdict.problems])
     capabilities = tuple(dict.fromkeys((*DEFAULT_CAPABILITIES, *profile.header.add_capabilities)))
-    effective = profile.for_container(capabilities)
+    effective, seccomp_json, digest = _effective_profile(profile, capabilities)
     return SecurityDecision(
         variant=request.variant,
         seccomp_profile=effective,
-        seccomp_json=effective.to_docker_json(),
-        seccomp_digest=effective.digest(),
+        seccomp_json=seccomp_json,
+        seccomp_digest=digest,
         capabilities=capabilities,
         devices=profile.header.devices,
         apparmor_profile=apparmor.profile_name(request.variant) if verdict.apparmor_enforced else None,
