@@ -13,15 +13,31 @@ given, so ours start from Docker's 20.10 defaults and add to them.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.security.profiles import SecurityDecision
 
 DEFAULT_PIDS_LIMIT = 32_768  # far above any real program's threads+processes; stops a fork bomb early
+PID_MAX_PATH = Path("/proc/sys/kernel/pid_max")
+# One task may hold at most this share of the host's PIDs: a fork bomb with memory to spare must still
+# leave the host (agent, sshd, other tasks) room to fork. On hosts with systemd's pid_max of 4194304
+# the cap is DEFAULT_PIDS_LIMIT; with the kernel's default of 32768 it is 4096.
+HOST_PID_SHARE = 8
+
+
+@functools.cache
+def host_pids_limit(pid_max_path: Path = PID_MAX_PATH) -> int:
+    try:
+        pid_max = int(pid_max_path.read_text().strip())
+    except (OSError, ValueError):
+        return DEFAULT_PIDS_LIMIT // HOST_PID_SHARE  # unknown host: the conservative side
+    return max(64, min(DEFAULT_PIDS_LIMIT, pid_max // HOST_PID_SHARE))
 
 # Docker 20.10's defaults (oci/defaults.go) ...
 DOCKER_MASKED_PATHS: tuple[str, ...] = (
@@ -134,11 +150,13 @@ def hardening_options(
     decision: SecurityDecision,
     *,
     memory_mib: int,
-    pids_limit: int = DEFAULT_PIDS_LIMIT,
+    pids_limit: int | None = None,
     binds: Sequence[str] | Mapping[str, Any] | None = None,
 ) -> HardeningOptions:
     if memory_mib <= 0:
         raise ValueError("a memory limit is mandatory")
+    if pids_limit is None:
+        pids_limit = host_pids_limit()
     if pids_limit <= 0:
         raise ValueError("a pids limit is mandatory")
     problems = bind_problems(binds)

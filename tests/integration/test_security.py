@@ -15,6 +15,7 @@ import requests
 
 from agent.security import apparmor
 from agent.security.capabilities import DEFAULT_CAPABILITIES
+from agent.security.hardening import host_pids_limit
 from tests.harness import Platform, wait_for
 
 pytestmark = pytest.mark.integration
@@ -58,7 +59,7 @@ def test_task_runs_hardened(platform: Platform) -> None:
     assert "no-new-privileges:true" in hc["SecurityOpt"]
     assert any(o.startswith("seccomp=") for o in hc["SecurityOpt"])
     assert not any(o.startswith("apparmor=") for o in hc["SecurityOpt"]) or apparmor.detect_support().enforceable
-    assert hc["PidsLimit"] == 32768 and hc["Memory"] == hc["MemorySwap"] == 64 * 1024 * 1024
+    assert hc["PidsLimit"] == host_pids_limit() and hc["Memory"] == hc["MemorySwap"] == 64 * 1024 * 1024
     assert "/proc/kallsyms" in hc["MaskedPaths"] and "/proc/sys/kernel" in hc["ReadonlyPaths"]
     # ... and it holds inside: the main process (tini, PID 1) and anything started in the container.
     status = container.exec_run(["cat", "/proc/1/status"]).output.decode()
@@ -67,7 +68,7 @@ def test_task_runs_hardened(platform: Platform) -> None:
     assert denied.exit_code != 0 and b"Operation not permitted" in denied.output
     assert container.exec_run(["cat", "/proc/kallsyms"]).output == b""  # masked: /dev/null over it
     pids = container.exec_run(["sh", "-c", "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"])
-    assert pids.output.decode().strip() == "32768"
+    assert pids.output.decode().strip() == str(host_pids_limit())
     # The decision is in the task's checkpoint (the agent's local view shows it).
     mine = next(t for t in agent_tasks(p) if t["taskId"] == task["id"])["resources"]["security"]
     assert mine["variant"] == "default" and mine["noNewPrivileges"] is True

@@ -9,7 +9,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from agent.security.capabilities import DEFAULT_CAPABILITIES, DOCKER_DEFAULT_CAPABILITIES
+from agent.security.capabilities import (
+    DEFAULT_CAPABILITIES,
+    DOCKER_DEFAULT_CAPABILITIES,
+)
 from agent.security.hardening import (
     DOCKER_MASKED_PATHS,
     DOCKER_READONLY_PATHS,
@@ -178,3 +181,17 @@ def test_without_owner_the_agent_trusts_admission(policy: SecurityPolicy, plain:
         resolve_security(job({"seccomp": "nope"}).container, policy, plain)
     with pytest.raises(SecurityRefused):
         resolve_security(job({"privileged": "true"}).container, policy, plain)
+
+
+def test_pids_limit_leaves_the_host_most_of_its_pids(tmp_path: Path) -> None:
+    from agent.security.hardening import DEFAULT_PIDS_LIMIT, host_pids_limit
+
+    def limit(pid_max: str) -> int:
+        f = tmp_path / f"pid_max_{pid_max or 'empty'}"
+        f.write_text(pid_max)
+        return host_pids_limit.__wrapped__(f)
+
+    assert limit("4194304\n") == DEFAULT_PIDS_LIMIT  # systemd's 64-bit default: the plain cap
+    assert limit("32768\n") == 4096  # the kernel's default: one task gets an eighth
+    assert limit("") == DEFAULT_PIDS_LIMIT // 8  # unreadable: the conservative side
+    assert host_pids_limit.__wrapped__(tmp_path / "missing") == DEFAULT_PIDS_LIMIT // 8

@@ -10,7 +10,7 @@ import pytest
 
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.docker_api import Docker
-from agent.security.hardening import MASKED_PATHS
+from agent.security.hardening import MASKED_PATHS, host_pids_limit
 from agent.security.profiles import default_policy, load_policy
 from agent.steps.base import LaunchContext, StepError
 from agent.steps.container import ContainerStep
@@ -97,7 +97,7 @@ async def test_container_step_merges_raw_fields_and_audits(tmp_path: Path, host:
     await SecurityStep(host).setup(ctx)
     opts: dict[str, Any] = ContainerStep()._options(ctx)
     hc = opts["host_config"]
-    assert hc["PidsLimit"] == 32768 and hc["CapDrop"] == ["ALL"] and hc["NetworkMode"] == "none"
+    assert hc["PidsLimit"] == host_pids_limit() and hc["CapDrop"] == ["ALL"] and hc["NetworkMode"] == "none"
     assert set(MASKED_PATHS) <= set(hc["MaskedPaths"]) and "/proc/sys/kernel" in hc["ReadonlyPaths"]
     # A later step that quietly weakens the container is caught before create (a platform bug).
     ctx.host_config_options["privileged"] = True
