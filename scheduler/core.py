@@ -13,6 +13,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from agent.security.attributes import parse_security_attributes
+from agent.security.posture import reported_posture_problem
+from agent.security.profiles import SecurityPolicy, default_policy
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
 from scheduler.records import JobRecord, JobState, NodeRecord, NodeStatus, TaskRecord
@@ -68,12 +71,15 @@ class Scheduler:
         metrics: SchedulerMetrics,
         config: SchedulerConfig | None = None,
         clock: Callable[[], float] = time.time,
+        security_policy: SecurityPolicy | None = None,
     ) -> None:
         self.store = store
         self.placer = placer
         self.metrics = metrics
         self.config = config or SchedulerConfig()
         self.clock = clock
+        # Which hosts may run which jobs, by their reported security posture (docs/security.md).
+        self.security_policy = security_policy or default_policy()
         self.jobs: dict[str, JobRecord] = {}
         self.tasks: dict[str, TaskRecord] = {}
         # Indexes, so API reads and per-host work do not scan every task ever run.
@@ -460,7 +466,7 @@ class Scheduler:
 
     def eligible_nodes(self) -> list[NodeView]:
         views = {
-            n.id: NodeView(n.id, n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib, n.labels)
+            n.id: NodeView(n.id, n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib, n.labels, n.posture)
             for n in sorted(self.nodes.values(), key=lambda n: n.id)
             if n.status is NodeStatus.READY
         }
@@ -468,6 +474,21 @@ class Scheduler:
             for t in self.node_tasks(view.id):
                 view.take(self.jobs[t.job_id].spec.container.resources)
         return list(views.values())
+
+    def _posture_problem(self, job: JobRecord, node: NodeView) -> str | None:
+        request, problems = parse_security_attributes(job.spec.container.security_attributes)
+        if problems:  # refused at submit; a job stored before a policy change stays put, visibly
+            return "; ".join(m for _, m in problems)
+        profile_needs_apparmor = (
+            request.variant in self.security_policy.catalog.names
+            and self.security_policy.catalog.get(request.variant).header.requires_apparmor
+        )
+        return reported_posture_problem(
+            node.posture,
+            request,
+            variant_requires_apparmor=profile_needs_apparmor,
+            apparmor_unavailable=self.security_policy.apparmor_unavailable,
+        )
 
     def schedule_pass(self) -> int:
         """Place every Accepted task that is due. Returns how many were placed."""
@@ -480,19 +501,28 @@ class Scheduler:
             return 0
         nodes = self.eligible_nodes()
         placed: list[TaskRecord] = []
+        waiting: list[TaskRecord] = []
         for t in pending:
-            demand = self.jobs[t.job_id].spec.container.resources
-            node = self.placer.place(demand, nodes)
+            job = self.jobs[t.job_id]
+            demand = job.spec.container.resources
+            able = [n for n in nodes if self._posture_problem(job, n) is None]
+            node = self.placer.place(demand, able)
             if node is None:
+                # Say why, when it is the posture: capacity comes and goes, a posture rarely does.
+                why = "" if able or not nodes else f"waiting: {self._posture_problem(job, nodes[0])} (every Ready host)"
+                if why != t.message:
+                    t.message = why
+                    waiting.append(t)
                 continue
+            t.message = ""
             node.take(demand)
             t.node_id = node.id
             t.enter(TaskState.LAUNCHED, now)
             self._active_by_node.setdefault(node.id, set()).add(t.id)
             self._pending.discard(t.id)
             placed.append(t)
-        if placed:
-            self.store.commit(tasks=placed)
+        if placed or waiting:
+            self.store.commit(tasks=[*placed, *waiting])
             for node_id in {t.node_id for t in placed if t.node_id}:
                 self._wake_node(node_id)
         return len(placed)

@@ -47,7 +47,7 @@ async def serve(args: argparse.Namespace) -> int:
             lost_after=args.lost_after,
             system_backoff_max=args.system_backoff_max,
         )
-        scheduler = Scheduler(store, FirstFit(), SchedulerMetrics(), config)
+        scheduler = Scheduler(store, FirstFit(), SchedulerMetrics(), config, security_policy=policy)
     except (StoreCorrupt, sqlite3.DatabaseError) as e:
         return refuse_start("titus-scheduler", log, e)
     stop = stop_on_signals()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from typing import Protocol
 
 from titus_common.jobspec import Resources
@@ -18,6 +19,7 @@ class NodeView:
     free_memory_mib: int
     free_disk_mib: int
     labels: dict[str, str]
+    posture: dict[str, Any] | None = None  # the host's security posture as its agent reported it
 
     def fits(self, r: Resources) -> bool:
         # A small epsilon: 0.1 + 0.2 cpus must fit in 0.3 free.
@@ -35,7 +37,8 @@ class NodeView:
 
 class Placer(Protocol):
     def place(self, demand: Resources, nodes: list[NodeView]) -> NodeView | None:
-        """Choose a node among `nodes` (all eligible: heartbeating, healthy), or None if none fits.
+        """Choose a node among `nodes` (all eligible: heartbeating, healthy, with the security posture
+        the job requires), or None if none fits.
         Must be a pure function of its arguments: the caller commits the choice."""
         ...
 

@@ -226,6 +226,29 @@ class PostureVerdict:
         return not self.problems
 
 
+def reported_posture_problem(
+    posture: Mapping[str, Any] | None,
+    request: SecurityRequest,
+    *,
+    variant_requires_apparmor: bool = False,
+    apparmor_unavailable: AppArmorUnavailableMode = "refuse",
+) -> str | None:
+    """For the scheduler, which knows each host only by the posture its agent reported (HostPosture's
+    JSON): why the host cannot run a job with this request, or None. The agent re-checks at launch
+    with `check_posture`; this keeps such jobs off hosts that would only refuse them."""
+    needs_apparmor = (request.apparmor == "required" or variant_requires_apparmor) and apparmor_unavailable == "refuse"
+    needs_userns = request.user_namespace == "required"
+    if posture is None:
+        return "host has not reported its security posture" if (needs_apparmor or needs_userns) else None
+    if posture.get("seccompEnforceable") is False:
+        return "host cannot enforce seccomp"
+    if needs_apparmor and not (posture.get("apparmor") or {}).get("enforceable"):
+        return "job requires AppArmor; host cannot enforce it"
+    if needs_userns and not (posture.get("userns") or {}).get("remapped"):
+        return "job requires user-namespace remapping; host has none"
+    return None
+
+
 def check_posture(
     posture: HostPosture,
     request: SecurityRequest,

@@ -103,19 +103,22 @@ def test_submit_time_refusals(platform: Platform) -> None:
 
 
 @pytest.mark.skipif(apparmor.detect_support().enforceable, reason="this host enforces AppArmor")
-def test_apparmor_required_is_refused_where_the_host_cannot_enforce_it(platform: Platform) -> None:
+def test_apparmor_required_waits_for_a_host_that_can_enforce_it(platform: Platform) -> None:
     p = platform
-    # Admissible at submit (the attributes are valid; whether a host can enforce them is the
-    # host's question), refused at launch with the reason — never run unconfined.
+    # Admissible at submit (the attributes are valid); the scheduler places it only on a host whose
+    # reported posture enforces AppArmor — none here — and says so. Never run unconfined. (Should a
+    # host's posture change after placement, the agent's security step refuses it at launch:
+    # tests/unit/test_security_step.py.)
     job_id = p.submit("echo should-not-run", securityAttributes={"apparmor": "required"})
-    job = p.wait_job_finished(job_id, timeout=30)
-    (task,) = p.tasks(job_id)
-    assert task["reason"] == "failed", task
-    assert "security step" in task["message"] and "requires AppArmor" in task["message"]
-    assert "cannot enforce it" in task["message"] and "kernel has no AppArmor" in task["message"]
-    assert "Started" not in task["timestamps"]
-    assert not job["crashLooping"]
+    (task,) = wait_for(
+        lambda: [t for t in p.tasks(job_id) if t["message"]], 20, "a waiting reason"
+    )
+    assert task["state"] == "Accepted" and task["nodeId"] is None
+    assert task["message"] == "waiting: job requires AppArmor; host cannot enforce it (every Ready host)"
     assert not p.containers(all=True)  # no container was ever created
+    p.api("POST", f"/v1/jobs/{job_id}/kill", expect=202)
+    job = p.wait_job_finished(job_id, timeout=10)
+    assert [t["reason"] for t in p.tasks(job_id)] == ["killed"] and not job["crashLooping"]
 
 
 def test_node_doctor_shows_the_posture(platform: Platform) -> None:

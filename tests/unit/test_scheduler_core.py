@@ -297,3 +297,39 @@ def test_launch_latency_observed_once_and_started_kept_after_kill(sched: Schedul
     hist = sched.metrics.launch_latency.collect()[0]
     count = next(s.value for s in hist.samples if s.name.endswith("_count"))
     assert count == 1
+
+
+def posture(apparmor: bool, userns: bool) -> dict[str, Any]:
+    return {"seccompEnforceable": True, "apparmor": {"enforceable": apparmor}, "userns": {"remapped": userns}}
+
+
+def node_with(s: Scheduler, name: str, host_posture: dict[str, Any] | None) -> None:
+    s.heartbeat(
+        NodeReport(
+            id=name, capacity=CapacityReport(cpus=4, memory_mib=4096, disk_mib=100_000), posture=host_posture
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "attributes,postures,placed_on",
+    [
+        ({}, {"a": None}, "a"),  # no requirement: a host that has not reported is fine
+        ({"apparmor": "required"}, {"a": posture(False, True), "b": posture(True, True)}, "b"),
+        ({"userNamespace": "required"}, {"a": posture(True, False), "b": posture(False, True)}, "b"),
+        ({"apparmor": "required"}, {"a": None, "b": posture(False, True)}, None),
+        ({"userNamespace": "required"}, {"a": posture(True, False)}, None),
+    ],
+)
+def test_placement_respects_the_security_posture(
+    sched: Scheduler, attributes: dict[str, str], postures: dict[str, Any], placed_on: str | None
+) -> None:
+    for name, host_posture in postures.items():
+        node_with(sched, name, host_posture)
+    job, _ = sched.submit(spec(container={"image": "busybox", "securityAttributes": attributes}))
+    sched.schedule_pass()
+    (task,) = sched.job_tasks(job.id)
+    assert task.node_id == placed_on
+    if placed_on is None:
+        assert task.state is S.ACCEPTED and task.message.startswith("waiting: ")
+        assert "AppArmor" in task.message or "user-namespace" in task.message or "posture" in task.message
