@@ -166,12 +166,12 @@ def test_container_root_is_an_unprivileged_host_uid(platform: Platform) -> None:
     task writes as root belongs to that UID, and the task's processes are not host root."""
     p = platform
     base = remap_base()
-    job_id = p.submit("id -u > /tmp/written-by-root; sleep 600", killGraceSeconds=1)
+    job_id = p.submit("id -u > /tmp/partial && mv /tmp/partial /tmp/written-by-root; sleep 600", killGraceSeconds=1)
     wait_for(lambda: p.started(job_id), 30, "Started")
     (container,) = p.containers()
     pid = int(container.attrs["State"]["Pid"])
     host_file = Path(f"/proc/{pid}/root/tmp/written-by-root")
-    wait_for(host_file.exists, 10, "file written")
+    wait_for(host_file.exists, 10, "file written")  # renamed into place: complete when it exists
     assert host_file.read_text().strip() == "0"  # root inside
     assert host_file.stat().st_uid == base and base > 0  # an unprivileged UID outside
     uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
