@@ -146,25 +146,17 @@ class CpuAllocator:
     def _raise(self, rc: int, what: str) -> None:
         lib = self._lib
         msg = f"{what}: {self._err(rc)}"
-        exc: type[CpusetError]
-        if rc == lib.CS_ETOOBIG:
-            exc = RequestTooLarge
-        elif rc == lib.CS_ENOSPACE:
-            exc = InsufficientCpus
-        elif rc == lib.CS_EEXIST:
-            exc = DuplicateWorkload
-        elif rc == lib.CS_ENOENT:
-            exc = UnknownWorkload
-        elif rc == lib.CS_ECAP:
-            exc = CapacityExceeded
-        elif rc == lib.CS_EBUSY:
-            exc = CpuBusy
-        elif rc == lib.CS_ETOPO:
-            exc = TopologyError
-        elif rc == lib.CS_EINVAL:
-            exc = InvalidRequest
-        else:
-            exc = CpusetError
+        by_code: dict[int, type[CpusetError]] = {
+            lib.CS_ETOOBIG: RequestTooLarge,
+            lib.CS_ENOSPACE: InsufficientCpus,
+            lib.CS_EEXIST: DuplicateWorkload,
+            lib.CS_ENOENT: UnknownWorkload,
+            lib.CS_ECAP: CapacityExceeded,
+            lib.CS_EBUSY: CpuBusy,
+            lib.CS_ETOPO: TopologyError,
+            lib.CS_EINVAL: InvalidRequest,
+        }
+        exc = by_code.get(rc, CpusetError)
         raise exc(msg)
 
     @staticmethod

@@ -7,6 +7,7 @@ Exit codes scripts can rely on: 0 ok · 1 the request was refused or the object 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -192,15 +193,15 @@ def cmd_job_list(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_job_describe(api: Api, args: argparse.Namespace) -> int:
-    doc = api.call("GET", f"/v1/jobs/{args.id}")
+def cmd_describe(noun: str, api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("GET", f"/v1/{noun}s/{args.id}")
     emit(args, doc, describe(doc))
     return EXIT_OK
 
 
-def cmd_job_kill(api: Api, args: argparse.Namespace) -> int:
-    doc = api.call("POST", f"/v1/jobs/{args.id}/kill")
-    emit(args, doc, f"job {args.id}: {doc['state']}")
+def cmd_kill(noun: str, api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("POST", f"/v1/{noun}s/{args.id}/kill")
+    emit(args, doc, f"{noun} {args.id}: {doc['state']}")
     return EXIT_OK
 
 
@@ -208,18 +209,6 @@ def cmd_task_list(api: Api, args: argparse.Namespace) -> int:
     params = [f"{k}={v}" for k, v in (("jobId", args.job), ("state", args.state), ("nodeId", args.node)) if v]
     doc = api.call("GET", "/v1/tasks" + ("?" + "&".join(params) if params else ""))
     emit(args, doc, task_rows(doc["tasks"]))
-    return EXIT_OK
-
-
-def cmd_task_describe(api: Api, args: argparse.Namespace) -> int:
-    doc = api.call("GET", f"/v1/tasks/{args.id}")
-    emit(args, doc, describe(doc))
-    return EXIT_OK
-
-
-def cmd_task_kill(api: Api, args: argparse.Namespace) -> int:
-    doc = api.call("POST", f"/v1/tasks/{args.id}/kill")
-    emit(args, doc, f"task {args.id}: {doc['state']}")
     return EXIT_OK
 
 
@@ -403,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = job.add_parser("list")
     ls.add_argument("--state")
     ls.set_defaults(fn=cmd_job_list)
-    for verb, fn in (("describe", cmd_job_describe), ("kill", cmd_job_kill)):
+    for verb, fn in (("describe", functools.partial(cmd_describe, "job")), ("kill", functools.partial(cmd_kill, "job"))):
         c = job.add_parser(verb)
         c.add_argument("id")
         c.set_defaults(fn=fn)
@@ -414,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--state")
     tl.add_argument("--node")
     tl.set_defaults(fn=cmd_task_list)
-    for verb, fn in (("describe", cmd_task_describe), ("kill", cmd_task_kill)):
+    for verb, fn in (("describe", functools.partial(cmd_describe, "task")), ("kill", functools.partial(cmd_kill, "task"))):
         c = task.add_parser(verb)
         c.add_argument("id")
         c.set_defaults(fn=fn)

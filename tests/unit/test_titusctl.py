@@ -1,9 +1,16 @@
+import json
 import socket
 from pathlib import Path
 
 import pytest
 
-from titusctl.main import EXIT_UNREACHABLE, EXIT_USAGE, build_parser, job_spec_from_args, main
+from titusctl.main import (
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    build_parser,
+    job_spec_from_args,
+    main,
+)
 
 
 def free_port() -> int:
@@ -56,3 +63,44 @@ def test_unreachable_scheduler(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--scheduler", f"http://127.0.0.1:{free_port()}", "-o", "json", "job", "list"])
     assert e.value.code == EXIT_UNREACHABLE
     assert "cannot reach the scheduler" in capsys.readouterr().err
+
+
+def test_job_and_task_verbs_against_a_real_scheduler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 15
+        while True:
+            try:
+                requests.get(f"{url}/healthz", timeout=1)
+                break
+            except requests.RequestException:
+                assert time.time() < deadline, "scheduler did not start"
+                time.sleep(0.1)
+
+        def run(*argv: str) -> tuple[int, str]:
+            with pytest.raises(SystemExit) as e:
+                main(["--scheduler", url, *argv])
+            return int(e.value.code or 0), capsys.readouterr().out.strip()
+
+        code, job_id = run("job", "submit", "--image", "busybox", "--cmd", "true", "--count", "2")
+        assert code == 0
+        code, out = run("-o", "json", "task", "list", "--job", job_id)
+        task_id = json.loads(out)["tasks"][0]["id"]
+        assert run("task", "describe", task_id)[1].startswith("{")
+        assert run("task", "kill", task_id) == (0, f"task {task_id}: Finished")
+        assert run("job", "kill", job_id) == (0, f"job {job_id}: Finished")
+        assert run("job", "describe", "nope")[0] == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
