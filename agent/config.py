@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netns.providers.base import usable_addresses
 from titus_common.daemon import parse_listen
 
 
@@ -49,6 +50,20 @@ class AgentConfig:
     security_policy: Path | None = None
     # Refuse to start when dockerd does not remap user namespaces (container root = host root).
     require_userns: bool = True
+    # Networking: one IP per task (netns/, agent/steps/network.py; docs/network.md).
+    network_enabled: bool = True
+    network_provider: str = "local"
+    # The local provider's pretend VPC: carrier-grade NAT space, never routed on this host.
+    network_cidr: str = "100.64.0.0/16"
+    # The local VPC's state, shared by every agent on the host (None: /var/lib/titus/netns/…).
+    network_local_vpc_state: Path | None = None
+    network_acquire_timeout_seconds: float = 30.0
+    network_gc_seconds: float = 300.0
+    # Control-plane isolation (netns/isolation.py): nftables table `inet titus_isolation`, scoped to
+    # traffic arriving from task links (`tn*`). Off by default: the table is host-wide.
+    network_isolation: bool = False
+    # Holds each task's network namespace (a `sleep` in a container the task joins).
+    sandbox_image: str = "127.0.0.1:5000/titus/busybox:latest"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="security policy JSON (seccomp variant allow-list; default: built-in, `default` only)")
     p.add_argument("--allow-no-userns", dest="require_userns", action="store_false", default=None,
                    help="start even if dockerd runs without --userns-remap (container root is then host root)")
+    p.add_argument("--no-network", dest="network_enabled", action="store_false", default=None,
+                   help="no network launch step: containers run with network_mode=none")
+    p.add_argument("--network-provider", choices=["local"], help="where task IPs come from (default local)")
+    p.add_argument("--network-cidr", help="the local provider's VPC CIDR (default 100.64.0.0/16)")
+    p.add_argument("--network-local-vpc-state", type=Path, metavar="PATH",
+                   help="the local VPC's state file, shared by the agents of a host")
+    p.add_argument("--network-acquire-timeout", dest="network_acquire_timeout_seconds", type=float,
+                   help="how long a launch waits for an IP before the task crashes (default 30)")
+    p.add_argument("--network-gc-seconds", type=float, help="period of the network leak GC (default 300)")
+    p.add_argument("--network-isolation", action="store_true", default=None,
+                   help="drop traffic from tasks to the host's own ports and to the scheduler (nftables, tn* links only)")
+    p.add_argument("--sandbox-image", help="image of the per-task network sandbox (must have `sleep`)")
     return p
 
 
@@ -111,7 +138,7 @@ def load_config(argv: list[str] | None = None) -> AgentConfig:
     labels.setdefault("instanceType", "local")
     values["labels"] = labels
     values.setdefault("node_id", socket.gethostname())
-    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root", "security_policy"):
+    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root", "security_policy", "network_local_vpc_state"):
         if key in values:
             values[key] = Path(values[key])
     if "listen" in values and isinstance(values["listen"], str):
@@ -126,6 +153,14 @@ def load_config(argv: list[str] | None = None) -> AgentConfig:
         raise ConfigError("cpuset_rebalance_seconds and cpuset_rebalance_max_moves must not be negative")
     if config.cpuset_check_seconds <= 0:
         raise ConfigError("cpuset_check_seconds must be positive")
+    if config.network_provider != "local":
+        raise ConfigError(f"network_provider {config.network_provider!r}: only 'local' is wired into the agent")
+    try:
+        usable_addresses(config.network_cidr)
+    except ValueError as e:
+        raise ConfigError(f"network_cidr: {e}") from None
+    if config.network_acquire_timeout_seconds <= 0 or config.network_gc_seconds <= 0:
+        raise ConfigError("network_acquire_timeout_seconds and network_gc_seconds must be positive")
     if not config.scheduler_url.startswith(("http://", "https://")):
         raise ConfigError(f"scheduler URL must start with http:// or https://, got {config.scheduler_url!r}")
     return config
