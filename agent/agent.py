@@ -16,6 +16,7 @@ from agent import __version__
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.config import AgentConfig
 from agent.cpus import CpusetApplier, CpuStateError, cpuset_loop, host_cpus
+from agent.hostnet import host_network, isolation_policy
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
@@ -27,14 +28,18 @@ from agent.security.profiles import PolicyError, SecurityPolicy, default_policy,
 from agent.steps.container import ContainerStep
 from agent.steps.cpuset import CpusetStep
 from agent.steps.image import ImageStep
+from agent.steps.network import LABEL_ROLE, ROLE_SANDBOX, HostNetwork, NetworkStep, sandbox_name
 from agent.steps.security import HostSecurity, SecurityStep
-from agent.watcher import ContainerWatcher
+from agent.watcher import LABEL_SANDBOX_AGENT, ContainerWatcher
+from netns import isolation
+from netns.errors import NetworkError
 from titus_common.protocol import CapacityReport, NodeReport, TaskAssignment
 from titus_common.states import TaskState
 
 log = logging.getLogger("titus.agent")
 
 RECONCILE_EVERY = 30.0
+SANDBOX_ORPHAN_AGE = 600.0
 
 
 class SecurityStartError(RuntimeError):
@@ -52,15 +57,19 @@ def default_pipeline(
     metrics: AgentMetrics,
     cpus: CpusetApplier | None = None,
     security: HostSecurity | None = None,
+    network: HostNetwork | None = None,
 ) -> Pipeline:
     # The order is the launch order. Network and credentials steps go between the image and the
     # container as they are built (each a module under agent/steps/). The cpuset step comes after the
     # image pull, so a slow pull does not hold CPUs; the security step before it, so a job this host
     # refuses never takes CPUs.
     security = security or HostSecurity(load_security_policy(config))
+    # The network step after security (it reuses the hardening for the sandbox) and before cpuset.
     cpuset = [CpusetStep(cpus)] if cpus is not None else []
+    net = [NetworkStep(network)] if network is not None else []
     return Pipeline(
-        [ImageStep(always_pull=config.always_pull), SecurityStep(security), *cpuset, ContainerStep()], metrics
+        [ImageStep(always_pull=config.always_pull), SecurityStep(security), *net, *cpuset, ContainerStep()],
+        metrics,
     )
 
 
@@ -103,7 +112,8 @@ class Agent:
             self._security_error = e
             policy = default_policy()
         self.security = HostSecurity(policy)
-        self.pipeline = pipeline or default_pipeline(config, metrics, self.cpus, self.security)
+        self.network: HostNetwork | None = host_network(config) if config.network_enabled else None
+        self.pipeline = pipeline or default_pipeline(config, metrics, self.cpus, self.security, self.network)
         self.store = CheckpointStore(config.state_dir)
         self.capacity = host_capacity(config)
         self.runners: dict[str, TaskRunner] = {}
@@ -115,6 +125,8 @@ class Agent:
         self._loops: list[asyncio.Task[None]] = []
         self._watcher: ContainerWatcher | None = None
         metrics.bind(lambda: [r.record.state for r in self.runners.values()], lambda: len(self.unknown_containers))
+        if self.network is not None:
+            metrics.bind_network(self.network.networks.snapshot)
 
     # ---- start and stop ----------------------------------------------------------------------
 
@@ -138,6 +150,24 @@ class Agent:
             raise SecurityStartError(problem)
         await self._load_apparmor_profiles()
         present = {c["Labels"].get(LABEL_TASK): c for c in containers}
+        if self.network is not None:
+            try:
+                policy = await asyncio.to_thread(isolation_policy, self.config)
+                await asyncio.to_thread(isolation.apply, policy)
+            except NetworkError as e:  # not enforceable: do not run tasks without it
+                raise SecurityStartError(f"control-plane isolation: {e.message}") from None
+            log.info("network isolation applied (nftables table inet %s): host ports %s, host ports allowed %s, "
+                     "control plane dropped %s, metadata addresses dropped", isolation.TABLE,
+                     "closed" if policy.isolate else "OPEN (--no-network-isolation)",
+                     list(policy.allowed_host_tcp_ports), list(policy.control_plane_cidrs))
+        if self.network is not None:
+            # Before any runner runs: tasks not finished keep their addresses; the rest is reconciled.
+            report = await self.network.networks.restore(
+                {r.task_id: r.resources["network"] for r in records
+                 if not r.state.terminal and isinstance(r.resources.get("network"), dict)}
+            )
+            log.info("network pool restored: kept %d, adopted %d, released %d, orphans %s",
+                     len(report.kept), len(report.adopted), len(report.released), sorted(report.orphan_tasks))
         for record in records:
             self._add_runner(record)
             if record.state is TaskState.STARTED and record.task_id in present:
@@ -146,7 +176,8 @@ class Agent:
         self._note_unknown(containers)
         loop = asyncio.get_running_loop()
         self._watcher = ContainerWatcher(
-            self.docker, self.config.node_id, loop, self._on_container_event, self._reconcile_wanted.set
+            self.docker, self.config.node_id, loop, self._on_container_event, self._reconcile_wanted.set,
+            self._on_sandbox_event if self.network is not None else None,
         )
         self._watcher.start()
         self._loops = [
@@ -158,6 +189,8 @@ class Agent:
             self._loops.append(
                 asyncio.create_task(cpuset_loop(self.cpus.host, self.cpus, self.config), name="cpuset")
             )
+        if self.network is not None:
+            self._loops.append(asyncio.create_task(self._network_gc_loop(), name="network-gc"))
         self._report_wanted.set()
         log.info(
             "agent %s up: %d tasks recovered, %d unknown containers",
@@ -239,6 +272,8 @@ class Agent:
         for t in [*self._loops, *self._running.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.network is not None:
+            await self.network.networks.pool.close()
         await self.client.close()
 
     # ---- tasks -------------------------------------------------------------------------------
@@ -276,6 +311,11 @@ class Agent:
         runner = self.runners.get(task_id)
         if runner is not None:
             runner.container_may_have_exited()
+
+    def _on_sandbox_event(self, task_id: str) -> None:
+        runner = self.runners.get(task_id)
+        if runner is not None:
+            runner.network_lost(f"the task's network sandbox {sandbox_name(task_id)} died: the task lost its network")
 
     def _forget(self, task_id: str) -> None:
         self.store.delete(task_id)
@@ -358,6 +398,74 @@ class Agent:
                 if runner.record.state in (TaskState.STARTED, TaskState.KILL_INITIATED) and task_id not in running:
                     runner.container_may_have_exited()
             self._note_unknown(containers)
+            if self.network is not None:
+                await self._check_sandboxes()
+
+    async def _list_sandboxes(self) -> list[dict[str, Any]]:
+        return await self.docker.call(
+            self.docker.api.containers, all=True,
+            filters={"label": [f"{LABEL_SANDBOX_AGENT}={self.config.node_id}", f"{LABEL_ROLE}={ROLE_SANDBOX}"]},
+        )
+
+    async def _check_sandboxes(self) -> None:
+        """A running task whose sandbox is gone or stopped has lost its network (events missed)."""
+        try:
+            sandboxes = await self._list_sandboxes()
+        except (DockerUnavailable, DockerError) as e:
+            log.warning("reconcile: cannot list network sandboxes: %s", e)
+            return
+        alive = {(c.get("Labels") or {}).get(LABEL_TASK) for c in sandboxes if c.get("State") == "running"}
+        for task_id, runner in self.runners.items():
+            if runner.record.state is TaskState.STARTED and task_id not in alive:
+                if runner.ctx.resources("network").get("sandbox_id"):
+                    self._on_sandbox_event(task_id)
+
+    async def _network_gc_loop(self) -> None:
+        """Leaks: this agent's links and rules of tasks it no longer holds, IPs held for no task, and
+        sandboxes nobody needs (see `_collect_sandboxes`)."""
+        assert self.network is not None
+        with contextlib.suppress(Exception):
+            await self._collect_sandboxes()
+        while True:
+            await asyncio.sleep(self.config.network_gc_seconds)
+            if any(r.record.state.rank < TaskState.STARTED.rank for r in self.runners.values()):
+                continue  # a launch is wiring: collect on a quiet round, never under its feet
+            live = set(self.runners)
+            try:
+                report = await self.network.networks.collect_leaks(live)
+                for kind, found in (("link", report.wiring.links), ("rule", report.wiring.rules),
+                                    ("namespace", report.wiring.namespaces), ("eni", report.enis)):
+                    if found:
+                        self.metrics.network_leaks_removed.labels(kind).inc(len(found))
+                if report.wiring.links or report.wiring.rules or report.enis:
+                    log.warning("network leaks removed: links %s, rules %s, ENIs %s",
+                                report.wiring.links, report.wiring.rules, report.enis)
+                await self._collect_sandboxes()
+            except Exception as e:  # never let the loop die
+                log.warning("network GC failed: %s", e)
+
+    async def _collect_sandboxes(self) -> None:
+        """Remove this node's sandboxes of tasks it does not hold, and any node's sandbox whose task
+        container does not exist and that is older than SANDBOX_ORPHAN_AGE (its agent is gone or the
+        task was removed behind its back: the namespace serves nobody)."""
+        containers = await self.docker.call(
+            self.docker.api.containers, all=True, filters={"label": [LABEL_TASK]}
+        )
+        names = {n.lstrip("/") for c in containers for n in c.get("Names") or []}
+        now = time.time()
+        for c in containers:
+            labels = c.get("Labels") or {}
+            if labels.get(LABEL_ROLE) != ROLE_SANDBOX:
+                continue
+            task_id = labels.get(LABEL_TASK)
+            if labels.get(LABEL_SANDBOX_AGENT) == self.config.node_id:
+                leaked = task_id not in self.runners
+            else:
+                leaked = f"titus-{task_id}" not in names and now - float(c.get("Created", now)) > SANDBOX_ORPHAN_AGE
+            if leaked:
+                log.warning("removing the leaked network sandbox %s of task %s", str(c["Id"])[:12], task_id)
+                await self.docker.remove(str(c["Id"]))
+                self.metrics.network_leaks_removed.labels("sandbox").inc()
 
     def _note_unknown(self, containers: list[dict[str, Any]]) -> None:
         unknown = []

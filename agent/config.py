@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netns.providers.base import usable_addresses
 from titus_common.daemon import parse_listen
 
 
@@ -49,6 +51,54 @@ class AgentConfig:
     security_policy: Path | None = None
     # Refuse to start when dockerd does not remap user namespaces (container root = host root).
     require_userns: bool = True
+    # Networking: one IP per task (netns/, agent/steps/network.py; docs/network.md).
+    network_enabled: bool = True
+    network_provider: str = "local"
+    # The local provider's pretend VPC: carrier-grade NAT space, never routed on this host.
+    network_cidr: str = "100.64.0.0/16"
+    # The local VPC's state, shared by every agent on the host (None: /var/lib/titus/netns/…).
+    network_local_vpc_state: Path | None = None
+    network_acquire_timeout_seconds: float = 30.0
+    network_gc_seconds: float = 300.0
+    # Control-plane isolation (netns/isolation.py): nftables table `inet titus_isolation`, scoped to
+    # traffic arriving from task links (`tn*`): tasks reach no host port and not the scheduler.
+    network_isolation: bool = True
+    # Host ports tasks may reach anyway (an operator's choice, e.g. a node-local DNS cache).
+    network_allowed_host_tcp_ports: list[int] = field(default_factory=list)
+    network_allowed_host_udp_ports: list[int] = field(default_factory=list)
+    # More control-plane CIDRs tasks must not reach (the scheduler's own address is always added).
+    network_control_plane_cidrs: list[str] = field(default_factory=list)
+    # The aws provider (network_provider = "aws"): this instance, its subnet and the EC2 endpoint.
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+    aws_subnet_id: str = ""
+    aws_instance_id: str = ""
+    aws_instance_type: str = ""
+    # Holds each task's network namespace (a `sleep` in a container the task joins).
+    sandbox_image: str = "127.0.0.1:5000/titus/busybox:latest"
+
+
+def check_network(config: AgentConfig) -> None:
+    from netns.limits import UnknownInstanceType, limits_for
+
+    if config.network_provider not in ("local", "aws"):
+        raise ConfigError(f"network_provider {config.network_provider!r}: expected 'local' or 'aws'")
+    if config.network_provider == "aws":
+        missing = [k for k in ("aws_subnet_id", "aws_instance_id", "aws_instance_type") if not getattr(config, k)]
+        if missing:
+            raise ConfigError(f"network_provider aws needs {', '.join(missing)}")
+        try:
+            limits_for(config.aws_instance_type)
+        except UnknownInstanceType as e:
+            raise ConfigError(f"aws_instance_type: {e.args[0]}") from None
+    for port in (*config.network_allowed_host_tcp_ports, *config.network_allowed_host_udp_ports):
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError(f"network allowed host port {port!r}: expected 1-65535")
+    for cidr in config.network_control_plane_cidrs:
+        try:
+            ipaddress.IPv4Network(cidr)
+        except ValueError as e:
+            raise ConfigError(f"network_control_plane_cidrs: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="security policy JSON (seccomp variant allow-list; default: built-in, `default` only)")
     p.add_argument("--allow-no-userns", dest="require_userns", action="store_false", default=None,
                    help="start even if dockerd runs without --userns-remap (container root is then host root)")
+    p.add_argument("--no-network", dest="network_enabled", action="store_false", default=None,
+                   help="no network launch step: containers run with network_mode=none")
+    p.add_argument("--network-provider", choices=["local", "aws"],
+                   help="where task IPs come from: local (a pretend VPC over --network-cidr, default) or aws (ENIs)")
+    p.add_argument("--network-cidr", help="the local provider's VPC CIDR (default 100.64.0.0/16)")
+    p.add_argument("--network-local-vpc-state", type=Path, metavar="PATH",
+                   help="the local VPC's state file, shared by the agents of a host")
+    p.add_argument("--network-acquire-timeout", dest="network_acquire_timeout_seconds", type=float,
+                   help="how long a launch waits for an IP before the task crashes (default 30)")
+    p.add_argument("--network-gc-seconds", type=float, help="period of the network leak GC (default 300)")
+    p.add_argument("--no-network-isolation", dest="network_isolation", action="store_false", default=None,
+                   help="let tasks reach the host's own ports and the scheduler (isolation is on by default)")
+    p.add_argument("--network-allow-host-port", dest="network_allowed_host_tcp_ports", type=int, action="append",
+                   metavar="PORT", help="a host TCP port tasks may reach despite isolation (repeatable)")
+    p.add_argument("--aws-region", help="aws provider: the region (default us-east-1)")
+    p.add_argument("--aws-endpoint-url", help="aws provider: EC2 endpoint (default: the SDK's)")
+    p.add_argument("--aws-subnet-id", help="aws provider: the subnet of the container ENIs")
+    p.add_argument("--aws-instance-id", help="aws provider: this instance's id")
+    p.add_argument("--aws-instance-type", help="aws provider: this instance's type (ENI and IP limits)")
+    p.add_argument("--sandbox-image", help="image of the per-task network sandbox (must have `sleep`)")
     return p
 
 
@@ -111,7 +181,7 @@ def load_config(argv: list[str] | None = None) -> AgentConfig:
     labels.setdefault("instanceType", "local")
     values["labels"] = labels
     values.setdefault("node_id", socket.gethostname())
-    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root", "security_policy"):
+    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root", "security_policy", "network_local_vpc_state"):
         if key in values:
             values[key] = Path(values[key])
     if "listen" in values and isinstance(values["listen"], str):
@@ -126,6 +196,13 @@ def load_config(argv: list[str] | None = None) -> AgentConfig:
         raise ConfigError("cpuset_rebalance_seconds and cpuset_rebalance_max_moves must not be negative")
     if config.cpuset_check_seconds <= 0:
         raise ConfigError("cpuset_check_seconds must be positive")
+    check_network(config)
+    try:
+        usable_addresses(config.network_cidr)
+    except ValueError as e:
+        raise ConfigError(f"network_cidr: {e}") from None
+    if config.network_acquire_timeout_seconds <= 0 or config.network_gc_seconds <= 0:
+        raise ConfigError("network_acquire_timeout_seconds and network_gc_seconds must be positive")
     if not config.scheduler_url.startswith(("http://", "https://")):
         raise ConfigError(f"scheduler URL must start with http:// or https://, got {config.scheduler_url!r}")
     return config

@@ -1,5 +1,5 @@
 """The agent's own small HTTP face: /metrics for Prometheus, /healthz, /v1/tasks (local view) and
-/v1/cpus (the host's CPU map, for `titusctl node cpus`)."""
+/v1/cpus (the host's CPU map, for `titusctl node cpus`), /v1/net (IPs and leaks, `titusctl node net`)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,15 @@ async def cpus(request: web.Request) -> web.Response:
     return web.json_response({"nodeId": agent.config.node_id, **agent.cpus.host.snapshot(agent.cpus.applied)})
 
 
+async def net(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    if agent.network is None:
+        return web.json_response(
+            {"error": {"message": "networking is off on this agent (--no-network)"}}, status=404
+        )
+    return web.json_response({"nodeId": agent.config.node_id, **agent.network.networks.snapshot()})
+
+
 def make_app(agent: Agent) -> web.Application:
     app = web.Application()
     app[AGENT_KEY] = agent
@@ -69,4 +78,5 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/tasks", tasks)
     app.router.add_get("/v1/cpus", cpus)
+    app.router.add_get("/v1/net", net)
     return app

@@ -6,7 +6,7 @@ from collections import Counter as _Tally
 from collections.abc import Callable, Iterator, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from titus_common.states import TaskState
@@ -54,6 +54,45 @@ class _CpuCollector(Collector):
             "Physical cores whose hardware threads are held by two or more different tasks",
             value=self.smt_shared(),
         )
+
+
+class _NetworkCollector(Collector):
+    """Live view of the host's IP pool (netns/), read from the pool's snapshot at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[str, object]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        doc = self.snapshot()
+        counts = doc.get("counts")
+        ips = GaugeMetricFamily(
+            "titus_agent_network_ips", "Task IPs held on this host, by state (free = warm)", labels=["state"]
+        )
+        for state in ("free", "assigned", "cooling", "releasing"):
+            ips.add_metric([state], float(counts.get(state, 0)) if isinstance(counts, dict) else 0.0)
+        yield ips
+        enis = doc.get("enis")
+        yield GaugeMetricFamily(
+            "titus_agent_network_enis", "Container ENIs attached to this host",
+            value=len(enis) if isinstance(enis, list) else 0,
+        )
+        waiting = doc.get("waiting")
+        yield GaugeMetricFamily(
+            "titus_agent_network_waiting_launches", "Launches waiting for an IP (the pool is refilling)",
+            value=sum(waiting.values()) if isinstance(waiting, dict) else 0,
+        )
+        errors = doc.get("errors")
+        yield GaugeMetricFamily(
+            "titus_agent_network_provider_errors", "Security-group sets whose last provider call failed",
+            value=len(errors) if isinstance(errors, dict) else 0,
+        )
+        provider = doc.get("provider")
+        calls = CounterMetricFamily(
+            "titus_agent_network_provider_api_calls", "Calls to the IP provider (EC2 API for aws)", labels=["provider"]
+        )
+        if isinstance(provider, dict):
+            calls.add_metric([str(provider.get("name", "?"))], float(provider.get("api_calls", 0)))
+        yield calls
 
 
 class AgentMetrics:
@@ -104,6 +143,11 @@ class AgentMetrics:
         self.cpuset_update_failures = Counter(
             "titus_agent_cpuset_update_failures", "cpuset writes the engine refused or missed (retried)", registry=r
         )
+        self.network_leaks_removed = Counter(
+            "titus_agent_network_leaks_removed",
+            "Leaked network objects removed by the GC (links, rules, namespaces, ENIs, sandboxes)", ["kind"],
+            registry=r,
+        )
         self.cpuset_drift_corrections = Counter(
             "titus_agent_cpuset_drift_corrections",
             "Containers found on a cpuset other than theirs (engine or cgroup value) and put back", ["source"],
@@ -112,6 +156,9 @@ class AgentMetrics:
 
     def bind(self, states: Callable[[], Iterable[TaskState]], unknown: Callable[[], int]) -> None:
         self.registry.register(_LiveCollector(states, unknown))
+
+    def bind_network(self, snapshot: Callable[[], Mapping[str, object]]) -> None:
+        self.registry.register(_NetworkCollector(snapshot))
 
     def bind_cpus(self, usage: Callable[[], Mapping[str, int]], smt_shared: Callable[[], int]) -> None:
         self.registry.register(_CpuCollector(usage, smt_shared))

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from agent.metrics import AgentMetrics
-from agent.steps.base import LaunchContext, LaunchStep, StepError
+from agent.steps.base import LaunchContext, LaunchStep, ReadoptStep, StepError
 
 log = logging.getLogger("titus.agent.pipeline")
 
@@ -52,4 +52,19 @@ class Pipeline:
                 self.metrics.step_seconds.labels(step=step.name, phase="teardown").observe(
                     time.monotonic() - started
                 )
+        return problems
+
+    async def readopt(self, ctx: LaunchContext) -> list[str]:
+        """After an agent restart, for a task still running: let each step rebuild what it holds in
+        this process. Never raises; returns the problems (logged; the task keeps running)."""
+        problems = []
+        for step in self.steps:
+            if not isinstance(step, ReadoptStep):
+                continue
+            try:
+                await step.readopt(ctx)
+            except Exception as e:
+                problems.append(f"{step.name}: {e}")
+                self.metrics.step_failures.labels(step=step.name).inc()
+                log.warning("re-adoption of %s failed: %s", step.name, e, extra={"task_id": ctx.task_id})
         return problems

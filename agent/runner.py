@@ -42,6 +42,7 @@ class TaskRunner:
         self._wake = asyncio.Event()  # the container may have exited, or a kill arrived
         self._kill: asyncio.Task[None] | None = None
         self._log_extra = {"task_id": record.task_id, "job_id": record.job_id}
+        self.network_lost_message: str | None = None
 
     @property
     def task_id(self) -> str:
@@ -72,6 +73,16 @@ class TaskRunner:
     def container_may_have_exited(self) -> None:
         self._wake.set()
 
+    def network_lost(self, message: str) -> None:
+        """The task's network sandbox died: the task has no network any more. It is stopped and
+        ends `crashed` (the platform's fault) with `message`."""
+        if self.record.state.terminal or self.record.reason is not None or self.network_lost_message is not None:
+            return  # already ending (the sandbox goes at every teardown)
+        if self.record.state is not TaskState.STARTED and self.record.state is not TaskState.KILL_INITIATED:
+            return  # mid-launch: the network step's own checks fail the launch
+        self.network_lost_message = message
+        self._wake.set()
+
     # ---- the life ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -88,6 +99,8 @@ class TaskRunner:
             if self.record.state.rank < TaskState.STARTED.rank:
                 if not await self._launch():
                     return
+            else:  # re-adopted after an agent restart: the container kept running
+                await self.pipeline.readopt(self.ctx)
             await self._supervise()
         except asyncio.CancelledError:
             raise  # the agent is stopping: the container keeps running, the checkpoint stays
@@ -138,7 +151,8 @@ class TaskRunner:
                     self.record.runtime_limit_hit = True
                     self.save()
                     timeout = None
-            if (self.record.kill_requested or self.record.runtime_limit_hit) and self._kill is None:
+            lost = self.network_lost_message is not None
+            if (self.record.kill_requested or self.record.runtime_limit_hit or lost) and self._kill is None:
                 self._start_kill(container_id)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
@@ -151,6 +165,8 @@ class TaskRunner:
             memory_mib=self.record.assignment.container.resources.memory_mib,
         )
         reason, message = classify(facts)
+        if self.network_lost_message is not None and not self.record.kill_requested:
+            reason, message = FinishReason.CRASHED, self.network_lost_message
         await self._end(reason, message, facts.exit_code)
 
     def _start_kill(self, container_id: str) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 from agent.docker_api import LABEL_AGENT, LABEL_TASK, Docker
 
+LABEL_SANDBOX_AGENT = "titus.sandbox_agent"  # agent/steps/network.py
+
 log = logging.getLogger("titus.agent.watcher")
 
 EXIT_ACTIONS = {"die", "destroy", "oom", "kill"}
@@ -25,12 +27,14 @@ class ContainerWatcher:
         loop: asyncio.AbstractEventLoop,
         on_exit: Callable[[str], None],
         on_reconnect: Callable[[], None],
+        on_sandbox_exit: Callable[[str], None] | None = None,
     ) -> None:
         self.docker = docker
         self.node_id = node_id
         self.loop = loop
         self.on_exit = on_exit
         self.on_reconnect = on_reconnect
+        self.on_sandbox_exit = on_sandbox_exit
         self._stop = threading.Event()
         self._stream: Any = None
         self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
@@ -51,18 +55,22 @@ class ContainerWatcher:
         delay = 0.5
         while not self._stop.is_set():
             try:
-                self._stream = self.docker.api.events(
-                    decode=True,
-                    filters={"type": "container", "label": [f"{LABEL_AGENT}={self.node_id}"]},
-                )
+                # Labels in one filter are ANDed: task containers (titus.agent) and network
+                # sandboxes (titus.sandbox_agent) need two, so the label is checked here.
+                self._stream = self.docker.api.events(decode=True, filters={"type": "container"})
                 # Anything that happened while we were not listening is found by a reconcile.
                 self.loop.call_soon_threadsafe(self.on_reconnect)
                 delay = 0.5
                 for event in self._stream:
                     if event.get("Action") in EXIT_ACTIONS:
-                        task_id = event.get("Actor", {}).get("Attributes", {}).get(LABEL_TASK)
-                        if task_id:
+                        attributes = event.get("Actor", {}).get("Attributes", {}) or {}
+                        task_id = attributes.get(LABEL_TASK)
+                        if not task_id:
+                            continue
+                        if attributes.get(LABEL_AGENT) == self.node_id:
                             self.loop.call_soon_threadsafe(self.on_exit, task_id)
+                        elif attributes.get(LABEL_SANDBOX_AGENT) == self.node_id and self.on_sandbox_exit:
+                            self.loop.call_soon_threadsafe(self.on_sandbox_exit, task_id)
             except Exception as e:
                 if self._stop.is_set():
                     return

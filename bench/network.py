@@ -187,7 +187,7 @@ async def aws_round(spaces: Namespaces, host: str, endpoint: str) -> tuple[list[
     networks = TaskNetworks(pool, Wiring(host))
     await networks.restore({})
     await pool.refill_once()  # the host's steady state: one ENI, a warm pool of 4
-    before = provider.api_calls
+    before, repairs_before = provider.api_calls, provider.repair_calls
     tasks = [f"aws-burst-{i}" for i in range(BURST)]
     containers = {t: "/var/run/netns/" + spaces.new("c") for t in tasks}
     records: dict[str, dict[str, Any]] = {t: {} for t in tasks}
@@ -198,7 +198,11 @@ async def aws_round(spaces: Namespaces, host: str, endpoint: str) -> tuple[list[
         return (time.perf_counter() - start) * 1000
 
     latencies = list(await asyncio.gather(*(one(t) for t in tasks)))
-    calls = provider.api_calls - before
+    # moto offers duplicate addresses (EC2 does not); the calls that replace them are not batching.
+    repairs = provider.repair_calls - repairs_before
+    calls = provider.api_calls - before - repairs
+    if repairs:
+        print(f"  (aws burst: {repairs} more calls replaced moto's duplicate addresses; not counted)")
     addresses = [r["lease"]["address"] for r in records.values()]
     assert len(set(addresses)) == BURST, "an address was handed out twice"
     for task in tasks:

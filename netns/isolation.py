@@ -6,6 +6,11 @@ One nftables table, `inet titus_isolation`, keyed on the container links' name p
 containers wired later are covered without touching the ruleset. The table is replaced atomically
 (`nft -f` runs a file as one transaction). nftables has no netlink API usable from pyroute2 here, so
 this module runs the `nft` binary (package nftables) — the only subprocess in netns/.
+
+Whatever the policy, forwarding from a container link to the instance metadata addresses (IMDS
+169.254.169.254, ECS 169.254.170.2, IMDS over IPv6 fd00:ec2::254) is dropped: a container gets
+metadata only through its own link into the metadata proxy's namespace (netns/metadata.py), and
+never the host's real IMDS by routing via its data link, e.g. when that metadata link is missing.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from netns.errors import WiringError
+from netns.metadata import METADATA_ADDRESSES
 from netns.wiring import HOST_IF_PREFIX, enter_netns_fd
 
 TABLE = "titus_isolation"
 NFT = "/usr/sbin/nft"
+IMDS_IPV6_ADDRESS = "fd00:ec2::254"
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,9 @@ class IsolationPolicy:
     allowed_host_tcp_ports: tuple[int, ...] = ()  # e.g. a metadata proxy listening on the host
     allowed_host_udp_ports: tuple[int, ...] = ()
     control_plane_cidrs: tuple[str, ...] = ()  # forwarded traffic to these is dropped
+    # False (an operator's `--no-network-isolation`): tasks reach host ports and the control plane;
+    # the metadata drop stays whatever this says.
+    isolate: bool = True
 
 
 def ruleset(policy: IsolationPolicy) -> str:
@@ -40,20 +50,28 @@ def ruleset(policy: IsolationPolicy) -> str:
         f"table inet {TABLE} {{",
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
-        f"    {containers} ct state established,related accept",
-        f"    {containers} meta l4proto icmp accept",
     ]
-    if policy.allowed_host_tcp_ports:
+    if not policy.isolate:
+        cidrs = []
+    else:
+        lines += [
+            f"    {containers} ct state established,related accept",
+            f"    {containers} meta l4proto icmp accept",
+        ]
+    if policy.isolate and policy.allowed_host_tcp_ports:
         ports = ", ".join(str(p) for p in policy.allowed_host_tcp_ports)
         lines.append(f"    {containers} tcp dport {{ {ports} }} accept")
-    if policy.allowed_host_udp_ports:
+    if policy.isolate and policy.allowed_host_udp_ports:
         ports = ", ".join(str(p) for p in policy.allowed_host_udp_ports)
         lines.append(f"    {containers} udp dport {{ {ports} }} accept")
+    if policy.isolate:
+        lines.append(f"    {containers} counter drop")
     lines += [
-        f"    {containers} counter drop",
         "  }",
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",
+        f"    {containers} ip daddr {{ {', '.join(METADATA_ADDRESSES)} }} counter drop",
+        f"    {containers} ip6 daddr {IMDS_IPV6_ADDRESS} counter drop",
     ]
     if cidrs:
         lines.append(f"    {containers} ip daddr {{ {', '.join(cidrs)} }} counter drop")

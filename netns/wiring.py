@@ -154,8 +154,11 @@ class Wiring:
     """Wires containers on one host. `host_netns` None: the namespace of the calling thread (a real
     host); tests pass a namespace path that plays a host."""
 
-    def __init__(self, host_netns: str | None = None) -> None:
+    def __init__(self, host_netns: str | None = None, owner: str | None = None) -> None:
         self.host_netns = host_netns
+        # With an owner (the agent's node id), host links carry it as their alias and `gc` removes
+        # only links of this owner: several agents may share one host (tests do).
+        self.owner = owner
 
     # ---- per ENI ---------------------------------------------------------------------------------
 
@@ -195,6 +198,8 @@ class Wiring:
                 index = _link_index(host, name)
                 if index is None:
                     raise WiringError(f"veth {name} vanished right after creation")
+                if self.owner is not None:
+                    host.link("set", index=index, ifalias=self.owner)
             host.link("set", index=index, state="up")
             host.route(
                 "replace", dst=f"{address}/32", oif=index, scope=RT_SCOPE_LINK, proto=RT_PROTO_TITUS
@@ -305,7 +310,8 @@ class Wiring:
                 ifname = link.get("IFLA_IFNAME") or ""
                 if not ifname.startswith(HOST_IF_PREFIX):
                     continue
-                if ifname in keep_links:
+                foreign = self.owner is not None and link.get("IFLA_IFALIAS") != self.owner
+                if ifname in keep_links or foreign:
                     for route in host.route("dump", oif=link["index"], table=254):
                         if route.get("dst_len") == 32 and route.get("RTA_DST"):
                             kept_addresses.add(str(route.get("RTA_DST")))
@@ -328,7 +334,7 @@ class Wiring:
                     fields.update(src=rule.get("FRA_SRC"), src_len=rule["src_len"])
                 _ignore((errno.ENOENT,), host.rule, "del", **fields)
                 report.rules.append(f"{fields['priority']}:{selector}")
-        if netns_dir.is_dir():
+        if netns_dir.is_dir() and self.owner is None:  # pinned namespaces carry no owner
             for entry in sorted(netns_dir.iterdir()):
                 if entry.name.startswith(NETNS_PREFIX) and entry.name not in keep_ns:
                     unpin_netns_path(entry)
@@ -355,8 +361,8 @@ def pin_netns(pid: int, task_id: str, netns_dir: Path = NETNS_DIR) -> str:
     return str(path)
 
 
-def unpin_netns_path(path: Path) -> None:
-    if not path.name.startswith(NETNS_PREFIX):
+def unpin_netns_path(path: Path, prefix: str = NETNS_PREFIX) -> None:
+    if not path.name.startswith(prefix):
         raise WiringError(f"refusing to unpin {path}: not a namespace this agent pins")
     if _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
         err = ctypes.get_errno()

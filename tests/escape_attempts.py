@@ -356,7 +356,7 @@ ATTEMPTS: list[Attempt] = [
     # listen on loopback only (rows above); this row is about what the task's network lets it reach.
     Attempt("host-service", "reach a host service bound to 0.0.0.0 (gateway, every host IPv4)",
             _via_host("{listen_port}"), r"\A(DENIED connect \S+: [^\n]+\n?)+\Z",
-            note="no route to the host (network_mode=none) / control-plane isolation"),
+            note="control-plane isolation: input from task links (tn*) to the host is dropped"),
     Attempt("proc1-root", "read host files via /proc/1/root",
             "if [ -e /proc/1/root{marker} ]; then echo 'ESCAPED host marker visible'; fi;"
             " sha=$(sha256sum /proc/1/root/etc/shadow 2>/dev/null | cut -d' ' -f1);"

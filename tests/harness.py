@@ -18,6 +18,8 @@ from typing import Any
 import docker
 import requests
 
+from netns.wiring import Wiring
+
 IMAGE = os.environ.get("TITUS_TEST_IMAGE", "127.0.0.1:5000/titus/busybox:latest")
 
 
@@ -113,6 +115,14 @@ class Platform:
                 p.stop()
         for c in self.containers(all=True):
             c.remove(force=True)
+        self.remove_sandboxes()
+
+    def remove_sandboxes(self) -> None:
+        """The per-task network sandboxes (not labelled titus.agent: they are not tasks), then the
+        policy rules their links left (a link goes with its namespace, a rule does not)."""
+        for c in self.engine.containers.list(all=True, filters={"label": f"titus.sandbox_agent={self.node_id}"}):
+            c.remove(force=True)
+        Wiring(owner=self.node_id).gc(set())
 
     # ---- API ----------------------------------------------------------------------------------
 

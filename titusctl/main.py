@@ -269,6 +269,48 @@ def cmd_node_cpus(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def net_map(doc: dict[str, Any]) -> str:
+    """The host's network: ENIs, each IP's state (free, assigned to which task, cooling) and leaks."""
+    counts = doc.get("counts", {})
+    provider = doc.get("provider", {})
+    out = [
+        f"node {doc.get('nodeId', '?')}: provider {provider.get('name', '?')} ({provider.get('api_calls', 0)} API calls)"
+        f" · IPs assigned {counts.get('assigned', 0)}, free (warm) {counts.get('free', 0)},"
+        f" cooling {counts.get('cooling', 0)}, releasing {counts.get('releasing', 0)}",
+    ]
+    rows = []
+    for eni in doc.get("enis", []):
+        for ip in eni["ips"]:
+            left = f"{ip['cooldown_left_s']:g}s" if ip["state"] == "cooling" else ""
+            rows.append([eni["eni_id"], str(eni["device_index"]), ",".join(eni["security_groups"]),
+                         ip["address"], ip["state"], ip["task_id"] or "", left])
+    out += ["", table(rows, ["ENI", "DEV", "GROUPS", "IP", "STATE", "TASK", "COOLDOWN"]) if rows else "no ENIs yet"]
+    if doc.get("waiting"):
+        out.append("waiting for an IP: " + ", ".join(f"{k or 'default'}: {v}" for k, v in doc["waiting"].items()))
+    for groups, message in (doc.get("errors") or {}).items():
+        out.append(f"error ({groups}): {message}")
+    leaks = doc.get("leaks") or {}
+    found = [f"{k} {', '.join(v)}" for k, v in leaks.items() if v]
+    out.append("leaks found at the last GC: " + ("; ".join(found) if found else "none"))
+    return "\n".join(out)
+
+
+def cmd_node_net(api: Api, args: argparse.Namespace) -> int:
+    # A host diagnostic: asked of the local agent, never through the scheduler.
+    url = args.agent.rstrip("/") + "/v1/net"
+    try:
+        r = requests.get(url, timeout=10)
+        doc = r.json()
+    except requests.RequestException as e:
+        raise CliError(f"cannot reach the agent at {args.agent} ({e.__class__.__name__}); set --agent", EXIT_UNREACHABLE) from None
+    except ValueError:
+        raise CliError(f"GET {url}: HTTP {r.status_code} with a non-JSON answer", EXIT_UNREACHABLE) from None
+    if r.status_code >= 400:
+        raise CliError(f"error: {doc.get('error', {}).get('message', f'HTTP {r.status_code}')}", EXIT_REFUSED)
+    emit(args, doc, net_map(doc))
+    return EXIT_OK
+
+
 def _yes(v: Any) -> str:
     return "?" if v is None else ("yes" if v else "NO")
 
@@ -413,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     nc = node.add_parser("cpus", help="this host's CPU map: which task holds which thread (asks the local agent)")
     nc.add_argument("--agent", default=DEFAULT_AGENT_URL, help=f"agent URL (default {DEFAULT_AGENT_URL})")
     nc.set_defaults(fn=cmd_node_cpus)
+    nn = node.add_parser("net", help="this host's IPs: ENIs, free/warm, assigned to which task, cooling, leaks"
+                                     " (asks the local agent)")
+    nn.add_argument("--agent", default=DEFAULT_AGENT_URL, help=f"agent URL (default {DEFAULT_AGENT_URL})")
+    nn.set_defaults(fn=cmd_node_net)
     nd = node.add_parser("doctor", help="each host's security posture (userns, seccomp, AppArmor, cgroup, kernel)"
                                         " and the local agent's health")
     nd.add_argument("node", nargs="?", help="only this node")

@@ -18,13 +18,17 @@ Rules every step follows:
   keywords of `create_host_config`) / `ctx.host_config_raw` (HostConfig fields the SDK has no keyword
   for, merged into the final dict); only the container step talks to the engine about the container
   itself, and it audits the final HostConfig (agent/security/hardening.py) before create.
+- A step that holds something in the agent's process for a running task (a listening socket, a
+  cache) also implements `readopt`: after an agent restart, for a task whose container kept running,
+  it rebuilds that from the checkpoint. It must not touch the container; a failure is logged and the
+  task keeps running (an agent problem never kills a task).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from agent.checkpoint import TaskCheckpoint
 from agent.docker_api import Docker
@@ -64,3 +68,10 @@ class LaunchStep(Protocol):
     async def setup(self, ctx: LaunchContext) -> None: ...
 
     async def teardown(self, ctx: LaunchContext) -> None: ...
+
+
+@runtime_checkable
+class ReadoptStep(Protocol):
+    """A step with process-held state for running tasks (see the module's rules)."""
+
+    async def readopt(self, ctx: LaunchContext) -> None: ...

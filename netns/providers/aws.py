@@ -119,6 +119,9 @@ class AwsProvider:
         self._limits = limits_for(config.instance_type)
         self._sleep = sleep
         self.api_calls = 0
+        # Calls spent giving back and replacing addresses EC2 should never have offered (moto's
+        # duplicates): counted in api_calls too, reported apart so a figure can tell them from batching.
+        self.repair_calls = 0
         self.retries = 0
         self._subnet_cidr: str | None = None
         self._known_groups: set[str] = set()
@@ -263,13 +266,17 @@ class AwsProvider:
             {"Key": TAG_INSTANCE, "Value": self.config.instance_id},
             {"Key": TAG_CREATED, "Value": str(int(time.time()))},
         ]
+        repairing_since: int | None = None
         for _ in range(REPLACEMENT_ROUNDS):
             info = await self._create_and_attach(security_groups, device_index, tags, cidr)
             if info.primary_ip not in self._held() and self._check_address(info.primary_ip, cidr):
                 self._enis[info.eni_id] = info
+                self._count_repairs(repairing_since)
                 return info
             # moto can hand out an address already held here; EC2 would not. Give it back, retry.
+            repairing_since = self.api_calls if repairing_since is None else repairing_since
             await self.delete_eni(info.eni_id)
+        self._count_repairs(repairing_since)
         raise AddressConflict("EC2 kept offering ENIs whose primary address is already in use")
 
     async def _create_and_attach(
@@ -300,6 +307,10 @@ class AwsProvider:
         attachment = {"DeviceIndex": device_index, "AttachmentId": self._attachments[eni_id]}
         return self._parse_eni({**doc, "Attachment": attachment, "TagSet": tags}, cidr)
 
+    def _count_repairs(self, since: int | None) -> None:
+        if since is not None:
+            self.repair_calls += self.api_calls - since
+
     async def assign_ips(self, eni_id: str, count: int) -> list[str]:
         eni = self._enis.get(eni_id)
         if eni is None:
@@ -313,6 +324,7 @@ class AwsProvider:
         if len(held) + count > last - first + 1:
             raise SubnetExhausted(f"subnet {cidr} cannot hold {count} more addresses")
         good: list[str] = []
+        repairing_since: int | None = None
         for _ in range(REPLACEMENT_ROUNDS):
             wanted = count - len(good)
             answer = await self._call(
@@ -334,11 +346,13 @@ class AwsProvider:
                 else:
                     good.append(address)
             if bad:  # give them back; they are not ours to use
+                repairing_since = self.api_calls if repairing_since is None else repairing_since
                 await self._call(
                     "unassign_private_ip_addresses", NetworkInterfaceId=eni_id, PrivateIpAddresses=bad
                 )
             if len(good) == count:
                 break
+        self._count_repairs(repairing_since)
         self._enis[eni_id] = _with_secondary(eni, eni.secondary_ips + tuple(good))
         if not good:
             raise AddressConflict(f"EC2 offered only addresses already in use on {eni_id}")

@@ -7,11 +7,16 @@ Limits are those of a configured instance type, so the pool behaves as it would 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import itertools
+import json
+import os
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from netns.errors import (
     EniLimitReached,
@@ -38,14 +43,92 @@ class _LocalEni:
 
 
 class LocalVpc:
-    def __init__(self, cidr: str = "100.64.0.0/16", security_groups: Iterable[str] | None = None) -> None:
+    """`state_path` None: in memory (tests sharing one VPC in a process). With a path the VPC is a
+    JSON file shared by every agent on the host (under an flock), so it survives agent restarts and
+    two agents on one host never hand out the same address."""
+
+    def __init__(
+        self,
+        cidr: str = "100.64.0.0/16",
+        security_groups: Iterable[str] | None = None,
+        state_path: Path | None = None,
+    ) -> None:
         self.cidr = cidr
         self.network, self._first, self._last = usable_addresses(cidr)
         self.known_groups = None if security_groups is None else set(security_groups)
         self.taken: dict[str, str] = {}  # address -> ENI id
         self.enis: dict[str, _LocalEni] = {}
         self._ids = itertools.count(1)
+        self._next_id = 1
         self._cursor = self._first
+        self.state_path = state_path
+        self.seen: dict[str, float] = {}  # node -> last provider call (shared state only)
+        # A node silent this long (its agent gone for good: tests, a renamed host) loses its ENIs
+        # and addresses, so the shared file does not fill up with the dead.
+        self.node_expiry_s = 86400.0
+
+    def touch(self, node_id: str, now: float) -> None:
+        """Mark `node_id` alive and drop the ENIs of nodes silent for `node_expiry_s`."""
+        if self.state_path is None:
+            return
+        self.seen[node_id] = now
+        for node, last in list(self.seen.items()):
+            if now - last <= self.node_expiry_s:
+                continue
+            del self.seen[node]
+            for eni in [e for e in self.enis.values() if e.node_id == node]:
+                del self.enis[eni.eni_id]
+                for address in [eni.primary_ip, *eni.secondary]:
+                    self.free(address)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Load the shared state, let the caller change it, write it back (no-op in memory)."""
+        if self.state_path is None:
+            yield
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(self.state_path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._load()
+            yield
+            self._store()
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _load(self) -> None:
+        assert self.state_path is not None
+        if not self.state_path.exists():
+            return
+        doc = json.loads(self.state_path.read_text())
+        if doc.get("cidr") != self.cidr:
+            raise NetworkError(f"{self.state_path} is for {doc.get('cidr')}, not {self.cidr}")
+        self.enis = {}
+        for e in doc["enis"]:
+            e["security_groups"] = tuple(e["security_groups"])
+            self.enis[e["eni_id"]] = _LocalEni(**e)
+        self.taken = dict(doc["taken"])
+        cursor = int(doc["cursor"])
+        self._cursor = cursor if self._first <= cursor <= self._last else self._first
+        self._next_id = int(doc["next_id"])
+        self.seen = {str(k): float(v) for k, v in doc.get("seen", {}).items()}
+        for eni in self.enis.values():  # nodes from before `seen` existed start their clock now
+            self.seen.setdefault(eni.node_id, time.time())
+
+    def _store(self) -> None:
+        assert self.state_path is not None
+        doc = {
+            "cidr": self.cidr,
+            "enis": [asdict(e) for e in self.enis.values()],
+            "taken": self.taken,
+            "cursor": self._cursor,
+            "next_id": self._next_id,
+            "seen": self.seen,
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.state_path)
 
     def take(self, eni_id: str) -> str:
         """Next free address, scanning round-robin so a released address is reused late."""
@@ -62,6 +145,9 @@ class LocalVpc:
         self.taken.pop(address, None)
 
     def new_eni_id(self, node_id: str) -> str:
+        if self.state_path is not None:
+            n, self._next_id = self._next_id, self._next_id + 1
+            return f"eni-local-{node_id}-{n}"
         return f"eni-local-{node_id}-{next(self._ids)}"
 
 
@@ -86,6 +172,7 @@ class LocalProvider:
 
     def _call(self) -> None:
         self.api_calls += 1
+        self.vpc.touch(self.node_id, time.time())
         if self.fail_next:
             raise self.fail_next.pop(0)
 
@@ -111,11 +198,11 @@ class LocalProvider:
             raise NetworkError(f"ENI {eni_id} does not belong to node {self.node_id}")
         return eni
 
-    async def list_enis(self) -> list[EniInfo]:
+    def _list_enis(self) -> list[EniInfo]:
         self._call()
         return [self._info(e) for e in self._mine() if e.attached]
 
-    async def create_eni(self, security_groups: SgKey, device_index: int) -> EniInfo:
+    def _create_eni(self, security_groups: SgKey, device_index: int) -> EniInfo:
         self._call()
         if self.vpc.known_groups is not None:
             unknown = sorted(set(security_groups) - self.vpc.known_groups)
@@ -130,7 +217,7 @@ class LocalProvider:
         self.vpc.enis[eni_id] = eni
         return self._info(eni)
 
-    async def assign_ips(self, eni_id: str, count: int) -> list[str]:
+    def _assign_ips(self, eni_id: str, count: int) -> list[str]:
         self._call()
         eni = self._eni(eni_id)
         if len(eni.secondary) + count > self._limits.container_ips_per_eni:
@@ -147,7 +234,7 @@ class LocalProvider:
         eni.secondary += got
         return got
 
-    async def unassign_ips(self, eni_id: str, addresses: Sequence[str]) -> None:
+    def _unassign_ips(self, eni_id: str, addresses: Sequence[str]) -> None:
         self._call()
         eni = self._eni(eni_id)
         for address in addresses:
@@ -155,7 +242,7 @@ class LocalProvider:
                 eni.secondary.remove(address)
                 self.vpc.free(address)
 
-    async def delete_eni(self, eni_id: str) -> None:
+    def _delete_eni(self, eni_id: str) -> None:
         self._call()
         eni = self.vpc.enis.pop(eni_id, None)
         if eni is None:
@@ -163,9 +250,33 @@ class LocalProvider:
         for address in [eni.primary_ip, *eni.secondary]:
             self.vpc.free(address)
 
-    async def find_leaked_enis(self, older_than_s: float, now: float) -> list[str]:
+    def _find_leaked_enis(self, older_than_s: float, now: float) -> list[str]:
         self._call()
         return [e.eni_id for e in self._mine() if not e.attached and now - e.created_at >= older_than_s]
+
+    async def list_enis(self) -> list[EniInfo]:
+        with self.vpc.locked():
+            return self._list_enis()
+
+    async def create_eni(self, security_groups: SgKey, device_index: int) -> EniInfo:
+        with self.vpc.locked():
+            return self._create_eni(security_groups, device_index)
+
+    async def assign_ips(self, eni_id: str, count: int) -> list[str]:
+        with self.vpc.locked():
+            return self._assign_ips(eni_id, count)
+
+    async def unassign_ips(self, eni_id: str, addresses: Sequence[str]) -> None:
+        with self.vpc.locked():
+            return self._unassign_ips(eni_id, addresses)
+
+    async def delete_eni(self, eni_id: str) -> None:
+        with self.vpc.locked():
+            return self._delete_eni(eni_id)
+
+    async def find_leaked_enis(self, older_than_s: float, now: float) -> list[str]:
+        with self.vpc.locked():
+            return self._find_leaked_enis(older_than_s, now)
 
     async def delete_leaked_eni(self, eni_id: str) -> None:
         await self.delete_eni(eni_id)

@@ -8,7 +8,6 @@ defaults, in the same run. The table of attempts is `tests/escape_attempts.py` (
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -78,17 +77,9 @@ def check(r: E.Result, record_property: RecordProperty) -> None:
 
 
 # Holes found by the suite, kept visible (strict xfail: once fixed, the XPASS fails and the mark must go).
-# The network step (agent/steps/network.py) gives a task its own IP, but control-plane isolation
-# (netns/isolation.py) is not applied by the agent yet (docs/network.md): the host answers on its own
-# addresses, and a host service bound to 0.0.0.0 is reachable from a task.
-NETWORK_STEP_WIRED = importlib.util.find_spec("agent.steps.network") is not None
-KNOWN_HOLES = {
-    "host-service": pytest.mark.xfail(
-        condition=NETWORK_STEP_WIRED, strict=True,
-        reason="HOLE: with the network step wired and control-plane isolation not applied, a task connects to a "
-               "host service bound to 0.0.0.0 through the host's own IPv4 address",
-    ),
-}
+# None open: `host-service` (a task reaching a host service bound to 0.0.0.0 through the host's own
+# address once tasks had a network) was closed by control-plane isolation, on by default.
+KNOWN_HOLES: dict[str, pytest.MarkDecorator] = {}
 
 
 @pytest.mark.parametrize(
@@ -142,5 +133,5 @@ def test_the_table(
     print("\n" + E.table(results))
     print(f"RESULT escape attempts={attempts} denied={denied} docker_default_denied={docker_denied}")
     not_denied = {r.attempt.key for r in results if r.attempt.expect_titus == "denied" and not r.titus_specific}
-    holes = set(KNOWN_HOLES) if NETWORK_STEP_WIRED else set()
+    holes = set(KNOWN_HOLES)
     assert attempts >= 20 and not_denied <= holes, not_denied

@@ -238,9 +238,10 @@ async def test_aws_pool_burst_of_50_calls_per_launch(ec2: Ec2World) -> None:
     pool = NetworkPool(p, cfg, error_backoff_s=0.01)
     await pool.start()
     await pool.refill_once()
-    before = p.api_calls
+    before, repairs_before = p.api_calls, p.repair_calls
     leases = await asyncio.gather(*(pool.acquire(f"t{i}", [web]) for i in range(50)))
-    per_launch = (p.api_calls - before) / 50
+    # Calls that only replace moto's duplicate addresses (EC2 gives none) are not the pool's batching.
+    per_launch = (p.api_calls - before - (p.repair_calls - repairs_before)) / 50
     assert len({le.address for le in leases}) == 50
     assert per_launch <= 0.2, per_launch
     addresses = all_moto_addresses(ec2)

@@ -188,3 +188,20 @@ async def test_task_networks_api_end_to_end_with_local_provider(world: World, tm
     snap = networks2.snapshot()
     assert snap["counts"]["assigned"] == 0 and snap["provider"]["name"] == "local"
     await pool2.close()
+
+
+def test_gc_with_an_owner_spares_other_agents_links_and_rules(world: World) -> None:
+    """Several agents on one host (tests do this): each GC removes only links carrying its owner."""
+    h = world.hosts["a"]
+    host = ns_path(h.name)
+    mine, theirs = Wiring(host, owner="node-a"), Wiring(host, owner="node-b")
+    for wiring, task, address in ((mine, "mine-keep", "10.30.1.60"), (mine, "mine-leak", "10.30.1.61"),
+                                  (theirs, "theirs", "10.30.1.62")):
+        wiring.setup(ContainerNetSpec(task, world.container(task), address, None))
+    report = mine.gc({"mine-keep"})
+    assert report.links == [host_ifname("mine-leak")]
+    assert report.rules == ["512:10.30.1.61"] and report.namespaces == []
+    remaining = links(h.name)
+    assert host_ifname("theirs") in remaining and host_ifname("mine-keep") in remaining
+    rules = subprocess.run(["ip", "-n", h.name, "rule"], capture_output=True, text=True).stdout
+    assert "10.30.1.62" in rules and "10.30.1.60" in rules and "10.30.1.61" not in rules

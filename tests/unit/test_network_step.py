@@ -1,0 +1,213 @@
+"""The network launch step (agent/steps/network.py) with a fake engine and fake TaskNetworks, the
+local VPC's shared state file, the agent's network flags and `titusctl node net`'s rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.checkpoint import CheckpointStore, TaskCheckpoint
+from agent.config import ConfigError, load_config
+from agent.docker_api import Docker, DockerError
+from agent.security.hardening import audit_host_config
+from agent.steps.base import LaunchContext, StepError
+from agent.steps.network import HostNetwork, NetworkStep, sandbox_name
+from agent.steps.security import HostSecurity, SecurityStep
+from agent.security.profiles import default_policy
+from netns.errors import SubnetExhausted, UnknownSecurityGroup
+from netns.providers.local import LocalProvider, LocalVpc
+from tests.security.hosts import ENGINE_PLAIN, fake_posture
+from titus_common.jobspec import ContainerSpec, Resources
+from titus_common.protocol import TaskAssignment
+from titus_common.states import FinishReason, TaskState
+from titusctl.main import net_map
+
+
+def record(task_id: str = "t1") -> TaskCheckpoint:
+    spec = ContainerSpec(image="busybox", resources=Resources(memory_mib=64))
+    a = TaskAssignment(task_id=task_id, job_id="j1", index=0, container=spec, accepted_at=1.0)
+    return TaskCheckpoint(assignment=a, state=TaskState.START_INITIATED)
+
+
+class FakeDocker(Docker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: dict[str, dict[str, Any]] = {}
+        self.started: list[str] = []
+        self.removed: list[str] = []
+        self.fail_create: Exception | None = None
+
+    async def create(self, name: str, **kwargs: Any) -> str:
+        if self.fail_create is not None:
+            raise self.fail_create
+        self.created[name] = kwargs
+        return f"id-{name}"
+
+    async def start(self, container_id: str) -> None:
+        self.started.append(container_id)
+
+    async def inspect(self, container_id: str) -> dict[str, Any] | None:
+        running = container_id in self.started
+        return {"Id": container_id, "State": {"Running": running, "Pid": 4242 if running else 0,
+                                               "FinishedAt": "0001-01-01T00:00:00Z"}}
+
+    async def remove(self, container_id: str) -> None:
+        self.removed.append(container_id)
+
+
+class FakeNetworks:
+    def __init__(self) -> None:
+        self.setups: list[tuple[str, str]] = []
+        self.teardowns: list[str] = []
+        self.fail: Exception | None = None
+
+    async def setup(self, task_id: str, netns_path: str, groups: list[str], rec: dict[str, Any], save: Any) -> dict[str, Any]:
+        if self.fail is not None:
+            raise self.fail
+        self.setups.append((task_id, netns_path))
+        rec["lease"] = {"address": "100.64.0.9"}
+        save()
+        rec["wiring"] = {"host_ifname": "tnabc"}
+        save()
+        return rec
+
+    async def teardown(self, task_id: str, rec: dict[str, Any]) -> None:
+        self.teardowns.append(task_id)
+
+
+def setup_ctx(tmp_path: Path, docker: FakeDocker, rec: TaskCheckpoint | None = None) -> LaunchContext:
+    rec = rec or record()
+    store = CheckpointStore(tmp_path / "state")
+    return LaunchContext(rec, docker=docker, node_id="n1", save=lambda: store.save(rec))
+
+
+async def secured(tmp_path: Path, ctx: LaunchContext) -> None:
+    host = HostSecurity(default_policy(), fake_posture(ENGINE_PLAIN, tmp_path / "host", apparmor_on=False))
+    await SecurityStep(host).setup(ctx)
+
+
+async def test_setup_creates_hardened_sandbox_wires_it_and_joins_the_task(tmp_path: Path) -> None:
+    docker, nets = FakeDocker(), FakeNetworks()
+    step = NetworkStep(HostNetwork(nets, "img:sandbox"))  # type: ignore[arg-type]
+    ctx = setup_ctx(tmp_path, docker)
+    await secured(tmp_path, ctx)
+    await step.setup(ctx)
+    name = sandbox_name("t1")
+    opts = docker.created[name]
+    assert opts["image"] == "img:sandbox" and opts["command"] == ["sleep", "2147483647"]
+    assert opts["labels"] == {"titus.task_id": "t1", "titus.sandbox_agent": "n1", "titus.role": "sandbox"}
+    hc = opts["host_config"]
+    assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True and hc["PidsLimit"] == 4
+    assert audit_host_config(hc) == []
+    assert nets.setups == [("t1", "/proc/4242/ns/net")]
+    assert ctx.host_config_options["network_mode"] == f"container:id-{name}"
+    mine = ctx.record.resources["network"]
+    assert mine["sandbox_id"] == f"id-{name}" and mine["lease"]["address"] == "100.64.0.9"
+    # The task's final HostConfig joining the sandbox passes the hardening audit.
+    task_hc = docker.host_config(**{**ctx.host_config_options, "mem_limit": 64 << 20})
+    task_hc.update(ctx.host_config_raw)
+    assert audit_host_config(task_hc) == []
+    # Idempotent: a second setup (restart mid-launch) reuses the sandbox.
+    docker.created.clear()
+    await step.setup(setup_ctx(tmp_path, docker, ctx.record))
+    assert docker.created == {}
+    # Teardown: unwire, then remove the sandbox; repeatable.
+    await step.teardown(ctx)
+    await step.teardown(ctx)
+    assert nets.teardowns == ["t1", "t1"] and docker.removed == [f"id-{name}"] * 2
+
+
+@pytest.mark.parametrize(
+    "error, reason", [(SubnetExhausted("subnet x has no free address"), FinishReason.CRASHED),
+                      (UnknownSecurityGroup("security groups do not exist: sg-x"), FinishReason.FAILED)]
+)
+async def test_network_errors_say_whose_fault(tmp_path: Path, error: Exception, reason: FinishReason) -> None:
+    docker, nets = FakeDocker(), FakeNetworks()
+    nets.fail = error
+    step = NetworkStep(HostNetwork(nets, "img"))  # type: ignore[arg-type]
+    ctx = setup_ctx(tmp_path, docker)
+    await secured(tmp_path, ctx)
+    with pytest.raises(StepError) as e:
+        await step.setup(ctx)
+    assert e.value.reason is reason and str(error) in e.value.message
+    await step.teardown(ctx)  # after a partial setup: the sandbox still goes
+    assert docker.removed == [f"id-{sandbox_name('t1')}"]
+
+
+async def test_teardown_without_setup_and_engine_refusal(tmp_path: Path) -> None:
+    docker, nets = FakeDocker(), FakeNetworks()
+    step = NetworkStep(HostNetwork(nets, "img"))  # type: ignore[arg-type]
+    ctx = setup_ctx(tmp_path, docker)
+    await step.teardown(ctx)
+    assert nets.teardowns == [] and docker.removed == [sandbox_name("t1")]
+    # Without the security step's hardening the sandbox is never created (the audit refuses it).
+    with pytest.raises(StepError, match="sandbox HostConfig fails the hardening audit"):
+        await step.setup(setup_ctx(tmp_path, docker, record("t2")))
+    docker.fail_create = DockerError(500, "no space left")
+    ctx3 = setup_ctx(tmp_path, docker, record("t3"))
+    await secured(tmp_path, ctx3)
+    with pytest.raises(StepError, match="Docker refused the network sandbox") as e:
+        await step.setup(ctx3)
+    assert e.value.reason is FinishReason.CRASHED
+
+
+async def test_local_vpc_state_is_shared_and_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "vpc.json"
+    a = LocalProvider("a", LocalVpc("100.64.0.0/24", state_path=path))
+    b = LocalProvider("b", LocalVpc("100.64.0.0/24", state_path=path))  # another agent, same host
+    eni_a = await a.create_eni(("sg",), 1)
+    eni_b = await b.create_eni(("sg",), 1)
+    got = await a.assign_ips(eni_a.eni_id, 3) + await b.assign_ips(eni_b.eni_id, 3)
+    assert len(set(got + [eni_a.primary_ip, eni_b.primary_ip])) == 8
+    again = LocalProvider("a", LocalVpc("100.64.0.0/24", state_path=path))  # agent a restarted
+    (eni,) = await again.list_enis()
+    assert eni.eni_id == eni_a.eni_id and set(eni.secondary_ips) == set(got[:3])
+    # A node silent for a day (its agent gone for good) loses its ENIs and addresses.
+    again.vpc.node_expiry_s = 0.0
+    b.vpc.node_expiry_s = 0.0
+    await b.list_enis()
+    assert await LocalProvider("a", LocalVpc("100.64.0.0/24", state_path=path)).list_enis() == []
+    with pytest.raises(Exception, match="not 100.65"):
+        await LocalProvider("c", LocalVpc("100.65.0.0/24", state_path=path)).list_enis()
+
+
+def test_network_flags() -> None:
+    c = load_config(["--node-id", "n", "--network-cidr", "100.100.0.0/28", "--network-acquire-timeout", "2",
+                     "--sandbox-image", "x:1"])
+    assert (c.network_enabled, c.network_cidr, c.network_acquire_timeout_seconds, c.sandbox_image) == (
+        True, "100.100.0.0/28", 2.0, "x:1")
+    assert load_config(["--node-id", "n", "--no-network"]).network_enabled is False
+    with pytest.raises(ConfigError, match="network_cidr"):
+        load_config(["--node-id", "n", "--network-cidr", "100.100.0.0/30"])
+
+
+def test_node_net_rendering() -> None:
+    doc = {
+        "nodeId": "n1", "provider": {"name": "local", "api_calls": 3},
+        "counts": {"assigned": 1, "free": 1, "cooling": 1, "releasing": 0},
+        "enis": [{"eni_id": "eni-1", "device_index": 1, "security_groups": ["sg-default"], "ips": [
+            {"address": "100.64.0.5", "state": "assigned", "task_id": "task-a", "cooldown_left_s": 0.0},
+            {"address": "100.64.0.6", "state": "cooling", "task_id": None, "cooldown_left_s": 12.5},
+            {"address": "100.64.0.7", "state": "free", "task_id": None, "cooldown_left_s": 0.0}]}],
+        "waiting": {}, "errors": {},
+        "leaks": {"links": ["tn0123456789"], "rules": [], "namespaces": [], "enis": []},
+    }
+    text = net_map(doc)
+    assert "assigned 1, free (warm) 1, cooling 1" in text
+    assert "task-a" in text and "12.5s" in text
+    assert "leaks found at the last GC: links tn0123456789" in text
+
+
+async def test_a_start_reported_failed_but_done_is_accepted(tmp_path: Path) -> None:
+    class Racy(FakeDocker):
+        async def start(self, container_id: str) -> None:
+            self.started.append(container_id)
+            raise DockerError(500, "OCI runtime start failed: cannot start an already running container")
+
+    docker, nets = Racy(), FakeNetworks()
+    ctx = setup_ctx(tmp_path, docker)
+    await secured(tmp_path, ctx)
+    await NetworkStep(HostNetwork(nets, "img")).setup(ctx)  # type: ignore[arg-type]
+    assert nets.setups == [("t1", "/proc/4242/ns/net")]
