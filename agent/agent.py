@@ -16,6 +16,7 @@ from agent import __version__
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.config import AgentConfig
 from agent.cpus import CpusetApplier, CpuStateError, cpuset_loop, host_cpus
+from agent.hostimds import HostMetadata, host_metadata
 from agent.hostnet import host_network, isolation_policy
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.metrics import AgentMetrics
@@ -28,6 +29,7 @@ from agent.security.profiles import PolicyError, SecurityPolicy, default_policy,
 from agent.steps.container import ContainerStep
 from agent.steps.cpuset import CpusetStep
 from agent.steps.image import ImageStep
+from agent.steps.imds import ImdsStep
 from agent.steps.network import LABEL_ROLE, ROLE_SANDBOX, HostNetwork, NetworkStep, sandbox_name
 from agent.steps.security import HostSecurity, SecurityStep
 from agent.watcher import LABEL_SANDBOX_AGENT, ContainerWatcher
@@ -58,17 +60,19 @@ def default_pipeline(
     cpus: CpusetApplier | None = None,
     security: HostSecurity | None = None,
     network: HostNetwork | None = None,
+    metadata: HostMetadata | None = None,
 ) -> Pipeline:
-    # The order is the launch order. Network and credentials steps go between the image and the
-    # container as they are built (each a module under agent/steps/). The cpuset step comes after the
-    # image pull, so a slow pull does not hold CPUs; the security step before it, so a job this host
-    # refuses never takes CPUs.
+    # The order is the launch order. The cpuset step comes after the image pull, so a slow pull does
+    # not hold CPUs; the security step before it, so a job this host refuses never takes CPUs. The
+    # network step after security (it reuses the hardening for the sandbox); the metadata step after
+    # the network (its routes use the task's address), so credentials are being fetched while the
+    # CPUs are placed and the container is created.
     security = security or HostSecurity(load_security_policy(config))
-    # The network step after security (it reuses the hardening for the sandbox) and before cpuset.
     cpuset = [CpusetStep(cpus)] if cpus is not None else []
     net = [NetworkStep(network)] if network is not None else []
+    imds = [ImdsStep(metadata)] if metadata is not None and network is not None else []
     return Pipeline(
-        [ImageStep(always_pull=config.always_pull), SecurityStep(security), *net, *cpuset, ContainerStep()],
+        [ImageStep(always_pull=config.always_pull), SecurityStep(security), *net, *imds, *cpuset, ContainerStep()],
         metrics,
     )
 
@@ -113,7 +117,12 @@ class Agent:
             policy = default_policy()
         self.security = HostSecurity(policy)
         self.network: HostNetwork | None = host_network(config) if config.network_enabled else None
-        self.pipeline = pipeline or default_pipeline(config, metrics, self.cpus, self.security, self.network)
+        self.metadata: HostMetadata | None = (
+            host_metadata(config, metrics.registry) if self.network is not None and config.imds_enabled else None
+        )
+        self.pipeline = pipeline or default_pipeline(
+            config, metrics, self.cpus, self.security, self.network, self.metadata
+        )
         self.store = CheckpointStore(config.state_dir)
         self.capacity = host_capacity(config)
         self.runners: dict[str, TaskRunner] = {}
@@ -168,6 +177,12 @@ class Agent:
             )
             log.info("network pool restored: kept %d, adopted %d, released %d, orphans %s",
                      len(report.kept), len(report.adopted), len(report.released), sorted(report.orphan_tasks))
+        if self.metadata is not None:
+            try:
+                await asyncio.to_thread(self.metadata.path.ensure)
+            except NetworkError as e:
+                raise SecurityStartError(f"metadata namespace: {e.message}") from None
+            self.metadata.service.start()
         for record in records:
             self._add_runner(record)
             if record.state is TaskState.STARTED and record.task_id in present:
@@ -274,6 +289,8 @@ class Agent:
                 await t
         if self.network is not None:
             await self.network.networks.pool.close()
+        if self.metadata is not None:  # the tasks' metadata links stay; listeners re-open at start
+            await asyncio.to_thread(self.metadata.stop)
         await self.client.close()
 
     # ---- tasks -------------------------------------------------------------------------------
@@ -440,6 +457,11 @@ class Agent:
                 if report.wiring.links or report.wiring.rules or report.enis:
                     log.warning("network leaks removed: links %s, rules %s, ENIs %s",
                                 report.wiring.links, report.wiring.rules, report.enis)
+                if self.metadata is not None:
+                    leaked = await asyncio.to_thread(self.metadata.path.gc, live)
+                    if leaked:
+                        self.metrics.network_leaks_removed.labels("metadata_link").inc(len(leaked))
+                        log.warning("leaked metadata links removed: %s", leaked)
                 await self._collect_sandboxes()
             except Exception as e:  # never let the loop die
                 log.warning("network GC failed: %s", e)

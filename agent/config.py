@@ -74,6 +74,14 @@ class AgentConfig:
     aws_subnet_id: str = ""
     aws_instance_id: str = ""
     aws_instance_type: str = ""
+    # The metadata/credential proxy (imds/, agent/steps/imds.py; docs/imds.md): needs the network step.
+    imds_enabled: bool = True
+    # Where each task's ECS-endpoint bearer token is written (bind-mounted read-only into the task).
+    imds_token_dir: Path = Path("/run/titus-credentials")
+    aws_sts_endpoint_url: str | None = None
+    # The account of jobs that give a bare role name (None: asked of STS GetCallerIdentity once).
+    aws_account_id: str | None = None
+    aws_availability_zone: str | None = None  # default: the region + "a"
     # Holds each task's network namespace (a `sleep` in a container the task joins).
     sandbox_image: str = "127.0.0.1:5000/titus/busybox:latest"
 
@@ -91,6 +99,8 @@ def check_network(config: AgentConfig) -> None:
             limits_for(config.aws_instance_type)
         except UnknownInstanceType as e:
             raise ConfigError(f"aws_instance_type: {e.args[0]}") from None
+    if config.aws_account_id is not None and not (len(config.aws_account_id) == 12 and config.aws_account_id.isdigit()):
+        raise ConfigError(f"aws_account_id {config.aws_account_id!r}: expected 12 digits")
     for port in (*config.network_allowed_host_tcp_ports, *config.network_allowed_host_udp_ports):
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError(f"network allowed host port {port!r}: expected 1-65535")
@@ -144,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let tasks reach the host's own ports and the scheduler (isolation is on by default)")
     p.add_argument("--network-allow-host-port", dest="network_allowed_host_tcp_ports", type=int, action="append",
                    metavar="PORT", help="a host TCP port tasks may reach despite isolation (repeatable)")
+    p.add_argument("--no-imds", dest="imds_enabled", action="store_false", default=None,
+                   help="no metadata/credential proxy for tasks (169.254.169.254 unanswered)")
+    p.add_argument("--imds-token-dir", type=Path, help="where per-task ECS-endpoint tokens are written")
+    p.add_argument("--aws-sts-endpoint-url", help="STS endpoint for task roles (default: the SDK's)")
+    p.add_argument("--aws-account-id", help="account of jobs giving a bare IAM role name (default: from STS)")
+    p.add_argument("--aws-availability-zone", help="the zone tasks see in metadata (default: region + 'a')")
     p.add_argument("--aws-region", help="aws provider: the region (default us-east-1)")
     p.add_argument("--aws-endpoint-url", help="aws provider: EC2 endpoint (default: the SDK's)")
     p.add_argument("--aws-subnet-id", help="aws provider: the subnet of the container ENIs")
@@ -181,7 +197,8 @@ def load_config(argv: list[str] | None = None) -> AgentConfig:
     labels.setdefault("instanceType", "local")
     values["labels"] = labels
     values.setdefault("node_id", socket.gethostname())
-    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root", "security_policy", "network_local_vpc_state"):
+    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root", "security_policy", "network_local_vpc_state",
+                "imds_token_dir"):
         if key in values:
             values[key] = Path(values[key])
     if "listen" in values and isinstance(values["listen"], str):

@@ -1,5 +1,5 @@
 """The agent's own small HTTP face: /metrics for Prometheus, /healthz, /v1/tasks (local view) and
-/v1/cpus (the host's CPU map, for `titusctl node cpus`), /v1/net (IPs and leaks, `titusctl node net`)."""
+/v1/cpus (the host's CPU map, for `titusctl node cpus`), /v1/net (IPs and leaks, `titusctl node net`), /v1/imds (each task's role and credential state)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,14 @@ async def net(request: web.Request) -> web.Response:
     return web.json_response({"nodeId": agent.config.node_id, **agent.network.networks.snapshot()})
 
 
+async def imds(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    if agent.metadata is None:
+        return web.json_response({"error": {"message": "the metadata proxy is off on this agent"}}, status=404)
+    # Roles, listeners, credential expiry and errors per task: never a secret.
+    return web.json_response({"nodeId": agent.config.node_id, "tasks": await agent.metadata.service.snapshot_async()})
+
+
 def make_app(agent: Agent) -> web.Application:
     app = web.Application()
     app[AGENT_KEY] = agent
@@ -79,4 +87,5 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/tasks", tasks)
     app.router.add_get("/v1/cpus", cpus)
     app.router.add_get("/v1/net", net)
+    app.router.add_get("/v1/imds", imds)
     return app

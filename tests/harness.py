@@ -41,11 +41,14 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log = log
         self._fh = open(log, "ab")
-        self.p = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
+        self.p = subprocess.Popen(
+            argv, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **env} if env else None,
+        )
 
     def alive(self) -> bool:
         return self.p.poll() is None
@@ -72,6 +75,7 @@ class Platform:
         self.url = f"http://127.0.0.1:{self.scheduler_port}"
         self.scheduler: Proc | None = None
         self.agent: Proc | None = None
+        self.agent_env: dict[str, str] = {}  # extra environment of the agent process (e.g. AWS keys)
         self.http = requests.Session()
 
     # ---- processes ----------------------------------------------------------------------------
@@ -90,8 +94,9 @@ class Platform:
             "agent",
             [sys.executable, "-m", "agent.main", "--scheduler", self.url, "--listen",
              f"127.0.0.1:{self.agent_port}", "--state-dir", str(self.tmp / "agent"), "--node-id", self.node_id,
-             "--sync-wait", "2", *extra],
+             "--sync-wait", "2", "--imds-token-dir", str(self.tmp / "tokens"), *extra],
             self.tmp / "agent.log",
+            self.agent_env,
         )
         wait_for(lambda: self._answers(f"http://127.0.0.1:{self.agent_port}/healthz"), 20, "agent /healthz")
         wait_for(lambda: (n := self.node()) is not None and n["status"] == "Ready", 20, "agent registration")

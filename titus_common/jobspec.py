@@ -67,6 +67,10 @@ class ContainerSpec(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     iam_role: str | None = None
+    imds_v1_allowed: bool = Field(
+        default=False,
+        description="Serve instance-metadata GETs without an IMDSv2 token (for old SDKs); off by default",
+    )
     security_groups: list[str] = Field(default_factory=list)
     # Requests for security variants (seccomp/AppArmor profiles); their policy lives with the security step.
     security_attributes: dict[str, str] = Field(default_factory=dict)

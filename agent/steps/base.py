@@ -53,6 +53,9 @@ class LaunchContext:
     host_config_options: dict[str, Any] = field(default_factory=dict)
     # Raw HostConfig fields (engine API names, e.g. MaskedPaths) merged after create_host_config.
     host_config_raw: dict[str, Any] = field(default_factory=dict)
+    # Environment the platform offers the task (the job's own env wins over it) and read-only binds.
+    environment: dict[str, str] = field(default_factory=dict)
+    binds: list[str] = field(default_factory=list)
 
     @property
     def task_id(self) -> str:

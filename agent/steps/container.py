@@ -65,6 +65,8 @@ class ContainerStep:
             "log_config": {"Type": "json-file", "Config": {"max-size": "50m", "max-file": "2"}},
             **ctx.host_config_options,
         }
+        if ctx.binds:
+            host["binds"] = [*host.get("binds", []), *ctx.binds]
         host_config: dict[str, Any] = dict(ctx.docker.host_config(**host))
         host_config.update(ctx.host_config_raw)
         # The last word before the engine: whatever the steps contributed, the container is hardened
@@ -78,6 +80,7 @@ class ContainerStep:
             "command": spec.command,
             "entrypoint": spec.entrypoint,
             "environment": {
+                **ctx.environment,
                 **spec.env,
                 "TITUS_TASK_ID": a.task_id,
                 "TITUS_JOB_ID": a.job_id,

@@ -1,0 +1,114 @@
+"""The host-wide half of the metadata/credential proxy (docs/imds.md), built once at agent start: the
+metadata namespace and its per-task links (netns/metadata.py), the HTTP service with the STS
+credential broker on its own thread (imds/), the IMDSv2 token key and the ECS-endpoint token files."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from agent.config import AgentConfig
+from imds.credentials import CredentialBroker
+from imds.service import MetadataService
+from imds.thread import ServiceThread
+from netns.metadata import MetadataNetwork
+from titus_common.files import atomic_write_bytes
+
+log = logging.getLogger("titus.agent.imds")
+
+KEY_FILE = "imds-token.key"
+
+
+def load_or_create_key(state_dir: Path) -> bytes:
+    """The key that signs IMDSv2 tokens and derives ECS tokens: kept across restarts, so a token a
+    task holds stays valid when the agent restarts. Root-only."""
+    path = state_dir / KEY_FILE
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, key, mode=0o600)
+        return key
+    if len(key) < 32:
+        raise ValueError(f"{path}: a token key must be at least 32 bytes, found {len(key)}; delete it to make a new one")
+    return key
+
+
+@dataclass
+class HostMetadata:
+    service: ServiceThread
+    path: MetadataNetwork
+    token_dir: Path
+    key: bytes
+    region: str
+    availability_zone: str
+    instance_type: str
+    sts_endpoint_url: str | None
+    account_id: str | None = None
+    _account_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def ecs_token(self, task_id: str) -> str:
+        return hmac.new(self.key, b"ecs-endpoint:" + task_id.encode(), hashlib.sha256).hexdigest()
+
+    def token_file(self, task_id: str) -> Path:
+        return self.token_dir / f"{task_id}.token"
+
+    def write_token_file(self, task_id: str) -> Path:
+        # World-readable on purpose: the task's user is a remapped uid; the directory is root-only
+        # and the file is reachable only through the task's own read-only bind.
+        self.token_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.token_file(task_id)
+        atomic_write_bytes(path, self.ecs_token(task_id).encode(), mode=0o444)
+        return path
+
+    async def account(self) -> str:
+        """The account of bare role names: configured, else asked of STS once."""
+        async with self._account_lock:
+            if self.account_id is None:
+                self.account_id = await asyncio.to_thread(self._caller_account)
+            return self.account_id
+
+    def _caller_account(self) -> str:
+        import boto3
+
+        sts = boto3.session.Session().client("sts", endpoint_url=self.sts_endpoint_url, region_name=self.region)
+        account = str(sts.get_caller_identity().get("Account", ""))
+        if not (len(account) == 12 and account.isdigit()):
+            raise ValueError(f"STS GetCallerIdentity gave no usable account id ({account!r})")
+        return account
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+def host_metadata(config: AgentConfig, registry: CollectorRegistry) -> HostMetadata:
+    key = load_or_create_key(config.state_dir)
+    broker = CredentialBroker(endpoint_url=config.aws_sts_endpoint_url, region=config.aws_region)
+    service = MetadataService(broker, key, registry=registry)
+    return HostMetadata(
+        service=ServiceThread(service),
+        path=MetadataNetwork(owner=config.node_id),
+        token_dir=config.imds_token_dir,
+        key=key,
+        region=config.aws_region,
+        availability_zone=config.aws_availability_zone or f"{config.aws_region}a",
+        instance_type=config.aws_instance_type or config.labels.get("instanceType", "local"),
+        sts_endpoint_url=config.aws_sts_endpoint_url,
+        account_id=config.aws_account_id,
+    )
+
+
+def remove_file(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
