@@ -18,6 +18,7 @@ from typing import Any
 import docker
 import requests
 
+from netns.metadata import MetadataNetwork
 from netns.wiring import Wiring
 
 IMAGE = os.environ.get("TITUS_TEST_IMAGE", "127.0.0.1:5000/titus/busybox:latest")
@@ -128,6 +129,8 @@ class Platform:
         for c in self.engine.containers.list(all=True, filters={"label": f"titus.sandbox_agent={self.node_id}"}):
             c.remove(force=True)
         Wiring(owner=self.node_id).gc(set())
+        # The agent's metadata namespace outlives the agent on purpose (its tasks' links live there).
+        MetadataNetwork(owner=self.node_id).remove_namespace()
 
     # ---- API ----------------------------------------------------------------------------------
 
