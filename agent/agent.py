@@ -169,7 +169,6 @@ class Agent:
                      "control plane dropped %s, metadata addresses dropped", isolation.TABLE,
                      "closed" if policy.isolate else "OPEN (--no-network-isolation)",
                      list(policy.allowed_host_tcp_ports), list(policy.control_plane_cidrs))
-        if self.network is not None:
             # Before any runner runs: tasks not finished keep their addresses; the rest is reconciled.
             report = await self.network.networks.restore(
                 {r.task_id: r.resources["network"] for r in records

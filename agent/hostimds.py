@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,9 +105,3 @@ def host_metadata(config: AgentConfig, registry: CollectorRegistry) -> HostMetad
         account_id=config.aws_account_id,
     )
 
-
-def remove_file(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -28,7 +29,6 @@ import multiprocessing as mp
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -43,6 +43,7 @@ from imds.credentials import CredentialBroker  # noqa: E402
 from imds.identity import TaskIdentity  # noqa: E402
 from imds.service import MetadataService  # noqa: E402
 from imds.thread import ServiceThread  # noqa: E402
+from tests.moto_server import moto_server  # noqa: E402
 
 HOST = "169.254.169.254"
 ROLE = "bench-role"
@@ -192,25 +193,6 @@ class FakeSts:
         }
 
 
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    binary = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start (pip install 'moto[server]')") from None
-            time.sleep(0.05)
-
-
 def moto_factory(endpoint: str) -> Any:
     import boto3
 
@@ -284,7 +266,7 @@ def main() -> int:
     duration, rate_duration = (4.0, 8.0) if args.quick else (10.0, 20.0)
     levels = [50] if args.quick else [50, 200]
 
-    moto: subprocess.Popen[bytes] | None = None
+    stack = contextlib.ExitStack()
     floor: Floor | None = None
     thread: ServiceThread | None = None
     results: dict[str, dict[str, Any]] = {}
@@ -294,7 +276,7 @@ def main() -> int:
             role = f"arn:aws:iam::{ACCOUNT}:role/{ROLE}"
             source = "fake STS (in-process)"
         else:
-            moto, endpoint = start_moto()
+            endpoint = stack.enter_context(moto_server())
             factory, role = moto_factory(endpoint)
             source = "moto STS (server mode, loopback)"
         broker = CredentialBroker(factory, region="us-east-1")
@@ -335,9 +317,7 @@ def main() -> int:
             floor.stop()
         if thread is not None:
             thread.stop()
-        if moto is not None:
-            moto.terminate()
-            moto.wait(timeout=10)
+        stack.close()
 
     print(f"# imds proxy, {os.cpu_count()} CPUs, credentials from {source}, cred body {len(body)} bytes, "
           f"client in a separate process")

@@ -36,6 +36,7 @@ from netns.providers.aws import AwsConfig, AwsProvider  # noqa: E402
 from netns.providers.local import LocalProvider, LocalVpc  # noqa: E402
 from netns.step import TaskNetworks  # noqa: E402
 from netns.wiring import Wiring  # noqa: E402
+from tests.moto_server import moto_server  # noqa: E402
 
 PREFIX = f"tnb{os.getpid() % 100000}-"
 BURST = 50
@@ -143,26 +144,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    binary = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start (pip install 'moto[server]')") from None
-            time.sleep(0.05)
-
-
 async def aws_round(spaces: Namespaces, host: str, endpoint: str) -> tuple[list[float], float, int]:
     import boto3
 
@@ -245,18 +226,14 @@ async def main() -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     spaces = Namespaces()
-    moto: subprocess.Popen[bytes] | None = None
     try:
         host = make_host(spaces)
         floor = floor_round(spaces, host, sequential)
         local = await local_rounds(spaces, host, sequential)
-        moto, endpoint = start_moto()
-        aws_latency, calls_per_launch, calls = await aws_round(spaces, host, endpoint)
+        with moto_server() as endpoint:
+            aws_latency, calls_per_launch, calls = await aws_round(spaces, host, endpoint)
     finally:
         spaces.close()
-        if moto is not None:
-            moto.terminate()
-            moto.wait(timeout=10)
     print(f"# network setup per container, host = a namespace, {os.cpu_count()} CPUs")
     print(line("floor (ip veth+addr)", floor))
     for label, (setup, teardown) in local.items():

@@ -314,10 +314,11 @@ class MetadataNetwork:
         finally:
             os.close(target)
 
-    def listeners(self, task_id: str) -> tuple[list[socket.socket], list[socket.socket]]:
-        """Listening sockets for one task: (IMDS sockets, ECS sockets), non-blocking, each bound to
-        <address>:80 in the metadata namespace and to the task's `tm…` device. Call again after a
-        restart (the veth survives the process, the sockets do not); the caller closes them."""
+    def listeners(self, task_id: str, ecs: bool = True) -> tuple[list[socket.socket], list[socket.socket]]:
+        """Listening sockets for one task: (IMDS sockets, ECS sockets; none without `ecs`),
+        non-blocking, each bound to <address>:80 in the metadata namespace and to the task's `tm…`
+        device. Call again after a restart (the veth survives the process, the sockets do not); the
+        caller closes them."""
         name = meta_ifname(task_id)
         path = self.ensure()
         groups: tuple[list[socket.socket], list[socket.socket]] = ([], [])
@@ -328,7 +329,7 @@ class MetadataNetwork:
                 try:
                     enter_netns_fd(target)
                     try:  # a socket stays in the namespace it was created in
-                        for group in groups:
+                        for group in groups[: 2 if ecs else 1]:
                             group.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
                     finally:
                         enter_netns_fd(own)  # if this fails the thread is in the wrong namespace

@@ -253,9 +253,9 @@ def cpu_map(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def cmd_node_cpus(api: Api, args: argparse.Namespace) -> int:
-    # A host diagnostic: asked of the local agent, never through the scheduler.
-    url = args.agent.rstrip("/") + "/v1/cpus"
+def ask_agent(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    """A host diagnostic: asked of the local agent (`--agent`), never through the scheduler."""
+    url = args.agent.rstrip("/") + path
     try:
         r = requests.get(url, timeout=10)
         doc = r.json()
@@ -265,6 +265,11 @@ def cmd_node_cpus(api: Api, args: argparse.Namespace) -> int:
         raise CliError(f"GET {url}: HTTP {r.status_code} with a non-JSON answer", EXIT_UNREACHABLE) from None
     if r.status_code >= 400:
         raise CliError(f"error: {doc.get('error', {}).get('message', f'HTTP {r.status_code}')}", EXIT_REFUSED)
+    return dict(doc)
+
+
+def cmd_node_cpus(api: Api, args: argparse.Namespace) -> int:
+    doc = ask_agent(args, "/v1/cpus")
     emit(args, doc, cpu_map(doc))
     return EXIT_OK
 
@@ -296,17 +301,7 @@ def net_map(doc: dict[str, Any]) -> str:
 
 
 def cmd_node_net(api: Api, args: argparse.Namespace) -> int:
-    # A host diagnostic: asked of the local agent, never through the scheduler.
-    url = args.agent.rstrip("/") + "/v1/net"
-    try:
-        r = requests.get(url, timeout=10)
-        doc = r.json()
-    except requests.RequestException as e:
-        raise CliError(f"cannot reach the agent at {args.agent} ({e.__class__.__name__}); set --agent", EXIT_UNREACHABLE) from None
-    except ValueError:
-        raise CliError(f"GET {url}: HTTP {r.status_code} with a non-JSON answer", EXIT_UNREACHABLE) from None
-    if r.status_code >= 400:
-        raise CliError(f"error: {doc.get('error', {}).get('message', f'HTTP {r.status_code}')}", EXIT_REFUSED)
+    doc = ask_agent(args, "/v1/net")
     emit(args, doc, net_map(doc))
     return EXIT_OK
 

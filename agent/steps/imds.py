@@ -18,7 +18,7 @@ import asyncio
 import logging
 from typing import Any
 
-from agent.hostimds import HostMetadata, remove_file
+from agent.hostimds import HostMetadata
 from agent.steps.base import LaunchContext, StepError
 from imds.identity import TaskIdentity
 from imds.service import ECS_PATH
@@ -87,13 +87,12 @@ class ImdsStep:
     async def _serve(self, ctx: LaunchContext, identity: TaskIdentity) -> None:
         await self.host.service.remove_task(ctx.task_id)  # a setup re-run after a partial one
         try:
-            imds_sockets, ecs_sockets = await asyncio.to_thread(self.host.path.listeners, ctx.task_id)
+            # No role, no credentials: nothing listens on the ECS address for the task.
+            imds_sockets, ecs_sockets = await asyncio.to_thread(
+                self.host.path.listeners, ctx.task_id, identity.role_arn is not None
+            )
         except NetworkError as e:
             raise StepError(f"cannot listen for the task's metadata: {e.message}") from None
-        if identity.role_arn is None:
-            ecs_sockets, closing = [], ecs_sockets
-            for sock in closing:
-                sock.close()
         try:
             await self.host.service.add_task(identity, imds_sockets, ecs_sockets)
         except ValueError as e:  # a role ARN the service refuses: the job's fault
@@ -142,4 +141,4 @@ class ImdsStep:
             return
         await asyncio.to_thread(self.host.path.detach, ctx.task_id, mine.get("link"))
         if mine.get("token_file"):
-            await asyncio.to_thread(remove_file, self.host.token_file(ctx.task_id))
+            self.host.token_file(ctx.task_id).unlink(missing_ok=True)

@@ -100,6 +100,8 @@ async def test_setup_creates_hardened_sandbox_wires_it_and_joins_the_task(tmp_pa
     assert opts["labels"] == {"titus.task_id": "t1", "titus.sandbox_agent": "n1", "titus.role": "sandbox"}
     hc = opts["host_config"]
     assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True and hc["PidsLimit"] == 4
+    # A CPU weight, never a quota: a 0.01-CPU quota throttled runc's own start to ~2 s per launch.
+    assert not hc.get("NanoCpus") and not hc.get("CpuQuota") and hc["CpuShares"] == 2
     assert audit_host_config(hc) == []
     assert nets.setups == [("t1", "/proc/4242/ns/net")]
     assert ctx.host_config_options["network_mode"] == f"container:id-{name}"
