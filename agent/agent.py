@@ -117,9 +117,13 @@ class Agent:
             policy = default_policy()
         self.security = HostSecurity(policy)
         self.network: HostNetwork | None = host_network(config) if config.network_enabled else None
-        self.metadata: HostMetadata | None = (
-            host_metadata(config, metrics.registry) if self.network is not None and config.imds_enabled else None
-        )
+        self.metadata: HostMetadata | None = None
+        self._metadata_error: str | None = None
+        if self.network is not None and config.imds_enabled:
+            try:
+                self.metadata = host_metadata(config, metrics.registry)
+            except (OSError, ValueError) as e:  # the token key file: refuse at start, with the cause
+                self._metadata_error = str(e)
         self.pipeline = pipeline or default_pipeline(
             config, metrics, self.cpus, self.security, self.network, self.metadata
         )
@@ -145,6 +149,8 @@ class Agent:
             raise self._cpus_error
         if self._security_error is not None:
             raise SecurityStartError(f"security policy: {self._security_error}")
+        if self._metadata_error is not None:
+            raise SecurityStartError(f"metadata proxy: {self._metadata_error}")
         if self.cpus is not None:
             # Before any runner runs: the task records are the checkpoint of truth for who holds
             # which CPU (CpuStateError, a CheckpointCorrupt, on a mismatch).

@@ -74,3 +74,14 @@ def test_isolation_policy_from_config(tmp_path: Path) -> None:
     assert unresolved.control_plane_cidrs == ()
     # Isolation off: the policy says so (only the metadata drop stays, netns/isolation.py).
     assert isolation_policy(load_config(["--no-network-isolation"])).isolate is False
+
+
+def test_imds_token_key_is_kept_and_a_bad_one_refused(tmp_path: Path) -> None:
+    from agent.hostimds import KEY_FILE, load_or_create_key
+
+    key = load_or_create_key(tmp_path)
+    assert len(key) == 32 and (tmp_path / KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert load_or_create_key(tmp_path) == key  # tokens issued before a restart stay valid
+    (tmp_path / KEY_FILE).write_bytes(b"short")
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        load_or_create_key(tmp_path)
