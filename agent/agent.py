@@ -23,9 +23,9 @@ from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.runner import TaskRunner
 from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
-from agent.security import apparmor
-from agent.security.posture import HostPosture, probe_host_posture, userns_start_problem
-from agent.security.profiles import PolicyError, SecurityPolicy, default_policy, load_policy
+from security import apparmor
+from security.posture import HostPosture, probe_host_posture, userns_start_problem
+from security.profiles import PolicyError, SecurityPolicy, default_policy, load_policy
 from agent.steps.container import ContainerStep
 from agent.steps.cpuset import CpusetStep
 from agent.steps.image import ImageStep

@@ -26,9 +26,9 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.security.hardening import hardening_options  # noqa: E402
-from agent.security.posture import probe_host_posture  # noqa: E402
-from agent.security.profiles import default_policy, resolve_security  # noqa: E402
+from security.hardening import hardening_options  # noqa: E402
+from security.posture import probe_host_posture  # noqa: E402
+from security.profiles import default_policy, resolve_security  # noqa: E402
 from tests.harness import IMAGE, Platform, wait_for  # noqa: E402
 from titus_common.jobspec import ContainerSpec, Resources  # noqa: E402
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from agent.security.profiles import SecurityPolicy, default_policy, validate_security_request
+from security.profiles import SecurityPolicy, default_policy, validate_security_request
 from scheduler.core import Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.records import JobRecord, JobState, TaskRecord

@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.security.attributes import parse_security_attributes
-from agent.security.posture import reported_posture_problem
-from agent.security.profiles import SecurityPolicy, default_policy
+from security.attributes import parse_security_attributes
+from security.posture import reported_posture_problem
+from security.profiles import SecurityPolicy, default_policy
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
 from scheduler.records import JobRecord, JobState, NodeRecord, NodeStatus, TaskRecord

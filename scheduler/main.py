@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from agent.security.profiles import PolicyError, default_policy, load_policy
+from security.profiles import PolicyError, default_policy, load_policy
 from scheduler.api import make_app
 from scheduler.core import Scheduler, SchedulerConfig
 from scheduler.metrics import SchedulerMetrics

@@ -32,7 +32,7 @@ class NodeReport(_Msg):
     agent_version: str = ""
     running: list[str] = Field(default_factory=list)  # task ids the agent holds (any non-final state)
     unknown_containers: list[str] = Field(default_factory=list)
-    # The host's security posture (agent/security/posture.py HostPosture.to_json(): kernel, cgroup
+    # The host's security posture (security/posture.py HostPosture.to_json(): kernel, cgroup
     # version, seccomp, AppArmor, userns); None until the agent has probed it.
     posture: dict[str, Any] | None = None
 

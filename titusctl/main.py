@@ -312,7 +312,7 @@ def _yes(v: Any) -> str:
 
 def posture_summary(posture: dict[str, Any] | None) -> dict[str, Any] | None:
     """The operator's questions about a host's posture, answered from what its agent reported
-    (agent/security/posture.py HostPosture.to_json())."""
+    (security/posture.py HostPosture.to_json())."""
     if posture is None:
         return None
     aa = posture.get("apparmor") or {}

@@ -17,7 +17,7 @@ Rules every step follows:
 - Steps contribute to the container through `ctx.create_options` / `ctx.host_config_options` (SDK
   keywords of `create_host_config`) / `ctx.host_config_raw` (HostConfig fields the SDK has no keyword
   for, merged into the final dict); only the container step talks to the engine about the container
-  itself, and it audits the final HostConfig (agent/security/hardening.py) before create.
+  itself, and it audits the final HostConfig (security/hardening.py) before create.
 - A step that holds something in the agent's process for a running task (a listening socket, a
   cache) also implements `readopt`: after an agent restart, for a task whose container kept running,
   it rebuilds that from the checkpoint. It must not touch the container; a failure is logged and the

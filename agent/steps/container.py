@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from agent.docker_api import LABEL_AGENT, LABEL_INDEX, LABEL_JOB, LABEL_TASK, DockerError, DockerUnavailable
-from agent.security.hardening import audit_host_config
+from security.hardening import audit_host_config
 from agent.steps.base import LaunchContext, StepError
 from titus_common.states import FinishReason
 

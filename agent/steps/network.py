@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.docker_api import LABEL_TASK, DockerError, DockerUnavailable
-from agent.security.hardening import audit_host_config
+from security.hardening import audit_host_config
 from agent.steps.base import LaunchContext, StepError
 from agent.watcher import LABEL_SANDBOX_AGENT
 from netns.errors import NetworkError

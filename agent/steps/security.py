@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from agent.security.hardening import BindRefused, hardening_options
-from agent.security.posture import HostPosture
-from agent.security.profiles import SecurityPolicy, SecurityRefused, resolve_security
+from security.hardening import BindRefused, hardening_options
+from security.posture import HostPosture
+from security.profiles import SecurityPolicy, SecurityRefused, resolve_security
 from agent.steps.base import LaunchContext, StepError
 from titus_common.states import FinishReason
 

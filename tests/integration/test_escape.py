@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from agent.security.hardening import host_pids_limit
+from security.hardening import host_pids_limit
 from tests import escape_attempts as E
 from tests.harness import Platform
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import requests
 
-from agent.security import apparmor
-from agent.security.capabilities import DEFAULT_CAPABILITIES
-from agent.security.hardening import host_pids_limit
+from security import apparmor
+from security.capabilities import DEFAULT_CAPABILITIES
+from security.hardening import host_pids_limit
 from tests.harness import Platform, wait_for
 
 pytestmark = pytest.mark.integration

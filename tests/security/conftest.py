@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from agent.security.posture import HostPosture
-from agent.security.profiles import ProfileCatalog
+from security.posture import HostPosture
+from security.profiles import ProfileCatalog
 from tests.security.hosts import ENGINE_HARDENED, ENGINE_PLAIN, fake_posture
 from titus_common.jobspec import JobSpec, parse_job_spec
 

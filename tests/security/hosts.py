@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.security.posture import HostPosture, posture_from
+from security.posture import HostPosture, posture_from
 
 ENGINE_PLAIN = {
     "SecurityOptions": ["name=seccomp,profile=default"],

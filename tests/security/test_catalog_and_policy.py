@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.security.profiles import (
+from security.profiles import (
     PROFILE_DIR,
     PolicyError,
     ProfileCatalog,
@@ -20,7 +20,7 @@ from agent.security.profiles import (
     parse_policy,
     validate_security_request,
 )
-from agent.security.seccomp_profile import ProfileError
+from security.seccomp_profile import ProfileError
 from tests.security.conftest import job
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import docker
 import pytest
 
-from agent.security.hardening import hardening_options
-from agent.security.posture import probe_host_posture
-from agent.security.profiles import ProfileCatalog, parse_policy, resolve_security
+from security.hardening import hardening_options
+from security.posture import probe_host_posture
+from security.profiles import ProfileCatalog, parse_policy, resolve_security
 from tests.security.conftest import IMAGE, job
 
 pytestmark = pytest.mark.integration

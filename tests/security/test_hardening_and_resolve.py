@@ -9,11 +9,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from agent.security.capabilities import (
+from security.capabilities import (
     DEFAULT_CAPABILITIES,
     DOCKER_DEFAULT_CAPABILITIES,
 )
-from agent.security.hardening import (
+from security.hardening import (
     DOCKER_MASKED_PATHS,
     DOCKER_READONLY_PATHS,
     MASKED_PATHS,
@@ -23,8 +23,8 @@ from agent.security.hardening import (
     bind_problems,
     hardening_options,
 )
-from agent.security.posture import HostPosture
-from agent.security.profiles import (
+from security.posture import HostPosture
+from security.profiles import (
     ProfileCatalog,
     SecurityDecision,
     SecurityPolicy,
@@ -184,7 +184,7 @@ def test_without_owner_the_agent_trusts_admission(policy: SecurityPolicy, plain:
 
 
 def test_pids_limit_leaves_the_host_most_of_its_pids(tmp_path: Path) -> None:
-    from agent.security.hardening import DEFAULT_PIDS_LIMIT, host_pids_limit
+    from security.hardening import DEFAULT_PIDS_LIMIT, host_pids_limit
 
     def limit(pid_max: str) -> int:
         f = tmp_path / f"pid_max_{pid_max or 'empty'}"

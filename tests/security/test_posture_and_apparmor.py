@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent.security import apparmor
-from agent.security.attributes import SecurityRequest
-from agent.security.posture import HostPosture, check_posture, parse_security_options, read_id_range
+from security import apparmor
+from security.attributes import SecurityRequest
+from security.posture import HostPosture, check_posture, parse_security_options, read_id_range
 from tests.security.hosts import ENGINE_HARDENED, ENGINE_PLAIN, fake_posture
 
 
@@ -138,7 +138,7 @@ def test_confinement_of_reads_the_label(tmp_path: Path) -> None:
 
 
 def test_agent_refuses_an_engine_without_userns_remap() -> None:
-    from agent.security.posture import UsernsPosture, userns_start_problem
+    from security.posture import UsernsPosture, userns_start_problem
 
     assert userns_start_problem(UsernsPosture(remapped=True, remap_user="dockremap"), required=True) is None
     problem = userns_start_problem(UsernsPosture(remapped=False), required=True)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.security import libseccomp
-from agent.security.capabilities import DEFAULT_CAPABILITIES
-from agent.security.profiles import PROFILE_DIR, ProfileCatalog
-from agent.security.seccomp_check import compile_to_bpf, unknown_syscall_names
-from agent.security.seccomp_profile import ProfileError, read_profile_document
+from tests.support import libseccomp
+from security.capabilities import DEFAULT_CAPABILITIES
+from security.profiles import PROFILE_DIR, ProfileCatalog
+from tests.support.seccomp_check import compile_to_bpf, unknown_syscall_names
+from security.seccomp_profile import ProfileError, read_profile_document
 
 SHIPPED = sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
 
@@ -118,9 +118,9 @@ def test_unknown_name_is_reported() -> None:
 _CHILD = textwrap.dedent(
     """
     import ctypes, errno, json, os, sys
-    from agent.security.profiles import ProfileCatalog
-    from agent.security.seccomp_check import build_filter
-    from agent.security.capabilities import DEFAULT_CAPABILITIES
+    from security.profiles import ProfileCatalog
+    from tests.support.seccomp_check import build_filter
+    from security.capabilities import DEFAULT_CAPABILITIES
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     def call(nr, *args):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.security.profiles import load_policy
+from security.profiles import load_policy
 from scheduler.api import make_app
 from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics

@@ -11,11 +11,11 @@ import pytest
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.config import ConfigError, load_config
 from agent.docker_api import Docker, DockerError
-from agent.security.hardening import audit_host_config
+from security.hardening import audit_host_config
 from agent.steps.base import LaunchContext, StepError
 from agent.steps.network import HostNetwork, NetworkStep, sandbox_name
 from agent.steps.security import HostSecurity, SecurityStep
-from agent.security.profiles import default_policy
+from security.profiles import default_policy
 from netns.errors import SubnetExhausted, UnknownSecurityGroup
 from netns.providers.local import LocalProvider, LocalVpc
 from tests.security.hosts import ENGINE_PLAIN, fake_posture

@@ -10,8 +10,8 @@ import pytest
 
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.docker_api import Docker
-from agent.security.hardening import MASKED_PATHS, host_pids_limit
-from agent.security.profiles import default_policy, load_policy
+from security.hardening import MASKED_PATHS, host_pids_limit
+from security.profiles import default_policy, load_policy
 from agent.steps.base import LaunchContext, StepError
 from agent.steps.container import ContainerStep
 from agent.steps.security import HostSecurity, SecurityStep

@@ -20,21 +20,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.security import apparmor
-from agent.security.attributes import (
+from security import apparmor
+from security.attributes import (
     FIELD_PREFIX,
     SecurityRequest,
     parse_security_attributes,
 )
-from agent.security.capabilities import DEFAULT_CAPABILITIES
-from agent.security.errors import DataFileError
-from agent.security.posture import (
+from security.capabilities import DEFAULT_CAPABILITIES
+from security.errors import DataFileError
+from security.posture import (
     APPARMOR_MODES,
     AppArmorUnavailableMode,
     HostPosture,
     check_posture,
 )
-from agent.security.seccomp_profile import (
+from security.seccomp_profile import (
     PROFILE_NAME,
     ProfileDocument,
     ProfileError,

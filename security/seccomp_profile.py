@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.security.errors import DataFileError
+from security.errors import DataFileError
 
 ACTIONS = frozenset(
     {

@@ -12,8 +12,8 @@ import platform
 import re
 from collections.abc import Iterable
 
-from agent.security import libseccomp
-from agent.security.seccomp_profile import DOCKER_ARCHES, SeccompProfile, SyscallRule
+from tests.support import libseccomp
+from security.seccomp_profile import DOCKER_ARCHES, SeccompProfile, SyscallRule
 
 _NATIVE_DOCKER_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), "amd64")
 _SCMP_TO_LIBSECCOMP = {

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from agent.security import apparmor
-from agent.security.attributes import SecurityRequest
+from security import apparmor
+from security.attributes import SecurityRequest
 
 AppArmorUnavailableMode = Literal["refuse", "allow-unconfined-with-warning"]
 APPARMOR_MODES: tuple[AppArmorUnavailableMode, ...] = ("refuse", "allow-unconfined-with-warning")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.security.profiles import SecurityDecision
+from security.profiles import SecurityDecision
 
 DEFAULT_PIDS_LIMIT = 32_768  # far above any real program's threads+processes; stops a fork bomb early
 PID_MAX_PATH = Path("/proc/sys/kernel/pid_max")
