@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from titus_common.errors import StateCorrupt
 from titus_common.files import atomic_write_bytes
 from titus_common.protocol import TaskAssignment, TaskUpdate
 from titus_common.states import FinishReason, TaskState
@@ -23,8 +24,8 @@ log = logging.getLogger("titus.agent.checkpoint")
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointCorrupt(RuntimeError):
-    pass
+class CheckpointCorrupt(StateCorrupt):
+    """A task checkpoint cannot be read as written: the agent refuses to start (never guesses)."""
 
 
 class TaskCheckpoint(BaseModel):

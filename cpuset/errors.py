@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from titus_common.errors import HostRefused, StateCorrupt, TitusError
 
-class CpusetError(Exception):
+
+class CpusetError(TitusError):
     """Base class of every error raised by :mod:`cpuset`."""
+
+    exit_code = HostRefused.exit_code
 
 
 class TopologyError(CpusetError):
@@ -46,5 +50,7 @@ class CpuBusy(CpusetError):
     """A CPU given for an exact assignment is already held by another workload."""
 
 
-class CheckpointError(CpusetError):
+class CheckpointError(CpusetError, StateCorrupt):
     """A checkpoint is malformed or does not match the current topology."""
+
+    exit_code = StateCorrupt.exit_code

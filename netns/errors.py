@@ -4,8 +4,13 @@ security group. `retryable` -> waiting may help (the pool refills, throttling pa
 
 from __future__ import annotations
 
+from titus_common.errors import HostRefused, ProviderError, StateCorrupt, TitusError
 
-class NetworkError(Exception):
+
+class NetworkError(TitusError):
+    # At start-up a network error the agent cannot classify better means the host cannot give
+    # tasks the network the policy says; subclasses below are more precise.
+    exit_code = HostRefused.exit_code
     platform_fault = True
     retryable = False
 
@@ -26,16 +31,20 @@ class IpLimitReached(NetworkError):
     pass
 
 
-class ProviderThrottled(NetworkError):
+class ProviderThrottled(NetworkError, ProviderError):
     retryable = True
+    exit_code = ProviderError.exit_code
 
 
-class ProviderUnavailable(NetworkError):
+class ProviderUnavailable(NetworkError, ProviderError):
     retryable = True
+    exit_code = ProviderError.exit_code
 
 
-class ProviderResponseInvalid(NetworkError):
+class ProviderResponseInvalid(NetworkError, ProviderError):
     """The provider answered something we cannot trust (missing fields, duplicate/out-of-subnet IPs)."""
+
+    exit_code = ProviderError.exit_code
 
 
 class UnknownSecurityGroup(NetworkError):
@@ -50,8 +59,10 @@ class PoolTimeout(NetworkError):
     retryable = True
 
 
-class CheckpointError(NetworkError):
-    pass
+class CheckpointError(NetworkError, StateCorrupt):
+    """ipam.json (the pool's checkpoint) cannot be read as written."""
+
+    exit_code = StateCorrupt.exit_code
 
 
 class WiringError(NetworkError):

@@ -19,9 +19,10 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from scheduler.records import JobRecord, NodeRecord, TaskRecord
+from titus_common.errors import StateCorrupt
 
 
-class StoreCorrupt(RuntimeError):
+class StoreCorrupt(StateCorrupt):
     """A stored record cannot be read; the message names the table, the id and what is wrong."""
 
 

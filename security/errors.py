@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from titus_common.errors import ConfigError
 
-class DataFileError(ValueError):
+
+class DataFileError(ConfigError):
     def __init__(self, file: str, field: str, message: str) -> None:
         super().__init__(f"{file}: {field}: {message}" if field else f"{file}: {message}")
         self.file = file

@@ -10,11 +10,13 @@ import sys
 
 from aiohttp import web
 
-EXIT_CANNOT_START = 2
+from titus_common.errors import EXIT_BAD_CONFIG, CannotListen, exit_code_for
+
+EXIT_CANNOT_START = EXIT_BAD_CONFIG  # kept for callers that refuse without an error object
 
 
-class CannotStart(Exception):
-    pass
+class CannotStart(CannotListen):
+    """The HTTP listener cannot be bound (exit code 6)."""
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -45,7 +47,12 @@ async def serve_http(app: web.Application, listen: tuple[str, int]) -> web.AppRu
 
 
 def refuse_start(prog: str, log: logging.Logger, reason: object) -> int:
-    """Say why on stderr (what an operator sees first) and in the log; exit code 2."""
+    """Say why in one line on stderr (what an operator sees first) and in the log; return the exit
+    code of the error's kind (titus_common/errors.py), or 2 for a reason that is not an error."""
     log.critical("cannot start: %s", reason)
-    print(f"{prog}: cannot start: {reason}", file=sys.stderr)
-    return EXIT_CANNOT_START
+    print(f"{prog}: cannot start: {one_line(reason)}", file=sys.stderr)
+    return exit_code_for(reason) if isinstance(reason, BaseException) else EXIT_CANNOT_START
+
+
+def one_line(reason: object) -> str:
+    return " ".join(str(reason).split())
