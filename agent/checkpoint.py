@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from titus_common.errors import StateCorrupt
 from titus_common.files import atomic_write_bytes
@@ -21,7 +21,29 @@ from titus_common.states import FinishReason, TaskState
 
 log = logging.getLogger("titus.agent.checkpoint")
 
-CHECKPOINT_VERSION = 1
+# 2: typed step outputs (`outputs`); a version-1 record gets them derived from its resources.
+CHECKPOINT_VERSION = 2
+
+
+class NetworkOutput(BaseModel):
+    """What the network step publishes for later steps and the host: where the task's network is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str
+    netns_path: str
+    sandbox_id: str
+
+
+class TaskOutputs(BaseModel):
+    """Typed outputs of launch steps, read by later steps and by the agent. A step reads another
+    step's output here, never that step's raw `resources` entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    network: NetworkOutput | None = None
+    # When the container step saw the container start (the task's Started time).
+    container_started_at: float | None = None
 
 
 class CheckpointCorrupt(StateCorrupt):
@@ -42,11 +64,29 @@ class TaskCheckpoint(BaseModel):
     # What each launch step acquired (step name → its own record), so teardown and GC after a
     # restart know exactly what to release.
     resources: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    outputs: TaskOutputs = Field(default_factory=TaskOutputs)
     kill_requested: bool = False
     runtime_limit_hit: bool = False
     # Bumped on every change; the reporter sends until the scheduler has taken `revision`.
     revision: int = 0
     reported_revision: int = 0
+
+    @model_validator(mode="after")
+    def _outputs_of_version_1(self) -> TaskCheckpoint:
+        """A version-1 record had no `outputs`: derive them from what its steps recorded."""
+        if self.version < 2:
+            net = self.resources.get("network") or {}
+            address = (net.get("lease") or {}).get("address")
+            netns_path = (net.get("wiring") or {}).get("netns_path")
+            if address and netns_path and net.get("sandbox_id"):
+                self.outputs.network = NetworkOutput(
+                    address=str(address), netns_path=str(netns_path), sandbox_id=str(net["sandbox_id"])
+                )
+            started = (self.resources.get("container") or {}).get("started_at")
+            if started is not None:
+                self.outputs.container_started_at = float(started)
+            self.version = CHECKPOINT_VERSION
+        return self
 
     @property
     def task_id(self) -> str:

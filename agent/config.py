@@ -12,10 +12,8 @@ from typing import Any
 
 from netns.providers.base import usable_addresses
 from titus_common.daemon import parse_listen
+from titus_common.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """The agent's only door to the Docker engine: the docker SDK's low-level client, with every blocking
 call run on a dedicated thread pool so the event loop never waits on dockerd.
 
-Errors are translated once, here: `DockerUnavailable` (the engine does not answer — a platform fault)
-versus `DockerError` (the engine answered no, with its status code and message).
+Errors are translated once, here, by the SDK's exception types (never by message text):
+`DockerUnavailable` (the engine does not answer — a platform fault) versus `DockerError` (the engine
+answered no, with its HTTP status: `not_found` for the SDK's NotFound/ImageNotFound, `conflict` for
+409, `client_error` for the engine's 4xx "your request is wrong", e.g. a command that is not in the
+image). Nothing else in the agent holds the SDK client.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from titus_common.errors import ProviderError
+
 T = TypeVar("T")
 
 LABEL_TASK = "titus.task_id"
@@ -26,28 +31,34 @@ LABEL_AGENT = "titus.agent"
 LABEL_INDEX = "titus.task_index"
 
 
-class DockerUnavailable(RuntimeError):
+class DockerUnavailable(ProviderError):
     """The engine could not be reached (down, socket missing, timed out)."""
 
 
-class DockerError(RuntimeError):
-    def __init__(self, status: int | None, message: str) -> None:
+class DockerError(ProviderError):
+    def __init__(self, status: int | None, message: str, not_found: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self._not_found = not_found or status == 404
 
     @property
     def not_found(self) -> bool:
-        return self.status == 404
+        return self._not_found
 
     @property
     def conflict(self) -> bool:
         return self.status == 409
 
+    @property
+    def client_error(self) -> bool:
+        """The engine refused the request as malformed or impossible (4xx other than 404/409)."""
+        return self.status is not None and 400 <= self.status < 500 and not self.not_found and not self.conflict
+
 
 def _translate(e: Exception) -> Exception:
     if isinstance(e, docker.errors.APIError):
         status = e.response.status_code if e.response is not None else None
-        return DockerError(status, str(e.explanation or e))
+        return DockerError(status, str(e.explanation or e), not_found=isinstance(e, docker.errors.NotFound))
     if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, FileNotFoundError)):
         return DockerUnavailable(f"Docker engine unreachable: {e}")
     if isinstance(e, docker.errors.DockerException):
@@ -63,7 +74,7 @@ class Docker:
             kwargs["base_url"] = base_url
         self.base_url = base_url
         self.api_version = api_version
-        self.api = docker.APIClient(**kwargs)
+        self._api = docker.APIClient(**kwargs)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -75,13 +86,13 @@ class Docker:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.call(self.api.ping))
+            return bool(await self.call(self._api.ping))
         except (DockerUnavailable, DockerError):
             return False
 
     async def inspect_image(self, ref: str) -> dict[str, Any] | None:
         try:
-            return await self.call(self.api.inspect_image, ref)
+            return await self.call(self._api.inspect_image, ref)
         except DockerError as e:
             if e.not_found:
                 return None
@@ -90,21 +101,21 @@ class Docker:
     async def pull(self, ref: str) -> None:
         # stream=False returns the whole progress log; errors inside it are raised by the SDK only
         # for HTTP errors, so look for an error line ourselves.
-        out = await self.call(self.api.pull, ref)
+        out = await self.call(self._api.pull, ref)
         for line in str(out).splitlines()[-3:]:
             if '"error"' in line or '"errorDetail"' in line:
                 raise DockerError(None, line)
 
     async def create(self, name: str, **kwargs: Any) -> str:
-        created = await self.call(self.api.create_container, name=name, **kwargs)
+        created = await self.call(self._api.create_container, name=name, **kwargs)
         return str(created["Id"])
 
     async def start(self, container_id: str) -> None:
-        await self.call(self.api.start, container_id)
+        await self.call(self._api.start, container_id)
 
     async def inspect(self, container_id: str) -> dict[str, Any] | None:
         try:
-            return await self.call(self.api.inspect_container, container_id)
+            return await self.call(self._api.inspect_container, container_id)
         except DockerError as e:
             if e.not_found:
                 return None
@@ -113,26 +124,36 @@ class Docker:
     async def stop(self, container_id: str, grace_seconds: float) -> None:
         """SIGTERM, then SIGKILL after the grace period (dockerd does the timing)."""
         try:
-            await self.call(self.api.stop, container_id, timeout=max(0, round(grace_seconds)))
+            await self.call(self._api.stop, container_id, timeout=max(0, round(grace_seconds)))
         except DockerError as e:
             if not e.not_found:
                 raise
 
     async def remove(self, container_id: str) -> None:
         try:
-            await self.call(self.api.remove_container, container_id, force=True, v=True)
+            await self.call(self._api.remove_container, container_id, force=True, v=True)
         except DockerError as e:
-            if not e.not_found and "already in progress" not in str(e):
+            if not e.not_found and not e.conflict:  # 409: a removal already in progress
                 raise
 
     async def list_labelled(self, agent_id: str) -> list[dict[str, Any]]:
-        return await self.call(
-            self.api.containers, all=True, filters={"label": [f"{LABEL_AGENT}={agent_id}"]}
-        )
+        return await self.list_containers(f"{LABEL_AGENT}={agent_id}")
+
+    async def list_containers(self, *labels: str) -> list[dict[str, Any]]:
+        """Every container (running or not) carrying all of `labels` (`key` or `key=value`)."""
+        return await self.call(self._api.containers, all=True, filters={"label": list(labels)})
+
+    async def info(self) -> dict[str, Any]:
+        """`docker info`: the engine's view of itself (security options, cgroups, root dir)."""
+        return dict(await self.call(self._api.info))
+
+    def events(self) -> Any:
+        """A blocking generator of the engine's container events (for the watcher's own thread)."""
+        return self._api.events(decode=True, filters={"type": "container"})
 
     async def update_cpuset(self, container: str, cpus: str) -> None:
         """`docker update --cpuset-cpus`: the engine rewrites the cgroup and remembers the value."""
-        await self.call(self.api.update_container, container, cpuset_cpus=cpus)
+        await self.call(self._api.update_container, container, cpuset_cpus=cpus)
 
     async def cgroup_cpuset(self, container_id: str, cgroup_root: Path) -> str | None:
         """The container's cpuset as the kernel has it (`cpuset.cpus` of its cgroup), or None when
@@ -140,7 +161,7 @@ class Docker:
         return await self.call(_read_cgroup_cpuset, container_id, cgroup_root)
 
     def host_config(self, **kwargs: Any) -> dict[str, Any]:
-        return dict(self.api.create_host_config(**kwargs))
+        return dict(self._api.create_host_config(**kwargs))
 
 
 def _read_cgroup_cpuset(container_id: str, root: Path) -> str | None:

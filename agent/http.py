@@ -59,7 +59,7 @@ async def cpus(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": {"message": "cpuset placement is off on this agent (--no-cpuset)"}}, status=404
         )
-    return web.json_response({"nodeId": agent.config.node_id, **agent.cpus.host.snapshot(agent.cpus.applied)})
+    return web.json_response({"nodeId": agent.config.node_id, **agent.cpus.host.snapshot(agent.cpus.applier.applied)})
 
 
 async def net(request: web.Request) -> web.Response:
@@ -68,7 +68,7 @@ async def net(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": {"message": "networking is off on this agent (--no-network)"}}, status=404
         )
-    return web.json_response({"nodeId": agent.config.node_id, **agent.network.networks.snapshot()})
+    return web.json_response({"nodeId": agent.config.node_id, **agent.network.snapshot()})
 
 
 async def imds(request: web.Request) -> web.Response:
@@ -76,7 +76,7 @@ async def imds(request: web.Request) -> web.Response:
     if agent.metadata is None:
         return web.json_response({"error": {"message": "the metadata proxy is off on this agent"}}, status=404)
     # Roles, listeners, credential expiry and errors per task: never a secret.
-    return web.json_response({"nodeId": agent.config.node_id, "tasks": await agent.metadata.service.snapshot_async()})
+    return web.json_response({"nodeId": agent.config.node_id, "tasks": await agent.metadata.host.service.snapshot_async()})
 
 
 def make_app(agent: Agent) -> web.Application:

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import sys
 
-from agent.agent import Agent, SecurityStartError
-from agent.checkpoint import CheckpointCorrupt
-from agent.config import AgentConfig, ConfigError, load_config
+from agent.agent import Agent
+from agent.config import AgentConfig, load_config
 from agent.docker_api import Docker
 from agent.http import make_app
 from agent.metrics import AgentMetrics
 from agent.scheduler_client import SchedulerClient
-from titus_common.daemon import CannotStart, refuse_start, serve_http, stop_on_signals
+from titus_common.daemon import one_line, refuse_start, serve_http, stop_on_signals
+from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
 
 log = logging.getLogger("titus.agent")
@@ -25,11 +25,12 @@ async def serve(config: AgentConfig) -> int:
     stop = stop_on_signals()
     try:
         runner = await serve_http(make_app(agent), config.listen)
-    except CannotStart as e:
+    except TitusError as e:
         return refuse_start("titus-agent", log, e)
     try:
         await agent.start()
-    except (CheckpointCorrupt, SecurityStartError) as e:
+    except TitusError as e:  # every refusal: one line, the kind's exit code (titus_common/errors.py)
+        await agent.stop()
         await runner.cleanup()
         return refuse_start("titus-agent", log, e)
     host, port = config.listen
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_config(argv)
     except ConfigError as e:
-        print(f"titus-agent: bad configuration: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"titus-agent: bad configuration: {one_line(e)}", file=sys.stderr)
+        sys.exit(e.exit_code)
     setup_logging("titus-agent", config.log_level)
     sys.exit(asyncio.run(serve(config)))
 

@@ -118,7 +118,7 @@ class TaskRunner:
         except StepError as e:
             await self._end(e.reason, e.message)
             return False
-        started_at = float(self.ctx.resources("container").get("started_at", time.time()))
+        started_at = self.record.outputs.container_started_at or time.time()
         self._transition(TaskState.STARTED, at=started_at)
         self.metrics.launch_latency.observe(max(0.0, started_at - self.record.assignment.accepted_at))
         log.info("task started", extra=self._log_extra)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from agent.docker_api import LABEL_AGENT, LABEL_TASK, Docker
+from agent.names import LABEL_SANDBOX_AGENT
+from titus_common.retry import Backoff
 
-LABEL_SANDBOX_AGENT = "titus.sandbox_agent"  # agent/steps/network.py
 
 log = logging.getLogger("titus.agent.watcher")
 
@@ -52,15 +52,15 @@ class ContainerWatcher:
                 pass
 
     def _run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while not self._stop.is_set():
             try:
                 # Labels in one filter are ANDed: task containers (titus.agent) and network
                 # sandboxes (titus.sandbox_agent) need two, so the label is checked here.
-                self._stream = self.docker.api.events(decode=True, filters={"type": "container"})
+                self._stream = self.docker.events()
                 # Anything that happened while we were not listening is found by a reconcile.
                 self.loop.call_soon_threadsafe(self.on_reconnect)
-                delay = 0.5
+                backoff.reset()
                 for event in self._stream:
                     if event.get("Action") in EXIT_ACTIONS:
                         attributes = event.get("Actor", {}).get("Attributes", {}) or {}
@@ -74,7 +74,9 @@ class ContainerWatcher:
             except Exception as e:
                 if self._stop.is_set():
                     return
+                delay = backoff.next_delay()
                 log.warning("docker event stream broke: %s; reconnecting in %.1fs", e, delay)
-            if not self._stop.is_set():
-                time.sleep(delay)
-                delay = min(10.0, delay * 2)
+                self._stop.wait(delay)
+                continue
+            self._stop.wait(backoff.next_delay())  # the stream ended: the engine is restarting
+

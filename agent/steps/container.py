@@ -8,19 +8,13 @@ from typing import Any
 
 from agent.docker_api import LABEL_AGENT, LABEL_INDEX, LABEL_JOB, LABEL_TASK, DockerError, DockerUnavailable
 from security.hardening import audit_host_config
+from agent.names import container_name
 from agent.steps.base import LaunchContext, StepError
 from titus_common.states import FinishReason
-
-# The engine's words for "the command in the image cannot be executed": the user's error.
-_BAD_COMMAND_MARKERS = ("executable file not found", "no such file or directory", "permission denied")
 
 # Titus's value: high enough for any real program, stops a fork bomb. The security step's tighter
 # limit (hardening.DEFAULT_PIDS_LIMIT) arrives through ctx.host_config_options and wins.
 PIDS_LIMIT = 100_000
-
-
-def container_name(task_id: str) -> str:
-    return f"titus-{task_id}"
 
 
 class ContainerStep:
@@ -39,14 +33,21 @@ class ContainerStep:
             if not state["State"]["Running"] and not state["State"]["FinishedAt"].startswith("0001"):
                 return  # already ran (and perhaps exited) before an agent restart: do not run it twice
             if not state["State"]["Running"]:
-                await ctx.docker.start(container_id)
+                try:
+                    await ctx.docker.start(container_id)
+                except DockerError as e:
+                    # The engine answers a start whose command cannot be executed (not in the image,
+                    # not executable) with 400 Invalid Parameter: the user's error. A create refused
+                    # with 400 is ours (we built the HostConfig), so this is about start alone.
+                    if e.client_error:
+                        raise StepError(f"cannot run the task's command: {e}", FinishReason.FAILED) from None
+                    raise
             mine["started_at"] = time.time()
+            ctx.record.outputs.container_started_at = mine["started_at"]
             ctx.save()
         except DockerUnavailable as e:
             raise StepError(str(e)) from None
         except DockerError as e:
-            if any(m in str(e).lower() for m in _BAD_COMMAND_MARKERS):
-                raise StepError(f"cannot run the task's command: {e}", FinishReason.FAILED) from None
             raise StepError(f"Docker refused the container: {e}") from None
 
     def _options(self, ctx: LaunchContext) -> dict[str, Any]:

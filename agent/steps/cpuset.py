@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from agent.cpus import RESOURCE_KEY, CpusetApplier, PlacementFailed
+from agent.host.cpus import RESOURCE_KEY, PlacementFailed
+from agent.host.cpuset_apply import CpusetApplier
 from agent.steps.base import LaunchContext, StepError
 
 log = logging.getLogger("titus.agent.cpuset")

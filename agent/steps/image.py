@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from agent.docker_api import DockerError, DockerUnavailable
 from agent.steps.base import LaunchContext, StepError
+from titus_common.retry import Backoff
 from titus_common.states import FinishReason
 
 log = logging.getLogger("titus.agent.image")
 
+# A pull that fails after the engine began streaming has no status, only an error line: these are
+# the registry's words for "no such image" there. Before streaming, the engine answers 404.
 _NOT_FOUND_MARKERS = ("not found", "manifest unknown", "does not exist", "repository name not known")
 
 
@@ -42,20 +44,18 @@ class ImageStep:
         ctx.save()
 
     async def _pull(self, ctx: LaunchContext, ref: str) -> None:
-        delay = self.backoff
+        backoff = Backoff(initial=self.backoff, maximum=self.backoff * 2 ** max(0, self.attempts - 1))
         for attempt in range(1, self.attempts + 1):
             try:
                 await ctx.docker.pull(ref)
                 return
             except DockerError as e:
-                text = str(e).lower()
-                if any(m in text for m in _NOT_FOUND_MARKERS):
+                if e.not_found or (e.status is None and any(m in str(e).lower() for m in _NOT_FOUND_MARKERS)):
                     raise StepError(f"image {ref} not found in its registry: {e}", FinishReason.FAILED) from None
                 if attempt == self.attempts:
                     raise StepError(f"pulling image {ref} failed {attempt} times: {e}") from None
                 log.warning("pull of %s failed (attempt %d): %s", ref, attempt, e, extra={"task_id": ctx.task_id})
-            await asyncio.sleep(delay)
-            delay *= 2
+            await backoff.sleep()
 
     async def teardown(self, ctx: LaunchContext) -> None:
         # Images are shared between tasks; removing unused ones is the image GC's job, not a task's.

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-from agent.hostimds import HostMetadata
+from agent.host.metadata import HostMetadata
 from agent.steps.base import LaunchContext, StepError
 from imds.identity import TaskIdentity
 from imds.service import ECS_PATH
@@ -99,12 +98,10 @@ class ImdsStep:
             raise StepError(f"metadata service refused the task: {e}", FinishReason.FAILED) from None
 
     def _network(self, ctx: LaunchContext) -> tuple[str, str]:
-        net: dict[str, Any] = ctx.record.resources.get("network") or {}
-        address = (net.get("lease") or {}).get("address")
-        netns_path = (net.get("wiring") or {}).get("netns_path")
-        if not address or not netns_path:
+        net = ctx.record.outputs.network
+        if net is None:
             raise StepError("the task has no network (the metadata step needs the network step before it)")
-        return str(address), str(netns_path)
+        return net.address, net.netns_path
 
     async def _identity(self, ctx: LaunchContext, address: str) -> TaskIdentity:
         a = ctx.record.assignment

@@ -14,43 +14,29 @@ everything that counts a node's task containers must not see them), `titus.task_
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
+from agent.checkpoint import NetworkOutput
 from agent.docker_api import LABEL_TASK, DockerError, DockerUnavailable
-from security.hardening import audit_host_config
+from agent.host.network import TaskNetworking
+from agent.names import LABEL_ROLE, LABEL_SANDBOX_AGENT, ROLE_SANDBOX, sandbox_name
 from agent.steps.base import LaunchContext, StepError
-from agent.watcher import LABEL_SANDBOX_AGENT
 from netns.errors import NetworkError
-from netns.step import TaskNetworks
+from security.hardening import audit_host_config
 from titus_common.states import FinishReason
 
 log = logging.getLogger("titus.agent.network")
 
 RESOURCE_KEY = "network"
-LABEL_ROLE = "titus.role"
-ROLE_SANDBOX = "sandbox"
 SANDBOX_COMMAND = ["sleep", "2147483647"]
 SANDBOX_MEMORY = 8 * 1024 * 1024
 SANDBOX_PIDS = 4
 
 
-def sandbox_name(task_id: str) -> str:
-    return f"titus-sandbox-{task_id}"
-
-
-@dataclass
-class HostNetwork:
-    """The host-wide part: one pool and wiring for every task (built at agent start)."""
-
-    networks: TaskNetworks
-    sandbox_image: str
-
-
 class NetworkStep:
     name = RESOURCE_KEY
 
-    def __init__(self, host: HostNetwork) -> None:
+    def __init__(self, host: TaskNetworking) -> None:
         self.host = host
 
     async def setup(self, ctx: LaunchContext) -> None:
@@ -75,11 +61,14 @@ class NetworkStep:
         netns_path = f"/proc/{int(state['State']['Pid'])}/ns/net"
         groups = list(ctx.record.assignment.container.security_groups)
         try:
-            await self.host.networks.setup(ctx.task_id, netns_path, groups, mine, ctx.save)
+            await self.host.wire(ctx.task_id, netns_path, groups, mine, ctx.save)
         except NetworkError as e:
             raise StepError(
                 f"no network: {e.message}", FinishReason.CRASHED if e.platform_fault else FinishReason.FAILED
             ) from None
+        ctx.record.outputs.network = NetworkOutput(
+            address=str(mine["lease"]["address"]), netns_path=netns_path, sandbox_id=sandbox_id
+        )
         ctx.save()
         ctx.host_config_options["network_mode"] = f"container:{sandbox_id}"
         log.info("network %s", mine["lease"]["address"], extra={"task_id": ctx.task_id})
@@ -140,7 +129,7 @@ class NetworkStep:
     async def teardown(self, ctx: LaunchContext) -> None:
         mine = ctx.record.resources.get(self.name)
         if mine:
-            await self.host.networks.teardown(ctx.task_id, mine)  # idempotent; IP cools before reuse
+            await self.host.unwire(ctx.task_id, mine)  # idempotent; IP cools before reuse
         # The task container (torn down before this step) no longer holds the namespace.
         target = (mine or {}).get("sandbox_id") or sandbox_name(ctx.task_id)
         await ctx.docker.remove(target)

@@ -10,26 +10,16 @@ so teardown has nothing to release."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
-from security.hardening import BindRefused, hardening_options
-from security.posture import HostPosture
-from security.profiles import SecurityPolicy, SecurityRefused, resolve_security
+from agent.host.security import HostSecurity
 from agent.steps.base import LaunchContext, StepError
+from security.hardening import BindRefused, hardening_options
+from security.profiles import SecurityRefused, resolve_security
 from titus_common.states import FinishReason
 
 log = logging.getLogger("titus.agent.security")
 
 RESOURCE_KEY = "security"
-
-
-@dataclass
-class HostSecurity:
-    """The host-wide inputs of every task's decision: the policy (loaded once at start) and the
-    posture (probed at agent start, refreshed by the agent; None until the first probe)."""
-
-    policy: SecurityPolicy
-    posture: HostPosture | None = None
 
 
 class SecurityStep:
@@ -55,7 +45,7 @@ class SecurityStep:
             raise StepError(f"refused bind mount: {e}", FinishReason.FAILED) from None
         record = decision.to_json()
         mine = ctx.resources(self.name)
-        created = bool(ctx.record.resources.get("container", {}).get("id"))
+        created = ctx.record.container_id is not None
         if created and mine and mine.get("seccompDigest") != record["seccompDigest"]:
             # Set up again after a restart, but the container was already made with the earlier
             # decision: the record must keep describing what the container really has.

@@ -1,5 +1,5 @@
 """Agent configuration: network defaults, the aws provider's required settings, and the isolation
-policy built from the config (agent/config.py, agent/hostnet.py)."""
+policy built from the config (agent/config.py, agent/host/network.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
-from agent.hostnet import isolation_policy, make_provider
+from agent.host.network import isolation_policy, make_provider
 from netns.providers.aws import AwsProvider
 from netns.providers.local import LocalProvider
 
@@ -77,7 +77,7 @@ def test_isolation_policy_from_config(tmp_path: Path) -> None:
 
 
 def test_imds_token_key_is_kept_and_a_bad_one_refused(tmp_path: Path) -> None:
-    from agent.hostimds import KEY_FILE, load_or_create_key
+    from agent.host.metadata import KEY_FILE, load_or_create_key
 
     key = load_or_create_key(tmp_path)
     assert len(key) == 32 and (tmp_path / KEY_FILE).stat().st_mode & 0o777 == 0o600

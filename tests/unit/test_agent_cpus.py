@@ -1,4 +1,4 @@
-"""The host-level CPU object (agent/cpus.py), its applier against a fake engine, the cpuset step,
+"""The host-level CPU object (agent/host/cpus.py, cpuset_apply.py), its applier against a fake engine, the cpuset step,
 and the rebuild of the placement state from task checkpoints after a restart, on generated sysfs
 trees (cpuset/synthetic.py)."""
 
@@ -11,14 +11,14 @@ import pytest
 
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.config import AgentConfig, load_config
-from agent.cpus import (
-    CpusetApplier,
+from agent.host.cpus import (
     CpuStateError,
     HostCpus,
     PlacementFailed,
     auto_reserved,
     discover,
 )
+from agent.host.cpuset_apply import CpusetApplier
 from agent.docker_api import DockerError
 from agent.metrics import AgentMetrics
 from agent.steps.base import LaunchContext, StepError

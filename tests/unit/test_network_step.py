@@ -13,8 +13,11 @@ from agent.config import ConfigError, load_config
 from agent.docker_api import Docker, DockerError
 from security.hardening import audit_host_config
 from agent.steps.base import LaunchContext, StepError
-from agent.steps.network import HostNetwork, NetworkStep, sandbox_name
-from agent.steps.security import HostSecurity, SecurityStep
+from agent.host.network import TaskNetworking
+from agent.host.security import HostSecurity
+from agent.names import sandbox_name
+from agent.steps.network import NetworkStep
+from agent.steps.security import SecurityStep
 from security.profiles import default_policy
 from netns.errors import SubnetExhausted, UnknownSecurityGroup
 from netns.providers.local import LocalProvider, LocalVpc
@@ -90,7 +93,7 @@ async def secured(tmp_path: Path, ctx: LaunchContext) -> None:
 
 async def test_setup_creates_hardened_sandbox_wires_it_and_joins_the_task(tmp_path: Path) -> None:
     docker, nets = FakeDocker(), FakeNetworks()
-    step = NetworkStep(HostNetwork(nets, "img:sandbox"))  # type: ignore[arg-type]
+    step = NetworkStep(TaskNetworking(nets, "img:sandbox"))  # type: ignore[arg-type]
     ctx = setup_ctx(tmp_path, docker)
     await secured(tmp_path, ctx)
     await step.setup(ctx)
@@ -128,7 +131,7 @@ async def test_setup_creates_hardened_sandbox_wires_it_and_joins_the_task(tmp_pa
 async def test_network_errors_say_whose_fault(tmp_path: Path, error: Exception, reason: FinishReason) -> None:
     docker, nets = FakeDocker(), FakeNetworks()
     nets.fail = error
-    step = NetworkStep(HostNetwork(nets, "img"))  # type: ignore[arg-type]
+    step = NetworkStep(TaskNetworking(nets, "img"))  # type: ignore[arg-type]
     ctx = setup_ctx(tmp_path, docker)
     await secured(tmp_path, ctx)
     with pytest.raises(StepError) as e:
@@ -140,7 +143,7 @@ async def test_network_errors_say_whose_fault(tmp_path: Path, error: Exception, 
 
 async def test_teardown_without_setup_and_engine_refusal(tmp_path: Path) -> None:
     docker, nets = FakeDocker(), FakeNetworks()
-    step = NetworkStep(HostNetwork(nets, "img"))  # type: ignore[arg-type]
+    step = NetworkStep(TaskNetworking(nets, "img"))  # type: ignore[arg-type]
     ctx = setup_ctx(tmp_path, docker)
     await step.teardown(ctx)
     assert nets.teardowns == [] and docker.removed == [sandbox_name("t1")]
@@ -211,5 +214,5 @@ async def test_a_start_reported_failed_but_done_is_accepted(tmp_path: Path) -> N
     docker, nets = Racy(), FakeNetworks()
     ctx = setup_ctx(tmp_path, docker)
     await secured(tmp_path, ctx)
-    await NetworkStep(HostNetwork(nets, "img")).setup(ctx)  # type: ignore[arg-type]
+    await NetworkStep(TaskNetworking(nets, "img")).setup(ctx)  # type: ignore[arg-type]
     assert nets.setups == [("t1", "/proc/4242/ns/net")]

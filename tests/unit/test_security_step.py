@@ -14,7 +14,8 @@ from security.hardening import MASKED_PATHS, host_pids_limit
 from security.profiles import default_policy, load_policy
 from agent.steps.base import LaunchContext, StepError
 from agent.steps.container import ContainerStep
-from agent.steps.security import HostSecurity, SecurityStep
+from agent.host.security import HostSecurity
+from agent.steps.security import SecurityStep
 from tests.security.hosts import ENGINE_PLAIN, fake_posture
 from titus_common.jobspec import ContainerSpec, Resources
 from titus_common.protocol import TaskAssignment

@@ -1,13 +1,11 @@
-"""The host's CPUs: one placement state for every task on this host, and the one place that writes
-the resulting cpusets to containers.
+"""The host's CPUs: one placement state for every task on this host.
 
 - `HostCpus` decides. It owns the topology (discovered from sysfs at start) and one
   `cpuset.CpuAllocator`; it never talks to the engine. A task's grant is checkpointed in its own
   record (`resources["cpuset"]`), which is the checkpoint of truth: after a restart the allocator is
   rebuilt from those records, exactly, or the agent refuses to start.
-- `CpusetApplier` applies. It compares what each container should have with what was last written,
-  writes the difference with `docker update --cpuset-cpus`, and periodically reads the engine's and
-  the kernel's value back to correct drift.
+- `CpusetApplier` (agent/host/cpuset_apply.py) applies: it writes the resulting cpusets to the
+  containers and reads them back to correct drift.
 
 Classes (docs/cpuset.md): a static task holds `cpu` whole CPUs exclusively; a burst task holds
 floor(cpu) CPUs exclusively (possibly none) and runs on those plus the burst pool, i.e. every
@@ -17,21 +15,17 @@ usable CPU nobody holds, so it shrinks when static work arrives and grows when i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from agent.checkpoint import CheckpointCorrupt, TaskCheckpoint
 from agent.config import AgentConfig
-from agent.docker_api import Docker, DockerError, DockerUnavailable
 from agent.metrics import AgentMetrics
-from agent.steps.container import container_name
 from cpuset import (
     CpuAllocator,
     CpuBusy,
@@ -50,8 +44,6 @@ log = logging.getLogger("titus.agent.cpus")
 CpuClass = Literal["static", "burst"]
 RESOURCE_KEY = "cpuset"  # the cpuset step's entry in TaskCheckpoint.resources
 AUTO_RESERVE_MIN_CPUS = 4  # below this, reserving a core would take half the host or more
-UPDATE_CONCURRENCY = 16
-PENDING_RETRY_SECONDS = 1.0  # a container not created yet when its cpuset changed
 
 
 class CpuStateError(CheckpointCorrupt):
@@ -107,15 +99,14 @@ class _Busy(CpuBusy):
         self.cpus = tuple(c for c in cpus if c in held)
 
 
-def host_cpus(config: AgentConfig, docker: Docker, metrics: AgentMetrics) -> CpusetApplier:
-    """The host's placement state and its applier (`applier.host`); CpuStateError if the topology
-    cannot be read or the placement core is not built."""
+def discover_host(config: AgentConfig, metrics: AgentMetrics) -> HostCpus:
+    """The host's placement state; CpuStateError if the topology cannot be read or the placement
+    core is not built."""
     topology = discover(config)
     try:
-        host = HostCpus(topology, metrics)
+        return HostCpus(topology, metrics)
     except CpusetError as e:
         raise CpuStateError(f"cpuset placement unavailable: {e} (or run the agent with --no-cpuset)") from None
-    return CpusetApplier(host, docker, metrics, config.cgroup_root)
 
 
 class HostCpus:
@@ -364,115 +355,3 @@ def grant_from_record(task_id: str, entry: Mapping[str, Any]) -> CpuGrant:
     return CpuGrant(task_id, cls, float(request), cpus)
 
 
-class CpusetApplier:
-    """The one place that writes cpusets to containers, and reads them back."""
-
-    def __init__(self, host: HostCpus, docker: Docker, metrics: AgentMetrics, cgroup_root: Path) -> None:
-        self.host = host
-        self.docker = docker
-        self.metrics = metrics
-        self.cgroup_root = cgroup_root
-        self.applied: dict[str, str] = {}  # task → the cpulist its container was created with / last given
-        self.pending = False  # some write could not happen yet (container not created, engine away)
-        self._lock = asyncio.Lock()
-        self._limit = asyncio.Semaphore(UPDATE_CONCURRENCY)
-
-    def created_with(self, task_id: str, cpus: str) -> None:
-        """The cpuset step hands the container its cpuset at create time."""
-        self.applied[task_id] = cpus
-
-    async def apply(self) -> None:
-        """Bring every container to its desired cpuset; what cannot be written now stays pending."""
-        async with self._lock:
-            self.host.changed.clear()
-            desired = self.host.desired()
-            for gone in set(self.applied) - set(desired):
-                del self.applied[gone]
-            todo = {t: c for t, c in desired.items() if self.applied.get(t) != c}
-            results = await asyncio.gather(*(self._write(t, c) for t, c in todo.items()))
-            self.pending = not all(results)
-
-    async def verify(self) -> None:
-        """Read every container's cpuset back from the engine and the cgroup; put drifted ones back."""
-        async with self._lock:
-            desired = self.host.desired()
-            await asyncio.gather(*(self._verify_one(t, c) for t, c in desired.items()))
-
-    async def _write(self, task_id: str, cpus: str) -> bool:
-        async with self._limit:
-            try:
-                await self.docker.update_cpuset(container_name(task_id), cpus)
-            except DockerError as e:
-                if not e.not_found:  # not found: not created yet, or already gone; retried while held
-                    self.metrics.cpuset_update_failures.inc()
-                    log.warning("cpuset %s not applied: %s", cpus, e, extra={"task_id": task_id})
-                return False
-            except DockerUnavailable as e:
-                self.metrics.cpuset_update_failures.inc()
-                log.warning("cpuset %s not applied: %s", cpus, e, extra={"task_id": task_id})
-                return False
-        self.metrics.cpuset_updates.inc()
-        self.applied[task_id] = cpus
-        return True
-
-    async def _verify_one(self, task_id: str, cpus: str) -> None:
-        want = set(parse_cpulist(cpus))
-        async with self._limit:
-            try:
-                state = await self.docker.inspect(container_name(task_id))
-                if state is None:
-                    return
-                engine = str(state["HostConfig"].get("CpusetCpus") or "")
-                kernel = await self.docker.cgroup_cpuset(str(state["Id"]), self.cgroup_root)
-            except (DockerError, DockerUnavailable) as e:
-                log.warning("cpuset read-back failed: %s", e, extra={"task_id": task_id})
-                return
-        source = None
-        if _cpus(engine) != want:
-            source = "engine"
-        elif kernel and _cpus(kernel) != want:  # a stopped container has no cgroup; v2 may leave it empty
-            source = "cgroup"
-        if source is None:
-            self.applied[task_id] = cpus
-            return
-        log.warning(
-            "cpuset drift: container is on %s (%s), should be on %s; correcting",
-            engine if source == "engine" else kernel, source, cpus, extra={"task_id": task_id},
-        )
-        self.applied.pop(task_id, None)
-        if await self._write(task_id, cpus):
-            self.metrics.cpuset_drift_corrections.labels(source=source).inc()
-
-
-def _cpus(text: str) -> set[int] | None:
-    try:
-        return set(parse_cpulist(text))
-    except CpusetError:
-        return None
-
-
-async def cpuset_loop(host: HostCpus, applier: CpusetApplier, config: AgentConfig) -> None:
-    """Apply changes as they happen, rebalance and read back periodically. Never dies of an error."""
-    now = time.monotonic()
-    next_check = now  # read back at once: after a restart, containers may have drifted meanwhile
-    rebalance_every = config.cpuset_rebalance_seconds
-    next_rebalance = now + rebalance_every if rebalance_every > 0 else math.inf
-    while True:
-        now = time.monotonic()
-        wake_at = min(next_check, next_rebalance, now + PENDING_RETRY_SECONDS if applier.pending else math.inf)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(host.changed.wait(), timeout=max(0.0, wake_at - now))
-        try:
-            now = time.monotonic()
-            if now >= next_rebalance:
-                next_rebalance = now + rebalance_every
-                host.rebalance(config.cpuset_rebalance_max_moves)
-            if now >= next_check:  # first: after a restart it learns what containers already have
-                next_check = now + config.cpuset_check_seconds
-                await applier.verify()
-            await applier.apply()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("cpuset loop error (continuing)")
-            await asyncio.sleep(1.0)

@@ -1,6 +1,9 @@
 """The host-wide half of the metadata/credential proxy (docs/imds.md), built once at agent start: the
 metadata namespace and its per-task links (netns/metadata.py), the HTTP service with the STS
-credential broker on its own thread (imds/), the IMDSv2 token key and the ECS-endpoint token files."""
+credential broker on its own thread (imds/), the IMDSv2 token key and the ECS-endpoint token files.
+
+The metadata launch step uses `HostMetadata`; the agent drives `MetadataResource` through the
+lifecycle of agent/host/base.py."""
 
 from __future__ import annotations
 
@@ -9,17 +12,25 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from agent.checkpoint import TaskCheckpoint
 from agent.config import AgentConfig
+from agent.host.base import LiveTasks, launching
+from agent.metrics import AgentMetrics
 from imds.credentials import CredentialBroker
 from imds.service import MetadataService
 from imds.thread import ServiceThread
+from netns.errors import NetworkError
 from netns.metadata import MetadataNetwork
+from titus_common.errors import ConfigError, HostRefused
 from titus_common.files import atomic_write_bytes
+
+__all__ = ["HostMetadata", "MetadataResource", "load_or_create_key"]
 
 log = logging.getLogger("titus.agent.imds")
 
@@ -85,12 +96,12 @@ class HostMetadata:
             raise ValueError(f"STS GetCallerIdentity gave no usable account id ({account!r})")
         return account
 
-    def stop(self) -> None:
-        self.service.stop()
-
 
 def host_metadata(config: AgentConfig, registry: CollectorRegistry) -> HostMetadata:
-    key = load_or_create_key(config.state_dir)
+    try:
+        key = load_or_create_key(config.state_dir)
+    except (OSError, ValueError) as e:  # the token key file: refuse the start, with the cause
+        raise ConfigError(f"metadata proxy: {e}") from None
     broker = CredentialBroker(endpoint_url=config.aws_sts_endpoint_url, region=config.aws_region)
     service = MetadataService(broker, key, registry=registry)
     return HostMetadata(
@@ -105,3 +116,40 @@ def host_metadata(config: AgentConfig, registry: CollectorRegistry) -> HostMetad
         account_id=config.aws_account_id,
     )
 
+
+
+class MetadataResource:
+    """The metadata namespace and service. Tasks' metadata links outlive the agent (its restart must
+    not cut a task's credentials); listeners re-open through the step's `readopt`."""
+
+    name = "imds"
+
+    def __init__(self, config: AgentConfig, metrics: AgentMetrics) -> None:
+        self.metrics = metrics
+        self.host = host_metadata(config, metrics.registry)
+
+    async def start(self, records: Sequence[TaskCheckpoint]) -> None:
+        try:
+            await asyncio.to_thread(self.host.path.ensure)
+        except NetworkError as e:
+            raise HostRefused(f"metadata namespace: {e.message}") from None
+        self.host.service.start()
+
+    async def reconcile(self, tasks: LiveTasks) -> None:
+        return None
+
+    async def gc(self, tasks: LiveTasks) -> None:
+        """Metadata links of tasks the agent no longer holds. Skipped while a launch is wiring."""
+        if launching(tasks):
+            return
+        try:
+            leaked = await asyncio.to_thread(self.host.path.gc, set(tasks))
+        except Exception as e:  # never let the agent's loop die
+            log.warning("metadata link GC failed: %s", e)
+            return
+        if leaked:
+            self.metrics.network_leaks_removed.labels("metadata_link").inc(len(leaked))
+            log.warning("leaked metadata links removed: %s", leaked)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.host.service.stop)

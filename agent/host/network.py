@@ -1,0 +1,237 @@
+"""The host's networking as one resource (docs/network.md): the IP provider (local or aws), the pool
+and the wiring shared by every task, control-plane isolation, restore at start, the check that every
+running task still has its network sandbox, and the GC of links, rules, ENIs and sandboxes that no
+task holds.
+
+Launch steps use `TaskNetworking` (the per-task face: wire, unwire, the sandbox image); the agent
+drives `NetworkResource` through the lifecycle of `agent/host/base.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.checkpoint import TaskCheckpoint
+from agent.config import AgentConfig
+from agent.host.base import LiveTasks, launching
+from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
+from agent.metrics import AgentMetrics
+from agent.names import LABEL_ROLE, LABEL_SANDBOX_AGENT, ROLE_SANDBOX, container_name, sandbox_name
+from netns import isolation
+from netns.errors import NetworkError
+from netns.ipam import PoolConfig
+from netns.pool import NetworkPool
+from netns.providers.aws import AwsConfig, AwsProvider
+from netns.providers.base import Provider
+from netns.providers.local import LocalProvider, LocalVpc
+from netns.step import HostEniByMac, TaskNetworks, no_host_eni
+from netns.wiring import Wiring
+from titus_common.errors import HostRefused
+from titus_common.states import TaskState
+
+__all__ = ["NetworkResource", "TaskNetworking", "isolation_policy", "make_provider", "scheduler_addresses"]
+
+log = logging.getLogger("titus.agent.network")
+
+# Any node's sandbox whose task container is gone is removed once it is this old.
+SANDBOX_ORPHAN_AGE = 600.0
+
+
+@dataclass
+class TaskNetworking:
+    """What the network launch step needs of the host: wire a task's namespace, unwire it."""
+
+    networks: TaskNetworks
+    sandbox_image: str
+
+    async def wire(
+        self, task_id: str, netns_path: str, groups: list[str], record: dict[str, Any], save: Callable[[], None]
+    ) -> None:
+        await self.networks.setup(task_id, netns_path, groups, record, save)
+
+    async def unwire(self, task_id: str, record: Mapping[str, Any]) -> None:
+        await self.networks.teardown(task_id, record)  # idempotent; the IP cools before reuse
+
+
+def local_vpc_state(config: AgentConfig) -> Path:
+    if config.network_local_vpc_state is not None:
+        return config.network_local_vpc_state
+    return Path("/var/lib/titus/netns") / f"local-vpc-{config.network_cidr.replace('/', '_')}.json"
+
+
+def make_provider(config: AgentConfig) -> Provider:
+    if config.network_provider == "aws":
+        return AwsProvider(
+            AwsConfig(
+                node_id=config.node_id,
+                instance_id=config.aws_instance_id,
+                instance_type=config.aws_instance_type,
+                subnet_id=config.aws_subnet_id,
+                region=config.aws_region,
+                endpoint_url=config.aws_endpoint_url,
+            )
+        )
+    return LocalProvider(config.node_id, LocalVpc(config.network_cidr, state_path=local_vpc_state(config)))
+
+
+def task_networking(config: AgentConfig) -> TaskNetworking:
+    """One IP pool and one wiring for the host. With aws, each ENI's host link (found by MAC) gets its
+    own routing table; the local provider's ENIs have no link (host routing only)."""
+    provider = make_provider(config)
+    lim = provider.limits
+    pool = NetworkPool(
+        provider,
+        PoolConfig(
+            max_enis=lim.container_enis,
+            ips_per_eni=lim.container_ips_per_eni,
+            default_security_groups=("sg-default",),
+        ),
+        checkpoint_path=config.state_dir / "ipam.json",
+        acquire_timeout_s=config.network_acquire_timeout_seconds,
+    )
+    host_eni_for = HostEniByMac() if config.network_provider == "aws" else no_host_eni
+    networks = TaskNetworks(pool, Wiring(owner=config.node_id), host_eni_for=host_eni_for)
+    return TaskNetworking(networks, config.sandbox_image)
+
+
+def scheduler_addresses(scheduler_url: str) -> list[str]:
+    """The scheduler's IPv4 addresses, resolved (blocking: call from a thread). Loopback is left out:
+    a task has its own loopback and cannot reach the host's."""
+    host = urlsplit(scheduler_url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        log.warning("cannot resolve the scheduler host %r for control-plane isolation: %s", host, e)
+        return []
+    found = {str(info[4][0]) for info in infos}
+    return sorted(a for a in found if not ipaddress.IPv4Address(a).is_loopback)
+
+
+def isolation_policy(config: AgentConfig) -> isolation.IsolationPolicy:
+    """Tasks reach neither the host's own ports (but the allowed ones) nor the scheduler nor the
+    operator's control-plane CIDRs; with isolation off, only the metadata drop stays (a task must
+    never reach the host's real IMDS). Blocking (resolves the scheduler's name)."""
+    cidrs = [f"{a}/32" for a in scheduler_addresses(config.scheduler_url)]
+    cidrs += [str(ipaddress.IPv4Network(c)) for c in config.network_control_plane_cidrs]
+    return isolation.IsolationPolicy(
+        allowed_host_tcp_ports=tuple(config.network_allowed_host_tcp_ports),
+        allowed_host_udp_ports=tuple(config.network_allowed_host_udp_ports),
+        control_plane_cidrs=tuple(dict.fromkeys(cidrs)),
+        isolate=config.network_isolation,
+    )
+
+
+class NetworkResource:
+    """The lifecycle of the host's networking (agent/host/base.py). `on_lost(task_id, message)` is
+    called for a running task whose sandbox died (the agent ends that task `crashed`)."""
+
+    name = "network"
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        docker: Docker,
+        metrics: AgentMetrics,
+        on_lost: Callable[[str, str], None],
+        tasks: TaskNetworking | None = None,
+    ) -> None:
+        self.config = config
+        self.docker = docker
+        self.metrics = metrics
+        self.on_lost = on_lost
+        self.tasks = tasks or task_networking(config)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.tasks.networks.snapshot()
+
+    async def start(self, records: Sequence[TaskCheckpoint]) -> None:
+        try:
+            policy = await asyncio.to_thread(isolation_policy, self.config)
+            await asyncio.to_thread(isolation.apply, policy)
+        except NetworkError as e:  # not enforceable: do not run tasks without it
+            raise HostRefused(f"control-plane isolation: {e.message}") from None
+        log.info("network isolation applied (nftables table inet %s): host ports %s, host ports allowed %s, "
+                 "control plane dropped %s, metadata addresses dropped", isolation.TABLE,
+                 "closed" if policy.isolate else "OPEN (--no-network-isolation)",
+                 list(policy.allowed_host_tcp_ports), list(policy.control_plane_cidrs))
+        # Tasks not finished keep their addresses; the rest is reconciled. A corrupt ipam.json is a
+        # StateCorrupt, an EC2 error a ProviderError: both refuse the start with their message.
+        report = await self.tasks.networks.restore(
+            {r.task_id: r.resources["network"] for r in records
+             if not r.state.terminal and isinstance(r.resources.get("network"), dict)}
+        )
+        log.info("network pool restored: kept %d, adopted %d, released %d, orphans %s",
+                 len(report.kept), len(report.adopted), len(report.released), sorted(report.orphan_tasks))
+        with contextlib.suppress(Exception):
+            await self._collect_sandboxes({r.task_id for r in records})
+
+    async def reconcile(self, tasks: LiveTasks) -> None:
+        """A running task whose sandbox is gone or stopped has lost its network (events missed)."""
+        try:
+            sandboxes = await self._list_sandboxes()
+        except (DockerUnavailable, DockerError) as e:
+            log.warning("reconcile: cannot list network sandboxes: %s", e)
+            return
+        alive = {(c.get("Labels") or {}).get(LABEL_TASK) for c in sandboxes if c.get("State") == "running"}
+        for task_id, record in tasks.items():
+            if record.state is TaskState.STARTED and task_id not in alive and record.outputs.network is not None:
+                self.on_lost(task_id, lost_message(task_id))
+
+    async def gc(self, tasks: LiveTasks) -> None:
+        """Leaks: this agent's links and rules of tasks it no longer holds, IPs held for no task, and
+        sandboxes nobody needs. Never under a launch's feet: skipped while one is wiring."""
+        if launching(tasks):
+            return
+        try:
+            report = await self.tasks.networks.collect_leaks(set(tasks))
+            for kind, found in (("link", report.wiring.links), ("rule", report.wiring.rules),
+                                ("namespace", report.wiring.namespaces), ("eni", report.enis)):
+                if found:
+                    self.metrics.network_leaks_removed.labels(kind).inc(len(found))
+            if report.wiring.links or report.wiring.rules or report.enis:
+                log.warning("network leaks removed: links %s, rules %s, ENIs %s",
+                            report.wiring.links, report.wiring.rules, report.enis)
+            await self._collect_sandboxes(set(tasks))
+        except Exception as e:  # never let the agent's loop die
+            log.warning("network GC failed: %s", e)
+
+    async def stop(self) -> None:
+        await self.tasks.networks.pool.close()
+
+    async def _list_sandboxes(self) -> list[dict[str, Any]]:
+        return await self.docker.list_containers(f"{LABEL_SANDBOX_AGENT}={self.config.node_id}", f"{LABEL_ROLE}={ROLE_SANDBOX}")
+
+    async def _collect_sandboxes(self, held: set[str]) -> None:
+        """Remove this node's sandboxes of tasks it does not hold, and any node's sandbox whose task
+        container does not exist and that is older than SANDBOX_ORPHAN_AGE (its agent is gone or the
+        task was removed behind its back: the namespace serves nobody)."""
+        containers = await self.docker.list_containers(LABEL_TASK)
+        names = {n.lstrip("/") for c in containers for n in c.get("Names") or []}
+        now = time.time()
+        for c in containers:
+            labels = c.get("Labels") or {}
+            if labels.get(LABEL_ROLE) != ROLE_SANDBOX:
+                continue
+            task_id = str(labels.get(LABEL_TASK))
+            if labels.get(LABEL_SANDBOX_AGENT) == self.config.node_id:
+                leaked = task_id not in held
+            else:
+                leaked = container_name(task_id) not in names and now - float(c.get("Created", now)) > SANDBOX_ORPHAN_AGE
+            if leaked:
+                log.warning("removing the leaked network sandbox %s of task %s", str(c["Id"])[:12], task_id)
+                await self.docker.remove(str(c["Id"]))
+                self.metrics.network_leaks_removed.labels("sandbox").inc()
+
+
+def lost_message(task_id: str) -> str:
+    return f"the task's network sandbox {sandbox_name(task_id)} died: the task lost its network"
