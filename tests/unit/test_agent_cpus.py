@@ -28,7 +28,7 @@ from cpuset.synthetic import TOPOLOGIES, SyntheticSpec, topology_of, write_sysfs
 from titus_common.jobspec import ContainerSpec, Resources
 from titus_common.protocol import TaskAssignment
 from titus_common.states import FinishReason, TaskState
-from titusctl.main import cpu_map
+from titusctl.render import cpu_map
 
 TINY = SyntheticSpec(name="tiny", sockets=1, l3_per_socket=1, cores_per_l3=2, threads=1)  # 2 CPUs, like CI
 

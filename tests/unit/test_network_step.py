@@ -25,7 +25,7 @@ from tests.security.hosts import ENGINE_PLAIN, fake_posture
 from titus_common.jobspec import ContainerSpec, Resources
 from titus_common.protocol import TaskAssignment
 from titus_common.states import FinishReason, TaskState
-from titusctl.main import net_map
+from titusctl.render import net_map
 
 
 def record(task_id: str = "t1") -> TaskCheckpoint:

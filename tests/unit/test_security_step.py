@@ -20,7 +20,7 @@ from tests.security.hosts import ENGINE_PLAIN, fake_posture
 from titus_common.jobspec import ContainerSpec, Resources
 from titus_common.protocol import TaskAssignment
 from titus_common.states import FinishReason, TaskState
-from titusctl.main import doctor_text, posture_summary
+from titusctl.render import doctor_text, posture_summary
 
 
 def record(task_id: str = "t1", owner: str | None = "me", app: str | None = "web", **attrs: str) -> TaskCheckpoint:

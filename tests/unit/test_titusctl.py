@@ -4,13 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from titusctl.main import (
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    build_parser,
-    job_spec_from_args,
-    main,
-)
+from titusctl.client import EXIT_UNREACHABLE, EXIT_USAGE
+from titusctl.commands import job_spec_from_args
+from titusctl.main import build_parser, main
 
 
 def free_port() -> int:

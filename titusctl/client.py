@@ -1,0 +1,81 @@
+"""titusctl's HTTP side: `Api` (the scheduler), `ask_agent` and `agent_health` (the local agent),
+the default URLs, `CliError` and the exit codes.
+
+Exit codes scripts can rely on: 0 ok · 1 the request was refused or the object not found ·
+2 bad usage or input file · 3 the scheduler cannot be reached · 4 `--wait` ended with a task not normal.
+Every failure reaches `main` as a `CliError` carrying one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import requests
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TASK_NOT_NORMAL = 0, 1, 2, 3, 4
+DEFAULT_URL = os.environ.get("TITUS_SCHEDULER", "http://127.0.0.1:7100")
+DEFAULT_AGENT_URL = os.environ.get("TITUS_AGENT", "http://127.0.0.1:7101")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Api:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout
+        self.http = requests.Session()
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        try:
+            r = self.http.request(method, self.base + path, json=body, timeout=self.timeout, headers=headers)
+        except requests.RequestException as e:
+            raise CliError(
+                f"cannot reach the scheduler at {self.base} ({e.__class__.__name__}); is titus-scheduler "
+                "running? (set --scheduler or TITUS_SCHEDULER)",
+                EXIT_UNREACHABLE,
+            ) from None
+        try:
+            doc = r.json()
+        except ValueError:
+            raise CliError(f"{method} {path}: HTTP {r.status_code} with a non-JSON answer", EXIT_UNREACHABLE) from None
+        if r.status_code >= 400:
+            err = doc.get("error", {}) if isinstance(doc, dict) else {}
+            lines = [f"error: {err.get('message', f'HTTP {r.status_code}')}"]
+            for p in err.get("problems", []):
+                lines.append(f"  {p.get('field') or '(job)'}: {p.get('message')}")
+            raise CliError("\n".join(lines), EXIT_REFUSED)
+        return doc
+
+
+def ask_agent(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    """A host diagnostic: asked of the local agent (`--agent`), never through the scheduler."""
+    url = args.agent.rstrip("/") + path
+    try:
+        r = requests.get(url, timeout=10)
+        doc = r.json()
+    except requests.RequestException as e:
+        raise CliError(f"cannot reach the agent at {args.agent} ({e.__class__.__name__}); set --agent", EXIT_UNREACHABLE) from None
+    except ValueError:
+        raise CliError(f"GET {url}: HTTP {r.status_code} with a non-JSON answer", EXIT_UNREACHABLE) from None
+    if r.status_code >= 400:
+        raise CliError(f"error: {doc.get('error', {}).get('message', f'HTTP {r.status_code}')}", EXIT_REFUSED)
+    return dict(doc)
+
+
+def agent_health(agent_url: str) -> dict[str, Any]:
+    """The local agent's /healthz, or why it could not be had; never raises (only meaningful on
+    the host itself, so an absent agent is a fact to report, not an error)."""
+    url = agent_url.rstrip("/")
+    agent: dict[str, Any] = {"url": url, "reachable": False}
+    try:
+        r = requests.get(url + "/healthz", timeout=3)
+        agent.update(reachable=True, healthz=r.json())
+    except (requests.RequestException, ValueError) as e:
+        agent["error"] = e.__class__.__name__
+    return agent
