@@ -7,10 +7,17 @@ containers (a container's netns exists before its network step runs):
   0: every launch waits for the provider) and warm (pre-filled);
 - the `aws` provider against moto (server mode on loopback): EC2 calls per launch in a 50-launch
   burst;
-- the floor, in the same run: a bare veth pair with an address into a fresh namespace with `ip`.
+- two floors, in the same run, each the same four steps (a veth pair with one end moved into a
+  fresh namespace, an address on that end, both ends up): with four fork/exec'd `ip` commands
+  (`floor_p99_ms`), and in-process with pyroute2 over netlink sockets opened in the two namespaces
+  the way `netns.wiring` opens them (setns on this thread, no helper process; `netlink_floor_p99_ms`).
+  The ratios of the warm sequential p99 to each floor are reported as well. The netlink floor is the
+  nearer bound: `TaskNetworks.setup` is in-process pyroute2 too, and does more (routes, a neighbour
+  entry, policy rules, the address pool).
 
 Everything it creates (namespaces, links, the moto process) is removed at the end.
 Last line: RESULT network warm_p99_ms=… burst_p99_ms=… ec2_calls_per_launch=… floor_p99_ms=…
+netlink_floor_p99_ms=… warm_over_ip_floor=… warm_over_netlink_floor=…
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from netns.pool import NetworkPool  # noqa: E402
 from netns.providers.aws import AwsConfig, AwsProvider  # noqa: E402
 from netns.providers.local import LocalProvider, LocalVpc  # noqa: E402
 from netns.step import TaskNetworks  # noqa: E402
-from netns.wiring import Wiring  # noqa: E402
+from netns.wiring import Wiring, iproute_in  # noqa: E402
 from tests.moto_server import moto_server  # noqa: E402
 
 PREFIX = f"tnb{os.getpid() % 100000}-"
@@ -210,6 +217,30 @@ def floor_round(spaces: Namespaces, host: str, count: int) -> list[float]:
     return samples
 
 
+def netlink_floor_round(spaces: Namespaces, host: str, count: int) -> list[float]:
+    """The `ip` floor's four steps in-process: pyroute2, one netlink socket per namespace."""
+    samples = []
+    for i in range(count):
+        container = "/var/run/netns/" + spaces.new("n")
+        name = f"nl{i}"
+        start = time.perf_counter()
+        with iproute_in(host) as outer:
+            target = os.open(container, os.O_RDONLY)
+            try:
+                outer.link("add", ifname=name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": target})
+            finally:
+                os.close(target)
+            with iproute_in(container) as inner:
+                (eth,) = inner.link_lookup(ifname="eth0")
+                inner.addr("add", index=eth, address=f"10.61.{i // 250}.{i % 250 + 2}", prefixlen=32)
+                inner.link("set", index=eth, state="up")
+            (index,) = outer.link_lookup(ifname=name)
+            outer.link("set", index=index, state="up")
+        samples.append((time.perf_counter() - start) * 1000)
+        spaces.delete(Path(container).name)
+    return samples
+
+
 def line(label: str, samples: list[float]) -> str:
     return (
         f"{label:<24} n={len(samples):<4} p50={statistics.median(samples):7.2f} ms "
@@ -229,6 +260,8 @@ async def main() -> int:
     try:
         host = make_host(spaces)
         floor = floor_round(spaces, host, sequential)
+        # pyroute2's synchronous IPRoute runs its own event loop: off this one, as Wiring is
+        netlink_floor = await asyncio.to_thread(netlink_floor_round, spaces, host, sequential)
         local = await local_rounds(spaces, host, sequential)
         with moto_server() as endpoint:
             aws_latency, calls_per_launch, calls = await aws_round(spaces, host, endpoint)
@@ -236,6 +269,7 @@ async def main() -> int:
         spaces.close()
     print(f"# network setup per container, host = a namespace, {os.cpu_count()} CPUs")
     print(line("floor (ip veth+addr)", floor))
+    print(line("floor (netlink in-proc)", netlink_floor))
     for label, (setup, teardown) in local.items():
         print(line(f"{label} setup", setup))
     for label, (_, teardown) in local.items():
@@ -245,9 +279,14 @@ async def main() -> int:
     print(f"aws(moto) burst of {BURST}: {calls} EC2 calls, {calls_per_launch:.2f} per launch")
     warm_p99 = pct(local["local warm seq"][0], 0.99)
     burst_p99 = pct(local["local cold burst"][0], 0.99)
+    ip_floor_p99 = pct(floor, 0.99)
+    netlink_floor_p99 = pct(netlink_floor, 0.99)
     print(
         f"RESULT network warm_p99_ms={warm_p99:.1f} burst_p99_ms={burst_p99:.1f} "
-        f"ec2_calls_per_launch={calls_per_launch:.2f} floor_p99_ms={pct(floor, 0.99):.1f}"
+        f"ec2_calls_per_launch={calls_per_launch:.2f} floor_p99_ms={ip_floor_p99:.1f} "
+        f"netlink_floor_p99_ms={netlink_floor_p99:.1f} "
+        f"warm_over_ip_floor={warm_p99 / ip_floor_p99:.2f} "
+        f"warm_over_netlink_floor={warm_p99 / netlink_floor_p99:.2f}"
     )
     return 0
 

@@ -4,7 +4,13 @@ Written from the description in ``shared/reference/cpu-placement.md`` sections 2
 (no upstream code copied): packed ``takeByTopology`` (numaFirst / socketsFirst level
 order, best-fit ordering by free CPUs then id, whole first-level, second-level and core
 takes, then single CPUs), the Topology Manager NUMA hint (best-effort or restricted), and
-the ``full-pcpus-only`` option. Not implemented: the distributed (KEP-2902), spread
+the ``full-pcpus-only`` option. ``full-pcpus-only`` follows ``policy_static.go``
+(kubernetes/kubernetes ``validateSMTAlignment`` / ``Allocate``): ``SMTAlignmentError`` when
+the request is not a multiple of CPUsPerCore (NumCPUs / NumCores), or exceeds the free CPUs
+outside the reserved CPUs' cores (``GetAvailablePhysicalCPUs``); the allocation itself is
+the ordinary packed take. Kubelet rejects a restricted Topology Manager mismatch at
+admission, before ``Allocate``; here the SMT check comes first (either way the request is
+refused, only the error type differs). Not implemented: the distributed (KEP-2902), spread
 (distribute-cpus-across-cores) and uncore (KEP-4800) variants.
 
 Like kubelet, the "is this element fully free" tests compare against homogeneous sizes
@@ -178,6 +184,10 @@ def take_by_topology_packed(kt: KubeletTopology, available: Iterable[int], n: in
     return acc.result
 
 
+def kt_siblings(kt: KubeletTopology, cpu: int) -> frozenset[int]:
+    return kt.cpus_in_core[kt.core_of[cpu]]
+
+
 class KubeletStaticPolicy:
     """Exclusive-CPU allocator of the static policy, driven like the project's allocator.
 
@@ -197,6 +207,10 @@ class KubeletStaticPolicy:
         self.topology_manager = topology_manager
         self.full_pcpus_only = full_pcpus_only
         self.free: set[int] = set(topo.usable)
+        # reservedPhysicalCPUs: the reserved CPUs and their core siblings
+        self.reserved_physical: frozenset[int] = frozenset(
+            s for r in topo.reserved for s in kt_siblings(self.kt, r)
+        )
         self.assignments: dict[str, tuple[int, ...]] = {}
         self.numa_ids = sorted(self.kt.cpus_in_numa)
 
@@ -228,20 +242,27 @@ class KubeletStaticPolicy:
     def allocate(self, workload: str, n: int) -> tuple[int, ...]:
         if workload in self.assignments:
             raise KubeletError(f"{workload} already allocated")
+        kt = self.kt
+        if self.full_pcpus_only:
+            # policy_static.go validateSMTAlignment: a multiple of CPUsPerCore (NumCPUs /
+            # NumCores), and no more than the free CPUs outside the reserved CPUs' cores
+            if n % kt.cpus_per_core != 0:
+                raise SMTAlignmentError(
+                    f"SMT Alignment Error: requested {n} cpus not multiple cpus per core = "
+                    f"{kt.cpus_per_core}"
+                )
+            available_physical = len(self.free - self.reserved_physical)
+            if n > available_physical:
+                raise SMTAlignmentError(
+                    "SMT Alignment Error: not enough free physical CPUs: available physical "
+                    f"CPUs = {available_physical}, requested CPUs = {n}, CPUs per core = "
+                    f"{kt.cpus_per_core}"
+                )
         if n > len(self.free):
             raise NotEnoughCpus(
                 "not enough cpus available to satisfy request: "
                 f"requested={n}, available={len(self.free)}"
             )
-        kt = self.kt
-        if self.full_pcpus_only:
-            if n % kt.cpus_per_core != 0:
-                raise SMTAlignmentError(f"{n} is not a multiple of {kt.cpus_per_core}")
-            whole = sum(
-                1 for c in kt.cpus_in_core.values() if len(c & self.free) == kt.cpus_per_core
-            )
-            if n > whole * kt.cpus_per_core:
-                raise SMTAlignmentError("not enough free physical cores")
         aligned: set[int] = set()
         if self.topology_manager is not None:
             hint = self.numa_hint(n)
