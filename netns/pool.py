@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from netns.errors import EniLimitReached, NetworkError, PoolTimeout
+from netns.errors import CheckpointError, EniLimitReached, NetworkError, PoolTimeout
 from netns.ipam import (
     Action,
     AssignIps,
@@ -85,8 +85,15 @@ class NetworkPool:
         """Load the checkpoint, reconcile it with the provider's ENIs and the tasks that still have a
         network (task id -> address), then start refilling. Call once, before any acquire."""
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
-            doc = json.loads(self.checkpoint_path.read_text())
-            self.pool = IpPool.from_json(self.config, doc)
+            try:
+                doc = json.loads(self.checkpoint_path.read_text())
+                self.pool = IpPool.from_json(self.config, doc)
+            except CheckpointError as e:
+                raise CheckpointError(f"{self.checkpoint_path}: {e.message}") from None
+            except (OSError, ValueError) as e:  # unreadable, not JSON, not UTF-8
+                raise CheckpointError(
+                    f"{self.checkpoint_path} cannot be read ({e}); move it aside to rebuild the pool from the provider"
+                ) from None
         enis = await self.provider.list_enis()
         self.enis = {e.eni_id: e for e in enis}
         snapshots = [

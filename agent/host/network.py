@@ -155,6 +155,14 @@ class NetworkResource:
         return self.tasks.networks.snapshot()
 
     async def start(self, records: Sequence[TaskCheckpoint]) -> None:
+        # Tasks not finished keep their addresses; the rest is reconciled. A corrupt ipam.json is a
+        # StateCorrupt, an EC2 error a ProviderError: both refuse the start with their message.
+        report = await self.tasks.networks.restore(
+            {r.task_id: r.resources["network"] for r in records
+             if not r.state.terminal and isinstance(r.resources.get("network"), dict)}
+        )
+        log.info("network pool restored: kept %d, adopted %d, released %d, orphans %s",
+                 len(report.kept), len(report.adopted), len(report.released), sorted(report.orphan_tasks))
         try:
             policy = await asyncio.to_thread(isolation_policy, self.config)
             await asyncio.to_thread(isolation.apply, policy)
@@ -164,14 +172,6 @@ class NetworkResource:
                  "control plane dropped %s, metadata addresses dropped", isolation.TABLE,
                  "closed" if policy.isolate else "OPEN (--no-network-isolation)",
                  list(policy.allowed_host_tcp_ports), list(policy.control_plane_cidrs))
-        # Tasks not finished keep their addresses; the rest is reconciled. A corrupt ipam.json is a
-        # StateCorrupt, an EC2 error a ProviderError: both refuse the start with their message.
-        report = await self.tasks.networks.restore(
-            {r.task_id: r.resources["network"] for r in records
-             if not r.state.terminal and isinstance(r.resources.get("network"), dict)}
-        )
-        log.info("network pool restored: kept %d, adopted %d, released %d, orphans %s",
-                 len(report.kept), len(report.adopted), len(report.released), sorted(report.orphan_tasks))
         with contextlib.suppress(Exception):
             await self._collect_sandboxes({r.task_id for r in records})
 
