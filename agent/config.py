@@ -1,30 +1,55 @@
-"""Agent configuration: command-line flags, optionally from a TOML file (`--config`), flags winning."""
+"""Agent configuration: a typed model (`AgentConfig`) filled from defaults, a TOML file (`--config`),
+environment variables `TITUS_AGENT_<KEY>` and command-line flags, in that order of precedence (a
+flag wins). Every check is a validator of the model; a wrong value refuses start with a ConfigError
+naming where it came from and the key (titus_common/config.py)."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
+import os
 import socket
-import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator, model_validator
+
+from cpuset.errors import CpusetError
+from cpuset.topology import parse_cpulist
 from netns.providers.base import usable_addresses
+from titus_common.config import Source, build, env_source, flag_source, toml_source
 from titus_common.daemon import parse_listen
 from titus_common.errors import ConfigError
 
+__all__ = ["ENV_PREFIX", "AgentConfig", "ConfigError", "build_parser", "check_network", "load_config"]
+
+ENV_PREFIX = "TITUS_AGENT_"
+# Labels every node has unless a source sets them (placement constraints name them).
+DEFAULT_LABELS = {"zone": "local", "instanceType": "local"}
+
+# A path key: a string in TOML or the environment, a Path from a flag or from code.
+AnyPath = Annotated[Path, Strict(False)]
 
 
-@dataclass
-class AgentConfig:
-    node_id: str
+def _positive(value: float, *, zero_ok: bool = False) -> float:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"must be {'non-negative' if zero_ok else 'positive'}, got {value!r}")
+    return value
+
+
+class AgentConfig(BaseModel):
+    # Strict: a TOML "5" for a number is refused, not coerced. Unknown keys are refused.
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+    node_id: str = Field(default_factory=socket.gethostname)
     scheduler_url: str = "http://127.0.0.1:7100"
     listen: tuple[str, int] = ("127.0.0.1", 7101)
-    state_dir: Path = Path("/var/lib/titus/agent")
+    state_dir: AnyPath = Path("/var/lib/titus/agent")
     docker_url: str | None = None
-    docker_root: Path = Path("/var/lib/docker")
-    labels: dict[str, str] = field(default_factory=dict)
+    docker_root: AnyPath = Path("/var/lib/docker")
+    labels: dict[str, str] = Field(default_factory=dict)
     always_pull: bool = False
     sync_wait_seconds: float = 5.0
     # Capacity overrides (0 = measure the host).
@@ -34,8 +59,8 @@ class AgentConfig:
     log_level: str = "INFO"
     # cpuset placement (agent/cpus.py, agent/steps/cpuset.py; docs/cpuset.md).
     cpuset_enabled: bool = True
-    sysfs_root: Path = Path("/sys")
-    cgroup_root: Path = Path("/sys/fs/cgroup")
+    sysfs_root: AnyPath = Path("/sys")
+    cgroup_root: AnyPath = Path("/sys/fs/cgroup")
     # CPUs kept for the agent and the system, as a cpulist; None = automatic (none on hosts with
     # fewer than 4 CPUs, else every thread of the first core), "" = none.
     reserved_cpus: str | None = None
@@ -46,7 +71,7 @@ class AgentConfig:
     cpuset_check_seconds: float = 30.0
     # Security policy file (variant allow-list, AppArmor-unavailable mode; docs/security.md).
     # None = the built-in policy: only the `default` variant, refuse where AppArmor is required.
-    security_policy: Path | None = None
+    security_policy: AnyPath | None = None
     # Refuse to start when dockerd does not remap user namespaces (container root = host root).
     require_userns: bool = True
     # Networking: one IP per task (netns/, agent/steps/network.py; docs/network.md).
@@ -55,17 +80,17 @@ class AgentConfig:
     # The local provider's pretend VPC: carrier-grade NAT space, never routed on this host.
     network_cidr: str = "100.64.0.0/16"
     # The local VPC's state, shared by every agent on the host (None: /var/lib/titus/netns/…).
-    network_local_vpc_state: Path | None = None
+    network_local_vpc_state: AnyPath | None = None
     network_acquire_timeout_seconds: float = 30.0
     network_gc_seconds: float = 300.0
     # Control-plane isolation (netns/isolation.py): nftables table `inet titus_isolation`, scoped to
     # traffic arriving from task links (`tn*`): tasks reach no host port and not the scheduler.
     network_isolation: bool = True
     # Host ports tasks may reach anyway (an operator's choice, e.g. a node-local DNS cache).
-    network_allowed_host_tcp_ports: list[int] = field(default_factory=list)
-    network_allowed_host_udp_ports: list[int] = field(default_factory=list)
+    network_allowed_host_tcp_ports: list[int] = Field(default_factory=list)
+    network_allowed_host_udp_ports: list[int] = Field(default_factory=list)
     # More control-plane CIDRs tasks must not reach (the scheduler's own address is always added).
-    network_control_plane_cidrs: list[str] = field(default_factory=list)
+    network_control_plane_cidrs: list[str] = Field(default_factory=list)
     # The aws provider (network_provider = "aws"): this instance, its subnet and the EC2 endpoint.
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
@@ -75,7 +100,7 @@ class AgentConfig:
     # The metadata/credential proxy (imds/, agent/steps/imds.py; docs/imds.md): needs the network step.
     imds_enabled: bool = True
     # Where each task's ECS-endpoint bearer token is written (bind-mounted read-only into the task).
-    imds_token_dir: Path = Path("/run/titus-credentials")
+    imds_token_dir: AnyPath = Path("/run/titus-credentials")
     aws_sts_endpoint_url: str | None = None
     # The account of jobs that give a bare role name (None: asked of STS GetCallerIdentity once).
     aws_account_id: str | None = None
@@ -83,35 +108,144 @@ class AgentConfig:
     # Holds each task's network namespace (a `sleep` in a container the task joins).
     sandbox_image: str = "127.0.0.1:5000/titus/busybox:latest"
 
+    # ---- checks (each error names its key; titus_common/config.py adds where the value came from)
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("scheduler_url")
+    @classmethod
+    def _scheduler_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_listen(value)
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(str(e)) from None
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int) and not isinstance(value[1], bool):
+            if not 0 < value[1] < 65536:
+                raise ValueError(f"port {value[1]}: expected 1-65535")
+            return value
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key or "=" in key or any(c.isspace() for c in key):
+                raise ValueError(f"label key {key!r}: expected a non-empty name without '=' or spaces")
+        return value
+
+    @field_validator("sync_wait_seconds")
+    @classmethod
+    def _sync_wait(cls, value: float) -> float:
+        if not 0 < value <= 30:
+            raise ValueError(f"must be in (0, 30], got {value!r}")
+        return value
+
+    @field_validator("cpus", "memory_mib", "disk_mib", "cpuset_rebalance_seconds", "cpuset_rebalance_max_moves")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        return _positive(value, zero_ok=True)
+
+    @field_validator("cpuset_check_seconds", "network_acquire_timeout_seconds", "network_gc_seconds")
+    @classmethod
+    def _period(cls, value: float) -> float:
+        return _positive(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown level {value!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+        return value
+
+    @field_validator("reserved_cpus")
+    @classmethod
+    def _reserved_cpus(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_cpulist(value, what="cpulist")
+            except CpusetError as e:
+                raise ValueError(str(e).removeprefix("cpulist: ")) from None
+        return value
+
+    @field_validator("network_provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if value not in ("local", "aws"):
+            raise ValueError(f"expected 'local' or 'aws', got {value!r}")
+        return value
+
+    @field_validator("network_cidr")
+    @classmethod
+    def _network_cidr(cls, value: str) -> str:
+        usable_addresses(value)  # ValueError says what is wrong with it
+        return value
+
+    @field_validator("network_allowed_host_tcp_ports", "network_allowed_host_udp_ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        for port in value:
+            if not 0 < port < 65536:
+                raise ValueError(f"network allowed host port {port!r}: expected 1-65535")
+        return value
+
+    @field_validator("network_control_plane_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.IPv4Network(cidr)  # ValueError names the CIDR
+        return value
+
+    @field_validator("aws_instance_type")
+    @classmethod
+    def _instance_type(cls, value: str, info: ValidationInfo) -> str:
+        from netns.limits import UnknownInstanceType, limits_for
+
+        if value and info.data.get("network_provider") == "aws":
+            try:
+                limits_for(value)
+            except UnknownInstanceType as e:
+                raise ValueError(e.args[0]) from None
+        return value
+
+    @field_validator("aws_account_id")
+    @classmethod
+    def _account_id(cls, value: str | None) -> str | None:
+        if value is not None and not (len(value) == 12 and value.isdigit()):
+            raise ValueError(f"expected 12 digits, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _aws_provider(self) -> AgentConfig:
+        if self.network_provider == "aws":
+            missing = [k for k in ("aws_subnet_id", "aws_instance_id", "aws_instance_type") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"network_provider aws needs {', '.join(missing)}")
+        return self
+
 
 def check_network(config: AgentConfig) -> None:
-    from netns.limits import UnknownInstanceType, limits_for
-
-    if config.network_provider not in ("local", "aws"):
-        raise ConfigError(f"network_provider {config.network_provider!r}: expected 'local' or 'aws'")
-    if config.network_provider == "aws":
-        missing = [k for k in ("aws_subnet_id", "aws_instance_id", "aws_instance_type") if not getattr(config, k)]
-        if missing:
-            raise ConfigError(f"network_provider aws needs {', '.join(missing)}")
-        try:
-            limits_for(config.aws_instance_type)
-        except UnknownInstanceType as e:
-            raise ConfigError(f"aws_instance_type: {e.args[0]}") from None
-    if config.aws_account_id is not None and not (len(config.aws_account_id) == 12 and config.aws_account_id.isdigit()):
-        raise ConfigError(f"aws_account_id {config.aws_account_id!r}: expected 12 digits")
-    for port in (*config.network_allowed_host_tcp_ports, *config.network_allowed_host_udp_ports):
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigError(f"network allowed host port {port!r}: expected 1-65535")
-    for cidr in config.network_control_plane_cidrs:
-        try:
-            ipaddress.IPv4Network(cidr)
-        except ValueError as e:
-            raise ConfigError(f"network_control_plane_cidrs: {e}") from None
+    """Re-check a config built or changed in code (the model's validators; ConfigError if wrong)."""
+    build(AgentConfig, [Source("config", config.model_dump())])
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="titus-agent", description="Runs titus tasks as Docker containers")
-    p.add_argument("--config", type=Path, help="TOML file with the same keys as the flags (node_id, …)")
+    p.add_argument("--config", type=Path,
+                   help="TOML file with the same keys as the flags (node_id, …); TITUS_AGENT_<KEY> environment "
+                        "variables override it, flags override both")
     p.add_argument("--node-id", help="this host's name at the scheduler (default: hostname)")
     p.add_argument("--scheduler", dest="scheduler_url", help="scheduler base URL")
     p.add_argument("--listen", type=parse_listen, help="HOST:PORT for /metrics and /healthz")
@@ -167,57 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_FIELDS = {f for f in AgentConfig.__dataclass_fields__}
-
-
-def load_config(argv: list[str] | None = None) -> AgentConfig:
-    args = build_parser().parse_args(argv)
-    values: dict[str, Any] = {}
+def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Defaults < the TOML file of `--config` < TITUS_AGENT_<KEY> variables < flags. Labels merge
+    across sources (a later source wins per label); every other key is replaced whole."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    keys = AgentConfig.model_fields
+    sources = [Source("defaults", {"labels": dict(DEFAULT_LABELS)})]
     if args.config is not None:
-        try:
-            doc = tomllib.loads(args.config.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"{args.config}: {e}") from None
-        unknown = set(doc) - _FIELDS
-        if unknown:
-            raise ConfigError(f"{args.config}: unknown keys {sorted(unknown)}; known: {sorted(_FIELDS)}")
-        values.update(doc)
-    for key, value in vars(args).items():
-        if key in _FIELDS and value is not None:
-            values[key] = value
-    labels = dict(values.get("labels", {}))
-    for item in args.label:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--label {item!r}: expected KEY=VALUE")
-        labels[key] = value
-    labels.setdefault("zone", "local")
-    labels.setdefault("instanceType", "local")
-    values["labels"] = labels
-    values.setdefault("node_id", socket.gethostname())
-    for key in ("state_dir", "docker_root", "sysfs_root", "cgroup_root", "security_policy", "network_local_vpc_state",
-                "imds_token_dir"):
-        if key in values:
-            values[key] = Path(values[key])
-    if "listen" in values and isinstance(values["listen"], str):
-        values["listen"] = parse_listen(values["listen"])
-    try:
-        config = AgentConfig(**values)
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
-    if not 0 < config.sync_wait_seconds <= 30:
-        raise ConfigError("sync_wait_seconds must be in (0, 30]")
-    if config.cpuset_rebalance_seconds < 0 or config.cpuset_rebalance_max_moves < 0:
-        raise ConfigError("cpuset_rebalance_seconds and cpuset_rebalance_max_moves must not be negative")
-    if config.cpuset_check_seconds <= 0:
-        raise ConfigError("cpuset_check_seconds must be positive")
-    check_network(config)
-    try:
-        usable_addresses(config.network_cidr)
-    except ValueError as e:
-        raise ConfigError(f"network_cidr: {e}") from None
-    if config.network_acquire_timeout_seconds <= 0 or config.network_gc_seconds <= 0:
-        raise ConfigError("network_acquire_timeout_seconds and network_gc_seconds must be positive")
-    if not config.scheduler_url.startswith(("http://", "https://")):
-        raise ConfigError(f"scheduler URL must start with http:// or https://, got {config.scheduler_url!r}")
-    return config
+        sources.append(toml_source(AgentConfig, args.config))
+    sources.append(env_source(AgentConfig, ENV_PREFIX, os.environ if environ is None else environ))
+    flags = flag_source(parser, args, keys)
+    if args.label:
+        labels: dict[str, str] = {}
+        for item in args.label:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--label {item!r}: expected KEY=VALUE")
+            labels[key] = value
+        flags.values["labels"] = labels
+        flags.where["labels"] = "--label"
+    sources.append(flags)
+    return build(AgentConfig, sources, merge=("labels",))

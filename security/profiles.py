@@ -20,6 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+
 from security import apparmor
 from security.attributes import (
     FIELD_PREFIX,
@@ -43,6 +46,7 @@ from security.seccomp_profile import (
     full_profile,
     read_profile_document,
 )
+from titus_common.config import location
 from titus_common.jobspec import ContainerSpec, JobSpec
 
 PROFILE_DIR = Path(__file__).parent / "seccomp"
@@ -160,53 +164,94 @@ POLICY_EXAMPLE = """{
 }"""
 
 
+_GRANT_SHAPE = "a grant is an object with 'owner' and/or 'app' (glob patterns)"
+_POLICY_FIELDS = ("version", "apparmorUnavailable", "openVariants", "variants")
+
+
+class _GrantDoc(BaseModel):
+    """One entry of `variants.<name>`: owner and app globs, at least one of them given."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    owner: str = Field("*", min_length=1)
+    app: str = Field("*", min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValueError(_GRANT_SHAPE)
+        return value
+
+    @model_validator(mode="after")
+    def _not_everyone(self) -> _GrantDoc:
+        if self.owner == "*" and self.app == "*":
+            raise ValueError("grants everyone; list the variant in openVariants instead")
+        return self
+
+
+class _PolicyDoc(BaseModel):
+    """The policy file's shape (POLICY_EXAMPLE); profile names are checked against the catalog after."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    version: Literal[1]
+    apparmor_unavailable: AppArmorUnavailableMode = Field("refuse", alias="apparmorUnavailable")
+    open_variants: list[str] = Field(default_factory=lambda: ["default"], alias="openVariants")
+    variants: dict[str, list[_GrantDoc]] = Field(default_factory=dict)
+
+
+def _policy_problem(file: str, errors: list[ErrorDetails]) -> PolicyError:
+    """The first problem (an unknown top-level field first, as it may explain the rest) as a
+    PolicyError naming the field in the file's own terms."""
+    err = min(errors, key=lambda e: not (e["type"] == "extra_forbidden" and len(e["loc"]) == 1))
+    loc = err["loc"]
+    top = str(loc[0]) if loc else ""
+    if not loc:
+        return PolicyError(file, "", "must be a JSON object")
+    if len(loc) == 1 and err["type"] == "extra_forbidden":
+        return PolicyError(file, top, f"unknown field (allowed: {', '.join(sorted(_POLICY_FIELDS))})")
+    if top == "version":
+        return PolicyError(file, "version", "must be 1")
+    if top == "apparmorUnavailable":
+        mode = err.get("input")
+        return PolicyError(file, top, f"must be one of {', '.join(APPARMOR_MODES)}, not {mode!r}")
+    if top == "openVariants":
+        return PolicyError(file, top, "must be a list of profile names")
+    if len(loc) == 1:  # variants
+        return PolicyError(file, top, "must be an object: variant name -> list of grants")
+    if len(loc) == 2:
+        return PolicyError(file, location(loc), "must be a list of {owner, app} grants")
+    grant = location(loc[:3])
+    if len(loc) == 3:  # the grant itself: not an object, empty, or everyone
+        ctx_error = err.get("ctx", {}).get("error")
+        return PolicyError(file, grant, str(ctx_error) if ctx_error is not None else _GRANT_SHAPE)
+    if err["type"] == "extra_forbidden":
+        return PolicyError(file, grant, _GRANT_SHAPE)
+    return PolicyError(file, location(loc), "must be a non-empty string")
+
+
 def parse_policy(data: Any, catalog: ProfileCatalog, file: str = "<policy>") -> SecurityPolicy:
     """The policy file format is POLICY_EXAMPLE. Unknown fields and unknown variants are errors."""
-    if not isinstance(data, dict):
-        raise PolicyError(file, "", "must be a JSON object")
-    allowed = {"version", "apparmorUnavailable", "openVariants", "variants"}
-    for key in data:
-        if key not in allowed:
-            raise PolicyError(file, key, f"unknown field (allowed: {', '.join(sorted(allowed))})")
-    if data.get("version") != 1:
-        raise PolicyError(file, "version", "must be 1")
-    mode = data.get("apparmorUnavailable", "refuse")
-    if mode not in APPARMOR_MODES:
-        raise PolicyError(file, "apparmorUnavailable", f"must be one of {', '.join(APPARMOR_MODES)}, not {mode!r}")
+    try:
+        doc = _PolicyDoc.model_validate(data)
+    except ValidationError as e:
+        raise _policy_problem(file, e.errors()) from None
     known = set(catalog.names)
-    open_raw = data.get("openVariants", ["default"])
-    if not isinstance(open_raw, list) or not all(isinstance(v, str) for v in open_raw):
-        raise PolicyError(file, "openVariants", "must be a list of profile names")
-    for i, v in enumerate(open_raw):
+    for i, v in enumerate(doc.open_variants):
         if v not in known:
             raise PolicyError(file, f"openVariants[{i}]", f"no profile named {v!r} in {catalog.directory}")
-    variants = data.get("variants", {})
-    if not isinstance(variants, dict):
-        raise PolicyError(file, "variants", "must be an object: variant name -> list of grants")
-    grants: dict[str, tuple[VariantGrant, ...]] = {}
-    for variant, raw_grants in variants.items():
-        path = f"variants.{variant}"
+    for variant in doc.variants:
         if variant not in known:
-            raise PolicyError(file, path, f"no profile named {variant!r} in {catalog.directory}")
-        if not isinstance(raw_grants, list):
-            raise PolicyError(file, path, "must be a list of {owner, app} grants")
-        parsed: list[VariantGrant] = []
-        for i, g in enumerate(raw_grants):
-            gp = f"{path}[{i}]"
-            if not isinstance(g, dict) or not g or set(g) - {"owner", "app"}:
-                raise PolicyError(file, gp, "a grant is an object with 'owner' and/or 'app' (glob patterns)")
-            for k, v in g.items():
-                if not isinstance(v, str) or not v:
-                    raise PolicyError(file, f"{gp}.{k}", "must be a non-empty string")
-            if g.get("owner", "*") == "*" and g.get("app", "*") == "*":
-                raise PolicyError(file, gp, "grants everyone; list the variant in openVariants instead")
-            parsed.append(VariantGrant(owner=g.get("owner", "*"), app=g.get("app", "*")))
-        grants[variant] = tuple(parsed)
+            raise PolicyError(file, f"variants.{variant}", f"no profile named {variant!r} in {catalog.directory}")
     return SecurityPolicy(
         catalog=catalog,
-        grants=grants,
-        open_variants=frozenset(open_raw),
-        apparmor_unavailable=mode,
+        grants={
+            variant: tuple(VariantGrant(owner=g.owner, app=g.app) for g in grants)
+            for variant, grants in doc.variants.items()
+        },
+        open_variants=frozenset(doc.open_variants),
+        apparmor_unavailable=doc.apparmor_unavailable,
         source=file,
     )
 

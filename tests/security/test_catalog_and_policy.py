@@ -153,6 +153,34 @@ def test_policy_errors_name_the_field(catalog: ProfileCatalog, change: Any, fiel
     assert e.value.field == field and str(e.value).startswith("policy.json: ")
 
 
+@pytest.mark.parametrize(
+    "doc,field,message",
+    [
+        ([], "", "must be a JSON object"),
+        ({}, "version", "must be 1"),
+        ({"version": "1"}, "version", "must be 1"),
+        ({"version": 1, "openVariants": "default"}, "openVariants", "must be a list of profile names"),
+        ({"version": 1, "openVariants": [1]}, "openVariants", "must be a list of profile names"),
+        ({"version": 1, "variants": []}, "variants", "must be an object"),
+        ({"version": 1, "variants": {"perf": {"owner": "x"}}}, "variants.perf", "must be a list of {owner, app} grants"),
+        ({"version": 1, "variants": {"perf": ["x"]}}, "variants.perf[0]", "a grant is an object"),
+        ({"version": 1, "variants": {"perf": [{}]}}, "variants.perf[0]", "a grant is an object"),
+        ({"version": 1, "variants": {"perf": [{"owner": 5}]}}, "variants.perf[0].owner", "must be a non-empty string"),
+        ({"version": 2, "extra": 1}, "extra", "unknown field"),  # the unknown field first: it may explain the rest
+    ],
+)
+def test_policy_shape_errors_name_the_field(catalog: ProfileCatalog, doc: Any, field: str, message: str) -> None:
+    with pytest.raises(PolicyError) as e:
+        parse_policy(doc, catalog, "policy.json")
+    assert (e.value.file, e.value.field) == ("policy.json", field) and message in e.value.message
+
+
+def test_policy_defaults(catalog: ProfileCatalog) -> None:
+    policy = parse_policy({"version": 1}, catalog, "policy.json")
+    assert policy.open_variants == frozenset({"default"}) and policy.apparmor_unavailable == "refuse"
+    assert dict(policy.grants) == {} and policy.source == "policy.json"
+
+
 def test_policy_file_not_json(tmp_path: Path, catalog: ProfileCatalog) -> None:
     (tmp_path / "p.json").write_text("{")
     with pytest.raises(PolicyError, match="not valid JSON"):
