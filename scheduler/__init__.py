@@ -1,1 +1,29 @@
-"""titus-scheduler: the bundled control plane (job API, placement, persistent state)."""
+"""titus-scheduler: the bundled control plane (job API, placement, persistent state).
+
+The package owns the job API (`api`, `openapi`), the one writer of scheduler state (`core.Scheduler`)
+and the decisions it applies — what replaces an ended task (`retries`, `lifecycle`), host liveness
+(`liveness`), which hosts may take a job (`eligibility`) and which one does (`placement`) — its
+in-memory bookkeeping (`index`, `delivery`), its records and their store (`records`, `store`), its
+configuration (`config`), metrics (`metrics`) and the process (`main`).
+
+May import: `titus_common` and `security`, plus the standard library and third-party packages —
+never `agent`, `netns`, `imds`, `cpuset` or `titusctl` (the scheduler runs without any host code).
+"""
+
+__all__ = [
+    "api",
+    "config",
+    "core",
+    "delivery",
+    "eligibility",
+    "index",
+    "lifecycle",
+    "liveness",
+    "main",
+    "metrics",
+    "openapi",
+    "placement",
+    "records",
+    "retries",
+    "store",
+]

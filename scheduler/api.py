@@ -15,6 +15,7 @@ from security.profiles import SecurityPolicy, default_policy, validate_security_
 from scheduler.core import Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.records import JobRecord, JobState, TaskRecord
+from titus_common.errors import TitusError
 from titus_common.jobspec import SpecError, parse_job_spec
 from titus_common.protocol import SyncRequest, UpdatesRequest, UpdatesResponse
 from titus_common.states import TaskState
@@ -28,7 +29,9 @@ E = TypeVar("E", TaskState, JobState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(TitusError):
+    """A request the API refuses, with the HTTP status to answer."""
+
     def __init__(self, status: int, message: str, problems: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status

@@ -1,4 +1,11 @@
-"""titus-scheduler entry point."""
+"""titus-scheduler entry point.
+
+Configuration: the flags, optionally on top of a TOML file (`--config FILE`) whose keys are the long
+flags with underscores (`lost_after = 900.0`, `listen = "0.0.0.0:7100"`); a flag given wins over the
+file. Every start-up refusal — a bad flag or config value, a bad security policy file, a store that
+cannot be read, an address that cannot be bound — is one line on stderr, `titus-scheduler: cannot
+start: …`, and the exit code of its kind (titus_common/errors.py): 2 configuration, 3 store, 6 listen.
+"""
 
 from __future__ import annotations
 
@@ -8,71 +15,134 @@ import logging
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
-from security.profiles import PolicyError, default_policy, load_policy
 from scheduler.api import make_app
-from scheduler.core import Scheduler, SchedulerConfig
+from scheduler.config import SCHEDULER_KEYS, SchedulerConfig, ServiceConfig, read_toml, service_config
+from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import FirstFit
 from scheduler.store import SQLiteStore, StoreCorrupt
-from titus_common.daemon import CannotStart, parse_listen, refuse_start, serve_http, stop_on_signals
+from security.profiles import SecurityPolicy, default_policy, load_policy
+from titus_common.daemon import parse_listen, refuse_start, serve_http, stop_on_signals
+from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
 
+PROG = "titus-scheduler"
 log = logging.getLogger("titus.scheduler")
+
+_HELP = {
+    "heartbeat_interval": "seconds between an agent's heartbeats (told to agents)",
+    "disconnect_after": "seconds of missed heartbeats before a host is Disconnected (no new work)",
+    "lost_after": "seconds of silence before a host's tasks are declared lost and replaced",
+    "max_lost_per_minute": "at most this many tasks declared lost per minute",
+    "redeliver_after": "seconds before an unacknowledged launch or kill is sent again",
+    "system_backoff_base": "back-off after the first platform fault (crashed/lost), doubling",
+    "system_backoff_max": "longest back-off after platform faults",
+    "service_failure_backoff_max": "longest back-off of a service task failing on its own",
+    "streak_reset_after": "seconds Started after which an index's crash/failure streak resets",
+    "crash_loop_threshold": "platform faults in a row that flag a job crash-looping",
+}
+
+
+class UsageError(ConfigError):
+    """A flag argparse refused."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="titus-scheduler", description=__doc__)
-    p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 7100), help="HOST:PORT of the API")
-    p.add_argument("--db", type=Path, default=Path("/var/lib/titus/scheduler.db"), help="SQLite database")
-    p.add_argument("--log-level", default="INFO")
-    p.add_argument("--disconnect-after", type=float, default=SchedulerConfig.disconnect_after)
-    p.add_argument("--lost-after", type=float, default=SchedulerConfig.lost_after)
-    p.add_argument("--system-backoff-max", type=float, default=SchedulerConfig.system_backoff_max)
+    """Flags default to None (not given): the file's value, else the model's default, applies."""
+    defaults = ServiceConfig()
+    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML file with the long flags' keys")
+    p.add_argument("--listen", type=parse_listen, help=f"HOST:PORT of the API (default {':'.join(map(str, defaults.listen))})")
+    p.add_argument("--db", type=Path, help=f"SQLite database (default {defaults.db})")
+    p.add_argument("--log-level", help=f"default {defaults.log_level}")
     p.add_argument("--security-policy", type=Path, metavar="PATH",
                    help="security policy JSON checked at submit (seccomp variant allow-list, AppArmor mode; "
                         "docs/security.md); default: built-in, only the `default` variant")
+    for key in SCHEDULER_KEYS:
+        field = SchedulerConfig.model_fields[key]
+        kind = int if field.annotation in (int, "int") else float
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind,
+                       help=f"{_HELP.get(key, key)} (default {field.default})")
     return p
 
 
-async def serve(args: argparse.Namespace) -> int:
+def load_config(argv: list[str] | None = None) -> ServiceConfig:
+    """Flags over the optional TOML file; raises ConfigError naming the key or flag."""
+    args = vars(build_parser().parse_args(argv))
+    path: Path | None = args.pop("config")
+    values: dict[str, Any] = read_toml(path) if path is not None else {}
+    sources = {k: str(path) for k in values}
+    for key, value in args.items():
+        if value is not None:
+            values[key] = value
+            sources[key] = "--" + key.replace("_", "-")
+    return service_config(values, sources)
+
+
+def _policy(config: ServiceConfig) -> SecurityPolicy:
+    path = config.security_policy
+    if path is None:
+        return default_policy()
     try:
-        policy = load_policy(args.security_policy) if args.security_policy is not None else default_policy()
-    except PolicyError as e:
-        return refuse_start("titus-scheduler", log, e)
+        return load_policy(path)
+    except TitusError:
+        raise
+    except ValueError as e:  # e.g. a policy file that is not UTF-8
+        raise ConfigError(f"security policy {path}: {e}") from None
+
+
+def _scheduler(config: ServiceConfig, policy: SecurityPolicy) -> Scheduler:
+    store = SQLiteStore(config.db)
     try:
-        store = SQLiteStore(args.db)
-        config = SchedulerConfig(
-            disconnect_after=args.disconnect_after,
-            lost_after=args.lost_after,
-            system_backoff_max=args.system_backoff_max,
-        )
-        scheduler = Scheduler(store, FirstFit(), SchedulerMetrics(), config, security_policy=policy)
-    except (StoreCorrupt, sqlite3.DatabaseError) as e:
-        return refuse_start("titus-scheduler", log, e)
-    stop = stop_on_signals()
-    try:
-        runner = await serve_http(make_app(scheduler, policy), args.listen)
-    except CannotStart as e:
+        return Scheduler(store, FirstFit(), SchedulerMetrics(), config.scheduler, security_policy=policy)
+    except BaseException:
         store.close()
-        return refuse_start("titus-scheduler", log, e)
-    host, port = args.listen
-    log.info("scheduler listening on http://%s:%d (db %s)", host, port, args.db)
+        raise
+
+
+async def serve(config: ServiceConfig) -> int:
+    try:
+        policy = _policy(config)
+        try:
+            scheduler = _scheduler(config, policy)
+        except sqlite3.Error as e:  # the store wraps SQLite's errors; this is a last resort
+            raise StoreCorrupt(f"{config.db}: {e}") from None
+        stop = stop_on_signals()
+        try:
+            runner = await serve_http(make_app(scheduler, policy), config.listen)
+        except BaseException:
+            scheduler.store.close()
+            raise
+    except TitusError as e:
+        return refuse_start(PROG, log, e)
+    host, port = config.listen
+    log.info("scheduler listening on http://%s:%d (db %s)", host, port, config.db)
     control = asyncio.create_task(scheduler.run(stop))
     try:
         await stop.wait()
     finally:
         control.cancel()
         await runner.cleanup()
-        store.close()
+        scheduler.store.close()
     log.info("scheduler stopped")
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    setup_logging("titus-scheduler", args.log_level)
-    sys.exit(asyncio.run(serve(args)))
+    try:
+        config = load_config(argv)
+    except ConfigError as e:
+        setup_logging(PROG)  # so the refusal is logged like any other, not by logging's last resort
+        sys.exit(refuse_start(PROG, log, e))
+    setup_logging(PROG, config.log_level)
+    sys.exit(asyncio.run(serve(config)))
 
 
 if __name__ == "__main__":

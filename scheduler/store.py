@@ -5,7 +5,9 @@ in one transaction per API call or agent report, so a crash never leaves half a 
 
 On start, every record must load. One that does not is an error that stops the scheduler: starting
 with partial state would make reconciliation "fix" the missing part by killing or re-running tasks —
-the mass-kill pattern of the talk.
+the mass-kill pattern of the talk. Every failure to open, migrate or read the store (an unreadable
+record, a schema newer than the code, tables without a schema version, a file that is not a SQLite
+database, SQLite's own errors) is a `StoreCorrupt` naming the file: exit code 3 at start-up.
 """
 
 from __future__ import annotations
@@ -64,34 +66,71 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process crash; a power cut may lose the last
-        # transactions but never corrupts the database.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreCorrupt(f"{path}: cannot create its directory: {e.strerror or e}") from None
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreCorrupt(f"{path}: cannot open the store: {e}") from None
+        try:
+            self._db.execute("PRAGMA busy_timeout=5000")
+            version = self._schema_version()  # before changing anything in a file we may refuse
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a process crash; a power cut may lose the last
+            # transactions but never corrupts the database.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(version)
+        except StoreCorrupt:
+            self._db.close()
+            raise
+        except sqlite3.Error as e:
+            self._db.close()
+            raise StoreCorrupt(f"{path}: cannot open the store: {e}") from None
 
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+    def _schema_version(self) -> int:
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreCorrupt(
                 f"{self.path}: schema version {version} is newer than this scheduler understands "
                 f"({SCHEMA_VERSION}); run the newer release or restore a backup"
             )
+        tables = sorted(
+            name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        )
+        if version == 0 and tables:
+            raise StoreCorrupt(
+                f"{self.path}: schema version 0 (PRAGMA user_version) but it already has tables "
+                f"{', '.join(tables)}: not a store this scheduler created, or its version was reset; "
+                "restore a backup or point --db at a new file"
+            )
+        return version
+
+    def _migrate(self, version: int) -> None:
         for target in range(version, SCHEMA_VERSION):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 MIGRATIONS[target](self._db)
                 self._db.execute(f"PRAGMA user_version={target + 1}")
                 self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._db.execute("ROLLBACK")
+                raise StoreCorrupt(
+                    f"{self.path}: migration to schema version {target + 1} failed: {e}; restore a backup"
+                ) from None
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
     def load(self) -> Snapshot:
+        try:
+            return self._load()
+        except sqlite3.Error as e:
+            raise StoreCorrupt(f"{self.path}: cannot read the store: {e}") from None
+
+    def _load(self) -> Snapshot:
         snap = Snapshot()
         for table, model, out in (
             ("jobs", JobRecord, snap.jobs),

@@ -1,5 +1,8 @@
-"""The scheduler process refuses to start on state it cannot read, and says why."""
+"""The scheduler process refuses to start on configuration or state it cannot use, and says why:
+one line on stderr, `titus-scheduler: cannot start: …`, and the exit code of the error's kind
+(titus_common/errors.py): 2 configuration, 3 store, 6 listen. Never a traceback."""
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +13,24 @@ from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import FirstFit
 from scheduler.store import SQLiteStore
 from titus_common.jobspec import parse_job_spec
+
+PREFIX = "titus-scheduler: cannot start: "
+
+
+def start(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler.main", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def refusal(proc: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one refusal line, after checking the exit code and that nothing else went wrong."""
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith(PREFIX), proc.stderr
+    assert [line for line in lines if line.startswith("titus-scheduler:")] == [lines[-1]], proc.stderr
+    return lines[-1]
 
 
 def test_corrupt_record_stops_the_process(tmp_path: Path) -> None:
@@ -22,29 +43,104 @@ def test_corrupt_record_stops_the_process(tmp_path: Path) -> None:
     conn.execute("UPDATE tasks SET doc = 'garbage'")
     conn.commit()
     conn.close()
-    proc = subprocess.run(
-        [sys.executable, "-m", "scheduler.main", "--listen", "127.0.0.1:1", "--db", str(db)],
-        capture_output=True, text=True, timeout=30,
-    )
-    assert proc.returncode == 2
+    proc = start("--listen", "127.0.0.1:1", "--db", str(db))
+    assert proc.returncode == 3
     assert "cannot start" in proc.stderr and "tasks record" in proc.stderr and "cannot be read" in proc.stderr
+    line = refusal(proc, 3)
+    assert str(db) in line and "tasks record" in line and "cannot be read" in line
 
 
 def test_bad_listen_address_is_a_usage_error(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "scheduler.main", "--listen", "nonsense", "--db", str(tmp_path / "s.db")],
-        capture_output=True, text=True, timeout=30,
-    )
+    proc = start("--listen", "nonsense", "--db", str(tmp_path / "s.db"))
     assert proc.returncode == 2 and "expected HOST:PORT" in proc.stderr
+    assert "--listen" in refusal(proc, 2)
 
 
 def test_bad_security_policy_stops_the_process(tmp_path: Path) -> None:
     policy = tmp_path / "policy.json"
     policy.write_text('{"version": 1, "variants": {"nope": [{"owner": "x"}]}}')
-    proc = subprocess.run(
-        [sys.executable, "-m", "scheduler.main", "--listen", "127.0.0.1:1", "--db", str(tmp_path / "s.db"),
-         "--security-policy", str(policy)],
-        capture_output=True, text=True, timeout=30,
-    )
+    proc = start("--listen", "127.0.0.1:1", "--db", str(tmp_path / "s.db"), "--security-policy", str(policy))
     assert proc.returncode == 2
     assert "cannot start" in proc.stderr and str(policy) in proc.stderr and "nope" in proc.stderr
+    line = refusal(proc, 2)
+    assert str(policy) in line and "nope" in line
+
+
+def test_missing_security_policy_file(tmp_path: Path) -> None:
+    policy = tmp_path / "absent.json"
+    line = refusal(start("--db", str(tmp_path / "s.db"), "--security-policy", str(policy)), 2)
+    assert str(policy) in line and "cannot read" in line
+
+
+def test_bad_flag_value(tmp_path: Path) -> None:
+    line = refusal(start("--db", str(tmp_path / "s.db"), "--lost-after", "x"), 2)
+    assert "--lost-after" in line and "'x'" in line
+    line = refusal(start("--db", str(tmp_path / "s.db"), "--lost-after", "0"), 2)
+    assert "--lost-after" in line and "greater than 0" in line
+    line = refusal(start("--db", str(tmp_path / "s.db"), "--log-level", "LOUD"), 2)
+    assert "--log-level" in line and "LOUD" in line
+    assert "--no-such-flag" in refusal(start("--no-such-flag"), 2)
+
+
+def test_config_file_unknown_keys(tmp_path: Path) -> None:
+    config = tmp_path / "scheduler.toml"
+    config.write_text('lost_after = 900.0\nlost_afterr = 1\nlisten_on = "x"\n')
+    line = refusal(start("--config", str(config)), 2)
+    assert str(config) in line and "unknown keys ['listen_on', 'lost_afterr']" in line
+
+
+def test_config_file_wrong_type(tmp_path: Path) -> None:
+    config = tmp_path / "scheduler.toml"
+    config.write_text('lost_after = "x"\n')
+    line = refusal(start("--config", str(config), "--db", str(tmp_path / "s.db")), 2)
+    assert f"{config}: lost_after = 'x'" in line and "valid number" in line
+
+
+def test_config_file_out_of_range_and_unreadable(tmp_path: Path) -> None:
+    config = tmp_path / "scheduler.toml"
+    config.write_text("max_lost_per_minute = 0\n")
+    line = refusal(start("--config", str(config), "--db", str(tmp_path / "s.db")), 2)
+    assert "max_lost_per_minute = 0" in line and "greater than or equal to 1" in line
+    config.write_text("lost_after = [\n")
+    assert "not valid TOML" in refusal(start("--config", str(config)), 2)
+    assert "cannot read" in refusal(start("--config", str(tmp_path / "absent.toml")), 2)
+
+
+def test_store_with_tables_but_no_schema_version(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, doc TEXT NOT NULL)")
+    conn.commit()
+    conn.close()
+    line = refusal(start("--listen", "127.0.0.1:1", "--db", str(db)), 3)
+    assert str(db) in line and "schema version 0" in line and "jobs" in line
+    assert "already exists" not in line
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # the refused file is left as it was
+    conn.close()
+
+
+def test_store_newer_than_the_code(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    SQLiteStore(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    line = refusal(start("--listen", "127.0.0.1:1", "--db", str(db)), 3)
+    assert "schema version 99 is newer" in line
+
+
+def test_store_that_is_not_a_database(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    db.write_text("not sqlite at all\n" * 100)
+    line = refusal(start("--listen", "127.0.0.1:1", "--db", str(db)), 3)
+    assert str(db) in line and "not a database" in line
+
+
+def test_address_in_use_cannot_listen(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = refusal(start("--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db")), 6)
+    assert f"cannot listen on 127.0.0.1:{port}" in line
