@@ -131,6 +131,10 @@ class Ctx:
         return self.ctx.record.resources["imds"]
 
 
+def make_step(host: FakeHost) -> ImdsStep:
+    return ImdsStep(host)  # type: ignore[arg-type]  # HostMetadata-like
+
+
 @pytest.fixture(autouse=True)
 def fake_mac(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     asked: list[str] = []
@@ -150,7 +154,7 @@ def host(tmp_path: Path) -> FakeHost:
 
 async def test_setup_with_a_role_records_link_token_and_role(host: FakeHost, fake_mac: list[str]) -> None:
     c = Ctx(role="app-role")
-    await ImdsStep(host).setup(c.ctx)
+    await make_step(host).setup(c.ctx)
     arn = f"arn:aws:iam::{ACCOUNT}:role/app-role"
     token = host.token_file("t1")
     assert fake_mac == [NETNS]
@@ -191,7 +195,7 @@ async def test_setup_with_a_role_records_link_token_and_role(host: FakeHost, fak
 async def test_a_full_role_arn_needs_no_account_lookup(host: FakeHost) -> None:
     arn = "arn:aws:iam::210987654321:role/team/app"
     c = Ctx(role=arn)
-    await ImdsStep(host).setup(c.ctx)
+    await make_step(host).setup(c.ctx)
     identity = host.service.tasks["t1"][0]
     assert identity.role_arn == arn and identity.account_id == "210987654321"
     assert host.account_calls == 0 and c.mine["role_arn"] == arn
@@ -200,14 +204,14 @@ async def test_a_full_role_arn_needs_no_account_lookup(host: FakeHost) -> None:
 async def test_the_job_env_region_is_not_overridden(host: FakeHost) -> None:
     c = Ctx()
     c.ctx.environment["AWS_REGION"] = "us-west-2"
-    await ImdsStep(host).setup(c.ctx)
+    await make_step(host).setup(c.ctx)
     assert c.ctx.environment["AWS_REGION"] == "us-west-2"
     assert c.ctx.environment["AWS_DEFAULT_REGION"] == "eu-west-1"
 
 
 async def test_a_task_without_a_role_gets_no_token_file(host: FakeHost) -> None:
     c = Ctx(role=None, v1=True)
-    await ImdsStep(host).setup(c.ctx)
+    await make_step(host).setup(c.ctx)
     assert "token_file" not in c.mine and c.mine["role_arn"] is None and "link" in c.mine
     assert c.ctx.binds == []
     assert c.ctx.environment == {"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1"}
@@ -221,7 +225,7 @@ async def test_a_task_without_a_role_gets_no_token_file(host: FakeHost) -> None:
 
 
 async def test_setup_re_run_serves_the_task_once(host: FakeHost) -> None:
-    step = ImdsStep(host)
+    step = make_step(host)
     c = Ctx()
     await step.setup(c.ctx)
     await step.setup(Ctx().ctx)  # a re-run after a restart, from the checkpoint
@@ -230,7 +234,7 @@ async def test_setup_re_run_serves_the_task_once(host: FakeHost) -> None:
 
 
 async def test_readopt_serves_again_from_the_checkpoint(host: FakeHost) -> None:
-    step = ImdsStep(host)
+    step = make_step(host)
     c = Ctx()
     await step.setup(c.ctx)
     # An agent restart: a new process, no service state; only the checkpoint is left.
@@ -238,7 +242,7 @@ async def test_readopt_serves_again_from_the_checkpoint(host: FakeHost) -> None:
     host.path.calls.clear()
     restarted = Ctx()
     restarted.ctx.record.resources = copy.deepcopy(c.ctx.record.resources)
-    await ImdsStep(host).readopt(restarted.ctx)
+    await make_step(host).readopt(restarted.ctx)
     identity, imds_socks, ecs_socks = host.service.tasks["t1"]
     assert identity.mac == MAC and identity.ipv4 == ADDRESS and ecs_socks == ["ecs-socket-t1"]
     assert identity.role_arn == f"arn:aws:iam::{ACCOUNT}:role/app-role"
@@ -250,12 +254,12 @@ async def test_readopt_serves_again_from_the_checkpoint(host: FakeHost) -> None:
 
 async def test_readopt_of_a_task_without_a_link_does_nothing(host: FakeHost) -> None:
     c = Ctx()
-    await ImdsStep(host).readopt(c.ctx)
+    await make_step(host).readopt(c.ctx)
     assert host.service.calls == [] and host.path.calls == []
 
 
 async def test_teardown_detaches_and_removes_the_token_file(host: FakeHost) -> None:
-    step = ImdsStep(host)
+    step = make_step(host)
     c = Ctx()
     await step.setup(c.ctx)
     link = c.mine["link"]
@@ -270,7 +274,7 @@ async def test_teardown_detaches_and_removes_the_token_file(host: FakeHost) -> N
 
 async def test_teardown_with_no_setup_at_all(host: FakeHost) -> None:
     c = Ctx(network=None)
-    await ImdsStep(host).teardown(c.ctx)
+    await make_step(host).teardown(c.ctx)
     assert host.service.calls == [("remove", "t1")]  # idempotent removal only
     assert host.path.calls == []
 
@@ -278,7 +282,7 @@ async def test_teardown_with_no_setup_at_all(host: FakeHost) -> None:
 async def test_missing_network_is_a_step_error_and_teardown_is_safe(host: FakeHost, fake_mac: list[str]) -> None:
     for network in (None, {}, {"lease": {"address": ADDRESS}}, {"wiring": {"netns_path": NETNS}}):
         c = Ctx(network=network)
-        step = ImdsStep(host)
+        step = make_step(host)
         with pytest.raises(StepError) as e:
             await step.setup(c.ctx)
         assert e.value.reason is FinishReason.CRASHED
@@ -294,7 +298,7 @@ async def test_unreadable_link_is_a_step_error(host: FakeHost, monkeypatch: pyte
 
     monkeypatch.setattr(imds_module, "task_mac", gone)
     c = Ctx()
-    step = ImdsStep(host)
+    step = make_step(host)
     with pytest.raises(StepError) as e:
         await step.setup(c.ctx)
     assert e.value.reason is FinishReason.CRASHED and "cannot read the task's network link" in e.value.message
@@ -305,7 +309,7 @@ async def test_unreadable_link_is_a_step_error(host: FakeHost, monkeypatch: pyte
 async def test_attach_failure_then_teardown_detaches(host: FakeHost) -> None:
     host.path.attach_error = NetworkError("veth create failed: EEXIST")
     c = Ctx()
-    step = ImdsStep(host)
+    step = make_step(host)
     with pytest.raises(StepError) as e:
         await step.setup(c.ctx)
     assert e.value.reason is FinishReason.CRASHED
@@ -319,7 +323,7 @@ async def test_attach_failure_then_teardown_detaches(host: FakeHost) -> None:
 async def test_service_refusal_is_failed_and_teardown_cleans_up(host: FakeHost) -> None:
     host.service.add_error = ValueError("invalid IAM role ARN")
     c = Ctx()
-    step = ImdsStep(host)
+    step = make_step(host)
     with pytest.raises(StepError) as e:
         await step.setup(c.ctx)
     assert e.value.reason is FinishReason.FAILED  # the job's role, the job's fault
@@ -334,17 +338,17 @@ async def test_listen_failure_is_crashed(host: FakeHost) -> None:
     host.path.listen_error = NetworkError("address in use")
     c = Ctx()
     with pytest.raises(StepError) as e:
-        await ImdsStep(host).setup(c.ctx)
+        await make_step(host).setup(c.ctx)
     assert e.value.reason is FinishReason.CRASHED
     assert e.value.message == "cannot listen for the task's metadata: address in use"
-    await ImdsStep(host).teardown(c.ctx)
+    await make_step(host).teardown(c.ctx)
     assert "t1" not in host.path.links and not host.token_file("t1").exists()
 
 
 async def test_account_lookup_failure_is_crashed(host: FakeHost) -> None:
     host.account_error = RuntimeError("STS unreachable")
     c = Ctx(role="app-role")
-    step = ImdsStep(host)
+    step = make_step(host)
     with pytest.raises(StepError) as e:
         await step.setup(c.ctx)
     assert e.value.reason is FinishReason.CRASHED
