@@ -9,6 +9,7 @@ from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import FirstFit
 from scheduler.store import SQLiteStore
+from titus_common.errors import EXIT_STATE_CORRUPT
 from titus_common.jobspec import parse_job_spec
 
 
@@ -26,7 +27,7 @@ def test_corrupt_record_stops_the_process(tmp_path: Path) -> None:
         [sys.executable, "-m", "scheduler.main", "--listen", "127.0.0.1:1", "--db", str(db)],
         capture_output=True, text=True, timeout=30,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == EXIT_STATE_CORRUPT, proc.stderr  # 3: persisted state cannot be read
     assert "cannot start" in proc.stderr and "tasks record" in proc.stderr and "cannot be read" in proc.stderr
 
 
