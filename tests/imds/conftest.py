@@ -40,12 +40,14 @@ class FakeSts:
     """Answers AssumeRole like STS (a dict with datetime Expiration), or as `behaviour` says.
 
     behaviour(role_arn, session) may return an answer, raise, or return None for the default answer.
-    `gate` (a threading.Event) holds calls until set, to test single-flight.
+    `gate` (a threading.Event) holds calls until set, to test single-flight; `wait_calls(n)` returns
+    once n calls have entered (and, with a gate, are held inside) AssumeRole.
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.calls: list[tuple[str, str, int]] = []
+        self._entered = threading.Condition()
         self.behaviour: Callable[[str, str], Any] | None = None
         self.gate: threading.Event | None = None
         self.serial = 0
@@ -68,8 +70,18 @@ class FakeSts:
             },
         }
 
+    async def wait_calls(self, n: int, timeout: float = 5.0) -> None:
+        def wait() -> bool:
+            with self._entered:
+                return self._entered.wait_for(lambda: len(self.calls) >= n, timeout)
+
+        if not await asyncio.to_thread(wait):
+            raise AssertionError(f"STS got {len(self.calls)} calls, waited for {n}")
+
     def assume_role(self, RoleArn: str, RoleSessionName: str, DurationSeconds: int) -> Any:  # noqa: N803
-        self.calls.append((RoleArn, RoleSessionName, DurationSeconds))
+        with self._entered:
+            self.calls.append((RoleArn, RoleSessionName, DurationSeconds))
+            self._entered.notify_all()
         if self.gate is not None:
             assert self.gate.wait(10)
         if self.behaviour is not None:

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,61 @@ def test_round_trip_and_delete(tmp_path: Path) -> None:
     assert store.load_all() == []
 
 
-def test_interrupted_write_leaves_old_version_and_no_garbage(tmp_path: Path) -> None:
+def _old_and_new(store: CheckpointStore) -> tuple[TaskCheckpoint, bytes, TaskCheckpoint]:
+    old = record()
+    old.message = "the old version"
+    store.save(old)
+    new = record()
+    new.state, new.message, new.exit_code = TaskState.FINISHED, "the new version " * 500, 3
+    return old, store._path("t1").read_bytes(), new
+
+
+@pytest.mark.parametrize("cut_at", ["fsync", "replace"])
+def test_interrupted_write_leaves_the_old_version_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut_at: str
+) -> None:
+    """A save that dies before its data is durable (fsync) or before it is put in place (rename)
+    leaves the previous version byte for byte: a save that wrote the file in place would fail here."""
     store = CheckpointStore(tmp_path)
-    store.save(record())
-    (tmp_path / "tasks" / ".t1.json.abc123").write_text('{"half": ')  # a write cut by kill -9
-    assert [r.task_id for r in store.load_all()] == ["t1"]
-    assert not list((tmp_path / "tasks").glob(".*"))
+    old, old_bytes, new = _old_and_new(store)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise OSError(5, f"simulated crash in {cut_at}")
+
+    monkeypatch.setattr(os, cut_at, crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        store.save(new)
+    monkeypatch.undo()
+    assert store._path("t1").read_bytes() == old_bytes
+    assert store.load_all() == [old]  # nothing partial is read as valid
+    assert sorted(p.name for p in (tmp_path / "tasks").iterdir()) == ["t1.json"]
+    store.save(new)  # and the next save works
+    assert store.load_all() == [new]
+
+
+def test_leftover_of_a_killed_write_is_not_read_and_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CheckpointStore(tmp_path)
+    renames: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        renames.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    old, old_bytes, new = _old_and_new(store)
+    monkeypatch.undo()
+    # The save wrote a temp file beside the record and renamed it over the record.
+    ((src, dst),) = renames
+    assert dst == store._path("t1") and src.parent == dst.parent and src != dst
+    # kill -9 after half the next version went into such a temp file, before its rename:
+    torn = src.with_name(src.name[:-3] + "xyz")
+    torn.write_bytes(new.model_dump_json().encode()[: len(old_bytes) // 2])
+    assert store.load_all() == [old]
+    assert store._path("t1").read_bytes() == old_bytes
+    assert sorted(p.name for p in (tmp_path / "tasks").iterdir()) == ["t1.json"]  # the garbage went
 
 
 def test_corrupt_file_stops_the_agent(tmp_path: Path) -> None:
