@@ -22,8 +22,8 @@ class Backoff:
     `maximum`); `reset()` after a success starts again from `initial`."""
 
     def __init__(self, initial: float = 0.2, maximum: float = 10.0, factor: float = 2.0) -> None:
-        if not 0 < initial <= maximum or factor < 1:
-            raise ValueError(f"back-off needs 0 < initial <= maximum and factor >= 1, got {initial}, {maximum}, {factor}")
+        if not 0 <= initial <= maximum or factor < 1:
+            raise ValueError(f"back-off needs 0 <= initial <= maximum and factor >= 1, got {initial}, {maximum}, {factor}")
         self.initial = initial
         self.maximum = maximum
         self.factor = factor

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import agent.steps.image as image_module
+import titus_common.retry as image_module
 from agent.checkpoint import TaskCheckpoint
 from agent.docker_api import DockerError, DockerUnavailable
 from agent.steps.base import LaunchContext, StepError

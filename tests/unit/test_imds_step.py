@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import agent.steps.imds as imds_module
-from agent.checkpoint import TaskCheckpoint
+from agent.checkpoint import NetworkOutput, TaskCheckpoint
 from agent.steps.base import LaunchContext, StepError
 from agent.steps.imds import TOKEN_PATH_IN_TASK, ImdsStep
 from imds.identity import TaskIdentity
@@ -118,8 +118,12 @@ class Ctx:
             container=ContainerSpec(image="busybox", iam_role=role, imds_v1_allowed=v1),
         )
         record = TaskCheckpoint(assignment=a, state=TaskState.START_INITIATED)
-        if network is not None:
+        if network is not None:  # what the network step records, and publishes for later steps
             record.resources["network"] = copy.deepcopy(network)
+            address = (network.get("lease") or {}).get("address")
+            netns_path = (network.get("wiring") or {}).get("netns_path")
+            if address and netns_path:
+                record.outputs.network = NetworkOutput(address=address, netns_path=netns_path, sandbox_id="sb1")
         self.saved: list[dict[str, Any]] = []
         self.ctx = LaunchContext(record, docker=None, node_id="n1", save=self._save)  # type: ignore[arg-type]
 

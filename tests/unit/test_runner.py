@@ -147,6 +147,7 @@ class FakeContainerStep(FakeStep):
         self.journal.append("setup container")
         ctx.record.container_id = CONTAINER
         ctx.resources(self.name)["started_at"] = self.started_at if self.started_at is not None else time.time()
+        ctx.record.outputs.container_started_at = ctx.resources(self.name)["started_at"]
         ctx.save()
 
 
