@@ -106,6 +106,10 @@ class NetworkPool:
         self._wake.set()
         return report
 
+    def held_tasks(self) -> list[str]:
+        """The tasks that hold an address now."""
+        return list(self.pool.by_task)
+
     async def close(self) -> None:
         """Stop the refiller: it finishes the round it is in (an EC2 call is not cut in half)."""
         task, self._refiller = self._refiller, None

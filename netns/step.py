@@ -111,10 +111,14 @@ class TaskNetworks:
             await asyncio.to_thread(self.wiring.teardown, wired)
         await self.pool.release(task_id)
 
+    async def close(self) -> None:
+        """Stop the pool's refiller (the host's links and addresses stay: tasks keep running)."""
+        await self.pool.close()
+
     async def collect_leaks(self, live_task_ids: set[str], eni_min_age_s: float = 300.0) -> LeakReport:
         report = LeakReport()
         report.wiring = await asyncio.to_thread(self.wiring.gc, live_task_ids)
-        for task_id in list(self.pool.pool.by_task):
+        for task_id in self.pool.held_tasks():
             if task_id not in live_task_ids:
                 await self.pool.release(task_id)
         report.enis = await self.pool.collect_leaked_enis(eni_min_age_s)

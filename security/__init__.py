@@ -10,3 +10,5 @@ Launch time (agent step): profiles.resolve_security(container, policy, posture, 
 May import: the standard library and `titus_common`. Never `agent`, `scheduler` or `titusctl`.
 See docs/security.md.
 """
+
+__all__ = ["apparmor", "attributes", "capabilities", "errors", "hardening", "posture", "profiles", "seccomp_profile"]

@@ -9,3 +9,5 @@ third-party packages, never `agent`, `scheduler`, `security`, `netns`, `cpuset`,
 other first-party package. It talks to those over HTTP only, and it must stay installable and
 runnable on an operator's machine that is not a node. Enforced by tests/unit/test_layering.py.
 """
+
+__all__ = ["client", "commands", "main", "render"]

@@ -206,7 +206,7 @@ class NetworkResource:
             log.warning("network GC failed: %s", e)
 
     async def stop(self) -> None:
-        await self.tasks.networks.pool.close()
+        await self.tasks.networks.close()
 
     async def _list_sandboxes(self) -> list[dict[str, Any]]:
         return await self.docker.list_containers(f"{LABEL_SANDBOX_AGENT}={self.config.node_id}", f"{LABEL_ROLE}={ROLE_SANDBOX}")
