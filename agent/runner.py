@@ -14,6 +14,7 @@ from agent.exits import ExitFacts, classify
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.steps.base import LaunchContext, StepError
+from titus_common.retry import Backoff
 from titus_common.states import FinishReason, TaskState, can_transition
 
 log = logging.getLogger("titus.agent.task")
@@ -129,7 +130,7 @@ class TaskRunner:
         assert container_id is not None
         limit = self.record.assignment.runtime_limit_seconds
         started = self.record.timestamps.get(TaskState.STARTED, time.time())
-        delay = 0.5
+        backoff = Backoff(0.5, DOCKER_RETRY_MAX)
         while True:
             self._wake.clear()
             try:
@@ -137,10 +138,9 @@ class TaskRunner:
             except (DockerUnavailable, DockerError) as e:
                 # The engine is away; the container may well be running. Wait, never guess.
                 log.warning("cannot inspect container: %s", e, extra=self._log_extra)
-                await asyncio.sleep(delay)
-                delay = min(DOCKER_RETRY_MAX, delay * 2)
+                await asyncio.sleep(backoff.next_delay())
                 continue
-            delay = 0.5
+            backoff.reset()
             if state is None or not state["State"]["Running"]:
                 break
             timeout: float | None = None
