@@ -31,6 +31,7 @@ fi
 TREE=$(mktemp -d /var/tmp/titus-image.XXXXXX)
 cleanup() { umount "$TREE/proc" 2>/dev/null || true; rm -rf --one-file-system "$TREE"; }
 trap cleanup EXIT
+trap "exit 143" INT TERM
 cp -a "$KCACHE/." "$TREE/"
 rm -f "$TREE/.complete" "$TREE/.base" "$TREE/usr/sbin/policy-rc.d"
 mount -t proc proc "$TREE/proc"

@@ -20,6 +20,7 @@ cleanup() {
     rm -rf --one-file-system "$ROOT"
 }
 trap cleanup EXIT
+trap "exit 143" INT TERM
 fail() { echo "deb-cycle: FAIL: $*" >&2; exit 1; }
 in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive "$@"; }
 # Every path but the ones any dpkg/apt run rewrites, and /opt itself: debootstrap makes it but no
