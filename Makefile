@@ -5,6 +5,12 @@
 #   make test       setup, then pytest  (extra arguments: PYTEST_ARGS='-k foo -x')
 #   make typecheck  mypy (strict, settings in pyproject.toml)
 #   make bench      setup, then bench/launch.py --quick  (BENCH_ARGS to add more)
+#   make wheels     build/wheelhouse from packaging/*.lock (the only networked packaging step)
+#   make deb        dist/titus-node_*.deb, built offline with dpkg-buildpackage, lintian clean
+#   make deb-cycle  install/reinstall/remove/purge the .deb in a clean Debian 12 tree
+#   make image      dist/titus-node-host.raw: Debian 12 + kernel + docker.io + the .deb (+ vmlinuz/initrd)
+#   make vm-test    boot that image under QEMU (TCG) and check READY, a job, watchdog, live-restore
+#   make lock       regenerate packaging/requirements.lock from pyproject.toml
 #   make clean      remove .venv and build artefacts (not /var/lib/titus*)
 #
 # TITUS_SKIP_APT=1 skips the apt part of setup (see scripts/setup-host.sh).
@@ -18,7 +24,7 @@ PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help setup setup-host venv run test typecheck bench clean
+.PHONY: help setup setup-host venv run test typecheck bench clean wheels deb deb-cycle lock image vm-test
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -51,3 +57,24 @@ clean:
 	find . -path ./.git -prune -o -name __pycache__ -prune -exec rm -rf {} +
 	find . -path ./.git -prune -o -type f \( -name '*.so' -o -name '*.o' -o -name '*.a' \) -exec rm -f {} +
 	rm -rf native/build
+
+wheels:
+	bash scripts/wheels.sh
+
+deb:
+	bash scripts/build-deb.sh
+
+deb-cycle: deb
+	bash scripts/deb-cycle.sh
+
+lock:
+	rm -rf build/lock-venv && /usr/bin/python3.11 -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q . systemd-python
+	{ sed -n '1,2p' packaging/requirements.lock; build/lock-venv/bin/pip freeze --exclude titus-node; } > build/requirements.lock
+	mv build/requirements.lock packaging/requirements.lock
+
+image:
+	bash scripts/build-image.sh
+
+vm-test:
+	flock /tmp/titus-engine.lock bash scripts/vm-test.sh

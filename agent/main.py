@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 
 from agent.agent import Agent
 from agent.config import AgentConfig, load_config
@@ -12,35 +13,73 @@ from agent.docker_api import Docker
 from agent.http import make_app
 from agent.metrics import AgentMetrics
 from agent.scheduler_client import SchedulerClient
-from titus_common.daemon import one_line, refuse_start, serve_http, stop_on_signals
+from titus_common.daemon import apply_log_level, one_line, refuse_start, reload_on_sighup, serve_http, stop_on_signals
 from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
+from titus_common.sdnotify import Notifier
 
 log = logging.getLogger("titus.agent")
 
 
-async def serve(config: AgentConfig) -> int:
+def status_line(agent: Agent, now: float | None = None) -> str:
+    """What `systemctl status titus-agent` shows: tasks, unknown containers, the last sync, and
+    `degraded:` when the scheduler has not answered for three long-polls and more."""
+    now = time.time() if now is None else now
+    running = sum(1 for r in agent.runners.values() if not r.record.state.terminal)
+    parts = [f"{running} tasks", f"{len(agent.unknown_containers)} unknown containers"]
+    if agent.last_sync_ok is None:
+        parts.append(f"waiting for the first sync with {agent.config.scheduler_url}")
+    else:
+        age = now - agent.last_sync_ok
+        parts.append(f"last sync {age:.0f}s ago")
+        if age > 3 * agent.config.sync_wait_seconds + 10:
+            parts.append("degraded: scheduler not answering")
+    return ", ".join(parts)
+
+
+async def serve(config: AgentConfig, argv: list[str] | None = None, notifier: Notifier | None = None) -> int:
     docker = Docker(config.docker_url)
     agent = Agent(config, docker, SchedulerClient(config.scheduler_url, config.node_id), AgentMetrics())
     stop = stop_on_signals()
+    notifier = notifier if notifier is not None else Notifier()
+    # Pings start now, from this loop: a start that waits for the engine is alive, a hung loop is not.
+    watchdog = asyncio.create_task(notifier.watchdog(lambda: status_line(agent)), name="watchdog")
+    notifier.status("starting: restoring state, waiting for the Docker engine")
     try:
-        runner = await serve_http(make_app(agent), config.listen)
-    except TitusError as e:
-        return refuse_start("titus-agent", log, e)
-    try:
-        await agent.start()
-    except TitusError as e:  # every refusal: one line, the kind's exit code (titus_common/errors.py)
+        try:
+            runner = await serve_http(make_app(agent), config.listen)
+        except TitusError as e:
+            return refuse_start("titus-agent", log, e)
+        try:
+            await agent.start()
+        except TitusError as e:  # every refusal: one line, the kind's exit code (titus_common/errors.py)
+            notifier.status(f"cannot start: {one_line(e)}")
+            await agent.stop()
+            await runner.cleanup()
+            return refuse_start("titus-agent", log, e)
+        host, port = config.listen
+        log.info("agent %s serving on http://%s:%d, scheduler %s", config.node_id, host, port, config.scheduler_url)
+        # READY: engine answered, checkpoints restored and re-adopted, host resources started, API up.
+        # Not the first sync: a scheduler outage must not fail agents' start jobs (STATUS says it).
+        notifier.ready(status_line(agent))
+        current = [config]
+
+        def reload() -> str:
+            new = load_config(argv)
+            line = apply_log_level(current[0], new)
+            current[0] = new
+            return line
+
+        reload_on_sighup(notifier, reload)
+        await stop.wait()
+        notifier.stopping()
+        log.info("stopping (containers keep running)")
         await agent.stop()
         await runner.cleanup()
-        return refuse_start("titus-agent", log, e)
-    host, port = config.listen
-    log.info("agent %s serving on http://%s:%d, scheduler %s", config.node_id, host, port, config.scheduler_url)
-    await stop.wait()
-    log.info("stopping (containers keep running)")
-    await agent.stop()
-    await runner.cleanup()
-    docker.pool.shutdown(wait=False, cancel_futures=True)
-    return 0
+        docker.pool.shutdown(wait=False, cancel_futures=True)
+        return 0
+    finally:
+        watchdog.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"titus-agent: bad configuration: {one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
     setup_logging("titus-agent", config.log_level)
-    sys.exit(asyncio.run(serve(config)))
+    sys.exit(asyncio.run(serve(config, argv)))
 
 
 if __name__ == "__main__":

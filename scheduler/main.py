@@ -24,9 +24,10 @@ from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import FirstFit
 from scheduler.store import SQLiteStore, StoreCorrupt
 from security.profiles import SecurityPolicy, default_policy, load_policy
-from titus_common.daemon import parse_listen, refuse_start, serve_http, stop_on_signals
+from titus_common.daemon import apply_log_level, parse_listen, refuse_start, reload_on_sighup, serve_http, stop_on_signals
 from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
+from titus_common.sdnotify import Notifier
 
 PROG = "titus-scheduler"
 log = logging.getLogger("titus.scheduler")
@@ -107,7 +108,14 @@ def _scheduler(config: ServiceConfig, policy: SecurityPolicy) -> Scheduler:
         raise
 
 
-async def serve(config: ServiceConfig) -> int:
+def status_line(scheduler: Scheduler) -> str:
+    """What `systemctl status titus-scheduler` shows."""
+    active = sum(1 for t in scheduler.tasks.values() if not t.state.terminal)
+    return f"{len(scheduler.jobs)} jobs, {active} active tasks, {len(scheduler.nodes)} nodes"
+
+
+async def serve(config: ServiceConfig, argv: list[str] | None = None, notifier: Notifier | None = None) -> int:
+    notifier = notifier if notifier is not None else Notifier()
     try:
         policy = _policy(config)
         try:
@@ -125,9 +133,23 @@ async def serve(config: ServiceConfig) -> int:
     host, port = config.listen
     log.info("scheduler listening on http://%s:%d (db %s)", host, port, config.db)
     control = asyncio.create_task(scheduler.run(stop))
+    # READY: the store is loaded and the API is listening. Pings come from this loop.
+    notifier.ready(status_line(scheduler))
+    watchdog = asyncio.create_task(notifier.watchdog(lambda: status_line(scheduler)), name="watchdog")
+    current = [config]
+
+    def reload() -> str:
+        new = load_config(argv)
+        line = apply_log_level(current[0], new)
+        current[0] = new
+        return line
+
+    reload_on_sighup(notifier, reload)
     try:
         await stop.wait()
     finally:
+        notifier.stopping()
+        watchdog.cancel()
         control.cancel()
         await runner.cleanup()
         scheduler.store.close()
@@ -142,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging(PROG)  # so the refusal is logged like any other, not by logging's last resort
         sys.exit(refuse_start(PROG, log, e))
     setup_logging(PROG, config.log_level)
-    sys.exit(asyncio.run(serve(config)))
+    sys.exit(asyncio.run(serve(config, argv)))
 
 
 if __name__ == "__main__":

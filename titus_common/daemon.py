@@ -1,4 +1,5 @@
-"""What both daemons do the same way: stop on SIGTERM/SIGINT, serve HTTP, refuse to start loudly."""
+"""What both daemons do the same way: stop on SIGTERM/SIGINT, re-read config on SIGHUP, serve HTTP,
+refuse to start loudly."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
-from titus_common.errors import EXIT_BAD_CONFIG, CannotListen, exit_code_for
+from titus_common.errors import EXIT_BAD_CONFIG, CannotListen, TitusError, exit_code_for
+from titus_common.sdnotify import Notifier
 
 EXIT_CANNOT_START = EXIT_BAD_CONFIG  # kept for callers that refuse without an error object
 
@@ -32,6 +35,39 @@ def stop_on_signals() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def reload_on_sighup(notifier: Notifier, reload: Callable[[], str]) -> None:
+    """SIGHUP: `RELOADING=1`, `reload()` (re-reads the config and applies what is safe to change
+    live; returns a line saying what it did), `READY=1`. A config that no longer loads is logged and
+    the running one kept: a bad edit never takes a running daemon down."""
+    log = logging.getLogger("titus.daemon")
+
+    def handle() -> None:
+        notifier.reloading()
+        try:
+            log.info("SIGHUP: %s", reload())
+        except TitusError as e:
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", one_line(e))
+        notifier.ready()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, handle)
+
+
+def apply_log_level(old: object, new: object, live: tuple[str, ...] = ("log_level",)) -> str:
+    """What a reload can change without a restart: the log level. Returns the line for the log,
+    naming the keys that changed but only take effect after `systemctl restart`."""
+    old_d, new_d = _as_dict(old), _as_dict(new)
+    level = str(new_d.get("log_level", "INFO")).upper()
+    logging.getLogger().setLevel(level)
+    later = sorted(k for k in new_d if k not in live and new_d[k] != old_d.get(k))
+    tail = f"; changed but need a restart: {', '.join(later)}" if later else ""
+    return f"log level {level}{tail}"
+
+
+def _as_dict(config: object) -> dict[str, object]:
+    dump = getattr(config, "model_dump", None)
+    return dict(dump()) if callable(dump) else dict(vars(config))
 
 
 async def serve_http(app: web.Application, listen: tuple[str, int]) -> web.AppRunner:

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# make image: dist/titus-node-host.raw, a Debian 12 disk (one ext4 partition, GPT) with the kernel,
+# systemd, docker.io and dist/titus-node_*.deb installed, the agent and (for a one-host image) the
+# scheduler enabled, and /boot/vmlinuz + /boot/initrd.img extracted next to it for direct kernel
+# boot (dist/titus-node-host.vmlinuz, .initrd): the VM test boots those. Built without mounting
+# anything but /proc in a chroot: the partition is filled by mke2fs -d at an offset.
+# Not yet: a bootloader in the image (grub-install needs a loop device); see docs/install.md.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DEB=$(ls dist/titus-node_*.deb)
+BASE=${TITUS_CYCLE_CACHE:-/var/cache/titus-node/bookworm-deps}   # from make deb-cycle
+KCACHE=/var/cache/titus-node/bookworm-host                         # + kernel, systemd, udev
+OUT=dist/titus-node-host
+SIZE_MB=${TITUS_IMAGE_MB:-3072}
+[ -e "$BASE/.complete" ] || bash scripts/deb-cycle.sh
+
+if [ ! -e "$KCACHE/.complete" ]; then
+    rm -rf "$KCACHE"
+    cp -a "$BASE" "$KCACHE"
+    mount -t proc proc "$KCACHE/proc"
+    trap 'umount "$KCACHE/proc" 2>/dev/null || true' EXIT
+    chroot "$KCACHE" env DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends \
+        linux-image-amd64 systemd-sysv udev dbus kmod iptables >/dev/null
+    chroot "$KCACHE" apt-get clean
+    umount "$KCACHE/proc"
+    trap - EXIT
+    touch "$KCACHE/.complete"
+fi
+
+TREE=$(mktemp -d /var/tmp/titus-image.XXXXXX)
+cleanup() { umount "$TREE/proc" 2>/dev/null || true; rm -rf --one-file-system "$TREE"; }
+trap cleanup EXIT
+trap "exit 143" INT TERM
+cp -a "$KCACHE/." "$TREE/"
+rm -f "$TREE/.complete" "$TREE/.base" "$TREE/usr/sbin/policy-rc.d"
+mount -t proc proc "$TREE/proc"
+cp "$DEB" "$TREE/tmp/pkg.deb"
+chroot "$TREE" env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/pkg.deb >/dev/null
+rm -f "$TREE/tmp/pkg.deb"
+umount "$TREE/proc"
+
+# The host: name, root on the first partition, DHCP on every ethernet, the console on ttyS0 with
+# root logged in (the VM test drives it; an AMI bake replaces this with cloud-init and no console).
+echo titus-host > "$TREE/etc/hostname"
+echo '/dev/vda1 / ext4 defaults 0 1' > "$TREE/etc/fstab"
+mkdir -p "$TREE/etc/systemd/network" "$TREE/etc/systemd/system/serial-getty@ttyS0.service.d"
+printf '[Match]\nName=en* eth*\n[Network]\nDHCP=yes\n' > "$TREE/etc/systemd/network/80-dhcp.network"
+ln -sf /lib/systemd/system/systemd-networkd.service "$TREE/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+printf '[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud 115200 %%I $TERM\n' \
+    > "$TREE/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"
+# One-host image: the scheduler runs here too, the agent's and scheduler's APIs are reachable from
+# outside the guest (the VM test forwards them to the host's loopback).
+ln -sf /lib/systemd/system/titus-scheduler.service "$TREE/etc/systemd/system/multi-user.target.wants/titus-scheduler.service"
+printf 'TITUS_SCHEDULER_OPTS="--listen 0.0.0.0:7100"\n' > "$TREE/etc/default/titus-scheduler"
+printf 'TITUS_AGENT_OPTS="--listen 0.0.0.0:7101 --node-id vm-node"\n' > "$TREE/etc/default/titus-agent"
+# The test image, loaded into the guest's engine at boot (the guest reaches no registry).
+IMAGE=${TITUS_TEST_IMAGE:-127.0.0.1:5000/titus/busybox:latest}
+mkdir -p "$TREE/var/lib/titus-preload"
+python3 scripts/registry-save.py "$IMAGE" "$TREE/var/lib/titus-preload/images.tar"  # no engine needed
+cat > "$TREE/etc/systemd/system/titus-preload.service" <<UNIT
+[Unit]
+Description=Load the test images into the engine (VM test image only)
+After=docker.service
+Requires=docker.service
+Before=titus-agent.service
+ConditionPathExists=/var/lib/titus-preload/images.tar
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/docker load -i /var/lib/titus-preload/images.tar
+[Install]
+WantedBy=multi-user.target
+UNIT
+ln -sf /etc/systemd/system/titus-preload.service "$TREE/etc/systemd/system/multi-user.target.wants/titus-preload.service"
+
+mkdir -p dist
+cp "$TREE/boot/vmlinuz-"* "$OUT.vmlinuz"
+cp "$TREE/boot/initrd.img-"* "$OUT.initrd"
+rm -f "$OUT.raw"
+truncate -s "${SIZE_MB}M" "$OUT.raw"
+printf 'label: gpt\nstart=2048, type=linux\n' | sfdisk -q "$OUT.raw"
+mke2fs -q -t ext4 -L titus-root -d "$TREE" -E offset=$((2048 * 512)) "$OUT.raw" $(( (SIZE_MB - 2) * 1024 ))k
+echo "image $OUT.raw: $(du -h --apparent-size "$OUT.raw" | cut -f1) apparent, $(du -h "$OUT.raw" | cut -f1) on disk, tree $(du -sh --one-file-system "$TREE" | cut -f1)"

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# make vm-test: boot dist/titus-node-host.raw under QEMU (TCG: this host's /dev/kvm hangs guests),
+# systemd as PID 1, user networking restricted to two port forwards on the host's loopback, and
+# check from the host:
+#   1. titus-agent reaches READY (Type=notify: ActiveState=active) — boot-to-READY is measured
+#   2. a batch job submitted with titusctl runs to `normal`; a service task runs
+#   3. systemctl kill -s SIGSTOP titus-agent → the watchdog restarts it (measured) and it re-adopts
+#      the running container (same container id, task still Started)
+#   4. systemctl restart docker with live-restore keeps the task's container running (same id)
+# The guest is driven over its serial console (root autologin, test image only). Run it under the
+# engine lock: it takes both cores for minutes. Prints `RESULT vm …` at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+IMG=dist/titus-node-host
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=/work/main/.venv/bin/python
+WORK=$(mktemp -d /var/tmp/titus-vm.XXXXXX)
+SOCK=$WORK/console.sock LOG=$WORK/console.log
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SPORT=$(free_port) APORT=$(free_port)
+export TITUS_SCHEDULER=http://127.0.0.1:$SPORT
+QPID=
+cleanup() {
+    [ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null || true
+    [ "${KEEP_LOG:-0}" = 1 ] && cp "$LOG" /tmp/titus-vm-console.log 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap "exit 143" INT TERM
+fail() { echo "vm-test: FAIL: $*" >&2; tail -30 "$LOG" >&2 || true; exit 1; }
+now() { date +%s.%N; }
+
+start=$(now)
+qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 2 -m 3072 -display none -monitor none \
+    -kernel "$IMG.vmlinuz" -initrd "$IMG.initrd" \
+    -append "root=/dev/vda1 rw console=ttyS0,115200 quiet systemd.show_status=0" \
+    -drive "file=$IMG.raw,format=raw,if=virtio,snapshot=on" \
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$SPORT-:7100,hostfwd=tcp:127.0.0.1:$APORT-:7101" \
+    -device virtio-net-pci,netdev=n0 \
+    -chardev "socket,id=s0,path=$SOCK,server=on,wait=off,logfile=$LOG" -serial chardev:s0 \
+    >"$WORK/qemu.out" 2>&1 &
+QPID=$!
+
+# guest CMD: run CMD on the console, print its output (between markers), return its status.
+echo 0 > "$WORK/n"
+guest() {  # called in $(…) subshells too: the counter lives in a file
+    local n; n=$(( $(cat "$WORK/n") + 1 )); echo "$n" > "$WORK/n"
+    "$PY" - "$SOCK" "$LOG" "$n" "$1" <<'PY'
+import socket, sys, time, re
+sock, log, n, cmd = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+s = socket.socket(socket.AF_UNIX); s.connect(sock)
+line = f"echo __B{n}__; {cmd}; echo __E{n}__ $?\n".encode()
+for i in range(0, len(line), 4):  # a 16-byte UART FIFO and a slow TCG guest: type, do not paste
+    s.sendall(line[i:i + 4]); time.sleep(0.03)
+deadline = time.time() + 600
+while time.time() < deadline:
+    text = open(log, errors="replace").read().replace("\r", "")
+    m = re.search(rf"^__B{n}__\n(.*?)^__E{n}__ (\d+)$", text, re.S | re.M)
+    if m:
+        sys.stdout.write(m.group(1)); sys.exit(int(m.group(2)))
+    time.sleep(0.5)
+sys.exit(124)
+PY
+}
+wait_for() {  # wait_for SECONDS DESCRIPTION CMD...: poll CMD on the host until it succeeds
+    local limit=$1 what=$2; shift 2
+    local t0; t0=$(now)
+    until "$@" >/dev/null 2>&1; do
+        kill -0 "$QPID" 2>/dev/null || fail "qemu exited while waiting for $what"
+        (( $(echo "$(now) - $t0 > $limit" | bc) )) && fail "no $what after ${limit}s"
+        sleep 2
+    done
+}
+login_prompt() { grep -q 'root@titus-host' "$LOG"; }
+agent_active() { [ "$(guest 'systemctl show -p ActiveState --value titus-agent')" = active ]; }
+
+wait_for 600 "console shell" login_prompt
+guest 'stty -echo cols 1000' >/dev/null || true
+wait_for 900 "titus-agent READY" agent_active
+ready=$(echo "$(now) - $start" | bc)
+echo "vm-test: titus-agent READY ${ready}s after qemu start: $(guest 'systemctl show -p StatusText --value titus-agent')"
+
+IMAGE=${TITUS_TEST_IMAGE:-127.0.0.1:5000/titus/busybox:latest}
+wait_for 300 "node Ready at the scheduler" bash -c "$PY -m titusctl.main node list | grep -q Ready"
+"$PY" -m titusctl.main job submit --image "$IMAGE" --cmd 'echo hello from the vm' --wait >"$WORK/batch.out" 2>&1 \
+    || { cat "$WORK/batch.out"; fail "batch job did not finish normal"; }
+echo "vm-test: batch job finished normal"
+"$PY" -m titusctl.main job submit --image "$IMAGE" --cmd 'sleep 36000' --service >/dev/null
+running_cid() { guest "docker ps -q --no-trunc --filter label=titus.task_id" | head -1; }
+cid_present() { [ -n "$(running_cid)" ]; }
+wait_for 600 "service task container" cid_present
+cid=$(running_cid)
+echo "vm-test: service task container $cid"
+
+restarts() { guest 'systemctl show -p NRestarts --value titus-agent'; }
+r0=$(restarts)
+guest 'systemctl kill -s SIGSTOP titus-agent' >/dev/null
+t0=$(now)
+restarted() { [ "$(restarts)" -gt "$r0" ] && agent_active; }
+wait_for 600 "watchdog restart" restarted
+wd=$(echo "$(now) - $t0" | bc)
+guest 'journalctl -u titus-agent --no-pager | grep -m1 -i watchdog' || true
+[ "$(running_cid)" = "$cid" ] || fail "container changed across the agent restart"
+adopted() { guest "curl -fsS http://127.0.0.1:7101/metrics 2>/dev/null || python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:7101/metrics').read().decode())\"" | grep -q '^titus_agent_adopted_total 1'; }
+wait_for 120 "re-adoption (titus_agent_adopted_total 1)" adopted
+echo "vm-test: watchdog restart ${wd}s after SIGSTOP, same container re-adopted"
+
+guest 'systemctl restart docker' >/dev/null
+[ "$(running_cid)" = "$cid" ] || fail "the task's container did not survive systemctl restart docker"
+echo "vm-test: container survived systemctl restart docker (live-restore)"
+guest 'systemctl poweroff' >/dev/null || true
+echo "RESULT vm boot_to_ready_s=$ready watchdog_restart_s=$wd image_mb=$(( $(stat -c %s "$IMG.raw") / 1048576 ))"
