@@ -15,6 +15,7 @@ from titus_common.states import FinishReason
 # Titus's value: high enough for any real program, stops a fork bomb. The security step's tighter
 # limit (hardening.DEFAULT_PIDS_LIMIT) arrives through ctx.host_config_options and wins.
 PIDS_LIMIT = 100_000
+NETNS_ENV = "TITUS_NETNS"
 
 
 class ContainerStep:
@@ -86,6 +87,9 @@ class ContainerStep:
                 "TITUS_TASK_ID": a.task_id,
                 "TITUS_JOB_ID": a.job_id,
                 "TITUS_TASK_INDEX": str(a.index),
+                # Last, so a job's environment cannot point it elsewhere: where the titus runtime
+                # finds the namespace the network step prepared (scripts/titus-runc removes it).
+                **({NETNS_ENV: ctx.record.outputs.network.netns_path} if ctx.record.outputs.network else {}),
             },
             "labels": {
                 LABEL_TASK: a.task_id,
