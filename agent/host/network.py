@@ -174,7 +174,6 @@ class NetworkResource:
         return self.tasks.networks.snapshot()
 
     async def start(self, records: Sequence[TaskCheckpoint]) -> None:
-        await self._mirror_engine_userns()
         # Tasks not finished keep their addresses; the rest is reconciled. A corrupt ipam.json is a
         # StateCorrupt, an EC2 error a ProviderError: both refuse the start with their message.
         report = await self.tasks.networks.restore(
@@ -183,6 +182,7 @@ class NetworkResource:
         )
         log.info("network pool restored: kept %d, adopted %d, released %d, orphans %s",
                  len(report.kept), len(report.adopted), len(report.released), sorted(report.orphan_tasks))
+        await self._mirror_engine_userns()
         try:
             policy = await asyncio.to_thread(isolation_policy, self.config)
             await asyncio.to_thread(isolation.apply, policy)
