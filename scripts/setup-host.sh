@@ -355,9 +355,12 @@ titus_runtime_registered() {
 }
 
 setup_titus_runtime() {
-    local src
-    src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/titus-runc"
-    install -D -m 0755 "$src" "$TITUS_RUNC.new" && mv -f "$TITUS_RUNC.new" "$TITUS_RUNC"
+    local here f
+    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    for f in titus-runc-create titus-runc; do  # the front last: it execs the other
+        install -D -m 0755 "$here/$f" "$(dirname "$TITUS_RUNC")/$f.new"
+        mv -f "$(dirname "$TITUS_RUNC")/$f.new" "$(dirname "$TITUS_RUNC")/$f"
+    done
     mkdir -p /run/titus/netns
     if titus_runtime_registered; then
         summary runtime "titus registered ($TITUS_RUNC)"

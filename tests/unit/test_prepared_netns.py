@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ from netns import prepared
 from netns.errors import WiringError
 from netns.wiring import netns_name
 
-WRAPPER = Path(__file__).resolve().parents[2] / "scripts" / "titus-runc"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+WRAPPER = SCRIPTS / "titus-runc"
 
 
 def test_engine_id_map_mirrors_dockerd_default_remapping(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def run_wrapper(tmp_path: Path, *args: str, env: list[str] | None = None) -> tup
     fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/argv\n")
     fake.chmod(0o755)
     argv = [a.replace("BUNDLE", str(bundle)).replace("LOG", str(tmp_path / "log.json")) for a in args]
-    done = subprocess.run([sys.executable, "-IS", str(WRAPPER), *argv], capture_output=True, text=True,
+    done = subprocess.run([str(WRAPPER), *argv], capture_output=True, text=True,
                           env={**os.environ, "TITUS_RUNC_REAL": str(fake)}, timeout=30)
     return done, json.loads((bundle / "config.json").read_text())
 
