@@ -32,9 +32,9 @@ class NetworkStep:
     async def setup(self, ctx: LaunchContext) -> None:
         mine = ctx.resources(self.name)
         netns_path = self.host.netns_path(ctx.task_id)
-        if mine.get("netns_path") != netns_path:
-            mine["netns_path"] = netns_path  # before it exists: teardown and GC find it after a kill -9
-            ctx.save()
+        # No checkpoint write of its own: the path follows from the task id, so teardown and GC find a
+        # namespace prepared just before a kill -9; it is saved with the lease, a moment later.
+        mine["netns_path"] = netns_path
         groups = list(ctx.record.assignment.container.security_groups)
         try:
             await self.host.prepare(netns_path)
