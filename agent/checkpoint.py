@@ -32,7 +32,7 @@ class NetworkOutput(BaseModel):
 
     address: str
     netns_path: str
-    sandbox_id: str
+    sandbox_id: str = ""  # set only by agents that still held the namespace in a sandbox container
 
 
 class TaskOutputs(BaseModel):

@@ -3,7 +3,7 @@
 Order (LAUNCH_ORDER; README and docs are checked against it by tests/unit/test_launch_order.py):
 - image first: a slow pull holds nothing else;
 - security before cpuset, so a job this host refuses never takes CPUs;
-- network after security (it reuses the hardening for the sandbox);
+- network after security (a job this host refuses never takes an IP);
 - imds after network (its routes use the task's address), so credentials are being fetched while
   the CPUs are placed and the container is created;
 - container last: once it returns, the user's process runs.

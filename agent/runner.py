@@ -66,6 +66,11 @@ class TaskRunner:
     def request_kill(self) -> None:
         if self.record.state.terminal:
             return
+        if self.network_lost_message is not None:
+            # Already being stopped for a lost network: the scheduler echoes the KillInitiated it was
+            # told back as a kill, which must not turn the platform's fault into `killed`.
+            self._wake.set()
+            return
         if not self.record.kill_requested:
             self.record.kill_requested = True
             self.save()

@@ -344,6 +344,47 @@ setup_image() {
     summary image "built and pushed ($IMAGE, $(docker image inspect -f '{{.Size}}' "$IMAGE" 2>/dev/null || echo '?') bytes)"
 }
 
+# ------------------------------------------------------ titus-runc runtime -----
+# Tasks join a network namespace the agent prepared (docs/launch-netns.md): dockerd runs them with
+# the `titus` runtime, a wrapper around runc. Installed and registered idempotently; dockerd picks up
+# `runtimes` from daemon.json on SIGHUP (no restart: running containers are not disturbed).
+TITUS_RUNC=/usr/local/lib/titus/titus-runc
+DAEMON_JSON=/etc/docker/daemon.json
+
+titus_runtime_registered() {
+    docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' 2>/dev/null | grep -qw titus
+}
+
+setup_titus_runtime() {
+    local here f
+    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    for f in titus-runc-create titus-runc; do  # the front last: it execs the other
+        install -D -m 0755 "$here/$f" "$(dirname "$TITUS_RUNC")/$f.new"
+        mv -f "$(dirname "$TITUS_RUNC")/$f.new" "$(dirname "$TITUS_RUNC")/$f"
+    done
+    mkdir -p /run/titus/netns
+    if titus_runtime_registered; then
+        summary runtime "titus registered ($TITUS_RUNC)"
+        return
+    fi
+    python3 - "$DAEMON_JSON" "$TITUS_RUNC" <<'PY' || die "cannot write $DAEMON_JSON"
+import json, os, sys
+path, runc = sys.argv[1], sys.argv[2]
+doc = {}
+if os.path.exists(path):
+    with open(path) as f:
+        doc = json.load(f)
+doc.setdefault("runtimes", {})["titus"] = {"path": runc}
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path + ".new", "w") as f:
+    json.dump(doc, f, indent=2)
+os.replace(path + ".new", path)
+PY
+    kill -HUP "$(cat /var/run/docker.pid)" || die "cannot signal dockerd to reload $DAEMON_JSON"
+    wait_for 30 "" titus_runtime_registered || die "dockerd did not register the titus runtime (see $LOG_DIR/dockerd.log)"
+    summary runtime "titus registered by reload ($TITUS_RUNC)"
+}
+
 # ---------------------------------------------------------------- main -----
 
 require_root
@@ -351,5 +392,6 @@ mkdir -p "$LOG_DIR" "$RUN_DIR"
 setup_apt
 require_commands
 setup_dockerd
+setup_titus_runtime
 setup_registry
 setup_image

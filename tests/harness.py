@@ -4,6 +4,7 @@ starts, `Platform.close` stops and removes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ from typing import Any
 import docker
 import requests
 
+from agent.host.network import netns_dir
+from netns import prepared
 from netns.metadata import MetadataNetwork
 from netns.wiring import Wiring
 
@@ -129,6 +132,12 @@ class Platform:
         for c in self.engine.containers.list(all=True, filters={"label": f"titus.sandbox_agent={self.node_id}"}):
             c.remove(force=True)
         Wiring(owner=self.node_id).gc(set())
+        # The namespaces the agent prepared (docs/launch-netns.md): containers removed above, an
+        # agent stopped without teardown leaves them pinned.
+        directory = netns_dir(self.node_id)
+        prepared.collect(directory, set())
+        with contextlib.suppress(OSError):
+            directory.rmdir()
         # The agent's metadata namespace outlives the agent on purpose (its tasks' links live there).
         MetadataNetwork(owner=self.node_id).remove_namespace()
 

@@ -1,9 +1,9 @@
-"""The host's networking as one resource (docs/network.md): the IP provider (local or aws), the pool
-and the wiring shared by every task, control-plane isolation, restore at start, the check that every
-running task still has its network sandbox, and the GC of links, rules, ENIs and sandboxes that no
-task holds.
+"""The host's networking as one resource (docs/network.md, docs/launch-netns.md): the IP provider
+(local or aws), the pool and the wiring shared by every task, control-plane isolation, restore at
+start, the check that every running task still has its prepared network namespace, and the GC of
+links, rules, ENIs, namespaces and (older agents') sandboxes that no task holds.
 
-Launch steps use `TaskNetworking` (the per-task face: wire, unwire, the sandbox image); the agent
+Launch steps use `TaskNetworking` (the per-task face: prepare a namespace, wire, unwire); the agent
 drives `NetworkResource` through the lifecycle of `agent/host/base.py`.
 """
 
@@ -27,7 +27,7 @@ from agent.host.base import LiveTasks, launching
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.metrics import AgentMetrics
 from agent.names import LABEL_ROLE, LABEL_SANDBOX_AGENT, ROLE_SANDBOX, container_name, sandbox_name
-from netns import isolation
+from netns import isolation, prepared
 from netns.errors import NetworkError
 from netns.ipam import PoolConfig
 from netns.pool import NetworkPool
@@ -35,7 +35,7 @@ from netns.providers.aws import AwsConfig, AwsProvider
 from netns.providers.base import Provider
 from netns.providers.local import LocalProvider, LocalVpc
 from netns.step import HostEniByMac, TaskNetworks, no_host_eni
-from netns.wiring import Wiring
+from netns.wiring import Wiring, netns_name
 from titus_common.errors import HostRefused
 from titus_common.states import TaskState
 
@@ -43,16 +43,29 @@ __all__ = ["NetworkResource", "TaskNetworking", "isolation_policy", "make_provid
 
 log = logging.getLogger("titus.agent.network")
 
+RUNTIME = "titus"  # the OCI runtime scripts/setup-host.sh registers (scripts/titus-runc)
 # Any node's sandbox whose task container is gone is removed once it is this old.
 SANDBOX_ORPHAN_AGE = 600.0
 
 
 @dataclass
 class TaskNetworking:
-    """What the network launch step needs of the host: wire a task's namespace, unwire it."""
+    """What the network launch step needs of the host: prepare a task's namespace, wire it, unwire
+    it. `id_map`: the engine's user-namespace remapping (set by NetworkResource.start; None: off)."""
 
     networks: TaskNetworks
     sandbox_image: str
+    netns_dir: Path = prepared.NETNS_ROOT / "default"
+    id_map: prepared.IdMap | None = None
+
+    def netns_path(self, task_id: str) -> str:
+        return str(self.netns_dir / netns_name(task_id))
+
+    async def prepare(self, netns_path: str) -> None:
+        await asyncio.to_thread(prepared.prepare, Path(netns_path), self.id_map)
+
+    async def release_netns(self, netns_path: str) -> None:
+        await asyncio.to_thread(prepared.remove, Path(netns_path))
 
     async def wire(
         self, task_id: str, netns_path: str, groups: list[str], record: dict[str, Any], save: Callable[[], None]
@@ -101,7 +114,13 @@ def task_networking(config: AgentConfig) -> TaskNetworking:
     )
     host_eni_for = HostEniByMac() if config.network_provider == "aws" else no_host_eni
     networks = TaskNetworks(pool, Wiring(owner=config.node_id), host_eni_for=host_eni_for)
-    return TaskNetworking(networks, config.sandbox_image)
+    return TaskNetworking(networks, config.sandbox_image, netns_dir(config.node_id))
+
+
+def netns_dir(node_id: str) -> Path:
+    """This agent's prepared namespaces: one directory per node id (several agents share test hosts)."""
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in node_id).lstrip(".") or "_"
+    return prepared.NETNS_ROOT / safe
 
 
 def scheduler_addresses(scheduler_url: str) -> list[str]:
@@ -163,6 +182,7 @@ class NetworkResource:
         )
         log.info("network pool restored: kept %d, adopted %d, released %d, orphans %s",
                  len(report.kept), len(report.adopted), len(report.released), sorted(report.orphan_tasks))
+        await self._mirror_engine_userns()
         try:
             policy = await asyncio.to_thread(isolation_policy, self.config)
             await asyncio.to_thread(isolation.apply, policy)
@@ -175,21 +195,57 @@ class NetworkResource:
         with contextlib.suppress(Exception):
             await self._collect_sandboxes({r.task_id for r in records})
 
-    async def reconcile(self, tasks: LiveTasks) -> None:
-        """A running task whose sandbox is gone or stopped has lost its network (events missed)."""
+    async def _mirror_engine_userns(self) -> None:
+        """Prepared namespaces are owned by a user namespace with the engine's remapping (the
+        container joins it): read that mapping once. Without remapping, plain network namespaces."""
         try:
-            sandboxes = await self._list_sandboxes()
+            info = await self.docker.info()
         except (DockerUnavailable, DockerError) as e:
-            log.warning("reconcile: cannot list network sandboxes: %s", e)
-            return
-        alive = {(c.get("Labels") or {}).get(LABEL_TASK) for c in sandboxes if c.get("State") == "running"}
+            raise HostRefused(f"cannot ask the engine whether it remaps user namespaces: {e}") from None
+        runtimes = info.get("Runtimes") or {}
+        if RUNTIME not in runtimes:
+            raise HostRefused(f"the engine has no {RUNTIME!r} OCI runtime (run scripts/setup-host.sh): "
+                              "tasks could not join their prepared network namespaces")
+        if any("name=userns" in str(o) for o in info.get("SecurityOptions") or []):
+            try:
+                self.tasks.id_map = await asyncio.to_thread(prepared.engine_id_map)
+            except NetworkError as e:
+                raise HostRefused(f"user-namespace remapping: {e.message}") from None
+
+    async def reconcile(self, tasks: LiveTasks) -> None:
+        """A running task whose prepared namespace was unpinned (deleted from outside) or whose
+        older-style sandbox is gone has lost its network."""
+        legacy = [t for t, r in tasks.items() if r.outputs.network is not None and r.outputs.network.sandbox_id]
+        alive: set[Any] = set()
+        if legacy:
+            try:
+                sandboxes = await self._list_sandboxes()
+            except (DockerUnavailable, DockerError) as e:
+                log.warning("reconcile: cannot list network sandboxes: %s", e)
+                return
+            alive = {(c.get("Labels") or {}).get(LABEL_TASK) for c in sandboxes if c.get("State") == "running"}
         for task_id, record in tasks.items():
-            if record.state is TaskState.STARTED and task_id not in alive and record.outputs.network is not None:
+            net = record.outputs.network
+            if record.state is TaskState.STARTED and net is not None and net.sandbox_id and task_id not in alive:
                 self.on_lost(task_id, lost_message(task_id))
+        self._check_namespaces(tasks)
+
+    def _check_namespaces(self, tasks: LiveTasks) -> None:
+        """A running task whose prepared namespace was unpinned (`ip netns delete`-style, from
+        outside) has lost its network: teardown, GC and re-adoption could no longer reach it. One
+        stat per task: run at every reconcile and every GC round (docs/launch-netns.md)."""
+        for task_id, record in tasks.items():
+            net = record.outputs.network
+            if record.state is not TaskState.STARTED or net is None or net.sandbox_id:
+                continue
+            if not prepared.is_prepared(Path(net.netns_path)):
+                self.on_lost(task_id, f"the task's network namespace {net.netns_path} was removed: "
+                                      "the task lost its network")
 
     async def gc(self, tasks: LiveTasks) -> None:
         """Leaks: this agent's links and rules of tasks it no longer holds, IPs held for no task, and
         sandboxes nobody needs. Never under a launch's feet: skipped while one is wiring."""
+        self._check_namespaces(tasks)
         if launching(tasks):
             return
         try:
@@ -201,6 +257,11 @@ class NetworkResource:
             if report.wiring.links or report.wiring.rules or report.enis:
                 log.warning("network leaks removed: links %s, rules %s, ENIs %s",
                             report.wiring.links, report.wiring.rules, report.enis)
+            namespaces = await asyncio.to_thread(
+                prepared.collect, self.tasks.netns_dir, {netns_name(t) for t in tasks})
+            if namespaces:
+                self.metrics.network_leaks_removed.labels("namespace").inc(len(namespaces))
+                log.warning("leaked network namespaces removed: %s", namespaces)
             await self._collect_sandboxes(set(tasks))
         except Exception as e:  # never let the agent's loop die
             log.warning("network GC failed: %s", e)

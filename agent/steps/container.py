@@ -15,6 +15,7 @@ from titus_common.states import FinishReason
 # Titus's value: high enough for any real program, stops a fork bomb. The security step's tighter
 # limit (hardening.DEFAULT_PIDS_LIMIT) arrives through ctx.host_config_options and wins.
 PIDS_LIMIT = 100_000
+NETNS_ENV = "TITUS_NETNS"
 
 
 class ContainerStep:
@@ -23,16 +24,23 @@ class ContainerStep:
     async def setup(self, ctx: LaunchContext) -> None:
         mine = ctx.resources(self.name)
         try:
-            container_id = mine.get("id") or await self._create(ctx)
+            container_id, fresh = str(mine.get("id") or ""), False
+            if not container_id:
+                container_id, fresh = await self._create(ctx)
             mine["id"] = container_id
             ctx.record.container_id = container_id
             ctx.save()
-            state = await ctx.docker.inspect(container_id)
-            if state is None:
-                raise StepError("container vanished between create and start")
-            if not state["State"]["Running"] and not state["State"]["FinishedAt"].startswith("0001"):
-                return  # already ran (and perhaps exited) before an agent restart: do not run it twice
-            if not state["State"]["Running"]:
+            # Created just now by this call: it has not run, no inspect needed (one engine round trip
+            # less per launch). Adopted after a restart (or a create conflict): ask the engine.
+            running = False
+            if not fresh:
+                state = await ctx.docker.inspect(container_id)
+                if state is None:
+                    raise StepError("container vanished between create and start")
+                if not state["State"]["Running"] and not state["State"]["FinishedAt"].startswith("0001"):
+                    return  # already ran (and perhaps exited) before an agent restart: do not run it twice
+                running = bool(state["State"]["Running"])
+            if not running:
                 try:
                     await ctx.docker.start(container_id)
                 except DockerError as e:
@@ -86,6 +94,9 @@ class ContainerStep:
                 "TITUS_TASK_ID": a.task_id,
                 "TITUS_JOB_ID": a.job_id,
                 "TITUS_TASK_INDEX": str(a.index),
+                # Last, so a job's environment cannot point it elsewhere: where the titus runtime
+                # finds the namespace the network step prepared (scripts/titus-runc removes it).
+                **({NETNS_ENV: ctx.record.outputs.network.netns_path} if ctx.record.outputs.network else {}),
             },
             "labels": {
                 LABEL_TASK: a.task_id,
@@ -98,10 +109,11 @@ class ContainerStep:
             **ctx.create_options,
         }
 
-    async def _create(self, ctx: LaunchContext) -> str:
+    async def _create(self, ctx: LaunchContext) -> tuple[str, bool]:
+        """The container's id, and whether this call created it (False: adopted)."""
         name = container_name(ctx.task_id)
         try:
-            return await ctx.docker.create(name, **self._options(ctx))
+            return await ctx.docker.create(name, **self._options(ctx)), True
         except DockerError as e:
             if not e.conflict:
                 raise
@@ -109,7 +121,7 @@ class ContainerStep:
         existing = await ctx.docker.inspect(name)
         if existing is None or existing["Config"]["Labels"].get(LABEL_TASK) != ctx.task_id:
             raise StepError(f"a container named {name} exists and is not this task's")
-        return str(existing["Id"])
+        return str(existing["Id"]), False
 
     async def teardown(self, ctx: LaunchContext) -> None:
         target = ctx.resources(self.name).get("id") or container_name(ctx.task_id)

@@ -19,7 +19,9 @@ import boto3
 import docker
 import pytest
 
+from agent.host.network import netns_dir
 from netns.metadata import MetadataNetwork, meta_ifname
+from netns.wiring import netns_name
 from tests.harness import Platform, wait_for
 from tests.moto_server import moto_server
 
@@ -76,9 +78,8 @@ def imds_platform(tmp_path: Path, engine: docker.DockerClient, moto: str) -> Ite
 
 
 def sandbox_netns(p: Platform, task_id: str) -> str:
-    (box,) = p.engine.containers.list(filters={"label": [f"titus.sandbox_agent={p.node_id}",
-                                                          f"titus.task_id={task_id}"]})
-    return f"/proc/{box.attrs['State']['Pid']}/ns/net"
+    """The task's prepared network namespace (netns.prepared)."""
+    return str(netns_dir(p.node_id) / netns_name(task_id))
 
 
 def chain_in_task(p: Platform, task_id: str, moto: str, tmp: Path, **env: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Task networking end to end on the real engine (agent/steps/network.py, docs/network.md): each task
-gets its own IP from the local provider's CIDR in a sandbox's namespace, tasks on the host reach each
-other over TCP, a kill -9 of the agent keeps IPs and traffic, teardown leaves no veth or sandbox, and
-an exhausted subnet crashes the task with a clear cause and leaks nothing."""
+gets its own IP from the local provider's CIDR in a namespace the agent prepared (joined through the
+titus runtime, no sandbox container), tasks on the host reach each other over TCP, a kill -9 of the
+agent keeps IPs and traffic, teardown leaves no veth, namespace or sandbox, and an exhausted subnet
+crashes the task with a clear cause and leaks nothing."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import pytest
 import requests
 
 from netns import isolation
-from netns.wiring import host_ifname
+from agent.host.network import netns_dir
+from netns.wiring import host_ifname, netns_name
 from tests.harness import Platform, wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,6 +35,16 @@ SERVER = "nc -ll -p 7000 -e echo pong"
 
 def sandboxes(p: Platform) -> list[Any]:
     return list(p.engine.containers.list(all=True, filters={"label": f"titus.sandbox_agent={p.node_id}"}))
+
+
+def namespaces(p: Platform) -> list[str]:
+    """The agent's prepared namespaces (netns.prepared), by name."""
+    d = netns_dir(p.node_id)
+    return sorted({e.name.removesuffix(".user") for e in d.iterdir()}) if d.is_dir() else []
+
+
+def leftovers(p: Platform) -> list[Any]:
+    return [*sandboxes(p), *namespaces(p)]
 
 
 def task_containers(p: Platform) -> list[Any]:
@@ -84,9 +96,10 @@ def test_tasks_get_own_ips_and_talk_and_survive_agent_kill9(net_platform: Platfo
     s_ip, c_ip = address_in(s_box), address_in(c_box)
     assert ipaddress.IPv4Address(s_ip) in DEFAULT_CIDR and ipaddress.IPv4Address(c_ip) in DEFAULT_CIDR
     assert s_ip != c_ip
-    # Each task runs in its own sandbox's namespace.
-    assert s_box.attrs["HostConfig"]["NetworkMode"].startswith("container:")
-    assert len(sandboxes(p)) == 2
+    # Each task runs in the namespace the agent prepared for it: no second container.
+    assert (s_box.attrs["HostConfig"]["NetworkMode"], s_box.attrs["HostConfig"]["Runtime"]) == ("none", "titus")
+    assert namespaces(p) == sorted(netns_name(t) for t in (s_task["id"], c_task["id"]))
+    assert sandboxes(p) == []
     assert our_veths([s_task["id"], c_task["id"]]) == {host_ifname(s_task["id"]), host_ifname(c_task["id"])}
 
     def talk() -> bool:
@@ -128,24 +141,34 @@ def test_tasks_get_own_ips_and_talk_and_survive_agent_kill9(net_platform: Platfo
         p.api("POST", f"/v1/jobs/{job}/kill", expect=202)
     for job in (server, client, third):
         p.wait_job_finished(job, timeout=30)
-    wait_for(lambda: not p.containers(all=True) and not sandboxes(p), 15, "containers and sandboxes removed")
+    wait_for(lambda: not p.containers(all=True) and not leftovers(p), 15, "containers and sandboxes removed")
     assert our_veths(tasks) == set()
     assert rules_for([s_ip, c_ip]) == []
 
 
-def test_sandbox_death_crashes_the_task(net_platform: Platform) -> None:
-    p = net_platform
+def test_namespace_removed_from_outside_crashes_the_task(tmp_path: Path, engine: docker.DockerClient) -> None:
+    p = Platform(tmp_path, engine)
+    try:
+        p.start_scheduler()
+        p.start_agent("--network-gc-seconds", "1")  # each GC round also checks the namespaces
+        namespace_removed(p)
+    finally:
+        p.close()
+
+
+def namespace_removed(p: Platform) -> None:
     job = p.submit("sleep 600", killGraceSeconds=1)
     wait_for(lambda: p.started(job), 30, "Started")
     (task,) = p.started(job)
-    (box,) = sandboxes(p)
-    box.kill()
-    (first,) = wait_for(lambda: [t for t in p.tasks(job) if t["reason"] == "crashed"], 30, "crashed")
-    assert "network sandbox" in first["message"] and "lost its network" in first["message"], first
+    (name,) = namespaces(p)
+    # What `ip netns delete` does: unpin it (the running container keeps the namespace itself).
+    subprocess.run(["umount", str(netns_dir(p.node_id) / name)], check=True)
+    (first,) = wait_for(lambda: [t for t in p.tasks(job) if t["reason"] == "crashed"], 60, "crashed")
+    assert "network namespace" in first["message"] and "lost its network" in first["message"], first
     assert first["retriesUsed"] == 0  # the platform's fault: retried at no cost to the user
     p.api("POST", f"/v1/jobs/{job}/kill", expect=202)
     p.wait_job_finished(job, timeout=30)
-    wait_for(lambda: not p.containers(all=True) and not sandboxes(p), 15, "containers and sandboxes removed")
+    wait_for(lambda: not p.containers(all=True) and not leftovers(p), 15, "containers and sandboxes removed")
     assert our_veths([task["id"]]) == set()
 
 
@@ -172,7 +195,7 @@ def test_exhausted_subnet_crashes_task_and_leaks_nothing(tmp_path: Path, engine:
         assert p.agent is not None and p.agent.alive()
         p.api("POST", f"/v1/jobs/{job}/kill", expect=202)
         p.wait_job_finished(job, timeout=30)
-        wait_for(lambda: not p.containers(all=True) and not sandboxes(p), 15, "nothing left")
+        wait_for(lambda: not p.containers(all=True) and not leftovers(p), 15, "nothing left")
         assert our_veths([t["id"] for t in p.tasks(job)]) == set()
     finally:
         p.close()
@@ -272,15 +295,15 @@ def test_agent_kill9_mid_burst_assigns_no_ip_twice_and_leaks_none(net_platform: 
     net = requests.get(f"http://127.0.0.1:{p.agent_port}/v1/net", timeout=5).json()
     held = {ip["address"]: ip["task_id"] for eni in net["enis"] for ip in eni["ips"] if ip["state"] == "assigned"}
     assert held == {a: t for t, a in running.items()}, (held, running)
-    # One sandbox and one host link per running task, nothing else.
-    boxes = [c for c in sandboxes(p) if c.status == "running"]
-    assert sorted(c.labels["titus.task_id"] for c in boxes) == sorted(running)
+    # One prepared namespace and one host link per running task, nothing else.
+    assert namespaces(p) == sorted(netns_name(t) for t in running)
+    assert sandboxes(p) == []
     all_tasks = [t["id"] for t in p.tasks(job)]
     assert our_veths(all_tasks) == {host_ifname(t) for t in running}
 
     p.api("POST", f"/v1/jobs/{job}/kill", expect=202)
     p.wait_job_finished(job, timeout=60)
-    wait_for(lambda: not p.containers(all=True) and not sandboxes(p), 30, "containers and sandboxes removed")
+    wait_for(lambda: not p.containers(all=True) and not leftovers(p), 30, "containers and sandboxes removed")
     assert our_veths(all_tasks) == set()
     assert rules_for(list(running.values())) == []
     net = requests.get(f"http://127.0.0.1:{p.agent_port}/v1/net", timeout=5).json()

@@ -62,7 +62,7 @@ class FakeEngine(BaseHTTPRequestHandler):
 def engine_info(userns: bool) -> dict[str, Any]:
     options = ["name=seccomp,profile=builtin"] + (["name=userns"] if userns else [])
     return {"SecurityOptions": options, "CgroupVersion": "1", "ServerVersion": "20.10.24",
-            "DockerRootDir": "/var/lib/docker"}
+            "DockerRootDir": "/var/lib/docker", "Runtimes": {"runc": {}, "titus": {}}}
 
 
 @pytest.fixture

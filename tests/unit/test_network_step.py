@@ -15,11 +15,12 @@ from security.hardening import audit_host_config
 from agent.steps.base import LaunchContext, StepError
 from agent.host.network import TaskNetworking
 from agent.host.security import HostSecurity
-from agent.names import sandbox_name
+from agent.steps.container import ContainerStep
 from agent.steps.network import NetworkStep
 from agent.steps.security import SecurityStep
 from security.profiles import default_policy
-from netns.errors import SubnetExhausted, UnknownSecurityGroup
+from netns.errors import SubnetExhausted, UnknownSecurityGroup, WiringError
+from netns.wiring import netns_name
 from netns.providers.local import LocalProvider, LocalVpc
 from tests.security.hosts import ENGINE_PLAIN, fake_posture
 from titus_common.jobspec import ContainerSpec, Resources
@@ -91,71 +92,80 @@ async def secured(tmp_path: Path, ctx: LaunchContext) -> None:
     await SecurityStep(host).setup(ctx)
 
 
-async def test_setup_creates_hardened_sandbox_wires_it_and_joins_the_task(tmp_path: Path) -> None:
+class Prepared(TaskNetworking):
+    """TaskNetworking whose namespaces are only recorded (creating real ones needs the engine lock:
+    tests/integration/test_network.py does that)."""
+
+    def __init__(self, nets: FakeNetworks) -> None:
+        super().__init__(nets, "img", Path("/run/titus/netns/n1"))  # type: ignore[arg-type]
+        self.prepared: list[str] = []
+        self.released: list[str] = []
+
+    async def prepare(self, netns_path: str) -> None:
+        self.prepared.append(netns_path)
+
+    async def release_netns(self, netns_path: str) -> None:
+        self.released.append(netns_path)
+
+
+async def test_setup_prepares_the_namespace_wires_it_and_runs_the_task_with_the_titus_runtime(
+    tmp_path: Path,
+) -> None:
     docker, nets = FakeDocker(), FakeNetworks()
-    step = NetworkStep(TaskNetworking(nets, "img:sandbox"))  # type: ignore[arg-type]
+    host = Prepared(nets)
+    step = NetworkStep(host)
     ctx = setup_ctx(tmp_path, docker)
     await secured(tmp_path, ctx)
     await step.setup(ctx)
-    name = sandbox_name("t1")
-    opts = docker.created[name]
-    assert opts["image"] == "img:sandbox" and opts["command"] == ["sleep", "2147483647"]
-    assert opts["labels"] == {"titus.task_id": "t1", "titus.sandbox_agent": "n1", "titus.role": "sandbox"}
-    hc = opts["host_config"]
-    assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True and hc["PidsLimit"] == 4
-    # A CPU weight, never a quota: a 0.01-CPU quota throttled runc's own start to ~2 s per launch.
-    assert not hc.get("NanoCpus") and not hc.get("CpuQuota") and hc["CpuShares"] == 2
-    assert audit_host_config(hc) == []
-    assert nets.setups == [("t1", "/proc/4242/ns/net")]
-    assert ctx.host_config_options["network_mode"] == f"container:id-{name}"
+    path = f"/run/titus/netns/n1/{netns_name('t1')}"
+    assert host.prepared == [path] and nets.setups == [("t1", path)]
+    assert docker.created == {} and docker.started == []  # no second container
     mine = ctx.record.resources["network"]
-    assert mine["sandbox_id"] == f"id-{name}" and mine["lease"]["address"] == "100.64.0.9"
-    # The task's final HostConfig joining the sandbox passes the hardening audit.
-    task_hc = docker.host_config(**{**ctx.host_config_options, "mem_limit": 64 << 20})
-    task_hc.update(ctx.host_config_raw)
-    assert audit_host_config(task_hc) == []
-    # Idempotent: a second setup (restart mid-launch) reuses the sandbox.
-    docker.created.clear()
-    await step.setup(setup_ctx(tmp_path, docker, ctx.record))
-    assert docker.created == {}
-    # Teardown: unwire, then remove the sandbox; repeatable.
+    assert mine["netns_path"] == path and mine["lease"]["address"] == "100.64.0.9"
+    assert ctx.record.outputs.network is not None and ctx.record.outputs.network.netns_path == path
+    assert ctx.host_config_options["runtime"] == "titus"
+    # The task's container: network_mode none (a namespace of its own, swapped by the runtime),
+    # TITUS_NETNS last so a job's environment cannot point it at another task's namespace.
+    ctx.record.assignment.container.env["TITUS_NETNS"] = "/run/titus/netns/n1/titus-0000000000000000"
+    opts = ContainerStep()._options(ctx)
+    assert opts["environment"]["TITUS_NETNS"] == path
+    assert opts["host_config"]["NetworkMode"] == "none" and opts["host_config"]["Runtime"] == "titus"
+    assert audit_host_config(opts["host_config"]) == []
+    # Idempotent: a second setup (restart mid-launch) prepares (a no-op when pinned) and re-wires.
+    await step.setup(ctx)
+    assert host.prepared == [path, path]
+    # Teardown: unwire, then unpin; repeatable. A sandbox recorded by an older agent goes too.
     await step.teardown(ctx)
+    mine["sandbox_id"] = "old-box"
     await step.teardown(ctx)
-    assert nets.teardowns == ["t1", "t1"] and docker.removed == [f"id-{name}"] * 2
+    assert nets.teardowns == ["t1", "t1"] and host.released == [path, path] and docker.removed == ["old-box"]
 
 
 @pytest.mark.parametrize(
     "error, reason", [(SubnetExhausted("subnet x has no free address"), FinishReason.CRASHED),
-                      (UnknownSecurityGroup("security groups do not exist: sg-x"), FinishReason.FAILED)]
+                      (UnknownSecurityGroup("security groups do not exist: sg-x"), FinishReason.FAILED),
+                      (WiringError("preparing the network namespace x: unshare failed"), FinishReason.CRASHED)]
 )
 async def test_network_errors_say_whose_fault(tmp_path: Path, error: Exception, reason: FinishReason) -> None:
     docker, nets = FakeDocker(), FakeNetworks()
     nets.fail = error
-    step = NetworkStep(TaskNetworking(nets, "img"))  # type: ignore[arg-type]
+    host = Prepared(nets)
+    step = NetworkStep(host)
     ctx = setup_ctx(tmp_path, docker)
     await secured(tmp_path, ctx)
     with pytest.raises(StepError) as e:
         await step.setup(ctx)
     assert e.value.reason is reason and str(error) in e.value.message
-    await step.teardown(ctx)  # after a partial setup: the sandbox still goes
-    assert docker.removed == [f"id-{sandbox_name('t1')}"]
+    await step.teardown(ctx)  # after a partial setup: the namespace still goes
+    assert host.released == [f"/run/titus/netns/n1/{netns_name('t1')}"] and docker.removed == []
 
 
-async def test_teardown_without_setup_and_engine_refusal(tmp_path: Path) -> None:
+async def test_teardown_without_setup(tmp_path: Path) -> None:
     docker, nets = FakeDocker(), FakeNetworks()
-    step = NetworkStep(TaskNetworking(nets, "img"))  # type: ignore[arg-type]
-    ctx = setup_ctx(tmp_path, docker)
-    await step.teardown(ctx)
-    assert nets.teardowns == [] and docker.removed == [sandbox_name("t1")]
-    # Without the security step's hardening the sandbox is never created (the audit refuses it).
-    with pytest.raises(StepError, match="sandbox HostConfig fails the hardening audit"):
-        await step.setup(setup_ctx(tmp_path, docker, record("t2")))
-    docker.fail_create = DockerError(500, "no space left")
-    ctx3 = setup_ctx(tmp_path, docker, record("t3"))
-    await secured(tmp_path, ctx3)
-    with pytest.raises(StepError, match="Docker refused the network sandbox") as e:
-        await step.setup(ctx3)
-    assert e.value.reason is FinishReason.CRASHED
+    host = Prepared(nets)
+    await NetworkStep(host).teardown(setup_ctx(tmp_path, docker))
+    assert nets.teardowns == [] and host.released == [f"/run/titus/netns/n1/{netns_name('t1')}"]
+    assert docker.removed == []
 
 
 async def test_local_vpc_state_is_shared_and_survives_restart(tmp_path: Path) -> None:
@@ -203,16 +213,3 @@ def test_node_net_rendering() -> None:
     assert "assigned 1, free (warm) 1, cooling 1" in text
     assert "task-a" in text and "12.5s" in text
     assert "leaks found at the last GC: links tn0123456789" in text
-
-
-async def test_a_start_reported_failed_but_done_is_accepted(tmp_path: Path) -> None:
-    class Racy(FakeDocker):
-        async def start(self, container_id: str) -> None:
-            self.started.append(container_id)
-            raise DockerError(500, "OCI runtime start failed: cannot start an already running container")
-
-    docker, nets = Racy(), FakeNetworks()
-    ctx = setup_ctx(tmp_path, docker)
-    await secured(tmp_path, ctx)
-    await NetworkStep(TaskNetworking(nets, "img")).setup(ctx)  # type: ignore[arg-type]
-    assert nets.setups == [("t1", "/proc/4242/ns/net")]
