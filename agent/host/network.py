@@ -29,14 +29,15 @@ from agent.metrics import AgentMetrics
 from agent.names import LABEL_ROLE, LABEL_SANDBOX_AGENT, ROLE_SANDBOX, container_name, sandbox_name
 from netns import isolation
 from netns.errors import NetworkError
-from netns.ipam import PoolConfig
+from netns.ipam import PoolConfig, sg_key
+from netns.limits import InstanceLimits
 from netns.pool import NetworkPool
 from netns.providers.aws import AwsConfig, AwsProvider
 from netns.providers.base import Provider
 from netns.providers.local import LocalProvider, LocalVpc
 from netns.step import HostEniByMac, TaskNetworks, no_host_eni
 from netns.wiring import Wiring
-from titus_common.errors import HostRefused
+from titus_common.errors import ConfigError, HostRefused
 from titus_common.states import TaskState
 
 __all__ = ["NetworkResource", "TaskNetworking", "isolation_policy", "make_provider", "scheduler_addresses"]
@@ -79,9 +80,29 @@ def make_provider(config: AgentConfig) -> Provider:
                 subnet_id=config.aws_subnet_id,
                 region=config.aws_region,
                 endpoint_url=config.aws_endpoint_url,
+                limits=aws_limits(config),
+                sweep_cell=True,
             )
         )
     return LocalProvider(config.node_id, LocalVpc(config.network_cidr, state_path=local_vpc_state(config)))
+
+
+def aws_limits(config: AgentConfig) -> InstanceLimits | None:
+    """Limits resolved at start (agent/host/identity.py) or given; None: the built-in table."""
+    if config.aws_max_enis is None or config.aws_ipv4_per_eni is None:
+        return None
+    return InstanceLimits(config.aws_max_enis, config.aws_ipv4_per_eni)
+
+
+def default_security_groups(config: AgentConfig) -> tuple[str, ...]:
+    """Groups of jobs that name none. aws: configured or resolved at start to the VPC's `default`
+    group (agent/host/identity.py), never a placeholder EC2 would reject; local: a pretend name."""
+    if config.network_default_security_groups:
+        return sg_key(config.network_default_security_groups)
+    if config.network_provider == "aws":
+        raise ConfigError("network_provider aws needs network_default_security_groups "
+                          "(resolved at start from the subnet's VPC, or set it)")
+    return ("sg-default",)
 
 
 def task_networking(config: AgentConfig) -> TaskNetworking:
@@ -94,7 +115,7 @@ def task_networking(config: AgentConfig) -> TaskNetworking:
         PoolConfig(
             max_enis=lim.container_enis,
             ips_per_eni=lim.container_ips_per_eni,
-            default_security_groups=("sg-default",),
+            default_security_groups=default_security_groups(config),
         ),
         checkpoint_path=config.state_dir / "ipam.json",
         acquire_timeout_s=config.network_acquire_timeout_seconds,
