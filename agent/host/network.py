@@ -120,7 +120,10 @@ def task_networking(config: AgentConfig) -> TaskNetworking:
         checkpoint_path=config.state_dir / "ipam.json",
         acquire_timeout_s=config.network_acquire_timeout_seconds,
     )
-    host_eni_for = HostEniByMac() if config.network_provider == "aws" else no_host_eni
+    host_eni_for = (
+        HostEniByMac(timeout_s=config.network_eni_link_timeout_seconds, mtu=config.network_eni_mtu)
+        if config.network_provider == "aws" else no_host_eni
+    )
     networks = TaskNetworks(pool, Wiring(owner=config.node_id), host_eni_for=host_eni_for)
     return TaskNetworking(networks, config.sandbox_image)
 
@@ -198,6 +201,7 @@ class NetworkResource:
 
     async def reconcile(self, tasks: LiveTasks) -> None:
         """A running task whose sandbox is gone or stopped has lost its network (events missed)."""
+        await self._reassert_enis()
         try:
             sandboxes = await self._list_sandboxes()
         except (DockerUnavailable, DockerError) as e:
@@ -228,6 +232,17 @@ class NetworkResource:
 
     async def stop(self) -> None:
         await self.tasks.networks.close()
+
+    async def _reassert_enis(self) -> None:
+        """Every reconcile: the ENI links and tables the agent owns, re-applied (networkd, ec2-net-utils
+        or cloud-init may flush them); drift is logged and shown in `titusctl node net`."""
+        try:
+            drift = await self.tasks.networks.reassert_eni_tables()
+        except Exception as e:  # never let the agent's loop die
+            log.warning("re-asserting ENI tables failed: %s", e)
+            return
+        for eni_id, found in drift.items():
+            log.warning("ENI %s had drifted (restored): %s", eni_id, "; ".join(found))
 
     async def _list_sandboxes(self) -> list[dict[str, Any]]:
         return await self.docker.list_containers(f"{LABEL_SANDBOX_AGENT}={self.config.node_id}", f"{LABEL_ROLE}={ROLE_SANDBOX}")
