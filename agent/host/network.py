@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from agent.checkpoint import TaskCheckpoint
 from agent.config import AgentConfig
+from agent.host import preflight
 from agent.host.base import LiveTasks, launching
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.metrics import AgentMetrics
@@ -174,11 +175,17 @@ class NetworkResource:
         self.metrics = metrics
         self.on_lost = on_lost
         self.tasks = tasks or task_networking(config)
+        self.preflight_findings: list[preflight.Finding] = []
 
     def snapshot(self) -> dict[str, Any]:
-        return self.tasks.networks.snapshot()
+        doc = self.tasks.networks.snapshot()
+        doc["preflight"] = [{"check": f.check, "refuse": f.refuse, "message": f.message}
+                            for f in self.preflight_findings]
+        return doc
 
     async def start(self, records: Sequence[TaskCheckpoint]) -> None:
+        await self._preflight()
+        await self._ensure_sandbox_image()
         # Tasks not finished keep their addresses; the rest is reconciled. A corrupt ipam.json is a
         # StateCorrupt, an EC2 error a ProviderError: both refuse the start with their message.
         report = await self.tasks.networks.restore(
@@ -232,6 +239,33 @@ class NetworkResource:
 
     async def stop(self) -> None:
         await self.tasks.networks.close()
+
+    async def _preflight(self) -> None:
+        """agent/host/preflight.py: refuse (aws) or warn (local) on a host that cannot forward."""
+        if not self.config.network_preflight:
+            return
+        try:
+            info = await self.docker.info()
+        except (DockerUnavailable, DockerError):
+            info = None
+        facts = await asyncio.to_thread(preflight.gather, Path("/proc"), info)
+        self.preflight_findings = preflight.judge(facts)
+        refusals = [f for f in self.preflight_findings if f.refuse and self.config.network_provider == "aws"]
+        for f in self.preflight_findings:
+            if f not in refusals:
+                log.warning("host pre-flight %s: %s", f.check, f.message)
+        if refusals:
+            raise HostRefused("host pre-flight: " + "; ".join(f"{f.check}: {f.message}" for f in refusals))
+
+    async def _ensure_sandbox_image(self) -> None:
+        """The sandbox image is pulled at start when absent (never assumed present)."""
+        image = self.tasks.sandbox_image
+        if await self.docker.inspect_image(image) is None:
+            log.info("pulling the network sandbox image %s", image)
+            try:
+                await self.docker.pull(image)
+            except DockerError as e:
+                raise DockerError(None, f"cannot pull the network sandbox image {image}: {e}") from None
 
     async def _reassert_enis(self) -> None:
         """Every reconcile: the ENI links and tables the agent owns, re-applied (networkd, ec2-net-utils
