@@ -170,4 +170,7 @@ class TaskNetworks:
             "enis": self.last_leaks.enis,
         }
         doc["eni_drift"] = self.eni_drift
+        backoff = getattr(self.pool.provider, "backoff", None)
+        if callable(backoff):
+            doc["provider_backoff"] = backoff()
         return doc

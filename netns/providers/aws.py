@@ -79,6 +79,9 @@ class AwsConfig:
     # The leak GC also deletes `available` titus ENIs of other nodes (a terminated host's, a crashed
     # agent's between detach and delete): only an off-node cleaner is fully reliable.
     sweep_cell: bool = False
+    # After EC2 says the subnet is out of addresses, no create/assign call for this long (the VPC
+    # CNI's insufficientCidrErrorCooldown): retrying every pool pass throttles EC2 account-wide.
+    exhausted_cooldown_s: float = 120.0
 
 
 def make_client(config: AwsConfig) -> Any:
@@ -119,7 +122,11 @@ class AwsProvider:
         config: AwsConfig,
         client: Any | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
+        self._exhausted_until = 0.0
+        self.exhausted_refusals = 0  # create/assign refused locally during the cooldown
         self.config = config
         self.client = client if client is not None else make_client(config)
         self._limits = config.limits or limits_for(config.instance_type)
@@ -151,6 +158,8 @@ class AwsProvider:
                 answer = await asyncio.to_thread(method, **kwargs)
             except ClientError as e:
                 code, status = _error_code(e)
+                if ERROR_TYPES.get(code) is SubnetExhausted:
+                    self._exhausted_until = self._clock() + self.config.exhausted_cooldown_s
                 if code in ERROR_TYPES:
                     raise ERROR_TYPES[code](f"{operation}: {code}: {e}") from None
                 retry = code in THROTTLE_CODES or code in TRANSIENT_CODES or status >= 500
@@ -266,6 +275,7 @@ class AwsProvider:
             )
         if not security_groups:
             raise UnknownSecurityGroup("an ENI needs at least one security group")
+        self._check_cooldown()
         cidr = await self._subnet()
         await self._check_groups(security_groups)
         tags = [
@@ -324,6 +334,20 @@ class AwsProvider:
         attachment = {"DeviceIndex": device_index, "AttachmentId": self._attachments[eni_id]}
         return self._parse_eni({**doc, "Attachment": attachment, "TagSet": tags}, cidr)
 
+    def _check_cooldown(self) -> None:
+        left = self._exhausted_until - self._clock()
+        if left > 0:
+            self.exhausted_refusals += 1
+            raise SubnetExhausted(
+                f"subnet {self.config.subnet_id} exhausted; not asking EC2 again for {left:.0f}s"
+            )
+
+    def backoff(self) -> dict[str, float]:
+        """For the network snapshot: seconds left of the exhaustion cooldown, refusals so far."""
+        return {"subnet_exhausted_cooldown_s": max(0.0, self._exhausted_until - self._clock()),
+                "subnet_exhausted_refusals": float(self.exhausted_refusals),
+                "forced_detaches": float(self.forced_detaches)}
+
     def _count_repairs(self, since: int | None) -> None:
         if since is not None:
             self.repair_calls += self.api_calls - since
@@ -332,6 +356,7 @@ class AwsProvider:
         eni = self._enis.get(eni_id)
         if eni is None:
             raise NetworkError(f"{eni_id} is not a container ENI of node {self.config.node_id}")
+        self._check_cooldown()
         room = self._limits.container_ips_per_eni - len(eni.secondary_ips)
         if count > room:
             raise IpLimitReached(f"{eni_id} has room for {room} more IPs, asked {count}")

@@ -130,3 +130,45 @@ async def test_the_cell_sweeper_deletes_another_nodes_leaked_eni(ec2: Ec2World) 
     await sweeper.delete_leaked_eni(gone_host)
     left = {e["NetworkInterfaceId"] for e in ec2.client.describe_network_interfaces()["NetworkInterfaces"]}
     assert gone_host not in left and young in left and foreign in left
+
+
+class Exhausted:
+    """EC2 answering every create/assign with InsufficientFreeAddressesInSubnet; counts them."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.refused = inner, 0
+
+    def __getattr__(self, name: str) -> Any:
+        from botocore.exceptions import ClientError
+
+        def call(**kw: Any) -> Any:
+            if name in ("create_network_interface", "assign_private_ip_addresses"):
+                self.refused += 1
+                raise ClientError({"Error": {"Code": "InsufficientFreeAddressesInSubnet", "Message": "x"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 400}}, name)
+            return getattr(self.inner, name)(**kw)
+        return call
+
+
+async def test_subnet_exhaustion_backs_off_without_an_ec2_call_storm(ec2: Ec2World) -> None:
+    from netns.errors import SubnetExhausted
+    from netns.ipam import PoolConfig
+    from netns.pool import NetworkPool
+
+    now = [1000.0]
+    client = Exhausted(ec2.client)
+    p = AwsProvider(AwsConfig(node_id="node-a", instance_id=ec2.instance_id, instance_type="m5.8xlarge",
+                              subnet_id=ec2.subnet_id, endpoint_url=ec2.endpoint), client=client,
+                    sleep=no_sleep, clock=lambda: now[0])
+    web = ec2.groups["web"]
+    pool = NetworkPool(p, PoolConfig(max_enis=7, ips_per_eni=29, default_security_groups=(web,),
+                                     warm_ip_target=4, refill_batch=4, burst_batch=4))
+    for _ in range(30):  # 30 pool passes (a minute of the refiller's 2 s error back-off)
+        await pool.refill_once()
+    assert client.refused == 1 and p.exhausted_refusals >= 29
+    assert p.backoff()["subnet_exhausted_cooldown_s"] == 120.0
+    now[0] += 121
+    await pool.refill_once()
+    assert client.refused == 2  # asked again once the cooldown is over
+    with pytest.raises(SubnetExhausted, match="not asking EC2 again for 120s"):
+        await p.create_eni((web,), 1)
