@@ -164,7 +164,7 @@ class Wiring:
     # ---- per ENI ---------------------------------------------------------------------------------
 
     def ensure_eni_table(self, eni: HostEni) -> list[str]:
-        """Own the ENI's link: up, its MTU, and in the ENI's table an on-link route to the router and
+        """Own the ENI's link: up, its MTU, no host addresses, and in the ENI's table an on-link route to the router and
         `default via <router> dev <ENI link>` (replace: idempotent). Returns what was found missing
         (drift: a network manager flushed the table or downed the link), empty when all was in place."""
         table = eni_table(eni.device_index)
@@ -173,6 +173,13 @@ class Wiring:
             if index is None:
                 raise WiringError(f"ENI link {eni.ifname} does not exist")
             drift = self._eni_drift(ipr, index, eni, table)
+            # No host address on a container ENI: ec2-net-utils/networkd add its secondary IPs as
+            # aliases, which makes task addresses local to the host (the local table wins).
+            for addr in ipr.get_addr(family=2, index=index):
+                address = addr.get_attr("IFA_ADDRESS")
+                _ignore((errno.EADDRNOTAVAIL,), ipr.addr, "del", index=index, address=address,
+                        prefixlen=addr["prefixlen"])
+                drift.append(f"host address {address}/{addr['prefixlen']} on {eni.ifname} removed")
             ipr.link("set", index=index, state="up", **({"mtu": eni.mtu} if eni.mtu else {}))
             ipr.route(
                 "replace", dst=f"{eni.gateway}/32", oif=index, scope=RT_SCOPE_LINK, table=table,

@@ -7,6 +7,7 @@ Uses `ip`: run under the engine lock."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import subprocess
 import threading
 import time
@@ -21,7 +22,7 @@ def ip(*args: str) -> None:
 
 class Hypervisor:
     def __init__(self, client: Any, instance_id: str, host_ns: str, fabric_ns: str,
-                 delay_s: float = 0.5, poll_s: float = 0.05) -> None:
+                 delay_s: float = 0.5, poll_s: float = 0.05, vpc_routing: bool = False) -> None:
         self.client, self.instance_id = client, instance_id
         self.host_ns, self.fabric_ns = host_ns, fabric_ns
         self.delay_s, self.poll_s = delay_s, poll_s
@@ -29,6 +30,8 @@ class Hypervisor:
         self.plugged: dict[str, str] = {}  # eni id -> host link name
         self.errors: list[str] = []
         self._seen: dict[str, float] = {}
+        self.vpc_routing = vpc_routing  # also play the VPC's routing in the fabric namespace
+        self._routed: dict[str, set[str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="ec2sim-hypervisor")
 
@@ -68,13 +71,38 @@ class Hypervisor:
                    "peer", "name", "f" + name[2:], "netns", self.fabric_ns)
                 ip("-n", self.fabric_ns, "link", "set", "f" + name[2:], "up")  # the VPC side is up
                 self.plugged[eni_id] = name
+        if self.vpc_routing:
+            self._route(doc["NetworkInterfaces"])
         for eni_id in [e for e in self.plugged if e not in attached]:
             self._unplug(eni_id)
         for eni_id in [e for e in self._seen if e not in attached]:
             del self._seen[eni_id]
 
+    def _route(self, enis: list[dict[str, Any]]) -> None:
+        """The VPC side of each plugged ENI: the subnet router's address on its fabric end, and every
+        private IP of the ENI delivered to the ENI's MAC (EC2 needs no ARP from the instance)."""
+        for eni in enis:
+            name = self.plugged.get(eni["NetworkInterfaceId"])
+            if name is None:
+                continue
+            fab = "f" + name[2:]
+            if name not in self._routed:
+                subnet = self.client.describe_subnets(SubnetIds=[eni["SubnetId"]])["Subnets"][0]
+                base = int(ipaddress.IPv4Network(subnet["CidrBlock"]).network_address)
+                ip("-n", self.fabric_ns, "addr", "replace", f"{ipaddress.IPv4Address(base + 1)}/32", "dev", fab)
+                self._routed[name] = set()
+            for entry in eni["PrivateIpAddresses"]:
+                address = entry["PrivateIpAddress"]
+                if address in self._routed[name]:
+                    continue
+                ip("-n", self.fabric_ns, "route", "replace", f"{address}/32", "dev", fab)
+                ip("-n", self.fabric_ns, "neigh", "replace", address, "lladdr", eni["MacAddress"],
+                   "dev", fab, "nud", "permanent")
+                self._routed[name].add(address)
+
     def _unplug(self, eni_id: str) -> None:
         name = self.plugged.pop(eni_id)
+        self._routed.pop(name, None)
         try:
             ip("-n", self.host_ns, "link", "del", name)
         except RuntimeError:

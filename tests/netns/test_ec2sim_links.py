@@ -91,7 +91,8 @@ async def test_hot_plugged_eni_link_is_waited_for_owned_and_reasserted(
         utils.flush_table(table)
         assert table_routes(host_ns, table) == []
         drift = await networks.reassert_eni_tables()
-        assert drift == {eni.eni_id: [f"table {table} lacks its default route"]}
+        assert drift == {eni.eni_id: [f"table {table} lacks its default route",
+                                      f"host address 10.20.0.200/32 on {host_eni.ifname} removed"]}
         assert f"default via {gw} dev {host_eni.ifname}" in table_routes(host_ns, table)
         assert await networks.reassert_eni_tables() == {}  # nothing drifted since
         await p.delete_eni(eni.eni_id)
