@@ -119,6 +119,8 @@ class AgentConfig(BaseModel):
     # A newly attached ENI's link must appear (its MAC) within this; its MTU (9001 in a VPC).
     network_eni_link_timeout_seconds: float = 30.0
     network_eni_mtu: int = 9001
+    # aws: per-ENI systemd-networkd files with Unmanaged=yes (netns/unmanaged.py); None: none written.
+    network_unmanaged_dir: AnyPath | None = Path("/run/systemd/network")
     # Host pre-flight (agent/host/preflight.py): refuse to start on a host that cannot forward.
     network_preflight: bool = True
 

@@ -18,8 +18,10 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from netns import unmanaged
 from netns.errors import NetworkError
 from netns.ipam import ReconcileReport
 from netns.pool import NetworkPool
@@ -50,7 +52,10 @@ class HostEniByMac:
             with iproute_in(self.host_netns) as ipr:
                 for link in ipr.link("dump"):
                     if str(link.get("IFLA_ADDRESS", "")).lower() == eni.mac.lower():
-                        return HostEni(eni.device_index, str(link.get("IFLA_IFNAME")), eni.gateway, self.mtu)
+                        return HostEni(
+                            eni.device_index, str(link.get("IFLA_IFNAME")), eni.gateway, self.mtu, eni.mac.lower(),
+                            eni.primary_ip,
+                        )
             if time.monotonic() >= deadline:
                 raise NetworkError(
                     f"ENI {eni.eni_id} ({eni.mac}) attached but its link did not appear on this host "
@@ -76,7 +81,10 @@ class TaskNetworks:
         wiring: Wiring,
         host_eni_for: Callable[[EniInfo], HostEni | None] = no_host_eni,
         mtu: int = 1500,
+        unmanaged_dir: Path | None = None,
     ) -> None:
+        # Where per-ENI networkd `Unmanaged=yes` files go (netns/unmanaged.py); None: not written.
+        self.unmanaged_dir = unmanaged_dir
         self.pool = pool
         self.wiring = wiring
         self.host_eni_for = host_eni_for
@@ -115,6 +123,8 @@ class TaskNetworks:
         if host_eni is None and eni is not None:
             host_eni = await asyncio.to_thread(self.host_eni_for, eni)  # may wait for the hot-plug
             if host_eni is not None:
+                if self.unmanaged_dir is not None:
+                    await asyncio.to_thread(unmanaged.mark_unmanaged, self.unmanaged_dir, eni.mac, eni.eni_id)
                 await asyncio.to_thread(self.wiring.ensure_eni_table, host_eni)
                 self._eni_tables[lease.eni_id] = host_eni
         spec = ContainerNetSpec(task_id, netns_path, lease.address, host_eni, self.mtu)
@@ -134,15 +144,22 @@ class TaskNetworks:
         them); returns and remembers what had drifted. ENIs no longer in the pool are forgotten."""
         drift: dict[str, list[str]] = {}
         for eni_id, host_eni in list(self._eni_tables.items()):
-            if eni_id not in self.pool.enis:
+            eni = self.pool.enis.get(eni_id)
+            if eni is None:  # the pool deleted it: forget it, and its networkd file
                 del self._eni_tables[eni_id]
+                if self.unmanaged_dir is not None and host_eni.mac:
+                    await asyncio.to_thread(unmanaged.unmark, self.unmanaged_dir, host_eni.mac)
                 continue
+            if self.unmanaged_dir is not None and await asyncio.to_thread(
+                unmanaged.mark_unmanaged, self.unmanaged_dir, eni.mac, eni_id
+            ):
+                drift.setdefault(eni_id, []).append("networkd Unmanaged file was missing")
             try:
                 found = await asyncio.to_thread(self.wiring.ensure_eni_table, host_eni)
             except NetworkError as e:
                 found = [e.message]
             if found:
-                drift[eni_id] = found
+                drift.setdefault(eni_id, []).extend(found)
         self.eni_drift = drift
         return drift
 

@@ -79,6 +79,10 @@ class HostEni:
     ifname: str  # the ENI's link on the host (eth1… on EC2; a veth into the fabric in tests)
     gateway: str  # the subnet router
     mtu: int | None = None  # set on the link (9001 in a VPC); None: leave the link's MTU alone
+    mac: str = ""  # the ENI's MAC (how its link was found)
+    # Set (aws): the ENI's primary address, the only host address its link may carry; every other
+    # (ec2-net-utils' aliases of the secondary IPs) is removed. Empty: addresses are left alone.
+    primary_ip: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,10 +177,12 @@ class Wiring:
             if index is None:
                 raise WiringError(f"ENI link {eni.ifname} does not exist")
             drift = self._eni_drift(ipr, index, eni, table)
-            # No host address on a container ENI: ec2-net-utils/networkd add its secondary IPs as
+            # No host address but its primary on a container ENI: ec2-net-utils/networkd add its secondary IPs as
             # aliases, which makes task addresses local to the host (the local table wins).
-            for addr in ipr.get_addr(family=2, index=index):
+            for addr in ipr.get_addr(family=2, index=index) if eni.primary_ip else ():
                 address = addr.get_attr("IFA_ADDRESS")
+                if address == eni.primary_ip:
+                    continue
                 _ignore((errno.EADDRNOTAVAIL,), ipr.addr, "del", index=index, address=address,
                         prefixlen=addr["prefixlen"])
                 drift.append(f"host address {address}/{addr['prefixlen']} on {eni.ifname} removed")

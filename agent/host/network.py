@@ -125,7 +125,10 @@ def task_networking(config: AgentConfig) -> TaskNetworking:
         HostEniByMac(timeout_s=config.network_eni_link_timeout_seconds, mtu=config.network_eni_mtu)
         if config.network_provider == "aws" else no_host_eni
     )
-    networks = TaskNetworks(pool, Wiring(owner=config.node_id), host_eni_for=host_eni_for)
+    networks = TaskNetworks(
+        pool, Wiring(owner=config.node_id), host_eni_for=host_eni_for,
+        unmanaged_dir=config.network_unmanaged_dir if config.network_provider == "aws" else None,
+    )
     return TaskNetworking(networks, config.sandbox_image)
 
 

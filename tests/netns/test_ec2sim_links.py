@@ -11,6 +11,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +64,7 @@ def table_routes(ns: str, table: int) -> list[str]:
 
 
 async def test_hot_plugged_eni_link_is_waited_for_owned_and_reasserted(
-    ec2: Ec2World, host: tuple[str, str]
+    ec2: Ec2World, host: tuple[str, str], tmp_path: Path
 ) -> None:
     host_ns, fabric_ns = host
     p = provider(ec2)
@@ -71,7 +72,8 @@ async def test_hot_plugged_eni_link_is_waited_for_owned_and_reasserted(
     pool = NetworkPool(p, PoolConfig(max_enis=7, ips_per_eni=29, default_security_groups=(web,),
                                      warm_ip_target=2, refill_batch=2, burst_batch=2))
     networks = TaskNetworks(pool, Wiring(host_netns=f"/var/run/netns/{host_ns}", owner="node-a"),
-                            host_eni_for=HostEniByMac(f"/var/run/netns/{host_ns}", timeout_s=20, mtu=9001))
+                            host_eni_for=HostEniByMac(f"/var/run/netns/{host_ns}", timeout_s=20, mtu=9001),
+                            unmanaged_dir=tmp_path)
     with Hypervisor(ec2.client, ec2.instance_id, host_ns, fabric_ns, delay_s=0.5) as hv:
         eni = await p.create_eni((web,), 1)
         assert eni.eni_id not in hv.plugged  # not there at once: the code must wait for it
@@ -91,11 +93,16 @@ async def test_hot_plugged_eni_link_is_waited_for_owned_and_reasserted(
         utils.flush_table(table)
         assert table_routes(host_ns, table) == []
         drift = await networks.reassert_eni_tables()
-        assert drift == {eni.eni_id: [f"table {table} lacks its default route",
+        assert drift == {eni.eni_id: ["networkd Unmanaged file was missing",
+                                      f"table {table} lacks its default route",
                                       f"host address 10.20.0.200/32 on {host_eni.ifname} removed"]}
+        (unit,) = tmp_path.glob("05-titus-eni-*.network")
+        assert unit.read_text().endswith(f"[Match]\nMACAddress={eni.mac.lower()}\n\n[Link]\nUnmanaged=yes\n")
         assert f"default via {gw} dev {host_eni.ifname}" in table_routes(host_ns, table)
         assert await networks.reassert_eni_tables() == {}  # nothing drifted since
         await p.delete_eni(eni.eni_id)
+        del pool.enis[eni.eni_id]
+        assert await networks.reassert_eni_tables() == {} and list(tmp_path.glob("*.network")) == []
         assert hv.errors == []
 
 

@@ -148,6 +148,7 @@ DEFAULTS: dict[str, Any] = {
     "network_default_security_groups": [],
     "network_eni_link_timeout_seconds": 30.0,
     "network_eni_mtu": 9001,
+    "network_unmanaged_dir": Path("/run/systemd/network"),
     "network_preflight": True,
 }
 
