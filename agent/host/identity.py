@@ -8,16 +8,23 @@ instance); IMDS or EC2 failing is a ProviderError (exit 5).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from agent.config import AgentConfig
 from netns.providers.aws import AwsConfig, make_client
-from netns.providers.ec2_identity import default_security_group, instance_limits, read_identity
+from netns.providers.ec2_identity import (
+    default_security_group,
+    imds_hardening_warnings,
+    instance_limits,
+    read_identity,
+)
 from titus_common.errors import ConfigError
 
 __all__ = ["resolve_aws_host"]
 
+log = logging.getLogger("titus.agent.identity")
 DEFAULT_REGION = AgentConfig.model_fields["aws_region"].default
 
 
@@ -58,6 +65,8 @@ def resolve_aws_host(
             "aws_account_id": me.account_id,
             "aws_subnet_id": config.aws_subnet_id or me.subnet_id,
         }
+        for warning in imds_hardening_warnings(ec2_for(config.model_copy(update=update)), me.instance_id):
+            log.warning("host pre-flight: %s", warning)
     resolved = config.model_copy(update=update)
     need_limits = resolved.aws_max_enis is None
     need_groups = not resolved.network_default_security_groups

@@ -23,6 +23,7 @@ __all__ = [
     "Ec2Identity",
     "IdentityUnavailable",
     "default_security_group",
+    "imds_hardening_warnings",
     "instance_limits",
     "read_identity",
     "region_hostname_suffix",
@@ -175,3 +176,20 @@ def default_security_group(client: Any, subnet_id: str) -> str:
             f"VPC {vpc} has {len(groups)} groups named 'default'; set network_default_security_groups"
         )
     return str(groups[0]["GroupId"])
+
+
+def imds_hardening_warnings(client: Any, instance_id: str) -> list[str]:
+    """AWS's advice for container hosts: IMDSv2 required and a PUT hop limit of 1, so a container
+    cannot obtain the host's token (and the instance role) even if it reaches 169.254.169.254."""
+    try:
+        doc = client.describe_instances(InstanceIds=[instance_id])
+        options = doc["Reservations"][0]["Instances"][0].get("MetadataOptions") or {}
+    except Exception as e:
+        return [f"cannot read this instance's metadata options: {_ec2_error('DescribeInstances', e).message}"]
+    warnings = []
+    if options.get("HttpTokens") != "required":
+        warnings.append(f"IMDS HttpTokens is {options.get('HttpTokens')!r}, not 'required' (IMDSv1 open)")
+    hops = options.get("HttpPutResponseHopLimit")
+    if isinstance(hops, int) and hops > 1:
+        warnings.append(f"IMDS hop limit is {hops}: containers can obtain the host's IMDS token")
+    return warnings

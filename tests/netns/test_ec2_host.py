@@ -41,11 +41,13 @@ def agent_config(ec2: Ec2World, imds: FakeImds, *extra: str) -> Any:
                         *extra], environ={"TITUS_AGENT_AWS_IMDS_ENDPOINT": imds.endpoint})
 
 
-def test_identity_from_imdsv2_fills_the_config(ec2: Ec2World) -> None:
+def test_identity_from_imdsv2_fills_the_config(ec2: Ec2World, caplog: pytest.LogCaptureFixture) -> None:
     with FakeImds(ec2.client, ec2.instance_id) as imds:
         me = read_identity(imds.endpoint)
         config = resolve_aws_host(agent_config(ec2, imds), ec2_for=lambda _: ec2.client)
-        assert ("PUT", "/latest/api/token") in imds.requests  # v2: a token first, then tokened GETs
+    # moto's instances have IMDSv1 open (HttpTokens optional): the operator is told.
+    assert "IMDS HttpTokens is 'optional', not 'required'" in caplog.text
+    assert imds.requests[0] == ("PUT", "/latest/api/token")  # v2: a token first, then tokened GETs
     assert (config.aws_instance_id, config.aws_instance_type, config.aws_subnet_id) == (
         ec2.instance_id, "m5.8xlarge", ec2.subnet_id)
     assert config.aws_availability_zone == me.availability_zone and config.aws_region == "us-east-1"
