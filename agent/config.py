@@ -316,8 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aws-subnet-id", help="aws provider: the subnet of the container ENIs")
     p.add_argument("--aws-instance-id", help="aws provider: this instance's id")
     p.add_argument("--aws-instance-type", help="aws provider: this instance's type (ENI and IP limits)")
+    p.add_argument("--network-default-security-group", dest="network_default_security_groups", action="append",
+                   metavar="SG", help="security group of jobs naming none (repeatable; aws default: the VPC's `default`)")
     p.add_argument("--aws-imds-identity", action="store_true", default=None,
                    help="aws provider: this instance's identity from its IMDSv2 (aws_* keys then only override, checked)")
+    p.add_argument("--aws-imds-endpoint", help="aws provider: this instance's IMDS (default http://169.254.169.254)")
     p.add_argument("--sandbox-image", help="image of the per-task network sandbox (must have `sleep`)")
     return p
 

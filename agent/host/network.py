@@ -188,7 +188,6 @@ class NetworkResource:
 
     async def start(self, records: Sequence[TaskCheckpoint]) -> None:
         await self._preflight()
-        await self._ensure_sandbox_image()
         # Tasks not finished keep their addresses; the rest is reconciled. A corrupt ipam.json is a
         # StateCorrupt, an EC2 error a ProviderError: both refuse the start with their message.
         report = await self.tasks.networks.restore(
@@ -206,6 +205,7 @@ class NetworkResource:
                  "control plane dropped %s, metadata addresses dropped", isolation.TABLE,
                  "closed" if policy.isolate else "OPEN (--no-network-isolation)",
                  list(policy.allowed_host_tcp_ports), list(policy.control_plane_cidrs))
+        await self._ensure_sandbox_image()  # after restore: a corrupt ipam.json is said first
         with contextlib.suppress(Exception):
             await self._collect_sandboxes({r.task_id for r in records})
 
