@@ -94,6 +94,13 @@ class AgentConfig(BaseModel):
     # The aws provider (network_provider = "aws"): this instance, its subnet and the EC2 endpoint.
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
+    # On EC2 (docs/ec2-host.md): read instance id, type, region, AZ and subnet from this instance's
+    # IMDSv2 at start; the aws_* keys above and below become overrides checked against it.
+    aws_imds_identity: bool = False
+    aws_imds_endpoint: str = "http://169.254.169.254"
+    # ENI/IP limits when the type is outside netns/limits.py (default: EC2 DescribeInstanceTypes).
+    aws_max_enis: int | None = None
+    aws_ipv4_per_eni: int | None = None
     aws_subnet_id: str = ""
     aws_instance_id: str = ""
     aws_instance_type: str = ""
@@ -107,6 +114,15 @@ class AgentConfig(BaseModel):
     aws_availability_zone: str | None = None  # default: the region + "a"
     # Holds each task's network namespace (a `sleep` in a container the task joins).
     sandbox_image: str = "127.0.0.1:5000/titus/busybox:latest"
+    # Security groups of jobs that name none (aws default: the subnet's VPC `default` group).
+    network_default_security_groups: list[str] = Field(default_factory=list)
+    # A newly attached ENI's link must appear (its MAC) within this; its MTU (9001 in a VPC).
+    network_eni_link_timeout_seconds: float = 30.0
+    network_eni_mtu: int = 9001
+    # aws: per-ENI systemd-networkd files with Unmanaged=yes (netns/unmanaged.py); None: none written.
+    network_unmanaged_dir: AnyPath | None = Path("/run/systemd/network")
+    # Host pre-flight (agent/host/preflight.py): refuse to start on a host that cannot forward.
+    network_preflight: bool = True
 
     # ---- checks (each error names its key; titus_common/config.py adds where the value came from)
 
@@ -213,7 +229,8 @@ class AgentConfig(BaseModel):
     def _instance_type(cls, value: str, info: ValidationInfo) -> str:
         from netns.limits import UnknownInstanceType, limits_for
 
-        if value and info.data.get("network_provider") == "aws":
+        overridden = info.data.get("aws_imds_identity") or info.data.get("aws_max_enis") is not None
+        if value and info.data.get("network_provider") == "aws" and not overridden:
             try:
                 limits_for(value)
             except UnknownInstanceType as e:
@@ -229,7 +246,9 @@ class AgentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _aws_provider(self) -> AgentConfig:
-        if self.network_provider == "aws":
+        if self.network_provider == "aws" and (self.aws_max_enis is None) != (self.aws_ipv4_per_eni is None):
+            raise ValueError("aws_max_enis and aws_ipv4_per_eni go together")
+        if self.network_provider == "aws" and not self.aws_imds_identity:
             missing = [k for k in ("aws_subnet_id", "aws_instance_id", "aws_instance_type") if not getattr(self, k)]
             if missing:
                 raise ValueError(f"network_provider aws needs {', '.join(missing)}")
@@ -297,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aws-subnet-id", help="aws provider: the subnet of the container ENIs")
     p.add_argument("--aws-instance-id", help="aws provider: this instance's id")
     p.add_argument("--aws-instance-type", help="aws provider: this instance's type (ENI and IP limits)")
+    p.add_argument("--network-default-security-group", dest="network_default_security_groups", action="append",
+                   metavar="SG", help="security group of jobs naming none (repeatable; aws default: the VPC's `default`)")
+    p.add_argument("--aws-imds-identity", action="store_true", default=None,
+                   help="aws provider: this instance's identity from its IMDSv2 (aws_* keys then only override, checked)")
+    p.add_argument("--aws-imds-endpoint", help="aws provider: this instance's IMDS (default http://169.254.169.254)")
     p.add_argument("--sandbox-image", help="image of the per-task network sandbox (must have `sleep`)")
     return p
 

@@ -13,6 +13,7 @@ from agent.docker_api import Docker
 from agent.http import make_app
 from agent.metrics import AgentMetrics
 from agent.scheduler_client import SchedulerClient
+from agent.host.identity import resolve_aws_host
 from titus_common.daemon import apply_log_level, one_line, refuse_start, reload_on_sighup, serve_http, stop_on_signals
 from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"titus-agent: bad configuration: {one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
     setup_logging("titus-agent", config.log_level)
+    try:  # aws: this instance's identity (IMDSv2), limits and default groups, checked (blocking)
+        config = resolve_aws_host(config)
+    except TitusError as e:
+        sys.exit(refuse_start("titus-agent", log, e))
     sys.exit(asyncio.run(serve(config, argv)))
 
 

@@ -17,7 +17,10 @@ containers (a container's netns exists before its network step runs):
 
 Everything it creates (namespaces, links, the moto process) is removed at the end.
 Last line: RESULT network warm_p99_ms=… burst_p99_ms=… ec2_calls_per_launch=… floor_p99_ms=…
-netlink_floor_p99_ms=… warm_over_ip_floor=… warm_over_netlink_floor=…
+netlink_floor_p99_ms=… warm_over_ip_floor=… warm_over_netlink_floor=… attach_p50_ms=…
+attach_max_ms=… cold_burst_ec2_calls_per_launch=…
+- attach (tests/ec2sim, a cold host, hot-plug delay HOTPLUG_S): ms from the pool's decision to grow
+  to a usable ENI, and EC2 calls per launch in a 50-burst.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from tests.moto_server import moto_server  # noqa: E402
 
 PREFIX = f"tnb{os.getpid() % 100000}-"
 BURST = 50
+HOTPLUG_S = 1.0  # the simulated hypervisor's delay before an attached ENI's link appears
 
 
 def sh(*args: str) -> None:
@@ -201,6 +205,67 @@ async def aws_round(spaces: Namespaces, host: str, endpoint: str) -> tuple[list[
     return latencies, calls / BURST, calls
 
 
+async def attach_round(spaces: Namespaces, endpoint: str, hotplug_s: float) -> tuple[list[float], float]:
+    """A cold simulated EC2 host (tests/ec2sim: no container ENI yet, the hypervisor hot-plugs each
+    attached ENI's link after `hotplug_s`) takes a burst of 50 launches. Per ENI: ms from the
+    pool's decision to grow (create_eni called) to a usable ENI (its link found and its table
+    written); and EC2 calls per launch over the whole burst."""
+    import boto3
+    from botocore.config import Config
+
+    from netns.step import HostEniByMac
+    from tests.ec2sim.hypervisor import Hypervisor
+
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).read()
+    client = boto3.session.Session(
+        aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1"
+    ).client("ec2", endpoint_url=endpoint, config=Config(retries={"total_max_attempts": 1}))
+    vpc = client.create_vpc(CidrBlock="10.60.0.0/16")["Vpc"]["VpcId"]
+    subnet = client.create_subnet(VpcId=vpc, CidrBlock="10.60.0.0/18")["Subnet"]["SubnetId"]
+    group = client.create_security_group(GroupName="bench", Description="bench", VpcId=vpc)["GroupId"]
+    instance = client.run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="m5.24xlarge", SubnetId=subnet
+    )["Instances"][0]["InstanceId"]
+    host = make_host(spaces)
+    fabric = spaces.new("fab")
+    provider = AwsProvider(AwsConfig("bench", instance, "m5.24xlarge", subnet, endpoint_url=endpoint), client=client)
+    pool = NetworkPool(provider, pool_config(provider.limits, 4, groups=(group,)), error_backoff_s=0.05)
+    wiring = Wiring(host)
+    networks = TaskNetworks(pool, wiring, host_eni_for=HostEniByMac(host, timeout_s=60, mtu=9001))
+    decided: dict[int, float] = {}
+    usable: dict[int, float] = {}
+    create, ensure = provider.create_eni, wiring.ensure_eni_table
+
+    async def timed_create(groups: Any, device_index: int) -> Any:
+        decided.setdefault(device_index, time.perf_counter())
+        return await create(groups, device_index)
+
+    def timed_ensure(eni: Any) -> list[str]:
+        found = ensure(eni)
+        usable.setdefault(eni.device_index, time.perf_counter())
+        return found
+
+    provider.create_eni = timed_create  # type: ignore[method-assign]
+    wiring.ensure_eni_table = timed_ensure  # type: ignore[method-assign]
+    tasks = [f"attach-{i}" for i in range(BURST)]
+    containers = {t: "/var/run/netns/" + spaces.new("c") for t in tasks}
+    records: dict[str, dict[str, Any]] = {t: {} for t in tasks}
+    with Hypervisor(client, instance, Path(host).name, fabric, delay_s=hotplug_s):
+        await networks.restore({})  # cold: nothing on the host, nothing warm
+        before, repairs_before = provider.api_calls, provider.repair_calls
+        await asyncio.gather(*(networks.setup(t, containers[t], [group], records[t], lambda: None) for t in tasks))
+        calls = provider.api_calls - before - (provider.repair_calls - repairs_before)
+        for task in tasks:
+            await networks.teardown(task, records[task])
+        await pool.close()
+        for eni_id in list(pool.enis):
+            await provider.delete_eni(eni_id)
+    for path in containers.values():
+        spaces.delete(Path(path).name)
+    attach = [(usable[i] - decided[i]) * 1000 for i in usable if i in decided]
+    return attach, calls / BURST
+
+
 def floor_round(spaces: Namespaces, host: str, count: int) -> list[float]:
     host_ns = Path(host).name
     samples = []
@@ -265,6 +330,7 @@ async def main() -> int:
         local = await local_rounds(spaces, host, sequential)
         with moto_server() as endpoint:
             aws_latency, calls_per_launch, calls = await aws_round(spaces, host, endpoint)
+            attach, cold_calls = await attach_round(spaces, endpoint, HOTPLUG_S)
     finally:
         spaces.close()
     print(f"# network setup per container, host = a namespace, {os.cpu_count()} CPUs")
@@ -277,6 +343,8 @@ async def main() -> int:
             print(line(f"{label} teardown", teardown))
     print(line("aws(moto) burst setup", aws_latency))
     print(f"aws(moto) burst of {BURST}: {calls} EC2 calls, {calls_per_launch:.2f} per launch")
+    print(line(f"aws(ec2sim) attach, hot-plug {HOTPLUG_S:g}s", attach))
+    print(f"aws(ec2sim) cold burst of {BURST}: {cold_calls:.2f} EC2 calls per launch")
     warm_p99 = pct(local["local warm seq"][0], 0.99)
     burst_p99 = pct(local["local cold burst"][0], 0.99)
     ip_floor_p99 = pct(floor, 0.99)
@@ -286,7 +354,9 @@ async def main() -> int:
         f"ec2_calls_per_launch={calls_per_launch:.2f} floor_p99_ms={ip_floor_p99:.1f} "
         f"netlink_floor_p99_ms={netlink_floor_p99:.1f} "
         f"warm_over_ip_floor={warm_p99 / ip_floor_p99:.2f} "
-        f"warm_over_netlink_floor={warm_p99 / netlink_floor_p99:.2f}"
+        f"warm_over_netlink_floor={warm_p99 / netlink_floor_p99:.2f} "
+        f"attach_p50_ms={pct(attach, 0.5):.0f} attach_max_ms={max(attach):.0f} "
+        f"cold_burst_ec2_calls_per_launch={cold_calls:.2f}"
     )
     return 0
 

@@ -15,10 +15,13 @@ False (unknown security group) -> `failed`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from netns import unmanaged
 from netns.errors import NetworkError
 from netns.ipam import ReconcileReport
 from netns.pool import NetworkPool
@@ -29,19 +32,36 @@ RECORD_VERSION = 1
 
 
 class HostEniByMac:
-    """Finds an ENI's link on the host by its MAC (EC2 names them eth1, ens6… unpredictably)."""
+    """Finds an ENI's link on the host by its MAC (EC2 names them eth1, ens6… unpredictably). A
+    newly attached ENI's link appears seconds after the attach: wait for it, bounded. Blocking."""
 
-    def __init__(self, host_netns: str | None = None) -> None:
+    def __init__(
+        self, host_netns: str | None = None, timeout_s: float = 30.0, mtu: int | None = None,
+        poll_s: float = 0.05,
+    ) -> None:
         self.host_netns = host_netns
+        self.timeout_s = timeout_s
+        self.mtu = mtu
+        self.poll_s = poll_s
 
     def __call__(self, eni: EniInfo) -> HostEni | None:
         if not eni.mac:
             return None  # the local provider's ENIs have no link: host routing only
-        with iproute_in(self.host_netns) as ipr:
-            for link in ipr.link("dump"):
-                if str(link.get("IFLA_ADDRESS", "")).lower() == eni.mac.lower():
-                    return HostEni(eni.device_index, str(link.get("IFLA_IFNAME")), eni.gateway)
-        raise NetworkError(f"ENI {eni.eni_id} ({eni.mac}) has no link on this host yet")
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            with iproute_in(self.host_netns) as ipr:
+                for link in ipr.link("dump"):
+                    if str(link.get("IFLA_ADDRESS", "")).lower() == eni.mac.lower():
+                        return HostEni(
+                            eni.device_index, str(link.get("IFLA_IFNAME")), eni.gateway, self.mtu, eni.mac.lower(),
+                            eni.primary_ip,
+                        )
+            if time.monotonic() >= deadline:
+                raise NetworkError(
+                    f"ENI {eni.eni_id} ({eni.mac}) attached but its link did not appear on this host "
+                    f"within {self.timeout_s:g}s"
+                )
+            time.sleep(self.poll_s)
 
 
 def no_host_eni(eni: EniInfo) -> HostEni | None:
@@ -61,12 +81,16 @@ class TaskNetworks:
         wiring: Wiring,
         host_eni_for: Callable[[EniInfo], HostEni | None] = no_host_eni,
         mtu: int = 1500,
+        unmanaged_dir: Path | None = None,
     ) -> None:
+        # Where per-ENI networkd `Unmanaged=yes` files go (netns/unmanaged.py); None: not written.
+        self.unmanaged_dir = unmanaged_dir
         self.pool = pool
         self.wiring = wiring
         self.host_eni_for = host_eni_for
         self.mtu = mtu
-        self._eni_tables: set[str] = set()
+        self._eni_tables: dict[str, HostEni] = {}
+        self.eni_drift: dict[str, list[str]] = {}  # last re-assertion: what had drifted, per ENI
         self.last_leaks = LeakReport()
 
     async def restore(self, records: Mapping[str, Mapping[str, Any]]) -> ReconcileReport:
@@ -95,10 +119,14 @@ class TaskNetworks:
         record["lease"] = lease.to_json()
         save()
         eni = self.pool.enis.get(lease.eni_id)
-        host_eni = self.host_eni_for(eni) if eni is not None else None
-        if host_eni is not None and lease.eni_id not in self._eni_tables:
-            await asyncio.to_thread(self.wiring.ensure_eni_table, host_eni)
-            self._eni_tables.add(lease.eni_id)
+        host_eni = self._eni_tables.get(lease.eni_id)
+        if host_eni is None and eni is not None:
+            host_eni = await asyncio.to_thread(self.host_eni_for, eni)  # may wait for the hot-plug
+            if host_eni is not None:
+                if self.unmanaged_dir is not None:
+                    await asyncio.to_thread(unmanaged.mark_unmanaged, self.unmanaged_dir, eni.mac, eni.eni_id)
+                await asyncio.to_thread(self.wiring.ensure_eni_table, host_eni)
+                self._eni_tables[lease.eni_id] = host_eni
         spec = ContainerNetSpec(task_id, netns_path, lease.address, host_eni, self.mtu)
         record["wiring"] = await asyncio.to_thread(self.wiring.setup, spec)
         save()
@@ -110,6 +138,30 @@ class TaskNetworks:
         if isinstance(wired, dict):
             await asyncio.to_thread(self.wiring.teardown, wired)
         await self.pool.release(task_id)
+
+    async def reassert_eni_tables(self) -> dict[str, list[str]]:
+        """Re-apply every known ENI's link settings and table (a network manager may have flushed
+        them); returns and remembers what had drifted. ENIs no longer in the pool are forgotten."""
+        drift: dict[str, list[str]] = {}
+        for eni_id, host_eni in list(self._eni_tables.items()):
+            eni = self.pool.enis.get(eni_id)
+            if eni is None:  # the pool deleted it: forget it, and its networkd file
+                del self._eni_tables[eni_id]
+                if self.unmanaged_dir is not None and host_eni.mac:
+                    await asyncio.to_thread(unmanaged.unmark, self.unmanaged_dir, host_eni.mac)
+                continue
+            if self.unmanaged_dir is not None and await asyncio.to_thread(
+                unmanaged.mark_unmanaged, self.unmanaged_dir, eni.mac, eni_id
+            ):
+                drift.setdefault(eni_id, []).append("networkd Unmanaged file was missing")
+            try:
+                found = await asyncio.to_thread(self.wiring.ensure_eni_table, host_eni)
+            except NetworkError as e:
+                found = [e.message]
+            if found:
+                drift.setdefault(eni_id, []).extend(found)
+        self.eni_drift = drift
+        return drift
 
     async def close(self) -> None:
         """Stop the pool's refiller (the host's links and addresses stay: tasks keep running)."""
@@ -134,4 +186,8 @@ class TaskNetworks:
             "namespaces": self.last_leaks.wiring.namespaces,
             "enis": self.last_leaks.enis,
         }
+        doc["eni_drift"] = self.eni_drift
+        backoff = getattr(self.pool.provider, "backoff", None)
+        if callable(backoff):
+            doc["provider_backoff"] = backoff()
         return doc

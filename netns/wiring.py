@@ -78,6 +78,11 @@ class HostEni:
     device_index: int
     ifname: str  # the ENI's link on the host (eth1… on EC2; a veth into the fabric in tests)
     gateway: str  # the subnet router
+    mtu: int | None = None  # set on the link (9001 in a VPC); None: leave the link's MTU alone
+    mac: str = ""  # the ENI's MAC (how its link was found)
+    # Set (aws): the ENI's primary address, the only host address its link may carry; every other
+    # (ec2-net-utils' aliases of the secondary IPs) is removed. Empty: addresses are left alone.
+    primary_ip: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,20 +167,47 @@ class Wiring:
 
     # ---- per ENI ---------------------------------------------------------------------------------
 
-    def ensure_eni_table(self, eni: HostEni) -> None:
-        """`default via <router> dev <ENI link>` in the ENI's table (replace: idempotent)."""
+    def ensure_eni_table(self, eni: HostEni) -> list[str]:
+        """Own the ENI's link: up, its MTU, no host addresses, and in the ENI's table an on-link route to the router and
+        `default via <router> dev <ENI link>` (replace: idempotent). Returns what was found missing
+        (drift: a network manager flushed the table or downed the link), empty when all was in place."""
+        table = eni_table(eni.device_index)
         with iproute_in(self.host_netns) as ipr:
             index = _link_index(ipr, eni.ifname)
             if index is None:
                 raise WiringError(f"ENI link {eni.ifname} does not exist")
+            drift = self._eni_drift(ipr, index, eni, table)
+            # No host address but its primary on a container ENI: ec2-net-utils/networkd add its secondary IPs as
+            # aliases, which makes task addresses local to the host (the local table wins).
+            for addr in ipr.get_addr(family=2, index=index) if eni.primary_ip else ():
+                address = addr.get_attr("IFA_ADDRESS")
+                if address == eni.primary_ip:
+                    continue
+                _ignore((errno.EADDRNOTAVAIL,), ipr.addr, "del", index=index, address=address,
+                        prefixlen=addr["prefixlen"])
+                drift.append(f"host address {address}/{addr['prefixlen']} on {eni.ifname} removed")
+            ipr.link("set", index=index, state="up", **({"mtu": eni.mtu} if eni.mtu else {}))
             ipr.route(
-                "replace",
-                dst="0.0.0.0/0",
-                gateway=eni.gateway,
-                oif=index,
-                table=eni_table(eni.device_index),
+                "replace", dst=f"{eni.gateway}/32", oif=index, scope=RT_SCOPE_LINK, table=table,
                 proto=RT_PROTO_TITUS,
             )
+            ipr.route(
+                "replace", dst="0.0.0.0/0", gateway=eni.gateway, oif=index, table=table,
+                proto=RT_PROTO_TITUS,
+            )
+        return drift
+
+    def _eni_drift(self, ipr: IPRoute, index: int, eni: HostEni, table: int) -> list[str]:
+        drift: list[str] = []
+        (link,) = ipr.link("get", index=index)
+        if not link["flags"] & 1:  # IFF_UP
+            drift.append(f"{eni.ifname} down")
+        if eni.mtu and link.get("IFLA_MTU") != eni.mtu:
+            drift.append(f"{eni.ifname} mtu {link.get('IFLA_MTU')}")
+        routes = ipr.route("dump", table=table)
+        if not any(r.get("dst_len") == 0 and r.get("RTA_TABLE") == table for r in routes):
+            drift.append(f"table {table} lacks its default route")
+        return drift
 
     # ---- per container ---------------------------------------------------------------------------
 

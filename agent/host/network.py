@@ -23,20 +23,22 @@ from urllib.parse import urlsplit
 
 from agent.checkpoint import TaskCheckpoint
 from agent.config import AgentConfig
+from agent.host import preflight
 from agent.host.base import LiveTasks, launching
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.metrics import AgentMetrics
 from agent.names import LABEL_ROLE, LABEL_SANDBOX_AGENT, ROLE_SANDBOX, container_name, sandbox_name
 from netns import isolation, prepared
 from netns.errors import NetworkError
-from netns.ipam import PoolConfig
+from netns.ipam import PoolConfig, sg_key
+from netns.limits import InstanceLimits
 from netns.pool import NetworkPool
 from netns.providers.aws import AwsConfig, AwsProvider
 from netns.providers.base import Provider
 from netns.providers.local import LocalProvider, LocalVpc
 from netns.step import HostEniByMac, TaskNetworks, no_host_eni
 from netns.wiring import Wiring, netns_name
-from titus_common.errors import HostRefused
+from titus_common.errors import ConfigError, HostRefused
 from titus_common.states import TaskState
 
 __all__ = ["NetworkResource", "TaskNetworking", "isolation_policy", "make_provider", "scheduler_addresses"]
@@ -92,9 +94,29 @@ def make_provider(config: AgentConfig) -> Provider:
                 subnet_id=config.aws_subnet_id,
                 region=config.aws_region,
                 endpoint_url=config.aws_endpoint_url,
+                limits=aws_limits(config),
+                sweep_cell=True,
             )
         )
     return LocalProvider(config.node_id, LocalVpc(config.network_cidr, state_path=local_vpc_state(config)))
+
+
+def aws_limits(config: AgentConfig) -> InstanceLimits | None:
+    """Limits resolved at start (agent/host/identity.py) or given; None: the built-in table."""
+    if config.aws_max_enis is None or config.aws_ipv4_per_eni is None:
+        return None
+    return InstanceLimits(config.aws_max_enis, config.aws_ipv4_per_eni)
+
+
+def default_security_groups(config: AgentConfig) -> tuple[str, ...]:
+    """Groups of jobs that name none. aws: configured or resolved at start to the VPC's `default`
+    group (agent/host/identity.py), never a placeholder EC2 would reject; local: a pretend name."""
+    if config.network_default_security_groups:
+        return sg_key(config.network_default_security_groups)
+    if config.network_provider == "aws":
+        raise ConfigError("network_provider aws needs network_default_security_groups "
+                          "(resolved at start from the subnet's VPC, or set it)")
+    return ("sg-default",)
 
 
 def task_networking(config: AgentConfig) -> TaskNetworking:
@@ -107,13 +129,19 @@ def task_networking(config: AgentConfig) -> TaskNetworking:
         PoolConfig(
             max_enis=lim.container_enis,
             ips_per_eni=lim.container_ips_per_eni,
-            default_security_groups=("sg-default",),
+            default_security_groups=default_security_groups(config),
         ),
         checkpoint_path=config.state_dir / "ipam.json",
         acquire_timeout_s=config.network_acquire_timeout_seconds,
     )
-    host_eni_for = HostEniByMac() if config.network_provider == "aws" else no_host_eni
-    networks = TaskNetworks(pool, Wiring(owner=config.node_id), host_eni_for=host_eni_for)
+    host_eni_for = (
+        HostEniByMac(timeout_s=config.network_eni_link_timeout_seconds, mtu=config.network_eni_mtu)
+        if config.network_provider == "aws" else no_host_eni
+    )
+    networks = TaskNetworks(
+        pool, Wiring(owner=config.node_id), host_eni_for=host_eni_for,
+        unmanaged_dir=config.network_unmanaged_dir if config.network_provider == "aws" else None,
+    )
     return TaskNetworking(networks, config.sandbox_image, netns_dir(config.node_id))
 
 
@@ -169,11 +197,16 @@ class NetworkResource:
         self.metrics = metrics
         self.on_lost = on_lost
         self.tasks = tasks or task_networking(config)
+        self.preflight_findings: list[preflight.Finding] = []
 
     def snapshot(self) -> dict[str, Any]:
-        return self.tasks.networks.snapshot()
+        doc = self.tasks.networks.snapshot()
+        doc["preflight"] = [{"check": f.check, "refuse": f.refuse, "message": f.message}
+                            for f in self.preflight_findings]
+        return doc
 
     async def start(self, records: Sequence[TaskCheckpoint]) -> None:
+        await self._preflight()
         # Tasks not finished keep their addresses; the rest is reconciled. A corrupt ipam.json is a
         # StateCorrupt, an EC2 error a ProviderError: both refuse the start with their message.
         report = await self.tasks.networks.restore(
@@ -214,7 +247,8 @@ class NetworkResource:
 
     async def reconcile(self, tasks: LiveTasks) -> None:
         """A running task whose prepared namespace was unpinned (deleted from outside) or whose
-        older-style sandbox is gone has lost its network."""
+        older-style sandbox is gone has lost its network; each ENI's link and table re-asserted."""
+        await self._reassert_enis()
         legacy = [t for t, r in tasks.items() if r.outputs.network is not None and r.outputs.network.sandbox_id]
         alive: set[Any] = set()
         if legacy:
@@ -268,6 +302,34 @@ class NetworkResource:
 
     async def stop(self) -> None:
         await self.tasks.networks.close()
+
+    async def _preflight(self) -> None:
+        """agent/host/preflight.py: refuse (aws) or warn (local) on a host that cannot forward."""
+        if not self.config.network_preflight:
+            return
+        try:
+            info = await self.docker.info()
+        except (DockerUnavailable, DockerError):
+            info = None
+        facts = await asyncio.to_thread(preflight.gather, Path("/proc"), info)
+        self.preflight_findings = preflight.judge(facts)
+        refusals = [f for f in self.preflight_findings if f.refuse and self.config.network_provider == "aws"]
+        for f in self.preflight_findings:
+            if f not in refusals:
+                log.warning("host pre-flight %s: %s", f.check, f.message)
+        if refusals:
+            raise HostRefused("host pre-flight: " + "; ".join(f"{f.check}: {f.message}" for f in refusals))
+
+    async def _reassert_enis(self) -> None:
+        """Every reconcile: the ENI links and tables the agent owns, re-applied (networkd, ec2-net-utils
+        or cloud-init may flush them); drift is logged and shown in `titusctl node net`."""
+        try:
+            drift = await self.tasks.networks.reassert_eni_tables()
+        except Exception as e:  # never let the agent's loop die
+            log.warning("re-asserting ENI tables failed: %s", e)
+            return
+        for eni_id, found in drift.items():
+            log.warning("ENI %s had drifted (restored): %s", eni_id, "; ".join(found))
 
     async def _list_sandboxes(self) -> list[dict[str, Any]]:
         return await self.docker.list_containers(f"{LABEL_SANDBOX_AGENT}={self.config.node_id}", f"{LABEL_ROLE}={ROLE_SANDBOX}")

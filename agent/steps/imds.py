@@ -22,6 +22,7 @@ from agent.steps.base import LaunchContext, StepError
 from imds.identity import TaskIdentity
 from imds.service import ECS_PATH
 from netns.errors import NetworkError
+from netns.providers.ec2_identity import region_hostname_suffix
 from netns.wiring import CONTAINER_IFNAME, iproute_in
 from titus_common.states import FinishReason
 
@@ -121,7 +122,7 @@ class ImdsStep:
             role_arn=arn,
             ipv4=address,
             mac=str((ctx.record.resources.get(self.name) or {}).get("mac") or "00:00:00:00:00:00"),
-            hostname=f"ip-{address.replace('.', '-')}.{self.host.region}.compute.internal",
+            hostname=f"ip-{address.replace('.', '-')}.{region_hostname_suffix(self.host.region)}",
             instance_id=a.task_id,
             instance_type=self.host.instance_type,
             availability_zone=self.host.availability_zone,

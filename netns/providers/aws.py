@@ -4,8 +4,10 @@
   on the network.
 - Throttling (RequestLimitExceeded & co.) and transient failures (5xx, connection errors) are
   retried with exponential backoff and full jitter; every attempt counts in `api_calls`.
-- Everything created is tagged `titus:node`, `titus:instance`, `titus:created`; listing, GC and
-  deletion only ever consider ENIs carrying this node's tag.
+- Everything created is tagged `titus:node`, `titus:instance`, `titus:created` (tag-on-create) and
+  marked DeleteOnTermination once attached; listing and deletion only consider ENIs carrying this
+  node's tag; the leak GC, with `sweep_cell`, any titus node's `available` ENIs past the grace.
+- Detach is clean (no Force); Force is the last resort when a clean detach did not finish.
 - Answers are checked, not trusted: limits from `netns/limits.py` are enforced here (moto enforces
   none), addresses must be inside the subnet, outside the VPC-reserved ones and not already held on
   this node (moto hands out duplicates); bad ones are given back and replaced.
@@ -73,6 +75,13 @@ class AwsConfig:
     base_delay_s: float = 0.1
     max_delay_s: float = 5.0
     detach_wait_attempts: int = 10
+    limits: InstanceLimits | None = None  # None: netns/limits.py's table for instance_type
+    # The leak GC also deletes `available` titus ENIs of other nodes (a terminated host's, a crashed
+    # agent's between detach and delete): only an off-node cleaner is fully reliable.
+    sweep_cell: bool = False
+    # After EC2 says the subnet is out of addresses, no create/assign call for this long (the VPC
+    # CNI's insufficientCidrErrorCooldown): retrying every pool pass throttles EC2 account-wide.
+    exhausted_cooldown_s: float = 120.0
 
 
 def make_client(config: AwsConfig) -> Any:
@@ -113,16 +122,21 @@ class AwsProvider:
         config: AwsConfig,
         client: Any | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
+        self._exhausted_until = 0.0
+        self.exhausted_refusals = 0  # create/assign refused locally during the cooldown
         self.config = config
         self.client = client if client is not None else make_client(config)
-        self._limits = limits_for(config.instance_type)
+        self._limits = config.limits or limits_for(config.instance_type)
         self._sleep = sleep
         self.api_calls = 0
         # Calls spent giving back and replacing addresses EC2 should never have offered (moto's
         # duplicates): counted in api_calls too, reported apart so a figure can tell them from batching.
         self.repair_calls = 0
         self.retries = 0
+        self.forced_detaches = 0
         self._subnet_cidr: str | None = None
         self._known_groups: set[str] = set()
         self._enis: dict[str, EniInfo] = {}
@@ -144,6 +158,8 @@ class AwsProvider:
                 answer = await asyncio.to_thread(method, **kwargs)
             except ClientError as e:
                 code, status = _error_code(e)
+                if ERROR_TYPES.get(code) is SubnetExhausted:
+                    self._exhausted_until = self._clock() + self.config.exhausted_cooldown_s
                 if code in ERROR_TYPES:
                     raise ERROR_TYPES[code](f"{operation}: {code}: {e}") from None
                 retry = code in THROTTLE_CODES or code in TRANSIENT_CODES or status >= 500
@@ -259,6 +275,7 @@ class AwsProvider:
             )
         if not security_groups:
             raise UnknownSecurityGroup("an ENI needs at least one security group")
+        self._check_cooldown()
         cidr = await self._subnet()
         await self._check_groups(security_groups)
         tags = [
@@ -299,13 +316,37 @@ class AwsProvider:
                 DeviceIndex=device_index,
             )
             self._attachments[eni_id] = _str(attached, "AttachmentId")
+            # EC2 deletes it with the instance: a terminated host leaks no ENI (nor its IPs).
+            await self._call(
+                "modify_network_interface_attribute",
+                NetworkInterfaceId=eni_id,
+                Attachment={"AttachmentId": self._attachments[eni_id], "DeleteOnTermination": True},
+            )
         except NetworkError:
-            # Not attached: delete now rather than leave it for the leak GC.
-            await self._call("delete_network_interface", NetworkInterfaceId=eni_id)
+            # Not attached (or not marked): delete now rather than leave it for the leak GC.
+            if eni_id in self._attachments:
+                await self._call("detach_network_interface", AttachmentId=self._attachments.pop(eni_id))
+                await self._delete_when_detached(eni_id)
+            else:
+                await self._call("delete_network_interface", NetworkInterfaceId=eni_id)
             raise
         assert isinstance(doc, dict)
         attachment = {"DeviceIndex": device_index, "AttachmentId": self._attachments[eni_id]}
         return self._parse_eni({**doc, "Attachment": attachment, "TagSet": tags}, cidr)
+
+    def _check_cooldown(self) -> None:
+        left = self._exhausted_until - self._clock()
+        if left > 0:
+            self.exhausted_refusals += 1
+            raise SubnetExhausted(
+                f"subnet {self.config.subnet_id} exhausted; not asking EC2 again for {left:.0f}s"
+            )
+
+    def backoff(self) -> dict[str, float]:
+        """For the network snapshot: seconds left of the exhaustion cooldown, refusals so far."""
+        return {"subnet_exhausted_cooldown_s": max(0.0, self._exhausted_until - self._clock()),
+                "subnet_exhausted_refusals": float(self.exhausted_refusals),
+                "forced_detaches": float(self.forced_detaches)}
 
     def _count_repairs(self, since: int | None) -> None:
         if since is not None:
@@ -315,6 +356,7 @@ class AwsProvider:
         eni = self._enis.get(eni_id)
         if eni is None:
             raise NetworkError(f"{eni_id} is not a container ENI of node {self.config.node_id}")
+        self._check_cooldown()
         room = self._limits.container_ips_per_eni - len(eni.secondary_ips)
         if count > room:
             raise IpLimitReached(f"{eni_id} has room for {room} more IPs, asked {count}")
@@ -372,8 +414,17 @@ class AwsProvider:
     async def delete_eni(self, eni_id: str) -> None:
         attachment = self._attachments.get(eni_id)
         if attachment is not None:
+            # A clean detach: the OS releases the link first. Force (which can leave the instance
+            # with a stale device) only as the last resort, after the clean one did not finish.
+            await self._call("detach_network_interface", AttachmentId=attachment)
+        try:
+            await self._delete_when_detached(eni_id)
+        except NetworkError as e:
+            if attachment is None or "InUse" not in e.message:
+                raise
+            self.forced_detaches += 1
             await self._call("detach_network_interface", AttachmentId=attachment, Force=True)
-        await self._delete_when_detached(eni_id)
+            await self._delete_when_detached(eni_id)
         self._enis.pop(eni_id, None)
         self._attachments.pop(eni_id, None)
 
@@ -391,18 +442,23 @@ class AwsProvider:
             await self._sleep(min(self.config.max_delay_s, self.config.base_delay_s * 2**attempt))
 
     async def find_leaked_enis(self, older_than_s: float, now: float) -> list[str]:
+        owner = (
+            {"Name": "tag-key", "Values": [TAG_NODE]} if self.config.sweep_cell
+            else {"Name": f"tag:{TAG_NODE}", "Values": [self.config.node_id]}
+        )
         answer = await self._call(
             "describe_network_interfaces",
             Filters=[
-                {"Name": f"tag:{TAG_NODE}", "Values": [self.config.node_id]},
+                owner,
+                {"Name": "subnet-id", "Values": [self.config.subnet_id]},
                 {"Name": "status", "Values": ["available"]},
             ],
         )
         leaked = []
         for doc in answer.get("NetworkInterfaces", []):
             tags = {t.get("Key"): t.get("Value") for t in doc.get("TagSet", []) if isinstance(t, dict)}
-            if tags.get(TAG_NODE) != self.config.node_id:
-                continue  # never touch an ENI this node did not create
+            if not tags.get(TAG_NODE) or (tags[TAG_NODE] != self.config.node_id and not self.config.sweep_cell):
+                continue  # never touch an ENI no titus node created
             try:
                 created = float(tags.get(TAG_CREATED) or "")
             except ValueError:

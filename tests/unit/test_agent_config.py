@@ -132,6 +132,10 @@ DEFAULTS: dict[str, Any] = {
     "network_control_plane_cidrs": [],
     "aws_region": "us-east-1",
     "aws_endpoint_url": None,
+    "aws_imds_identity": False,
+    "aws_imds_endpoint": "http://169.254.169.254",
+    "aws_max_enis": None,
+    "aws_ipv4_per_eni": None,
     "aws_subnet_id": "",
     "aws_instance_id": "",
     "aws_instance_type": "",
@@ -141,6 +145,11 @@ DEFAULTS: dict[str, Any] = {
     "aws_account_id": None,
     "aws_availability_zone": None,
     "sandbox_image": "127.0.0.1:5000/titus/busybox:latest",
+    "network_default_security_groups": [],
+    "network_eni_link_timeout_seconds": 30.0,
+    "network_eni_mtu": 9001,
+    "network_unmanaged_dir": Path("/run/systemd/network"),
+    "network_preflight": True,
 }
 
 

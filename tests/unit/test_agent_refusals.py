@@ -143,8 +143,26 @@ def test_provider_error_at_restore(tmp_path: Path, engine: tuple[str, Any]) -> N
     proc = run_agent(tmp_path, engine[0], "--no-cpuset", "--allow-no-userns", "--no-imds",
                      "--network-provider", "aws", "--aws-endpoint-url", f"http://127.0.0.1:{free_port()}",
                      "--aws-subnet-id", "subnet-12345678", "--aws-instance-id", "i-0123456789abcdef0",
-                     "--aws-instance-type", "m5.large", "--aws-region", "us-east-1")
+                     "--aws-instance-type", "m5.large", "--aws-region", "us-east-1",
+                     "--network-default-security-group", "sg-0123456789abcdef0")
     assert_refused(proc, EXIT_PROVIDER, "cannot start:", "failed after")
+
+
+def test_provider_error_resolving_the_default_security_group(tmp_path: Path, engine: tuple[str, Any]) -> None:
+    # No default group configured: it is asked of EC2 (the VPC's `default`) before anything starts.
+    proc = run_agent(tmp_path, engine[0], "--no-cpuset", "--allow-no-userns", "--no-imds",
+                     "--network-provider", "aws", "--aws-endpoint-url", f"http://127.0.0.1:{free_port()}",
+                     "--aws-subnet-id", "subnet-12345678", "--aws-instance-id", "i-0123456789abcdef0",
+                     "--aws-instance-type", "m5.large", "--aws-region", "us-east-1")
+    assert_refused(proc, EXIT_PROVIDER, "cannot start:", "EC2 DescribeSecurityGroups")
+
+
+def test_imds_identity_unreachable(tmp_path: Path, engine: tuple[str, Any]) -> None:
+    proc = run_agent(tmp_path, engine[0], "--no-cpuset", "--allow-no-userns", "--no-imds",
+                     "--network-provider", "aws", "--aws-imds-identity",
+                     "--aws-imds-endpoint", f"http://127.0.0.1:{free_port()}",
+                     "--aws-endpoint-url", f"http://127.0.0.1:{free_port()}")
+    assert_refused(proc, EXIT_PROVIDER, "cannot start:", "IMDS token (IMDSv2)", "unreachable")
 
 
 def test_engine_without_userns_remap(tmp_path: Path, engine: tuple[str, Any]) -> None:
