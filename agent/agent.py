@@ -36,7 +36,7 @@ from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
 from agent.watcher import ContainerWatcher
 from security.profiles import default_policy
 from titus_common.errors import ConfigError, TitusError
-from titus_common.protocol import CapacityReport, NodeReport, TaskAssignment
+from titus_common.protocol import MAX_TASKS_PER_NODE, CapacityReport, NodeReport, TaskAssignment
 from titus_common.retry import Backoff, retry_forever
 from titus_common.states import TaskState
 
@@ -245,7 +245,8 @@ class Agent:
             labels=self.config.labels,
             agent_version=__version__,
             running=[tid for tid, r in self.runners.items() if not r.record.state.terminal],
-            unknown_containers=self.unknown_containers,
+            # The protocol bounds the list; an operator sees the first MAX_TASKS_PER_NODE of them.
+            unknown_containers=self.unknown_containers[:MAX_TASKS_PER_NODE],
             posture=self.security.posture.to_json() if self.security.posture is not None else None,
         )
 
