@@ -7,10 +7,15 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
 from titus_common.errors import EXIT_BAD_CONFIG, CannotListen, exit_code_for
+
+# The logger aiohttp's server logs malformed HTTP with (LineTooLong, …): an app may set it to a
+# rate-limited one (titus_common/clientlog.py); by default aiohttp's own, a traceback per request.
+HTTP_LOGGER_KEY = web.AppKey("http_logger", logging.Logger)
 
 EXIT_CANNOT_START = EXIT_BAD_CONFIG  # kept for callers that refuse without an error object
 
@@ -35,7 +40,8 @@ def stop_on_signals() -> asyncio.Event:
 
 
 async def serve_http(app: web.Application, listen: tuple[str, int]) -> web.AppRunner:
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    extra: dict[str, Any] = {"logger": app[HTTP_LOGGER_KEY]} if HTTP_LOGGER_KEY in app else {}
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, **extra)
     await runner.setup()
     host, port = listen
     try:
