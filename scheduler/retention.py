@@ -9,11 +9,11 @@ repeated submission still returns the job instead of hitting the store's unique 
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import TYPE_CHECKING
 
 from scheduler.records import JobRecord, JobState, TaskRecord
+from titus_common.memory import give_back
 
 if TYPE_CHECKING:
     from scheduler.core import Scheduler
@@ -31,6 +31,7 @@ class Retention:
         self.evicted_jobs = 0
         self.evicted_tasks = 0
         self._next_pass = 0.0
+        self._store_reads = 0  # reads of evicted jobs' tasks since the last give-back
 
     def due(self, now: float) -> bool:
         return now >= self._next_pass
@@ -52,12 +53,14 @@ class Retention:
         if old:
             self.evicted_jobs += len(old)
             self.evicted_tasks += tasks
-            s._index.compact()
+            s._index.compact()  # noqa: SLF001 — the index is the scheduler's, released on its behalf
             s.jobs.update(_compacted(s.jobs))
-            # Thousands of records freed at once: give their memory back now, not at some later
-            # generation-2 collection.
-            gc.collect()
+            # Thousands of records freed at once: give their memory back to the host now.
+            give_back()
             log.info("evicted %d finished jobs (%d tasks) from memory; they stay in the store", len(old), tasks)
+        elif self._store_reads:
+            give_back()  # what reading an evicted job's tasks from the store allocated is garbage now
+        self._store_reads = 0
         return len(old)
 
     # ---- reads of what was evicted -------------------------------------------------------------
@@ -70,9 +73,11 @@ class Retention:
     def task(s: Scheduler, task_id: str) -> TaskRecord | None:
         return s.store.load_task(task_id)
 
-    @staticmethod
-    def job_tasks(s: Scheduler, job_id: str) -> list[TaskRecord]:
-        return s.store.load_job_tasks(job_id)
+    def job_tasks(self, s: Scheduler, job_id: str) -> list[TaskRecord]:
+        tasks = s.store.load_job_tasks(job_id)
+        if tasks:
+            self._store_reads += 1
+        return tasks
 
 
 def _compacted(table: dict[str, JobRecord]) -> dict[str, JobRecord]:
