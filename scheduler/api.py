@@ -15,6 +15,7 @@ from security.profiles import SecurityPolicy, default_policy, validate_security_
 from scheduler.core import Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.records import JobRecord, JobState, TaskRecord
+from scheduler.startfailure import start_failure
 from titus_common.clientlog import ClientErrorLog
 from titus_common.daemon import HTTP_LOGGER_KEY
 from titus_common.errors import TitusError
@@ -87,6 +88,7 @@ def job_view(s: Scheduler, job: JobRecord) -> dict[str, Any]:
         counts[t.state.value] = counts.get(t.state.value, 0) + 1
     doc["taskCounts"] = counts
     doc["crashLooping"] = s.crash_looping(job)
+    doc["startFailure"] = start_failure(tasks)
     return doc
 
 

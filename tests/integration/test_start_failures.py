@@ -82,6 +82,9 @@ CASES = [
 ]
 
 
+REFUSED_AT_START = {"memory below start usage", "user missing in the image", "image for another architecture"}
+
+
 @pytest.mark.parametrize("name,container,words", CASES, ids=[c[0] for c in CASES])
 def test_user_faults_at_start_are_failed(
     platform: Platform, images: None, name: str, container: dict[str, object], words: str
@@ -93,4 +96,9 @@ def test_user_faults_at_start_are_failed(
     assert len(tasks) == 1, tasks  # failed with no retries left: not re-run as a platform crash
     assert tasks[0]["reason"] == "failed", tasks[0]
     assert words in str(tasks[0]["message"]), tasks[0]
-    assert not p.job(job_id).get("crashLooping")
+    job = p.job(job_id)
+    assert not job["crashLooping"]
+    if name in REFUSED_AT_START:  # never Started: the job says how it fails at start
+        assert str(job["startFailure"]).startswith("failed: ") and words in job["startFailure"], job
+    else:  # it started, then exited non-zero
+        assert job["startFailure"] is None, job
