@@ -36,13 +36,15 @@ from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
 from agent.watcher import ContainerWatcher
 from security.profiles import default_policy
 from titus_common.errors import ConfigError, TitusError
-from titus_common.protocol import CapacityReport, NodeReport, TaskAssignment
+from titus_common.memory import give_back
+from titus_common.protocol import MAX_TASKS_PER_NODE, CapacityReport, NodeReport, TaskAssignment
 from titus_common.retry import Backoff, retry_forever
 from titus_common.states import TaskState
 
 log = logging.getLogger("titus.agent")
 
 RECONCILE_EVERY = 30.0
+GIVE_BACK_AFTER = 5.0  # seconds after a task is forgotten before freed memory is returned to the host
 
 T = TypeVar("T")
 
@@ -99,6 +101,7 @@ class Agent:
         self.capacity = host_capacity(config)
         self.runners: dict[str, TaskRunner] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._give_back: asyncio.TimerHandle | None = None
         self.unknown_containers: list[str] = []
         self.last_sync_ok: float | None = None
         self._report_wanted = asyncio.Event()
@@ -168,6 +171,8 @@ class Agent:
         Safe after a failed start."""
         if self._watcher is not None:
             self._watcher.stop()
+        if self._give_back is not None:
+            self._give_back.cancel()
         for t in [*self._loops, *self._running.values()]:
             t.cancel()
         for t in [*self._loops, *self._running.values()]:
@@ -235,6 +240,14 @@ class Agent:
         self.store.delete(task_id)
         self.runners.pop(task_id, None)
         self._running.pop(task_id, None)
+        # A finished task's launch context, checkpoint and buffers are garbage now; once a burst of
+        # them has ended, hand the freed heap back to the host (titus_common/memory.py).
+        if self._give_back is None:
+            self._give_back = asyncio.get_running_loop().call_later(GIVE_BACK_AFTER, self._gave_back)
+
+    def _gave_back(self) -> None:
+        self._give_back = None
+        give_back()
 
     # ---- loops -------------------------------------------------------------------------------
 
@@ -245,7 +258,8 @@ class Agent:
             labels=self.config.labels,
             agent_version=__version__,
             running=[tid for tid, r in self.runners.items() if not r.record.state.terminal],
-            unknown_containers=self.unknown_containers,
+            # The protocol bounds the list; an operator sees the first MAX_TASKS_PER_NODE of them.
+            unknown_containers=self.unknown_containers[:MAX_TASKS_PER_NODE],
             posture=self.security.posture.to_json() if self.security.posture is not None else None,
         )
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from titus_common.errors import StateCorrupt
 from titus_common.files import atomic_write_bytes
-from titus_common.protocol import TaskAssignment, TaskUpdate
+from titus_common.protocol import MAX_MESSAGE, TaskAssignment, TaskUpdate
 from titus_common.states import FinishReason, TaskState
 
 log = logging.getLogger("titus.agent.checkpoint")
@@ -106,7 +106,8 @@ class TaskCheckpoint(BaseModel):
             state=self.state,
             timestamps=dict(self.timestamps),
             reason=self.reason,
-            message=self.message,
+            # The protocol bounds a message; an engine error can be longer (its head says what failed).
+            message=self.message if len(self.message) <= MAX_MESSAGE else self.message[: MAX_MESSAGE - 1] + "…",
             exit_code=self.exit_code,
             container_id=self.container_id,
         )

@@ -72,6 +72,12 @@ class ImdsMetrics:
             registry=r,
         )
         self.tasks = Gauge("titus_imds_tasks", "Tasks served", registry=r)
+        self.client_errors = Counter(
+            "titus_imds_client_errors",
+            "Malformed HTTP from tasks by kind (aiohttp's parse error: LineTooLong, BadStatusLine, …; else Other)",
+            ["kind"],
+            registry=r,
+        )
         self._children: dict[tuple[str, str, int], Counter] = {}
 
     def request(self, endpoint: str, path_class: str, code: int) -> None:
@@ -80,6 +86,9 @@ class ImdsMetrics:
         if child is None:
             child = self._children[key] = self.requests.labels(endpoint, path_class, str(code))
         child.inc()
+
+    def client_error(self, kind: str) -> None:
+        self.client_errors.labels(kind).inc()
 
     @staticmethod
     def sts_code(code: str) -> str:

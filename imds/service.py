@@ -30,6 +30,7 @@ from imds.credentials import CredentialBroker, CredentialError, Credentials, Rol
 from imds.identity import TaskIdentity
 from imds.metrics import ImdsMetrics
 from imds.tokens import TokenSigner, parse_ttl
+from titus_common.clientlog import DEFAULT_INTERVAL, ClientErrorLog
 
 log = logging.getLogger("titus.imds")
 
@@ -181,12 +182,19 @@ class MetadataService:
         imds_hosts: Sequence[str] = DEFAULT_IMDS_HOSTS,
         ecs_hosts: Sequence[str] = DEFAULT_ECS_HOSTS,
         keepalive_timeout: float = 75.0,
+        client_error_interval: float = DEFAULT_INTERVAL,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._broker = credentials
         self._signer = TokenSigner(token_key)
         self._clock = clock
         self.metrics = ImdsMetrics(registry if registry is not None else CollectorRegistry())
         credentials.attach_metrics(self.metrics)
+        # Malformed HTTP from a task (oversized headers: LineTooLong, bad request lines, …): counted,
+        # logged once per task per kind per interval, no traceback — a task cannot flood the host's log.
+        self.client_errors = ClientErrorLog(
+            log, interval=client_error_interval, clock=monotonic, count=self.metrics.client_error, what="task",
+        )
         self._imds_hosts = tuple(imds_hosts)
         self._ecs_hosts = tuple(ecs_hosts)
         self._keepalive = keepalive_timeout
@@ -239,7 +247,8 @@ class MetadataService:
                 if not socks:
                     continue
                 ws = web.Server(
-                    functools.partial(handler, task), access_log=None, keepalive_timeout=self._keepalive
+                    functools.partial(handler, task), access_log=None, keepalive_timeout=self._keepalive,
+                    logger=self.client_errors.http_logger(tid, task_id=tid, job_id=identity.job_id),
                 )
                 task.web_servers.append(ws)
                 for sock in socks:
@@ -264,6 +273,7 @@ class MetadataService:
     async def remove_task(self, task_id: str) -> None:
         task = self._tasks.pop(task_id, None)
         self._broker.remove(task_id)
+        self.client_errors.forget(task_id)
         if task is None:
             return
         self.metrics.tasks.set(len(self._tasks))

@@ -15,6 +15,9 @@ from security.profiles import SecurityPolicy, default_policy, validate_security_
 from scheduler.core import Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.records import JobRecord, JobState, TaskRecord
+from scheduler.startfailure import start_failure
+from titus_common.clientlog import ClientErrorLog
+from titus_common.daemon import HTTP_LOGGER_KEY
 from titus_common.errors import TitusError
 from titus_common.jobspec import SpecError, parse_job_spec
 from titus_common.protocol import SyncRequest, UpdatesRequest, UpdatesResponse
@@ -24,6 +27,7 @@ log = logging.getLogger("titus.scheduler.api")
 
 SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)
 SECURITY_POLICY_KEY = web.AppKey("security_policy", SecurityPolicy)
+CLIENT_ERRORS_KEY = web.AppKey("client_errors", ClientErrorLog)
 M = TypeVar("M", bound=BaseModel)
 E = TypeVar("E", TaskState, JobState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -84,6 +88,7 @@ def job_view(s: Scheduler, job: JobRecord) -> dict[str, Any]:
         counts[t.state.value] = counts.get(t.state.value, 0) + 1
     doc["taskCounts"] = counts
     doc["crashLooping"] = s.crash_looping(job)
+    doc["startFailure"] = start_failure(tasks)
     return doc
 
 
@@ -198,10 +203,35 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(openapi_document())
 
 
+@web.middleware
+async def _agent_protocol_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A node-protocol request refused (malformed, over a size bound): counted, and logged at most
+    once per node per kind per interval — a broken or hostile agent cannot flood the log."""
+    node_id = request.match_info.get("node_id")
+    if node_id is None:
+        return await handler(request)
+    call = request.path.rsplit("/", 1)[-1]
+    try:
+        return await handler(request)
+    except ApiError as e:
+        kind = f"{call}:{'too_large' if e.status == 413 else 'invalid'}"
+        fields = ", ".join(f for f, _ in e.problems[:5])
+        request.app[CLIENT_ERRORS_KEY].report(node_id[:64], kind, f"{e.message} {fields}".strip())
+        raise
+    except web.HTTPRequestEntityTooLarge as e:
+        request.app[CLIENT_ERRORS_KEY].report(node_id[:64], f"{call}:too_large", e.text or "body too large")
+        raise
+
+
 def make_app(scheduler: Scheduler, security_policy: SecurityPolicy | None = None) -> web.Application:
     """`security_policy`: the submit-time security check's policy (loaded once at start-up);
     None = the built-in default policy."""
-    app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
+    app = web.Application(middlewares=[_errors, _agent_protocol_errors], client_max_size=4 * 1024 * 1024)
+    errors = ClientErrorLog(
+        log, count=lambda kind: scheduler.metrics.agent_protocol_errors.labels(kind).inc(), what="agent"
+    )
+    app[CLIENT_ERRORS_KEY] = errors
+    app[HTTP_LOGGER_KEY] = errors.http_logger("http")
     app[SCHEDULER_KEY] = scheduler
     app[SECURITY_POLICY_KEY] = security_policy or default_policy()
     app.router.add_get("/healthz", healthz)

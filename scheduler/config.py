@@ -43,6 +43,9 @@ class SchedulerConfig(BaseModel):
     # A task that stayed Started this long clears its index's crash/failure streak.
     streak_reset_after: Annotated[float, Field(gt=0)] = 300.0
     crash_loop_threshold: Annotated[int, Field(ge=1)] = 3
+    # A Finished job leaves memory (with its tasks) this long after it finished; it stays in the
+    # store and the API still answers for it, from the store (scheduler/retention.py).
+    finished_job_retention: Annotated[float, Field(ge=0)] = 3600.0
 
 
 class ServiceConfig(BaseModel):

@@ -21,6 +21,7 @@ from scheduler.index import TaskIndex
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
+from scheduler.retention import Retention
 from scheduler.store import Store
 from security.profiles import SecurityPolicy, default_policy
 from titus_common.errors import TitusError
@@ -66,6 +67,7 @@ class Scheduler:
         self._deliveries = Deliveries(self.config.redeliver_after)
         self._schedule_wanted = asyncio.Event()
         self._liveness = liveness.Liveness(self.config, clock())
+        self.retention = Retention(self.config.finished_job_retention)
         snap = store.load()
         for j in snap.jobs:
             self.jobs[j.id] = j
@@ -89,7 +91,7 @@ class Scheduler:
         same spec returns the existing job, with a different spec it is a Conflict."""
         key = spec.idempotency_key
         if key and key in self._by_idempotency_key:
-            existing = self.jobs[self._by_idempotency_key[key]]
+            existing = self.job(self._by_idempotency_key[key])
             if existing.spec != spec:
                 raise Conflict(f"idempotencyKey {key!r} was already used by job {existing.id} with a different spec")
             return existing, False
@@ -108,18 +110,21 @@ class Scheduler:
         return job, True
 
     def job(self, job_id: str) -> JobRecord:
-        try:
-            return self.jobs[job_id]
-        except KeyError:
-            raise NotFound(f"no job {job_id!r}") from None
+        # Not in memory: perhaps a finished job past its retention (read from the store).
+        job = self.jobs.get(job_id) or self.retention.job(self, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
 
     def task(self, task_id: str) -> TaskRecord:
-        try:
-            return self.tasks[task_id]
-        except KeyError:
-            raise NotFound(f"no task {task_id!r}") from None
+        task = self.tasks.get(task_id) or self.retention.task(self, task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id!r}")
+        return task
 
     def job_tasks(self, job_id: str) -> list[TaskRecord]:
+        if job_id not in self.jobs:
+            return self.retention.job_tasks(self, job_id)
         return self._index.job_tasks(job_id)
 
     def node_tasks(self, node_id: str) -> list[TaskRecord]:
@@ -395,6 +400,8 @@ class Scheduler:
             if now >= next_node_check:
                 self.check_nodes()
                 next_node_check = now + 1.0
+            if self.retention.due(now):
+                self.retention.evict(self, now)
             self.schedule_pass()
             due = self.next_due()
             timeout = 1.0 if due is None else max(0.01, min(1.0, due - self.clock()))

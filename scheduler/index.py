@@ -40,3 +40,30 @@ class TaskIndex:
 
     def node_tasks(self, node_id: str) -> list[TaskRecord]:
         return [self.tasks[i] for i in self._active_by_node.get(node_id, ())]
+
+    def forget_job(self, job_id: str) -> list[TaskRecord]:
+        """Drop a finished job's tasks from memory (scheduler/retention.py); returns them."""
+        gone = [self.tasks.pop(i) for i in self._by_job.pop(job_id, []) if i in self.tasks]
+        for t in gone:
+            self.pending.discard(t.id)
+            if t.node_id:
+                active = self._active_by_node.get(t.node_id)
+                if active is not None:
+                    active.discard(t.id)
+                    if not active:
+                        del self._active_by_node[t.node_id]
+        return gone
+
+    def compact(self) -> None:
+        """Give back the hash tables' memory after many removals (a dict or set never shrinks by
+        deleting); in place, because `Scheduler.tasks` is `self.tasks`."""
+        tasks, by_job, by_node = dict(self.tasks), dict(self._by_job), dict(self._active_by_node)
+        self.tasks.clear()
+        self.tasks.update(tasks)
+        self._by_job.clear()
+        self._by_job.update(by_job)
+        self._active_by_node.clear()
+        self._active_by_node.update(by_node)
+        pending = set(self.pending)
+        self.pending.clear()
+        self.pending.update(pending)

@@ -58,6 +58,12 @@ class SchedulerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.agent_protocol_errors = Counter(
+            "titus_scheduler_agent_protocol_errors",
+            "Requests refused on the node protocol (sync/updates) or malformed HTTP, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
         self.launch_latency = Histogram(
             "titus_scheduler_launch_latency_seconds",
             "Accepted → Started, per task",

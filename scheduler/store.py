@@ -49,6 +49,13 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    # Reads of records no longer held in memory (finished jobs past their retention).
+    def load_job(self, job_id: str) -> JobRecord | None: ...
+
+    def load_task(self, task_id: str) -> TaskRecord | None: ...
+
+    def load_job_tasks(self, job_id: str) -> list[TaskRecord]: ...
+
 
 def _v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, doc TEXT NOT NULL)")
@@ -186,6 +193,18 @@ class SQLiteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def load_job(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else JobRecord.model_validate_json(row[0])
+
+    def load_task(self, task_id: str) -> TaskRecord | None:
+        row = self._db.execute("SELECT doc FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else TaskRecord.model_validate_json(row[0])
+
+    def load_job_tasks(self, job_id: str) -> list[TaskRecord]:
+        rows = self._db.execute("SELECT doc FROM tasks WHERE job_id = ? ORDER BY rowid", (job_id,))
+        return [TaskRecord.model_validate_json(doc) for (doc,) in rows]
 
     def close(self) -> None:
         self._db.close()

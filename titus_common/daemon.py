@@ -9,11 +9,16 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from titus_common.errors import EXIT_BAD_CONFIG, CannotListen, TitusError, exit_code_for
 from titus_common.sdnotify import Notifier
+
+# The logger aiohttp's server logs malformed HTTP with (LineTooLong, …): an app may set it to a
+# rate-limited one (titus_common/clientlog.py); by default aiohttp's own, a traceback per request.
+HTTP_LOGGER_KEY = web.AppKey("http_logger", logging.Logger)
 
 EXIT_CANNOT_START = EXIT_BAD_CONFIG  # kept for callers that refuse without an error object
 
@@ -71,7 +76,8 @@ def _as_dict(config: object) -> dict[str, object]:
 
 
 async def serve_http(app: web.Application, listen: tuple[str, int]) -> web.AppRunner:
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    extra: dict[str, Any] = {"logger": app[HTTP_LOGGER_KEY]} if HTTP_LOGGER_KEY in app else {}
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, **extra)
     await runner.setup()
     host, port = listen
     try:

@@ -32,6 +32,45 @@ MAX_MEMORY_MIB = 4 * 1024 * 1024  # 4 TiB, larger than any EC2 host
 MAX_DISK_MIB = 64 * 1024 * 1024
 MAX_TASKS_PER_JOB = 10_000
 MAX_ARGS = 4096
+# The engine refuses a memory limit under 6 MB at create (HostConfig validation, 400).
+MIN_MEMORY_MIB = 6
+
+# What execve(2) accepts, and therefore what the container's process can be started with. Linux's
+# ARG_MAX is a quarter of the stack rlimit: 2,097,152 bytes with the default 8 MiB stack (`getconf
+# ARG_MAX`), counted as each argument and each NAME=value string's bytes + its NUL + an 8-byte
+# pointer; one string may be at most MAX_ARG_STRLEN (32 pages = 131,072 bytes, NUL included). The user
+# gets half of ARG_MAX for entrypoint + command + env; the other half is the platform's (TITUS_*,
+# AWS_* and metadata variables, tini's own argv) and headroom for a smaller stack limit.
+LINUX_ARG_MAX = 2_097_152
+MAX_ARG_STRLEN = 131_072
+ARGV_ENV_BUDGET = LINUX_ARG_MAX // 2
+MAX_ENV_VARS = 4096
+MAX_ENV_NAME = 256
+MAX_LABELS = 64
+MAX_LABEL_KEY = 253
+MAX_LABEL_VALUE = 1024
+MAX_SECURITY_GROUPS = 16
+
+
+def exec_bytes(strings: list[str]) -> int:
+    """What `strings` cost in execve's ARG_MAX accounting: bytes + NUL + pointer each."""
+    return sum(len(s.encode()) + 1 + 8 for s in strings)
+
+
+def _argv_schema(what: str) -> dict[str, Any]:
+    return {
+        "items": {"type": "string", "maxLength": MAX_ARG_STRLEN - 1},
+        "description": f"{what}; each argument at most {MAX_ARG_STRLEN - 1} bytes (MAX_ARG_STRLEN), and "
+        f"entrypoint + command + env together at most {ARGV_ENV_BUDGET} bytes (half of Linux's ARG_MAX "
+        f"{LINUX_ARG_MAX}; each string counts its bytes + 1 + 8)",
+    }
+
+
+def _map_schema(key_max: int, value_max: int, pattern: str | None = None) -> dict[str, Any]:
+    names: dict[str, Any] = {"maxLength": key_max}
+    if pattern is not None:
+        names["pattern"] = pattern
+    return {"propertyNames": names, "additionalProperties": {"type": "string", "maxLength": value_max}}
 
 
 def image_name_without_tag(image: str) -> str:
@@ -49,7 +88,7 @@ class _Model(BaseModel):
 
 class Resources(_Model):
     cpu: Annotated[float, Field(gt=0, le=MAX_CPU, description="vCPUs, fractions allowed")] = 1.0
-    memory_mib: Annotated[int, Field(alias="memoryMiB", ge=4, le=MAX_MEMORY_MIB)] = 512
+    memory_mib: Annotated[int, Field(alias="memoryMiB", ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)] = 512
     disk_mib: Annotated[int, Field(alias="diskMiB", ge=1, le=MAX_DISK_MIB)] = 1024
 
     @field_validator("cpu")
@@ -62,18 +101,40 @@ class Resources(_Model):
 
 class ContainerSpec(_Model):
     image: Annotated[str, Field(min_length=1, max_length=512)]
-    entrypoint: Annotated[list[str] | None, Field(max_length=MAX_ARGS)] = None
-    command: Annotated[list[str] | None, Field(max_length=MAX_ARGS)] = None
-    env: dict[str, str] = Field(default_factory=dict)
+    entrypoint: Annotated[
+        list[str] | None, Field(max_length=MAX_ARGS, json_schema_extra=_argv_schema("the image's ENTRYPOINT replaced"))
+    ] = None
+    command: Annotated[
+        list[str] | None, Field(max_length=MAX_ARGS, json_schema_extra=_argv_schema("the image's CMD replaced"))
+    ] = None
+    env: Annotated[
+        dict[str, str],
+        Field(
+            max_length=MAX_ENV_VARS,
+            json_schema_extra={
+                **_map_schema(MAX_ENV_NAME, MAX_ARG_STRLEN - 1, _ENV_NAME.pattern),
+                "description": f"at most {MAX_ENV_VARS} variables; each NAME=value at most "
+                f"{MAX_ARG_STRLEN - 1} bytes; counts toward the {ARGV_ENV_BUDGET}-byte exec budget",
+            },
+        ),
+    ] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     iam_role: str | None = None
     imds_v1_allowed: bool = Field(
         default=False,
         description="Serve instance-metadata GETs without an IMDSv2 token (for old SDKs); off by default",
     )
-    security_groups: list[str] = Field(default_factory=list)
+    security_groups: Annotated[
+        list[str],
+        Field(max_length=MAX_SECURITY_GROUPS, json_schema_extra={"items": {"type": "string",
+                                                                           "pattern": _SECURITY_GROUP.pattern}}),
+    ] = Field(default_factory=list)
     # Requests for security variants (seccomp/AppArmor profiles); their policy lives with the security step.
-    security_attributes: dict[str, str] = Field(default_factory=dict)
+    security_attributes: Annotated[
+        dict[str, str],
+        Field(max_length=MAX_LABELS,
+              json_schema_extra=_map_schema(MAX_LABEL_KEY, MAX_LABEL_VALUE)),
+    ] = Field(default_factory=dict)
     kill_grace_seconds: Annotated[float, Field(ge=0, le=600)] = 10.0
     cpu_class: Annotated[
         Literal["static", "burst"] | None,
@@ -92,6 +153,17 @@ class ContainerSpec(_Model):
             raise ValueError(
                 "cpuClass 'static' gets whole exclusive CPUs: ask for a whole number of cpus "
                 f"(not {self.resources.cpu:g}), or use cpuClass 'burst'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _exec_budget(self) -> ContainerSpec:
+        used = exec_bytes([*(self.entrypoint or []), *(self.command or []),
+                           *(f"{k}={v}" for k, v in self.env.items())])
+        if used > ARGV_ENV_BUDGET:
+            raise ValueError(
+                f"entrypoint + command + env take {used} bytes as execve counts them; at most "
+                f"{ARGV_ENV_BUDGET} (half of Linux's ARG_MAX {LINUX_ARG_MAX})"
             )
         return self
 
@@ -118,6 +190,9 @@ class ContainerSpec(_Model):
                 raise ValueError("must not be an empty list (leave it out to use the image's default)")
             if any("\x00" in a for a in v):
                 raise ValueError("arguments must not contain NUL bytes")
+            for i, a in enumerate(v):
+                if len(a.encode()) >= MAX_ARG_STRLEN:
+                    raise ValueError(f"argument {i} is {len(a.encode())} bytes; at most {MAX_ARG_STRLEN - 1}")
         return v
 
     @field_validator("env")
@@ -128,8 +203,23 @@ class ContainerSpec(_Model):
                 raise ValueError(
                     f"invalid environment variable name {name!r}: letters, digits, '_', '.', '-' only, no '='"
                 )
+            if len(name) > MAX_ENV_NAME:
+                raise ValueError(f"environment variable name {name[:32]!r}… is longer than {MAX_ENV_NAME}")
             if "\x00" in value:
                 raise ValueError(f"environment variable {name!r} contains a NUL byte")
+            size = len(name.encode()) + 1 + len(value.encode())
+            if size >= MAX_ARG_STRLEN:
+                raise ValueError(f"environment variable {name!r} is {size} bytes as NAME=value; at most "
+                                 f"{MAX_ARG_STRLEN - 1}")
+        return v
+
+    @field_validator("security_attributes")
+    @classmethod
+    def _security_attribute_sizes(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
+                raise ValueError(f"security attribute {key[:64]!r}: key at most {MAX_LABEL_KEY} characters, "
+                                 f"value at most {MAX_LABEL_VALUE}")
         return v
 
     @field_validator("iam_role")
@@ -147,8 +237,8 @@ class ContainerSpec(_Model):
                 raise ValueError(f"invalid security group id {sg!r}; expected sg- followed by hex digits")
         if len(set(v)) != len(v):
             raise ValueError("security groups listed twice")
-        if len(v) > 16:
-            raise ValueError("at most 16 security groups")
+        if len(v) > MAX_SECURITY_GROUPS:
+            raise ValueError(f"at most {MAX_SECURITY_GROUPS} security groups")
         return v
 
 
@@ -168,14 +258,20 @@ class ServiceSpec(_Model):
 
 
 def _check_label_map(v: dict[str, str], what: str) -> dict[str, str]:
-    if len(v) > 64:
-        raise ValueError(f"at most 64 {what}")
+    if len(v) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} {what}")
     for key, value in v.items():
         if not _LABEL_KEY.match(key):
-            raise ValueError(f"invalid {what[:-1]} key {key!r}")
-        if len(value) > 1024:
-            raise ValueError(f"{what[:-1]} {key!r} is longer than 1024 characters")
+            raise ValueError(f"invalid {what[:-1]} key {key[:64]!r}")
+        if len(value) > MAX_LABEL_VALUE:
+            raise ValueError(f"{what[:-1]} {key!r} is longer than {MAX_LABEL_VALUE} characters")
     return v
+
+
+_LabelMap = Annotated[
+    dict[str, str],
+    Field(max_length=MAX_LABELS, json_schema_extra=_map_schema(MAX_LABEL_KEY, MAX_LABEL_VALUE, _LABEL_KEY.pattern)),
+]
 
 
 class JobSpec(_Model):
@@ -186,8 +282,8 @@ class JobSpec(_Model):
     container: ContainerSpec
     batch: BatchSpec | None = None
     service: ServiceSpec | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    attributes: dict[str, str] = Field(default_factory=dict)
+    labels: _LabelMap = Field(default_factory=dict)
+    attributes: _LabelMap = Field(default_factory=dict)
     idempotency_key: Annotated[str | None, Field(max_length=128)] = None
 
     @field_validator("app_name")

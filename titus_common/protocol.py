@@ -4,15 +4,24 @@ task transitions as they happen."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from titus_common.jobspec import ContainerSpec
+from titus_common.jobspec import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS, ContainerSpec
 from titus_common.states import FinishReason, TaskState
 
 MAX_WAIT_SECONDS = 30.0
+# Sizes a message may have, stated in the schema and enforced by the same models (the scheduler's
+# 4 MiB body limit is the outer bound): a host holds at most MAX_TASKS_PER_NODE tasks; ids are short.
+MAX_TASKS_PER_NODE = 10_000
+MAX_ID = 128
+MAX_MESSAGE = 4096
+MAX_POSTURE_BYTES = 64 * 1024
+
+_Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 
 
 class _Msg(BaseModel):
@@ -28,13 +37,24 @@ class CapacityReport(_Msg):
 class NodeReport(_Msg):
     id: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     capacity: CapacityReport
-    labels: dict[str, str] = Field(default_factory=dict)
-    agent_version: str = ""
-    running: list[str] = Field(default_factory=list)  # task ids the agent holds (any non-final state)
-    unknown_containers: list[str] = Field(default_factory=list)
+    labels: Annotated[
+        dict[Annotated[str, Field(max_length=MAX_LABEL_KEY)], Annotated[str, Field(max_length=MAX_LABEL_VALUE)]],
+        Field(max_length=MAX_LABELS),
+    ] = Field(default_factory=dict)
+    agent_version: Annotated[str, Field(max_length=MAX_ID)] = ""
+    # task ids the agent holds (any non-final state)
+    running: Annotated[list[_Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
+    unknown_containers: Annotated[list[_Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
     # The host's security posture (security/posture.py HostPosture.to_json(): kernel, cgroup
     # version, seccomp, AppArmor, userns); None until the agent has probed it.
     posture: dict[str, Any] | None = None
+
+    @field_validator("posture")
+    @classmethod
+    def _posture_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and len(json.dumps(v)) > MAX_POSTURE_BYTES:
+            raise ValueError(f"posture is larger than {MAX_POSTURE_BYTES} bytes of JSON")
+        return v
 
 
 class SyncRequest(_Msg):
@@ -43,8 +63,8 @@ class SyncRequest(_Msg):
 
 
 class TaskAssignment(_Msg):
-    task_id: str
-    job_id: str
+    task_id: _Id
+    job_id: _Id
     index: int
     container: ContainerSpec
     runtime_limit_seconds: float | None = None
@@ -56,24 +76,24 @@ class TaskAssignment(_Msg):
 
 
 class SyncResponse(_Msg):
-    launch: list[TaskAssignment] = Field(default_factory=list)
-    kill: list[str] = Field(default_factory=list)
+    launch: Annotated[list[TaskAssignment], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
+    kill: Annotated[list[_Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
     heartbeat_interval_seconds: float = 5.0
 
 
 class TaskUpdate(_Msg):
-    task_id: str
+    task_id: _Id
     state: TaskState
     # When the task entered each state it went through on this agent.
     timestamps: dict[TaskState, float]
     reason: FinishReason | None = None
-    message: str = ""
+    message: Annotated[str, Field(max_length=MAX_MESSAGE)] = ""
     exit_code: int | None = None
-    container_id: str | None = None
+    container_id: Annotated[str, Field(max_length=MAX_ID)] | None = None
 
 
 class UpdatesRequest(_Msg):
-    updates: Annotated[list[TaskUpdate], Field(max_length=10_000)]
+    updates: Annotated[list[TaskUpdate], Field(max_length=MAX_TASKS_PER_NODE)]
 
 
 class UpdatesResponse(_Msg):

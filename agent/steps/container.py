@@ -8,9 +8,9 @@ from typing import Any
 
 from agent.docker_api import LABEL_AGENT, LABEL_INDEX, LABEL_JOB, LABEL_TASK, DockerError, DockerUnavailable
 from security.hardening import audit_host_config
+from agent.exits import classify_start_refusal
 from agent.names import container_name
 from agent.steps.base import LaunchContext, StepError
-from titus_common.states import FinishReason
 
 # Titus's value: high enough for any real program, stops a fork bomb. The security step's tighter
 # limit (hardening.DEFAULT_PIDS_LIMIT) arrives through ctx.host_config_options and wins.
@@ -44,12 +44,12 @@ class ContainerStep:
                 try:
                     await ctx.docker.start(container_id)
                 except DockerError as e:
-                    # The engine answers a start whose command cannot be executed (not in the image,
-                    # not executable) with 400 Invalid Parameter: the user's error. A create refused
-                    # with 400 is ours (we built the HostConfig), so this is about start alone.
-                    if e.client_error:
-                        raise StepError(f"cannot run the task's command: {e}", FinishReason.FAILED) from None
-                    raise
+                    # A start refused because of the container's own configuration (its command,
+                    # the image's user, a memory limit below its start usage, another architecture)
+                    # is the user's error; anything else the platform's (agent/exits.py). A create
+                    # refused with 400 is ours (we built the HostConfig), so this is about start alone.
+                    reason, message = classify_start_refusal(e.status, str(e), e.client_error)
+                    raise StepError(message, reason) from None
             mine["started_at"] = time.time()
             ctx.record.outputs.container_started_at = mine["started_at"]
             ctx.save()

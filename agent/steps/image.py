@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 
 from agent.docker_api import DockerError, DockerUnavailable
 from agent.steps.base import LaunchContext, StepError
@@ -16,6 +17,12 @@ log = logging.getLogger("titus.agent.image")
 _NOT_FOUND_MARKERS = ("not found", "manifest unknown", "does not exist", "repository name not known")
 
 
+# uname -m → the OCI/Go architecture names images carry in their config.
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
+           "s390x": "s390x", "riscv64": "riscv64"}
+HOST_ARCH = _GOARCH.get(platform.machine(), platform.machine())
+
+
 class ImageStep:
     """Pulls unless the reference is already present (`always_pull` re-resolves mutable tags each time,
     at the cost of a registry round trip per launch). Up to `attempts` pulls with doubling back-off,
@@ -24,7 +31,9 @@ class ImageStep:
 
     name = "image"
 
-    def __init__(self, always_pull: bool = False, attempts: int = 3, backoff: float = 1.0) -> None:
+    def __init__(self, always_pull: bool = False, attempts: int = 3, backoff: float = 1.0,
+                 host_arch: str = HOST_ARCH) -> None:
+        self.host_arch = host_arch
         self.always_pull = always_pull
         self.attempts = attempts
         self.backoff = backoff
@@ -40,6 +49,12 @@ class ImageStep:
             raise StepError(f"image {ref}: {e}") from None
         if image is None:
             raise StepError(f"image {ref} is still missing after a successful pull")
+        arch, os_name = image.get("Architecture") or "", image.get("Os") or "linux"
+        if (arch and arch != self.host_arch) or os_name != "linux":
+            # It would start and die with "exec format error" (or worse, under emulation): refuse it
+            # as the user's error before a container exists.
+            raise StepError(f"image {ref} is built for {os_name}/{arch}; this host runs linux/{self.host_arch}",
+                            FinishReason.FAILED)
         ctx.resources(self.name)["image_id"] = image["Id"]
         ctx.save()
 

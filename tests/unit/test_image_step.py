@@ -210,3 +210,25 @@ async def test_teardown_is_a_no_op() -> None:
     await step.teardown(c.ctx)  # repeated
     assert c.ctx.record.resources["image"] == {"image_id": IMAGE_ID} and c.saves == 0
     await step.teardown(Ctx(Untouchable()).ctx)  # and with nothing set up
+
+
+@pytest.mark.parametrize("arch,os_name,refused", [("amd64", "linux", False), ("arm64", "linux", True),
+                                                  ("", "linux", False), ("amd64", "windows", True)])
+async def test_an_image_for_another_platform_is_the_users_error(
+    sleeps: RecordedSleeps, arch: str, os_name: str, refused: bool
+) -> None:
+    docker = FakeDocker(present=True)
+    real = docker.inspect_image
+
+    async def inspect(ref: str) -> dict[str, Any] | None:
+        image = await real(ref)
+        return None if image is None else {**image, "Architecture": arch, "Os": os_name}
+
+    docker.inspect_image = inspect  # type: ignore[method-assign]
+    c = Ctx(docker)
+    if not refused:
+        await ImageStep(host_arch="amd64").setup(c.ctx)
+        return
+    with pytest.raises(StepError) as e:
+        await ImageStep(host_arch="amd64").setup(c.ctx)
+    assert e.value.reason is FinishReason.FAILED and "this host runs linux/amd64" in e.value.message
