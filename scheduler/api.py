@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from scheduler import admin_api
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
 from scheduler.core import Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
@@ -217,4 +218,5 @@ def make_app(scheduler: Scheduler, security_policy: SecurityPolicy | None = None
     app.router.add_get("/v1/nodes", list_nodes)
     app.router.add_post("/v1/nodes/{node_id}/sync", node_sync)
     app.router.add_post("/v1/nodes/{node_id}/updates", node_updates)
+    admin_api.add_routes(app, scheduler.reconciler, scheduler.clock)
     return app

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/security.md); default: built-in, only the `default` variant")
     for key in SCHEDULER_KEYS:
         field = SchedulerConfig.model_fields[key]
-        kind = int if field.annotation in (int, "int") else float
+        kind: type = {int: int, "int": int, str: str, "str": str}.get(field.annotation, float)
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind,
                        help=f"{_HELP.get(key, key)} (default {field.default})")
     return p

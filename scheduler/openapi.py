@@ -143,6 +143,18 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _reply("Updates taken", _ref("UpdatesResponse")), **_ERRORS},
             }
         },
+        "/v1/admin/reconcile": {
+            "get": {"summary": "Reconciliation: the freeze, the mismatch, the proposed actions (dry run), "
+                    "recent audit entries (docs/reconcile.md)", "responses": {"200": _reply("The state")}},
+        },
+        "/v1/admin/reconcile/approve": {
+            "post": {"summary": 'Release proposed actions: {"actions": [ids]} or {"all": true}',
+                     "responses": {"200": _reply("Approved"), **_ERRORS}},
+        },
+        "/v1/admin/reconcile/unfreeze": {
+            "post": {"summary": "End the freeze (a mass mismatch at the next pass freezes again)",
+                     "responses": {"200": _reply("Unfrozen"), **_ERRORS}},
+        },
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _reply("text exposition")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _reply("ok")}}},
     }
