@@ -5,7 +5,8 @@ and the decisions it applies — what replaces an ended task (`retries`, `lifecy
 (`liveness`), which hosts may take a job (`eligibility`) and which one does (`placement`) — its
 in-memory bookkeeping (`index`, `delivery`), its records and their store (`records`, `store`), its
 configuration (`config`), metrics (`metrics`) and the process (`main`). Reconciliation (`reconcile` the
-policy, `reconciler` the component, `killpath` its brakes, `audit`, `admin_api`; docs/reconcile.md).
+policy, `reconciler` the component, `killpath` its brakes, `audit`, `admin_api`; docs/reconcile.md)
+and the start-up integrity check (`integrity`).
 
 May import: `titus_common` and `security`, plus the standard library and third-party packages —
 never `agent`, `netns`, `imds`, `cpuset` or `titusctl` (the scheduler runs without any host code).
@@ -20,6 +21,7 @@ __all__ = [
     "delivery",
     "eligibility",
     "index",
+    "integrity",
     "killpath",
     "lifecycle",
     "liveness",

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import eligibility, lifecycle, liveness, retries
+from scheduler import eligibility, integrity, lifecycle, liveness, retries
 from scheduler.audit import AuditLog
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
@@ -73,6 +73,7 @@ class Scheduler:
         # Every kill or declared-lost the control plane decides on its own asks it (docs/reconcile.md).
         self.reconciler = Reconciler(self.config, clock(), audit or AuditLog(), metrics.registry)
         snap = store.load()
+        integrity.check(snap, getattr(store, "path", "the store"))  # refuses a self-contradicting store
         if not snap.jobs and not snap.nodes:
             log.warning("starting on an EMPTY store: if this cell ran work before, this is the wrong store; "
                         "reconciliation kills nothing for %.0fs and freezes on any mass mismatch",
