@@ -28,6 +28,7 @@ __all__ = [
     "main",
     "metrics",
     "openapi",
+    "pending",
     "placement",
     "reconcile",
     "reconciler",

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from scheduler import eligibility, integrity, lifecycle, liveness, retries
+from scheduler.pending import PendingBook, why_pending
 from scheduler.audit import AuditLog
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
@@ -68,6 +69,7 @@ class Scheduler:
         self.nodes: dict[str, NodeRecord] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._deliveries = Deliveries(self.config.redeliver_after)
+        self.pending = PendingBook()  # why each Accepted task waits (queue age, `pendingReason`)
         self._schedule_wanted = asyncio.Event()
         self._liveness = liveness.Liveness(self.config, clock())
         # Every kill or declared-lost the control plane decides on its own asks it (docs/reconcile.md).
@@ -294,6 +296,7 @@ class Scheduler:
     ) -> None:
         lifecycle.finish(task, reason, message, at, exit_code)
         self._deliveries.forget(task.id)
+        self.pending.forget(task.id)
         self._index.finished(task)
         self.metrics.tasks_finished.labels(reason=reason.value).inc()
         log.info(
@@ -359,6 +362,7 @@ class Scheduler:
             able = eligibility.able_nodes(job, nodes, self.security_policy)
             node = self.placer.place(demand, able)
             if node is None:
+                self.pending.note(t.id, why_pending(demand, nodes, able))
                 why = eligibility.waiting_reason(job, able, nodes, self.security_policy)
                 if why != t.message:
                     t.message = why
@@ -368,6 +372,8 @@ class Scheduler:
             node.take(demand)
             t.node_id = node.id
             t.enter(TaskState.LAUNCHED, now)
+            self.pending.forget(t.id)
+            self.metrics.observe_launched(t)
             self._index.placed(t)
             placed.append(t)
         if placed or waiting:
@@ -375,6 +381,14 @@ class Scheduler:
             for node_id in {t.node_id for t in placed if t.node_id}:
                 self._deliveries.wake(node_id)
         return len(placed)
+
+    def pending_tasks(self) -> list[TaskRecord]:
+        return [self.tasks[i] for i in self._index.pending]
+
+    def pending_reason(self, task: TaskRecord) -> str | None:
+        """Why an Accepted task is not placed yet (`pending.PendingReason`), None once it is."""
+        reason = self.pending.reason(task, self.clock())
+        return None if reason is None else reason.value
 
     def next_due(self) -> float | None:
         """When the earliest delayed Accepted task becomes placeable."""

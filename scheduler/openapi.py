@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from scheduler.pending import PendingReason
 from scheduler.records import JobRecord, NodeRecord, TaskRecord
 from titus_common.jobspec import JobSpec
 from titus_common.protocol import SyncRequest, SyncResponse, UpdatesRequest, UpdatesResponse
@@ -58,6 +59,12 @@ def openapi_document() -> dict[str, Any]:
         ref_template=_REF,
     )
     schemas: dict[str, Any] = schema["$defs"]
+    # Computed by the API, not stored: why an Accepted task waits (scheduler/pending.py).
+    schemas["TaskRecord"]["properties"]["pendingReason"] = {
+        "anyOf": [{"type": "string", "enum": [r.value for r in PendingReason]}, {"type": "null"}],
+        "description": "Why the task is still Accepted (no host fits, none Ready, posture, back-off); "
+        "null once placed",
+    }
     schemas["Error"] = {
         "type": "object",
         "properties": {
