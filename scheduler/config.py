@@ -78,6 +78,10 @@ class ServiceConfig(BaseModel):
     log_level: str = "INFO"
     # None: the built-in policy (only the `default` variant; docs/security.md).
     security_policy: Path | None = None
+    # Scheduled online snapshots, each restore-tested (docs/reconcile.md, "Backups"); None: off.
+    backup_dir: Path | None = None
+    backup_interval: Annotated[float, Field(gt=0)] = 3600.0
+    backup_keep: Annotated[int, Field(ge=1)] = 24
     scheduler: SchedulerConfig = SchedulerConfig()
 
     @field_validator("log_level")
@@ -117,7 +121,7 @@ def service_config(values: Mapping[str, Any], sources: Mapping[str, str] | None 
         files = sorted({sources.get(k, "configuration") for k in unknown})
         raise ConfigError(f"{', '.join(files)}: unknown keys {unknown}; known: {sorted(KEYS)}")
     service: dict[str, Any] = {k: values[k] for k in SERVICE_KEYS if k in values}
-    for key in ("db", "security_policy"):
+    for key in ("db", "security_policy", "backup_dir"):
         if isinstance(service.get(key), str):
             service[key] = Path(service[key])
         elif key in service and not isinstance(service[key], Path | None):
