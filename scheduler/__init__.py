@@ -6,7 +6,8 @@ and the decisions it applies — what replaces an ended task (`retries`, `lifecy
 in-memory bookkeeping (`index`, `delivery`), its records and their store (`records`, `store`), its
 configuration (`config`), metrics (`metrics`) and the process (`main`). Reconciliation (`reconcile` the
 policy, `reconciler` the component, `killpath` its brakes, `audit`, `admin_api`; docs/reconcile.md)
-and the start-up integrity check (`integrity`).
+the start-up integrity check (`integrity`), queue age (`pending`) and backups (`backup`,
+`backup_cli`, `backup_schedule`).
 
 May import: `titus_common` and `security`, plus the standard library and third-party packages —
 never `agent`, `netns`, `imds`, `cpuset` or `titusctl` (the scheduler runs without any host code).
