@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from scheduler import admin_api
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
 from scheduler.core import Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
@@ -92,8 +93,11 @@ def job_view(s: Scheduler, job: JobRecord) -> dict[str, Any]:
     return doc
 
 
-def task_view(task: TaskRecord) -> dict[str, Any]:
-    return task.to_api()
+def task_view(task: TaskRecord, s: Scheduler | None = None) -> dict[str, Any]:
+    doc = task.to_api()
+    if s is not None:  # why an Accepted task waits (scheduler/pending.py); null once placed
+        doc["pendingReason"] = s.pending_reason(task)
+    return doc
 
 
 def _query_state(request: web.Request, enum: type[E]) -> E | None:
@@ -154,17 +158,17 @@ async def list_tasks(request: web.Request) -> web.Response:
         if (state is None or t.state is state) and (node_id is None or t.node_id == node_id)
     ]
     tasks.sort(key=lambda t: t.timestamps.get(TaskState.ACCEPTED.value, 0.0))
-    return _json({"tasks": [task_view(t) for t in tasks]})
+    return _json({"tasks": [task_view(t, s) for t in tasks]})
 
 
 async def get_task(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
-    return _json(task_view(s.task(request.match_info["task_id"])))
+    return _json(task_view(s.task(request.match_info["task_id"]), s))
 
 
 async def kill_task(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
-    return _json(task_view(s.kill_task(request.match_info["task_id"])), status=202)
+    return _json(task_view(s.kill_task(request.match_info["task_id"]), s), status=202)
 
 
 async def list_nodes(request: web.Request) -> web.Response:
@@ -247,4 +251,5 @@ def make_app(scheduler: Scheduler, security_policy: SecurityPolicy | None = None
     app.router.add_get("/v1/nodes", list_nodes)
     app.router.add_post("/v1/nodes/{node_id}/sync", node_sync)
     app.router.add_post("/v1/nodes/{node_id}/updates", node_updates)
+    admin_api.add_routes(app, scheduler.reconciler, scheduler.clock)
     return app

@@ -46,6 +46,29 @@ class SchedulerConfig(BaseModel):
     # A Finished job leaves memory (with its tasks) this long after it finished; it stays in the
     # store and the API still answers for it, from the store (scheduler/retention.py).
     finished_job_retention: Annotated[float, Field(ge=0)] = 3600.0
+    # Reconciliation and its one kill path (docs/reconcile.md).
+    reconcile_interval: Annotated[float, Field(gt=0)] = 5.0
+    # After start (or becoming leader) nothing is killed or declared lost for this long.
+    reconcile_grace: Annotated[float, Field(ge=0)] = 120.0
+    # A mismatch above either threshold freezes every kill until an operator acts.
+    reconcile_freeze_abs: Annotated[int, Field(ge=0)] = 10
+    reconcile_freeze_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    # Global token bucket of the kill path: a kill or declared-lost per 1/rate seconds, plus a burst.
+    kill_rate_per_second: Annotated[float, Field(gt=0)] = 0.1
+    kill_burst: Annotated[int, Field(ge=1)] = 3
+    # Per-job disruption budget: at most this fraction of a job's live tasks (at least 1) per window.
+    job_disruption_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    job_disruption_window: Annotated[float, Field(gt=0)] = 600.0
+    # A task the agent of a Ready host does not report for this long is proposed lost.
+    missing_lost_after: Annotated[float, Field(gt=0)] = 60.0
+    # Containers the scheduler does not know may be killed after this age (0: never; off by default).
+    orphan_kill_after: Annotated[float, Field(ge=0)] = 0.0
+    # Stuck-state timeouts (Titus' defaults).
+    stuck_launched_after: Annotated[float, Field(gt=0)] = 300.0
+    stuck_start_initiated_after: Annotated[float, Field(gt=0)] = 300.0
+    stuck_kill_initiated_after: Annotated[float, Field(gt=0)] = 600.0
+    # Run with the freeze's JSON on stdin when reconciliation freezes (empty: none).
+    page_command: str = ""
 
 
 class ServiceConfig(BaseModel):
@@ -58,6 +81,10 @@ class ServiceConfig(BaseModel):
     log_level: str = "INFO"
     # None: the built-in policy (only the `default` variant; docs/security.md).
     security_policy: Path | None = None
+    # Scheduled online snapshots, each restore-tested (docs/reconcile.md, "Backups"); None: off.
+    backup_dir: Path | None = None
+    backup_interval: Annotated[float, Field(gt=0)] = 3600.0
+    backup_keep: Annotated[int, Field(ge=1)] = 24
     scheduler: SchedulerConfig = SchedulerConfig()
 
     @field_validator("log_level")
@@ -97,7 +124,7 @@ def service_config(values: Mapping[str, Any], sources: Mapping[str, str] | None 
         files = sorted({sources.get(k, "configuration") for k in unknown})
         raise ConfigError(f"{', '.join(files)}: unknown keys {unknown}; known: {sorted(KEYS)}")
     service: dict[str, Any] = {k: values[k] for k in SERVICE_KEYS if k in values}
-    for key in ("db", "security_policy"):
+    for key in ("db", "security_policy", "backup_dir"):
         if isinstance(service.get(key), str):
             service[key] = Path(service[key])
         elif key in service and not isinstance(service[key], Path | None):

@@ -14,12 +14,16 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import eligibility, lifecycle, liveness, retries
+from scheduler import eligibility, integrity, lifecycle, liveness, retries
+from scheduler.pending import PendingBook, why_pending
+from scheduler.audit import AuditLog
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
 from scheduler.index import TaskIndex
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
+from scheduler.reconcile import ActionKind
+from scheduler.reconciler import Reconciler, cell_view
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
 from scheduler.retention import Retention
 from scheduler.store import Store
@@ -51,6 +55,7 @@ class Scheduler:
         config: SchedulerConfig | None = None,
         clock: Callable[[], float] = time.time,
         security_policy: SecurityPolicy | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.placer = placer
@@ -65,10 +70,18 @@ class Scheduler:
         self.nodes: dict[str, NodeRecord] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._deliveries = Deliveries(self.config.redeliver_after)
+        self.pending = PendingBook()  # why each Accepted task waits (queue age, `pendingReason`)
         self._schedule_wanted = asyncio.Event()
         self._liveness = liveness.Liveness(self.config, clock())
         self.retention = Retention(self.config.finished_job_retention)
+        # Every kill or declared-lost the control plane decides on its own asks it (docs/reconcile.md).
+        self.reconciler = Reconciler(self.config, clock(), audit or AuditLog(), metrics.registry)
         snap = store.load()
+        integrity.check(snap, getattr(store, "path", "the store"))  # refuses a self-contradicting store
+        if not snap.jobs and not snap.nodes:
+            log.warning("starting on an EMPTY store: if this cell ran work before, this is the wrong store; "
+                        "reconciliation kills nothing for %.0fs and freezes on any mass mismatch",
+                        self.config.reconcile_grace)
         for j in snap.jobs:
             self.jobs[j.id] = j
             if j.spec.idempotency_key:
@@ -179,6 +192,7 @@ class Scheduler:
         running = set(report.running)
         node.missing_tasks = liveness.missing_tasks(self.node_tasks(node.id), running)
         self.nodes[node.id] = node
+        self.reconciler.observe_report(node.id, running, report.unknown_containers)
         # A kill already sent for a task the agent does not hold: nothing is left to kill.
         gone = [
             t for t in self.node_tasks(node.id)
@@ -187,7 +201,8 @@ class Scheduler:
         new_tasks: list[TaskRecord] = []
         jobs: dict[str, JobRecord] = {}
         for t in gone:
-            new_tasks.extend(self._end(t, FinishReason.KILLED, "killed (the host no longer held it)", now, jobs))
+            reason = t.finish_as or FinishReason.KILLED
+            new_tasks.extend(self._end(t, reason, t.message or "killed (the host no longer held it)", now, jobs))
         self.store.commit(nodes=[node], tasks=[*gone, *new_tasks], jobs=jobs.values())
         self._remember(new_tasks)
         self._schedule_wanted.set()
@@ -254,6 +269,8 @@ class Scheduler:
             if u.state is TaskState.FINISHED:
                 at = u.timestamps.get(TaskState.FINISHED, self.clock())
                 reason, message = u.reason or FinishReason.CRASHED, u.message or "agent reported no reason"
+                if task.finish_as is not None:  # killed by a stuck-state timeout: ends as crashed
+                    reason, message = task.finish_as, task.message or message
                 new_tasks.extend(self._end(task, reason, message, at, jobs, exit_code=u.exit_code))
             touched[task.id] = task
         if touched:
@@ -284,6 +301,7 @@ class Scheduler:
     ) -> None:
         lifecycle.finish(task, reason, message, at, exit_code)
         self._deliveries.forget(task.id)
+        self.pending.forget(task.id)
         self._index.finished(task)
         self.metrics.tasks_finished.labels(reason=reason.value).inc()
         log.info(
@@ -349,6 +367,7 @@ class Scheduler:
             able = eligibility.able_nodes(job, nodes, self.security_policy)
             node = self.placer.place(demand, able)
             if node is None:
+                self.pending.note(t.id, why_pending(demand, nodes, able))
                 why = eligibility.waiting_reason(job, able, nodes, self.security_policy)
                 if why != t.message:
                     t.message = why
@@ -358,6 +377,8 @@ class Scheduler:
             node.take(demand)
             t.node_id = node.id
             t.enter(TaskState.LAUNCHED, now)
+            self.pending.forget(t.id)
+            self.metrics.observe_launched(t)
             self._index.placed(t)
             placed.append(t)
         if placed or waiting:
@@ -365,6 +386,14 @@ class Scheduler:
             for node_id in {t.node_id for t in placed if t.node_id}:
                 self._deliveries.wake(node_id)
         return len(placed)
+
+    def pending_tasks(self) -> list[TaskRecord]:
+        return [self.tasks[i] for i in self._index.pending]
+
+    def pending_reason(self, task: TaskRecord) -> str | None:
+        """Why an Accepted task is not placed yet (`pending.PendingReason`), None once it is."""
+        reason = self.pending.reason(task, self.clock())
+        return None if reason is None else reason.value
 
     def next_due(self) -> float | None:
         """When the earliest delayed Accepted task becomes placeable."""
@@ -374,26 +403,53 @@ class Scheduler:
     # ---- host liveness ------------------------------------------------------------------------
 
     def check_nodes(self) -> None:
-        """Disconnected after missed heartbeats; Lost (tasks replaced) only after a long grace and
-        under a rate limit — a network partition must not turn into a mass kill (`liveness`)."""
+        """Disconnected after missed heartbeats, Lost after a long grace (`liveness`). The tasks of a
+        host silent past `lost_after` are declared lost by `reconcile`, under its freeze and budget —
+        a network partition must not turn into a mass kill."""
         now = self.clock()
         changed_nodes: list[NodeRecord] = []
-        changed_tasks: list[TaskRecord] = []
-        changed_jobs: dict[str, JobRecord] = {}
         for verdict in self._liveness.check(self.nodes.values(), self.node_tasks, now):
-            for t in verdict.lose:
-                changed_tasks.append(t)
-                why = f"host {verdict.node.id} stopped answering"
-                changed_tasks.extend(self._end(t, FinishReason.LOST, why, now, changed_jobs))
+            # Its tasks are declared lost by reconciliation, through the one kill path (freeze, budget).
             if verdict.status_changed:
                 changed_nodes.append(verdict.node)
-        if changed_nodes or changed_tasks:
-            self.store.commit(nodes=changed_nodes, tasks=changed_tasks, jobs=changed_jobs.values())
-            self._remember([t for t in changed_tasks if t.id not in self.tasks])
+        if changed_nodes:
+            self.store.commit(nodes=changed_nodes)
+
+    # ---- reconciliation (scheduler/reconcile.py is the policy) ---------------------------------
+
+    def _live(self, job_id: str) -> int:
+        return sum(1 for t in self.job_tasks(job_id) if not t.state.terminal)
+
+    def reconcile(self) -> int:
+        """One reconciliation pass; applies what the kill path admits. Returns how many were applied."""
+        now = self.clock()
+        admitted = self.reconciler.run_pass(cell_view(self, self.reconciler.reports, now), self._live, now)
+        changed: list[TaskRecord] = []
+        jobs: dict[str, JobRecord] = {}
+        for a in admitted:
+            t = self.tasks.get(a.task_id)
+            if t is None or t.state.terminal:
+                continue
+            if a.kind is ActionKind.DECLARE_LOST:
+                changed += [t, *self._end(t, FinishReason.LOST, a.reason, now, jobs)]
+            elif a.kind is ActionKind.RETRY_STUCK:
+                changed += [t, *self._end(t, FinishReason.CRASHED, a.reason, now, jobs)]
+            elif a.kind is ActionKind.KILL_STUCK:
+                t.finish_as, t.message = FinishReason.CRASHED, a.reason
+                self._request_kill(t)
+                changed.append(t)
+            else:  # RESEND_KILL: due for delivery again at once
+                self._deliveries.forget(t.id)
+                if t.node_id:
+                    self._deliveries.wake(t.node_id)
+        if changed:
+            self.store.commit(tasks=changed, jobs=jobs.values())
+            self._remember([t for t in changed if t.id not in self.tasks])
+        return len(admitted)
 
     async def run(self, stop: asyncio.Event) -> None:
         """The control loop: place when something changed or a delayed task falls due; check hosts."""
-        next_node_check = 0.0
+        next_node_check = next_reconcile = 0.0
         while not stop.is_set():
             self._schedule_wanted.clear()
             now = self.clock()
@@ -402,6 +458,9 @@ class Scheduler:
                 next_node_check = now + 1.0
             if self.retention.due(now):
                 self.retention.evict(self, now)
+            if now >= next_reconcile:
+                self.reconcile()
+                next_reconcile = now + self.config.reconcile_interval
             self.schedule_pass()
             due = self.next_due()
             timeout = 1.0 if due is None else max(0.01, min(1.0, due - self.clock()))

@@ -14,10 +14,13 @@ import asyncio
 import logging
 import sqlite3
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
+from scheduler import backup_cli
 from scheduler.api import make_app
+from scheduler.backup_schedule import BackupSchedule
 from scheduler.config import SCHEDULER_KEYS, SchedulerConfig, ServiceConfig, read_toml, service_config
 from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
@@ -66,9 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--security-policy", type=Path, metavar="PATH",
                    help="security policy JSON checked at submit (seccomp variant allow-list, AppArmor mode; "
                         "docs/security.md); default: built-in, only the `default` variant")
+    p.add_argument("--backup-dir", type=Path, metavar="DIR",
+                   help="take an online snapshot here every --backup-interval and restore-test it (default: off)")
+    p.add_argument("--backup-interval", type=float, help=f"seconds (default {defaults.backup_interval})")
+    p.add_argument("--backup-keep", type=int, help=f"snapshots kept (default {defaults.backup_keep})")
     for key in SCHEDULER_KEYS:
         field = SchedulerConfig.model_fields[key]
-        kind = int if field.annotation in (int, "int") else float
+        kind: type = {int: int, "int": int, str: str, "str": str}.get(field.annotation, float)
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind,
                        help=f"{_HELP.get(key, key)} (default {field.default})")
     return p
@@ -145,6 +152,10 @@ async def serve(config: ServiceConfig, argv: list[str] | None = None, notifier: 
         return line
 
     reload_on_sighup(notifier, reload)
+    if config.backup_dir is not None:
+        backups = BackupSchedule(config.db, config.backup_dir, config.backup_interval, config.backup_keep,
+                                 scheduler.metrics.registry)
+        control = asyncio.create_task(_both(control, backups.run(stop)))
     try:
         await stop.wait()
     finally:
@@ -157,7 +168,15 @@ async def serve(config: ServiceConfig, argv: list[str] | None = None, notifier: 
     return 0
 
 
+async def _both(control: asyncio.Task[None], other: Coroutine[Any, Any, None]) -> None:
+    await asyncio.gather(control, other)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in backup_cli.COMMANDS:  # backup, restore-test, restore (scheduler/backup_cli.py)
+        setup_logging(PROG)
+        sys.exit(backup_cli.main(argv))
     try:
         config = load_config(argv)
     except ConfigError as e:

@@ -11,12 +11,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from scheduler.pending import AGE_BUCKETS, PendingReason, age_buckets
 from titus_common.states import TaskState
 
 if TYPE_CHECKING:
     from scheduler.core import Scheduler
     from scheduler.records import TaskRecord
 
+QUEUE_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, *AGE_BUCKETS, 1800, 3600)
 LAUNCH_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300)
 
 
@@ -39,6 +41,20 @@ class _StateCollector(Collector):
         for status, count in sorted(_Tally(n.status.value for n in s.nodes.values()).items()):
             nodes.add_metric([status], count)
         yield nodes
+        now = s.clock()
+        queue = s.pending_tasks()
+        by_age = GaugeMetricFamily(
+            "titus_scheduler_pending_tasks_older_than", "Accepted tasks waiting longer than `seconds` (cumulative)",
+            labels=["seconds"],
+        )
+        for bucket, n in age_buckets(queue, now).items():
+            by_age.add_metric([f"{bucket:.0f}"], n)
+        yield by_age
+        reasons = GaugeMetricFamily("titus_scheduler_pending_tasks", "Accepted tasks by why they wait", labels=["reason"])
+        counts = s.pending.counts(queue, now)
+        for reason in PendingReason:
+            reasons.add_metric([reason.value], counts.get(reason, 0))
+        yield reasons
         looping = sum(1 for j in s.jobs.values() if not j.state.value == "Finished" and s.crash_looping(j))
         yield GaugeMetricFamily(
             "titus_scheduler_crash_looping_jobs", "Jobs with a task index failing on the platform repeatedly",
@@ -71,6 +87,13 @@ class SchedulerMetrics:
             registry=self.registry,
         )
 
+        self.queue_latency = Histogram(
+            "titus_scheduler_accepted_to_launched_seconds",
+            "Accepted → Launched (placed on a host), per task: the queue's latency",
+            buckets=QUEUE_BUCKETS,
+            registry=self.registry,
+        )
+
     def bind(self, scheduler: Scheduler) -> None:
         self.registry.register(_StateCollector(scheduler))
 
@@ -79,3 +102,9 @@ class SchedulerMetrics:
         started = task.timestamps.get(TaskState.STARTED.value)
         if accepted is not None and started is not None:
             self.launch_latency.observe(max(0.0, started - accepted))
+
+    def observe_launched(self, task: TaskRecord) -> None:
+        accepted = task.timestamps.get(TaskState.ACCEPTED.value)
+        launched = task.timestamps.get(TaskState.LAUNCHED.value)
+        if accepted is not None and launched is not None:
+            self.queue_latency.observe(max(0.0, launched - accepted))

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from scheduler.pending import PendingReason
 from scheduler.records import JobRecord, NodeRecord, TaskRecord
 from titus_common.jobspec import JobSpec
 from titus_common.protocol import SyncRequest, SyncResponse, UpdatesRequest, UpdatesResponse
@@ -58,6 +59,12 @@ def openapi_document() -> dict[str, Any]:
         ref_template=_REF,
     )
     schemas: dict[str, Any] = schema["$defs"]
+    # Computed by the API, not stored: why an Accepted task waits (scheduler/pending.py).
+    schemas["TaskRecord"]["properties"]["pendingReason"] = {
+        "anyOf": [{"type": "string", "enum": [r.value for r in PendingReason]}, {"type": "null"}],
+        "description": "Why the task is still Accepted (no host fits, none Ready, posture, back-off); "
+        "null once placed",
+    }
     schemas["Error"] = {
         "type": "object",
         "properties": {
@@ -142,6 +149,18 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": _json_body("UpdatesRequest"),
                 "responses": {"200": _reply("Updates taken", _ref("UpdatesResponse")), **_ERRORS},
             }
+        },
+        "/v1/admin/reconcile": {
+            "get": {"summary": "Reconciliation: the freeze, the mismatch, the proposed actions (dry run), "
+                    "recent audit entries (docs/reconcile.md)", "responses": {"200": _reply("The state")}},
+        },
+        "/v1/admin/reconcile/approve": {
+            "post": {"summary": 'Release proposed actions: {"actions": [ids]} or {"all": true}',
+                     "responses": {"200": _reply("Approved"), **_ERRORS}},
+        },
+        "/v1/admin/reconcile/unfreeze": {
+            "post": {"summary": "End the freeze (a mass mismatch at the next pass freezes again)",
+                     "responses": {"200": _reply("Unfrozen"), **_ERRORS}},
         },
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _reply("text exposition")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _reply("ok")}}},

@@ -56,6 +56,8 @@ class TaskRecord(_Record):
     consecutive_crashes: int = 0  # system errors in a row on this index: the crash-loop signal
     consecutive_failures: int = 0  # user failures in a row (service jobs back off on these)
     kill_requested: bool = False
+    # A kill the control plane sent (a stuck-state timeout) ends the task as this, not `killed`.
+    finish_as: FinishReason | None = None
     replaced_by: str | None = None
 
     def enter(self, state: TaskState, at: float) -> None:

@@ -9,6 +9,7 @@ import functools
 import os
 import sys
 
+from titusctl import admin
 from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError
 from titusctl.commands import (
     cmd_describe,
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     nd.add_argument("--agent", default=DEFAULT_AGENT_URL,
                     help=f"the local agent, asked for /healthz if reachable (default {DEFAULT_AGENT_URL})")
     nd.set_defaults(fn=cmd_node_doctor)
+    admin.add_parser(sub)
     return p
 
 

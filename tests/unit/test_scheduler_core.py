@@ -205,22 +205,28 @@ def test_idempotency_key(sched: Scheduler) -> None:
 
 
 def test_silent_node_disconnects_then_loses_tasks_under_a_rate_limit(tmp_path: Path, clock: Clock) -> None:
-    s = make(tmp_path, clock, disconnect_after=20, lost_after=100, max_lost_per_minute=2)
+    # The kill path's bucket is the brake (docs/reconcile.md): 2 at once, then one a minute.
+    s = make(tmp_path, clock, disconnect_after=20, lost_after=100, reconcile_grace=0.0, kill_burst=2,
+             kill_rate_per_second=1 / 60, job_disruption_fraction=1.0, reconcile_freeze_abs=10,
+             reconcile_freeze_fraction=1.0)
     node(s)
     job, _ = s.submit(spec(batch={"size": 3}))
     s.schedule_pass()
     clock.now += 30
     s.check_nodes()
+    s.reconcile()
     assert s.nodes["n1"].status is NodeStatus.DISCONNECTED
     assert all(t.state is S.LAUNCHED for t in s.job_tasks(job.id))  # disconnected ≠ lost
     clock.now += 100
     s.check_nodes()
+    s.reconcile()
     lost = [t for t in s.job_tasks(job.id) if t.reason is R.LOST]
     assert len(lost) == 2  # the brake held the third back
-    assert s.nodes["n1"].status is NodeStatus.DISCONNECTED
     clock.now += 60
     s.check_nodes()
+    s.reconcile()
     assert len([t for t in s.job_tasks(job.id) if t.reason is R.LOST]) == 3
+    s.check_nodes()
     assert s.nodes["n1"].status is NodeStatus.LOST
     # Lost is a platform fault: replacements wait for a host, no retry consumed.
     assert all(t.retries_used == 0 for t in active(s, job.id)) and len(active(s, job.id)) == 3
