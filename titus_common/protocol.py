@@ -4,6 +4,7 @@ task transitions as they happen."""
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,34 @@ class CapacityReport(_Msg):
     disk_mib: Annotated[int, Field(alias="diskMiB", gt=0)]
 
 
+class HealthStatus(str, enum.Enum):
+    OK = "ok"
+    DEGRADED = "degraded"  # works, worse: lower placement preference
+    FAILED = "failed"  # no new work
+
+    @property
+    def rank(self) -> int:
+        return _HEALTH_RANK[self]
+
+
+_HEALTH_RANK = {HealthStatus.OK: 0, HealthStatus.DEGRADED: 1, HealthStatus.FAILED: 2}
+
+EvidenceValue = str | int | float | bool
+
+
+class HealthCondition(_Msg):
+    """The latest result of one host health check (health/; docs/health.md)."""
+
+    check: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.-]*$")]
+    status: HealthStatus
+    reason: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Z][A-Za-z0-9]*$")]
+    message: Annotated[str, Field(max_length=256)] = ""
+    since: float  # when the check entered this status and reason
+    observed_at: float
+    duration_ms: Annotated[float, Field(ge=0)] = 0.0
+    evidence: Annotated[dict[str, EvidenceValue], Field(max_length=32)] = Field(default_factory=dict)
+
+
 class NodeReport(_Msg):
     id: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     capacity: CapacityReport
@@ -35,6 +64,8 @@ class NodeReport(_Msg):
     # The host's security posture (security/posture.py HostPosture.to_json(): kernel, cgroup
     # version, seccomp, AppArmor, userns); None until the agent has probed it.
     posture: dict[str, Any] | None = None
+    # The host's health checks' latest results (None: an agent that does not run them).
+    health: Annotated[list[HealthCondition], Field(max_length=128)] | None = None
 
 
 class SyncRequest(_Msg):
