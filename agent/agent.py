@@ -25,6 +25,7 @@ from agent.config import AgentConfig
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.host.base import HostResource, LiveTasks
 from agent.host.cpuset_apply import CpuResource
+from agent.host.health import HealthResource, default_checks
 from agent.host.metadata import MetadataResource
 from agent.host.network import NetworkResource, lost_message
 from agent.host.security import HostSecurity, SecurityResource, load_security_policy
@@ -86,9 +87,13 @@ class Agent:
             self._build(lambda: MetadataResource(config, metrics))
             if self.network is not None and config.imds_enabled else None
         )
+        self.health = (
+            HealthResource(config, docker, metrics, default_checks(config, docker, self._event_stream_connected))
+            if config.health_enabled else None
+        )
         self.resources: list[HostResource] = [
             r for r in (self.cpus, SecurityResource(self.security, docker, config.require_userns),
-                        self.network, self.metadata) if r is not None
+                        self.network, self.metadata, self.health) if r is not None
         ]
         self.pipeline = pipeline or launch_pipeline(
             metrics, self.security, always_pull=config.always_pull,
@@ -109,6 +114,9 @@ class Agent:
         metrics.bind(lambda: [r.record.state for r in self.runners.values()], lambda: len(self.unknown_containers))
         if self.network is not None:
             metrics.bind_network(self.network.snapshot)
+
+    def _event_stream_connected(self) -> bool | None:
+        return self._watcher.connected if self._watcher is not None else None
 
     def _build(self, make: Callable[[], T]) -> T | None:
         try:
@@ -247,6 +255,7 @@ class Agent:
             running=[tid for tid, r in self.runners.items() if not r.record.state.terminal],
             unknown_containers=self.unknown_containers,
             posture=self.security.posture.to_json() if self.security.posture is not None else None,
+            health=self.health.conditions() if self.health is not None else None,
         )
 
     async def _sync_loop(self) -> None:

@@ -164,6 +164,8 @@ def cmd_node_doctor(api: Api, args: argparse.Namespace) -> int:
             "lastHeartbeat": n.get("lastHeartbeat"),
             "summary": posture_summary(n.get("posture")),
             "posture": n.get("posture"),
+            "health": n.get("health"),
+            "taints": n.get("taints", []),
         }
         for n in nodes
     ]

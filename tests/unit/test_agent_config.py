@@ -141,6 +141,16 @@ DEFAULTS: dict[str, Any] = {
     "aws_account_id": None,
     "aws_availability_zone": None,
     "sandbox_image": "127.0.0.1:5000/titus/busybox:latest",
+    "health_enabled": True,
+    "health_engine_seconds": 30.0,
+    "health_scratch_budget_seconds": 10.0,
+    "health_registry_seconds": 60.0,
+    "health_registry_image": None,
+    "health_disk_seconds": 60.0,
+    "health_disk_degraded_pct": 85.0,
+    "health_disk_failed_pct": 95.0,
+    "health_data_dirs": [],
+    "health_pressure_seconds": 15.0,
 }
 
 
