@@ -188,6 +188,16 @@ class Scheduler:
         self._schedule_wanted.set()
         return node
 
+    def set_cordon(self, node_id: str, cordoned: bool, reason: str = "") -> NodeRecord:
+        """Keep new work off a host, or let it take work again (an operator's `node cordon|drain`)."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}")
+        liveness.set_cordon(node, cordoned, reason, self.clock())
+        self.store.commit(nodes=[node])
+        self._schedule_wanted.set()
+        return node
+
     def work_for(self, node_id: str) -> SyncResponse:
         """Launches and kills due for a node, not sent in the last `redeliver_after` seconds."""
         now = self.clock()

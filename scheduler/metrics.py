@@ -39,6 +39,12 @@ class _StateCollector(Collector):
         for status, count in sorted(_Tally(n.status.value for n in s.nodes.values()).items()):
             nodes.add_metric([status], count)
         yield nodes
+        tainted = GaugeMetricFamily("titus_scheduler_nodes_tainted",
+                                    "Ready agents that take no new work, by taint (cordoned, health.<check>)",
+                                    labels=["taint"])
+        for taint, count in sorted(_Tally(k for n in s.nodes.values() for k in n.taints).items()):
+            tainted.add_metric([taint], count)
+        yield tainted
         looping = sum(1 for j in s.jobs.values() if not j.state.value == "Finished" and s.crash_looping(j))
         yield GaugeMetricFamily(
             "titus_scheduler_crash_looping_jobs", "Jobs with a task index failing on the platform repeatedly",

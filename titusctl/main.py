@@ -8,6 +8,7 @@ import argparse
 import functools
 import os
 import sys
+from collections.abc import Callable
 
 from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError
 from titusctl.commands import (
@@ -15,10 +16,13 @@ from titusctl.commands import (
     cmd_job_list,
     cmd_job_submit,
     cmd_kill,
+    cmd_node_cordon,
     cmd_node_cpus,
     cmd_node_doctor,
+    cmd_node_health,
     cmd_node_list,
     cmd_node_net,
+    cmd_node_uncordon,
     cmd_task_list,
 )
 
@@ -91,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     nd.add_argument("--agent", default=DEFAULT_AGENT_URL,
                     help=f"the local agent, asked for /healthz if reachable (default {DEFAULT_AGENT_URL})")
     nd.set_defaults(fn=cmd_node_doctor)
+    nh = node.add_parser("health", help="the fleet's health conditions (checks not ok; --all for every one)")
+    nh.add_argument("--all", action="store_true", help="every check of every host, ok ones too")
+    nh.set_defaults(fn=cmd_node_health)
+    admin: tuple[tuple[str, Callable[[Api, argparse.Namespace], int], str], ...] = (
+        ("cordon", cmd_node_cordon, "no new work on the host; its tasks stay"),
+        ("drain", cmd_node_cordon, "no new work on the host (task evacuation is not implemented yet)"),
+        ("uncordon", cmd_node_uncordon, "the host takes new work again (health taints still apply)"),
+        ("undrain", cmd_node_uncordon, "the same as uncordon"),
+    )
+    for verb, verb_fn, what in admin:
+        nv = node.add_parser(verb, help=what)
+        nv.add_argument("node")
+        if verb_fn is cmd_node_cordon:
+            nv.add_argument("--reason", default="", help="why (shown on the node and in `node doctor`)")
+        nv.set_defaults(fn=verb_fn)
     return p
 
 

@@ -68,6 +68,22 @@ def node_rows(nodes: list[dict[str, Any]]) -> str:
     return table(rows, ["NODE", "STATUS", "CPUS", "MEM_MIB", "HEARTBEAT", "UNKNOWN", "MISSING"])
 
 
+def fleet_health_rows(nodes: list[dict[str, Any]], show_all: bool = False) -> str:
+    rows = []
+    for n in nodes:
+        taints = n.get("taints") or {}
+        if "cordoned" in taints:
+            rows.append([n["id"], n["status"], "cordon", "CORDONED", "-", taints["cordoned"][:60]])
+        if n.get("health") is None:
+            if show_all:
+                rows.append([n["id"], n["status"], "-", "unreported", "-", "agent without health checks"])
+            continue
+        for c in n["health"]:
+            if show_all or c["status"] != "ok":
+                rows.append([n["id"], n["status"], c["check"], c["status"], c["reason"], (c.get("message") or "")[:60]])
+    return table(rows, ["NODE", "STATUS", "CHECK", "HEALTH", "REASON", "MESSAGE"]) if rows else "every host healthy"
+
+
 def describe(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2)
 
