@@ -166,7 +166,7 @@ def cmd_node_doctor(api: Api, args: argparse.Namespace) -> int:
             "summary": posture_summary(n.get("posture")),
             "posture": n.get("posture"),
             "health": n.get("health"),
-            "taints": n.get("taints", []),
+            "taints": n.get("taints", {}),
         }
         for n in nodes
     ]

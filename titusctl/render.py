@@ -189,7 +189,7 @@ def doctor_text(nodes: list[dict[str, Any]], agent: dict[str, Any]) -> str:
     for n in nodes:
         out.append(f"node {n['id']} ({n['status']}, heartbeat {_ago(n.get('lastHeartbeat'))} ago)")
         if n.get("taints"):
-            out.append(f"  NO NEW WORK: {'; '.join(n['taints'])}")
+            out.append("  NO NEW WORK: " + "; ".join(f"{k}: {v}" for k, v in sorted(n["taints"].items())))
         out += health_lines(n.get("health"))
         sm = n["summary"]
         if sm is None:
