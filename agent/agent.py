@@ -32,6 +32,7 @@ from agent.host.security import HostSecurity, SecurityResource, load_security_po
 from agent.launch import launch_pipeline
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
+from agent.remediation import Remediator
 from agent.runner import TaskRunner
 from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
 from agent.watcher import ContainerWatcher
@@ -90,6 +91,10 @@ class Agent:
         self.health = (
             HealthResource(config, docker, metrics, default_checks(config, docker, self._event_stream_connected))
             if config.health_enabled else None
+        )
+        self.remediator = Remediator(
+            {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine},
+            after=self.health.monitor.recheck if self.health is not None else None,
         )
         self.resources: list[HostResource] = [
             r for r in (self.cpus, SecurityResource(self.security, docker, config.require_userns),
@@ -181,6 +186,7 @@ class Agent:
         for t in [*self._loops, *self._running.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.remediator.stop()
         await self._stop_resources()
         await self.client.close()
 
@@ -256,6 +262,7 @@ class Agent:
             unknown_containers=self.unknown_containers,
             posture=self.security.posture.to_json() if self.security.posture is not None else None,
             health=self.health.conditions() if self.health is not None else None,
+            remediation_results=self.remediator.results(),
         )
 
     async def _sync_loop(self) -> None:
@@ -275,6 +282,8 @@ class Agent:
                 self.accept(assignment)
             for task_id in resp.kill:
                 self.kill(task_id)
+            for order in resp.remediate:
+                self.remediator.submit(order)
 
     async def _report_loop(self) -> None:
         backoff = Backoff(0.2, 10.0)
@@ -330,6 +339,36 @@ class Agent:
             await asyncio.sleep(self.config.network_gc_seconds)
             for resource in self.resources:
                 await resource.gc(self.tasks())
+
+    # ---- remediation actions (agent/remediation.py; ordered by the scheduler) ---------------------
+
+    async def _prune(self) -> str:
+        """Exited containers of tasks this agent no longer holds, and leftover scratch containers."""
+        containers = await self.docker.list_labelled(self.config.node_id)
+        gone = [c for c in containers
+                if c.get("State") in ("exited", "dead", "created") and (c.get("Labels") or {}).get(LABEL_TASK) not in self.runners]
+        for c in gone:
+            await self.docker.remove(str(c["Id"]))
+        if self.health is not None:
+            await self.health.gc(self.tasks())
+        return f"removed {len(gone)} exited container(s) of finished tasks"
+
+    async def _network_gc(self) -> str:
+        if self.network is None:
+            raise RuntimeError("networking is off on this agent")
+        await self.network.gc(self.tasks())
+        return "network GC ran"
+
+    async def _restart_engine(self) -> str:
+        cmd = self.config.health_engine_restart_command
+        if not cmd:
+            raise RuntimeError("no health_engine_restart_command configured")
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.decode(errors='replace')[-200:]}")
+        return f"{' '.join(cmd)} done"
 
     def _note_unknown(self, containers: list[dict[str, Any]]) -> None:
         unknown = []

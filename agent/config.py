@@ -120,6 +120,9 @@ class AgentConfig(BaseModel):
     # More filesystems to watch besides the engine root and the state dir (e.g. a log or data dir).
     health_data_dirs: list[AnyPath] = Field(default_factory=list)
     health_pressure_seconds: float = 15.0
+    # The remediation action `restart-engine` runs this (e.g. ["systemctl", "restart", "docker"]);
+    # empty: the action is refused.
+    health_engine_restart_command: list[str] = Field(default_factory=list)
 
     # ---- checks (each error names its key; titus_common/config.py adds where the value came from)
 

@@ -105,6 +105,11 @@ class HealthMonitor:
             self.on_result(cond, prev)
         return cond
 
+    async def recheck(self) -> None:
+        """Run every check now that is not already running (after a remediation action)."""
+        idle = [c for c in self.checks if (t := self._inflight.get(c.name)) is None or t.done()]
+        await asyncio.gather(*(self.run_check(c) for c in idle))
+
     # ---- the schedule ------------------------------------------------------------------------
 
     async def _loop(self, check: Check) -> None:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import eligibility, lifecycle, liveness, retries
+from scheduler import eligibility, lifecycle, liveness, remediation, retries
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
 from scheduler.index import TaskIndex
@@ -173,6 +173,8 @@ class Scheduler:
         node = liveness.heartbeat(self.nodes.get(report.id), report, now)
         running = set(report.running)
         node.missing_tasks = liveness.missing_tasks(self.node_tasks(node.id), running)
+        if remediation.apply_results(node, report.remediation_results, now):
+            self.metrics.remediations.labels(outcome=node.remediation_history[-1].outcome).inc()
         self.nodes[node.id] = node
         # A kill already sent for a task the agent does not hold: nothing is left to kill.
         gone = [
@@ -202,6 +204,10 @@ class Scheduler:
         """Launches and kills due for a node, not sent in the last `redeliver_after` seconds."""
         now = self.clock()
         resp = SyncResponse(heartbeat_interval_seconds=self.config.heartbeat_interval)
+        node = self.nodes.get(node_id)
+        order = remediation.order_for(node) if node is not None else None
+        if order is not None:
+            resp.remediate.append(order)
         for t in self.node_tasks(node_id):
             if not self._deliveries.due(t.id, now):
                 continue
@@ -392,6 +398,11 @@ class Scheduler:
                 changed_tasks.extend(self._end(t, FinishReason.LOST, why, now, changed_jobs))
             if verdict.status_changed:
                 changed_nodes.append(verdict.node)
+        plan = remediation.plan(self.nodes.values(), self.config, now)
+        self.metrics.note_remediation_plan(plan)
+        changed_nodes.extend(n for n in plan.changed if n not in changed_nodes)
+        for node_id in plan.ordered:
+            self._deliveries.wake(node_id)
         if changed_nodes or changed_tasks:
             self.store.commit(nodes=changed_nodes, tasks=changed_tasks, jobs=changed_jobs.values())
             self._remember([t for t in changed_tasks if t.id not in self.tasks])

@@ -76,6 +76,19 @@ class Capacity(_Record):
     disk_mib: int = Field(alias="diskMiB", gt=0)
 
 
+class RemediationEntry(_Record):
+    """One line of a host's remediation history (`titusctl node history`)."""
+
+    at: float
+    check: str
+    reason: str
+    action: str
+    # ordered | ok | failed | timeout | drained | skipped
+    outcome: str
+    order_id: str = ""
+    message: str = ""
+
+
 class NodeRecord(_Record):
     id: str
     capacity: Capacity
@@ -99,3 +112,6 @@ class NodeRecord(_Record):
     # Why the host takes no new work, key → reason ("cordoned", "health.<check>"); a job
     # tolerates health taints it names in its `titus.health.tolerate` attribute (docs/health.md).
     taints: dict[str, str] = Field(default_factory=dict)
+    # The remediation order the host is running (its "ordered" history entry), None when idle.
+    remediation: RemediationEntry | None = None
+    remediation_history: list[RemediationEntry] = Field(default_factory=list)  # newest last, bounded

@@ -54,6 +54,23 @@ class HealthCondition(_Msg):
     evidence: Annotated[dict[str, EvidenceValue], Field(max_length=32)] = Field(default_factory=dict)
 
 
+class RemediationOrder(_Msg):
+    """The scheduler asks the agent to run one playbook action for a failed condition."""
+
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    action: Annotated[str, Field(min_length=1, max_length=64)]
+    check: str
+    reason: str
+
+
+class RemediationResult(_Msg):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    action: str
+    ok: bool
+    message: Annotated[str, Field(max_length=256)] = ""
+    finished_at: float
+
+
 class NodeReport(_Msg):
     id: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     capacity: CapacityReport
@@ -66,6 +83,8 @@ class NodeReport(_Msg):
     posture: dict[str, Any] | None = None
     # The host's health checks' latest results (None: an agent that does not run them).
     health: Annotated[list[HealthCondition], Field(max_length=128)] | None = None
+    # Outcomes of the latest remediation orders the agent ran (the scheduler matches them by id).
+    remediation_results: Annotated[list[RemediationResult], Field(max_length=32)] = Field(default_factory=list)
 
 
 class SyncRequest(_Msg):
@@ -89,6 +108,8 @@ class TaskAssignment(_Msg):
 class SyncResponse(_Msg):
     launch: list[TaskAssignment] = Field(default_factory=list)
     kill: list[str] = Field(default_factory=list)
+    # Playbook actions to run (redelivered until the agent reports their result; it runs each id once).
+    remediate: list[RemediationOrder] = Field(default_factory=list)
     heartbeat_interval_seconds: float = 5.0
 
 

@@ -27,6 +27,7 @@ from titusctl.render import (
     describe,
     doctor_text,
     fleet_health_rows,
+    history_rows,
     emit,
     job_rows,
     net_map,
@@ -201,4 +202,12 @@ def cmd_node_uncordon(api: Api, args: argparse.Namespace) -> int:
     left = node.get("taints") or {}
     extra = f"; still tainted: {', '.join(sorted(left))}" if left else ""
     emit(args, node, f"node {node['id']}: cordon lifted{extra}")
+    return EXIT_OK
+
+
+def cmd_node_history(api: Api, args: argparse.Namespace) -> int:
+    """The host's remediation history: every order, outcome and drain, newest last."""
+    node = api.call("GET", f"/v1/nodes/{args.node}")
+    doc = {"id": node["id"], "remediation": node.get("remediation"), "history": node.get("remediationHistory", [])}
+    emit(args, doc, history_rows(doc["history"]))
     return EXIT_OK

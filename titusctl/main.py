@@ -20,6 +20,7 @@ from titusctl.commands import (
     cmd_node_cpus,
     cmd_node_doctor,
     cmd_node_health,
+    cmd_node_history,
     cmd_node_list,
     cmd_node_net,
     cmd_node_uncordon,
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     nh = node.add_parser("health", help="the fleet's health conditions (checks not ok; --all for every one)")
     nh.add_argument("--all", action="store_true", help="every check of every host, ok ones too")
     nh.set_defaults(fn=cmd_node_health)
+    nhist = node.add_parser("history", help="a host's remediation history (orders, outcomes, drains)")
+    nhist.add_argument("node")
+    nhist.set_defaults(fn=cmd_node_history)
     admin: tuple[tuple[str, Callable[[Api, argparse.Namespace], int], str], ...] = (
         ("cordon", cmd_node_cordon, "no new work on the host; its tasks stay"),
         ("drain", cmd_node_cordon, "no new work on the host (task evacuation is not implemented yet)"),

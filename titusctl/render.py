@@ -84,6 +84,12 @@ def fleet_health_rows(nodes: list[dict[str, Any]], show_all: bool = False) -> st
     return table(rows, ["NODE", "STATUS", "CHECK", "HEALTH", "REASON", "MESSAGE"]) if rows else "every host healthy"
 
 
+def history_rows(history: list[dict[str, Any]]) -> str:
+    rows = [[_ago(e.get("at")), e.get("check", "?"), e.get("reason", "?"), e.get("action", "?"),
+             e.get("outcome", "?"), (e.get("message") or "")[:60]] for e in history]
+    return table(rows, ["AGO", "CHECK", "REASON", "ACTION", "OUTCOME", "MESSAGE"]) if rows else "no remediation"
+
+
 def describe(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2)
 

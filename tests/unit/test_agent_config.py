@@ -151,6 +151,7 @@ DEFAULTS: dict[str, Any] = {
     "health_disk_failed_pct": 95.0,
     "health_data_dirs": [],
     "health_pressure_seconds": 15.0,
+    "health_engine_restart_command": [],
 }
 
 

@@ -71,3 +71,4 @@ def test_node_health_verbs(scheduler_url: str, capsys: pytest.CaptureFixture[str
     code, out = run("node", "drain", "h1")
     assert code == 0 and "not implemented yet" in out
     assert run("node", "cordon", "nope")[0] == 1
+    assert run("node", "history", "h1") == (0, "no remediation")
