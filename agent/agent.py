@@ -25,7 +25,7 @@ from agent.config import AgentConfig
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.host.base import HostResource, LiveTasks
 from agent.host.cpuset_apply import CpuResource
-from agent.host.health import HealthResource, default_checks
+from agent.host.health import HealthResource, default_checks, kernel_log_signals
 from agent.host.metadata import MetadataResource
 from agent.host.network import NetworkResource, lost_message
 from agent.host.security import HostSecurity, SecurityResource, load_security_policy
@@ -89,7 +89,9 @@ class Agent:
             if self.network is not None and config.imds_enabled else None
         )
         self.health = (
-            HealthResource(config, docker, metrics, default_checks(config, docker, self._event_stream_connected))
+            self._build(lambda: HealthResource(config, docker, metrics,
+                                               default_checks(config, docker, self._event_stream_connected),
+                                               kernel_log_signals(config, metrics)))
             if config.health_enabled else None
         )
         self.remediator = Remediator(

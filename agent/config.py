@@ -123,6 +123,10 @@ class AgentConfig(BaseModel):
     # The remediation action `restart-engine` runs this (e.g. ["systemctl", "restart", "docker"]);
     # empty: the action is refused.
     health_engine_restart_command: list[str] = Field(default_factory=list)
+    # Kernel log signals (/dev/kmsg) with node-problem-detector kernel-monitor.json rules
+    # (None: the shipped health/rules/kernel-monitor.json).
+    health_kmsg_enabled: bool = True
+    health_log_rules: AnyPath | None = None
 
     # ---- checks (each error names its key; titus_common/config.py adds where the value came from)
 
@@ -326,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-health", dest="health_enabled", action="store_false", default=None,
                    help="run no host health checks (the heartbeat then carries none)")
     p.add_argument("--health-engine-seconds", type=float, help="period of the engine check (default 30)")
+    p.add_argument("--health-log-rules", type=Path,
+                   help="kernel log rules in node-problem-detector kernel-monitor.json format (default: shipped)")
     p.add_argument("--health-data-dir", dest="health_data_dirs", type=Path, action="append",
                    help="another filesystem the disk check watches (repeatable)")
     return p

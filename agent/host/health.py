@@ -23,6 +23,8 @@ from health.checks.disk import DiskCheck
 from health.checks.engine import EngineCheck
 from health.checks.pressure import PressureCheck
 from health.checks.registry import RegistryCheck
+from health.kmsg import KmsgReader
+from health.logsignal import SHIPPED_RULES, LogSignals, load_rules
 from titus_common.errors import ConfigError
 from titus_common.protocol import HealthCondition
 
@@ -84,15 +86,25 @@ def default_checks(config: AgentConfig, docker: Docker, stream: Callable[[], boo
     return checks
 
 
+def kernel_log_signals(config: AgentConfig, metrics: AgentMetrics) -> LogSignals | None:
+    """The kernel log check, or None when off. A bad rules file refuses the start (ConfigError)."""
+    if not config.health_kmsg_enabled:
+        return None
+    rules = load_rules(config.health_log_rules or SHIPPED_RULES)
+    return LogSignals(rules, on_hit=lambda reason: metrics.log_rule_hits.labels(rule=reason).inc())
+
+
 class HealthResource:
     name = "health"
 
     def __init__(self, config: AgentConfig, docker: Docker, metrics: AgentMetrics,
-                 checks: Sequence[Check]) -> None:
+                 checks: Sequence[Check], signals: LogSignals | None = None) -> None:
         self.config = config
         self.docker = docker
         self.metrics = metrics
-        self.monitor = HealthMonitor(checks, on_result=self._observed)
+        self.signals = signals
+        self._reader: KmsgReader | None = None
+        self.monitor = HealthMonitor([*checks, *([signals] if signals is not None else [])], on_result=self._observed)
         metrics.bind_health(self.monitor.conditions)
 
     def _observed(self, cond: HealthCondition, prev: HealthCondition | None) -> None:
@@ -104,6 +116,14 @@ class HealthResource:
         return self.monitor.conditions()
 
     async def start(self, records: Sequence[TaskCheckpoint]) -> None:
+        if self.signals is not None:
+            reader = KmsgReader(self.signals.feed)
+            try:
+                reader.start()
+                self._reader = reader
+            except OSError as e:
+                self.signals.source_error = f"cannot read {reader.path}: {e.strerror or e}"
+                log.warning("kernel log signals off: %s", self.signals.source_error)
         self.monitor.start()
 
     async def reconcile(self, tasks: LiveTasks) -> None:
@@ -120,4 +140,7 @@ class HealthResource:
             log.warning("health gc: %s", e)
 
     async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
         await self.monitor.stop()

@@ -4,6 +4,7 @@ scheduler; the engine's socket is cut through a relay, the shared dockerd keeps 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,67 @@ def test_engine_down_host_gets_no_new_work_until_it_answers(platform: Platform, 
     wait_for(lambda: (n := p.node()) is not None and not n["taints"], 30, "the taint lifted")
     p.wait_job_finished(job_id, timeout=60)
     assert [t["reason"] for t in p.tasks(job_id)] == ["normal"]
+
+
+def _kernel_log(node: dict[str, Any] | None) -> dict[str, Any] | None:
+    for c in (node or {}).get("health") or []:
+        if c["check"] == "kernel-log":
+            return dict(c)
+    return None
+
+
+@pytest.fixture
+def devkmsg_on() -> Any:
+    """Root's writes to /dev/kmsg are rate-limited by default (printk_devkmsg=ratelimit: about ten
+    per five seconds); the flood needs them all. Restored afterwards."""
+    knob = Path("/proc/sys/kernel/printk_devkmsg")
+    before = knob.read_text().strip()
+    knob.write_text("on\n")
+    yield
+    knob.write_text(before + "\n")
+
+
+def test_kernel_log_rule_hit_reaches_the_scheduler_and_a_flood_is_bounded(
+    platform: Platform, tmp_path: Path, devkmsg_on: Any,
+) -> None:
+    import os
+    import uuid
+
+    import psutil
+
+    p = platform
+    assert p.agent is not None
+    token = f"titus-health-test-{uuid.uuid4().hex[:8]}"
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({
+        "source": "test-monitor",
+        "conditions": [{"type": "TestCondition", "reason": "NoTestProblem"}],
+        "rules": [
+            {"type": "temporary", "reason": "TestFlood", "pattern": f"{token} flood \\d+"},
+            {"type": "permanent", "condition": "TestCondition", "reason": "TestProblem", "pattern": f"{token} broken .*"},
+        ],
+    }))
+    p.agent.stop()
+    p.start_agent("--health-log-rules", str(rules))
+    wait_for(lambda: (c := _kernel_log(p.node())) is not None and c["status"] == "ok", 30, "kernel-log ok")
+    fd = os.open("/dev/kmsg", os.O_WRONLY)
+    try:
+        os.write(fd, f"{token} broken disk controller\n".encode())
+        hit = wait_for(lambda: (c := _kernel_log(p.node())) is not None and c["status"] == "failed" and c, 30,
+                       "kernel-log failed at the scheduler")
+        assert hit["reason"] == "TestProblem"
+        assert hit["evidence"]["TestCondition.line"] == f"{token} broken disk controller"
+        node = p.node()
+        assert node is not None and "health.kernel-log" in node["taints"]
+        agent = psutil.Process(p.agent.p.pid)
+        rss_before = agent.memory_info().rss
+        for i in range(100_000):
+            os.write(fd, f"{token} flood {i}\n".encode())
+    finally:
+        os.close(fd)
+    metrics_line = f'titus_agent_log_rule_hits_total{{rule="TestFlood"}}'
+    wait_for(lambda: metrics_line in p.agent_metrics(), 60, "flood hits counted")
+    beat = (p.node() or {}).get("lastHeartbeat", 0)
+    wait_for(lambda: (p.node() or {}).get("lastHeartbeat", 0) > beat, 30, "the agent keeps syncing")
+    assert agent.memory_info().rss - rss_before < 50 * 1024 * 1024
+    assert p.agent.alive()

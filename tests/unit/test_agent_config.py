@@ -152,6 +152,8 @@ DEFAULTS: dict[str, Any] = {
     "health_data_dirs": [],
     "health_pressure_seconds": 15.0,
     "health_engine_restart_command": [],
+    "health_kmsg_enabled": True,
+    "health_log_rules": None,
 }
 
 
