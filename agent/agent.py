@@ -32,7 +32,7 @@ from agent.host.security import HostSecurity, SecurityResource, load_security_po
 from agent.launch import launch_pipeline
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
-from agent.remediation import Remediator
+from agent.remediation import Remediator, Unsupported
 from agent.runner import TaskRunner
 from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
 from agent.watcher import ContainerWatcher
@@ -357,14 +357,14 @@ class Agent:
 
     async def _network_gc(self) -> str:
         if self.network is None:
-            raise RuntimeError("networking is off on this agent")
+            raise Unsupported("networking is off on this agent")
         await self.network.gc(self.tasks())
         return "network GC ran"
 
     async def _restart_engine(self) -> str:
         cmd = self.config.health_engine_restart_command
         if not cmd:
-            raise RuntimeError("no health_engine_restart_command configured")
+            raise Unsupported("no health_engine_restart_command configured")
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
                                                     stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()

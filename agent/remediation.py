@@ -5,8 +5,8 @@ scheduler sees whether the action helped.
 
 Actions: `prune` (remove exited containers of tasks this agent no longer holds, and scratch
 containers); `network-gc` (the network resource's leak GC); `restart-engine` (the configured
-`health_engine_restart_command`, e.g. `systemctl restart docker`, safe with live-restore; refused
-when none is configured). An action this agent does not know fails with that message.
+`health_engine_restart_command`, e.g. `systemctl restart docker`, safe with live-restore). An action
+this agent does not know or has not configured is reported unsupported — not a failure of the host.
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from titus_common.protocol import RemediationOrder, RemediationResult
 
-__all__ = ["Action", "Remediator"]
+__all__ = ["Action", "Remediator", "Unsupported"]
 
 log = logging.getLogger("titus.agent.remediation")
 
-# An action returns a short message on success and raises on failure.
+class Unsupported(Exception):
+    """This agent cannot run the action here (e.g. not configured): reported, not a host failure."""
+
+
+# An action returns a short message on success and raises on failure (Unsupported: cannot run).
 Action = Callable[[], Awaitable[str]]
 KEEP_RESULTS = 16
 
@@ -49,18 +53,22 @@ class Remediator:
     async def _run(self, order: RemediationOrder) -> None:
         action = self.actions.get(order.action)
         log.warning("remediation: running %s for %s/%s (order %s)", order.action, order.check, order.reason, order.id)
+        supported = True
         try:
             if action is None:
-                raise RuntimeError(f"this agent has no action {order.action!r}")
+                raise Unsupported(f"this agent has no action {order.action!r}")
             message = await asyncio.wait_for(action(), timeout=self.timeout)
             ok = True
+        except Unsupported as e:
+            ok, supported, message = False, False, str(e)
         except TimeoutError:
             ok, message = False, f"{order.action} did not finish within {self.timeout:g}s"
         except Exception as e:
             ok, message = False, f"{type(e).__name__}: {e}"
         log.log(logging.INFO if ok else logging.WARNING, "remediation %s %s: %s", order.action,
                 "done" if ok else "failed", message)
-        self._results.append(RemediationResult(id=order.id, action=order.action, ok=ok, message=message[:256],
+        self._results.append(RemediationResult(id=order.id, action=order.action, ok=ok, supported=supported,
+                                               message=message[:256],
                                                finished_at=time.time()))
         if self.after is not None:
             await self.after()

@@ -105,6 +105,14 @@ class HealthMonitor:
             self.on_result(cond, prev)
         return cond
 
+    async def run_now(self, name: str) -> HealthCondition | None:
+        """Run one check now, unless it is running already (then None)."""
+        check = next((c for c in self.checks if c.name == name), None)
+        running = self._inflight.get(name)
+        if check is None or (running is not None and not running.done()):
+            return None
+        return await self.run_check(check)
+
     async def recheck(self) -> None:
         """Run every check now that is not already running (after a remediation action)."""
         idle = [c for c in self.checks if (t := self._inflight.get(c.name)) is None or t.done()]

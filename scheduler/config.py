@@ -52,6 +52,8 @@ class SchedulerConfig(BaseModel):
     remediation_actions_per_hour: Annotated[int, Field(ge=1)] = 3
     # This many failed actions in a row on a host → drained.
     remediation_failures_before_drain: Annotated[int, Field(ge=1)] = 2
+    # After an action, the host gets no other order (nor a drain) for this long: its checks re-run.
+    remediation_cooldown: Annotated[float, Field(ge=0)] = 120.0
     # An order without a result after this long counts as failed.
     remediation_timeout: Annotated[float, Field(gt=0)] = 300.0
     # At least this fraction of Ready hosts (and 2 hosts) failing at once is a fleet problem, not a

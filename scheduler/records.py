@@ -83,7 +83,7 @@ class RemediationEntry(_Record):
     check: str
     reason: str
     action: str
-    # ordered | ok | failed | timeout | drained | skipped
+    # ordered | ok | failed | unsupported | timeout | drained
     outcome: str
     order_id: str = ""
     message: str = ""

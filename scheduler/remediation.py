@@ -10,9 +10,13 @@ Rules, in order, every pass:
   problem: no new order and no drain; `Plan.alert` says so for an operator;
 - **budget**: at most `remediation_max_hosts` hosts, and `remediation_max_fraction` of the cell
   (at least one), remediating at once — counting the orders in flight;
-- per host: at most `remediation_actions_per_hour` actions per hour; a host whose last
-  `remediation_failures_before_drain` actions failed, or that is still failing after its hourly
-  actions, is **drained** (cordoned with the reason; `titusctl node uncordon` lifts it);
+- per host: nothing within `remediation_cooldown` of its last action (the checks re-run and show
+  whether it helped: a drain re-checks first); at most `remediation_actions_per_hour` actions per
+  hour; a host whose last `remediation_failures_before_drain` actions failed, or that is still
+  failing after its hourly actions, is **drained** (cordoned with the reason; `titusctl node
+  uncordon` lifts it);
+- an action the agent reports unsupported (not configured there) is not a failure of the host: it
+  is not ordered again on that host for an hour and counts toward no drain;
 - only conditions with a playbook are remediated (a registry condition has none: not a host fault);
   cordoned hosts are left to the operator.
 """
@@ -44,6 +48,7 @@ PLAYBOOKS: dict[str, str] = {
 HISTORY_MAX = 50
 HOUR = 3600.0
 FAILED_OUTCOMES = ("failed", "timeout")
+RAN_OUTCOMES = ("ok", "failed", "timeout")
 
 
 @dataclass
@@ -88,7 +93,18 @@ def _failures_in_a_row(node: NodeRecord) -> int:
 
 
 def _actions_last_hour(node: NodeRecord, now: float) -> int:
-    return sum(1 for e in node.remediation_history if e.outcome == "ordered" and now - e.at < HOUR)
+    """Actions the host actually ran in the last hour (unsupported ones are not counted)."""
+    return sum(1 for e in node.remediation_history if e.outcome in RAN_OUTCOMES and now - e.at < HOUR)
+
+
+def _unsupported_recently(node: NodeRecord, action: str, now: float) -> bool:
+    return any(e.outcome == "unsupported" and e.action == action and now - e.at < HOUR
+               for e in node.remediation_history)
+
+
+def _cooling(node: NodeRecord, config: SchedulerConfig, now: float) -> bool:
+    return any(e.outcome in RAN_OUTCOMES and now - e.at < config.remediation_cooldown
+               for e in node.remediation_history[-3:])
 
 
 def _drain(node: NodeRecord, cond: HealthCondition, why: str, now: float) -> None:
@@ -118,12 +134,14 @@ def plan(nodes: Iterable[NodeRecord], config: SchedulerConfig, now: float) -> Pl
     budget = limit - sum(1 for n in nodes if n.remediation is not None)
     for n in failing:
         cond = _remediable(n)
-        if cond is None or n.remediation is not None or n.cordoned:
+        if cond is None or n.remediation is not None or n.cordoned or _cooling(n, config, now):
             continue
         if _failures_in_a_row(n) >= config.remediation_failures_before_drain:
             _drain(n, cond, f"{_failures_in_a_row(n)} failed actions in a row", now)
         elif _actions_last_hour(n, now) >= config.remediation_actions_per_hour:
             _drain(n, cond, f"still failing after {config.remediation_actions_per_hour} actions this hour", now)
+        elif _unsupported_recently(n, PLAYBOOKS[cond.check], now):
+            continue
         elif budget > 0:
             budget -= 1
             entry = RemediationEntry(at=now, check=cond.check, reason=cond.reason, action=PLAYBOOKS[cond.check],
@@ -153,6 +171,6 @@ def apply_results(node: NodeRecord, results: Iterable[RemediationResult], now: f
         return False
     for r in results:
         if r.id == cur.order_id:
-            _finish(node, "ok" if r.ok else "failed", r.message, now)
+            _finish(node, "ok" if r.ok else ("failed" if r.supported else "unsupported"), r.message, now)
             return True
     return False

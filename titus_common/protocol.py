@@ -67,6 +67,8 @@ class RemediationResult(_Msg):
     id: Annotated[str, Field(min_length=1, max_length=64)]
     action: str
     ok: bool
+    # False: this agent cannot run the action (unknown, or not configured): not a failure of the host.
+    supported: bool = True
     message: Annotated[str, Field(max_length=256)] = ""
     finished_at: float
 

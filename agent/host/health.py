@@ -26,7 +26,7 @@ from health.checks.registry import RegistryCheck
 from health.kmsg import KmsgReader
 from health.logsignal import SHIPPED_RULES, LogSignals, load_rules
 from titus_common.errors import ConfigError
-from titus_common.protocol import HealthCondition
+from titus_common.protocol import HealthCondition, HealthStatus
 
 __all__ = ["DockerProbe", "HealthResource", "LABEL_HEALTH", "default_checks"]
 
@@ -127,7 +127,11 @@ class HealthResource:
         self.monitor.start()
 
     async def reconcile(self, tasks: LiveTasks) -> None:
-        return None
+        """Called after every reconnect of the engine's event stream too: a failing engine check
+        re-runs at once, so a recovered engine is seen without waiting a whole period."""
+        engine = self.monitor.result("engine")
+        if engine is not None and engine.status is not HealthStatus.OK:
+            await self.monitor.run_now("engine")
 
     async def gc(self, tasks: LiveTasks) -> None:
         try:

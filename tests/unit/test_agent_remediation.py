@@ -38,7 +38,8 @@ async def test_orders_run_once_and_report() -> None:
     assert calls == ["prune"]
     assert by_id["a"].ok and by_id["a"].message == "freed"
     assert not by_id["b"].ok and "OSError: no" in by_id["b"].message
-    assert not by_id["c"].ok and "no action 'reboot'" in by_id["c"].message
+    assert by_id["a"].supported and by_id["b"].supported
+    assert not by_id["c"].ok and not by_id["c"].supported and "no action 'reboot'" in by_id["c"].message
     await r.stop()
 
 

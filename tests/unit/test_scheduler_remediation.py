@@ -79,7 +79,7 @@ def _run_order(node: NodeRecord, ok: bool, at: float) -> None:
 
 
 def test_failed_actions_in_a_row_drain_the_host() -> None:
-    config = SchedulerConfig(remediation_failures_before_drain=2)
+    config = SchedulerConfig(remediation_failures_before_drain=2, remediation_cooldown=30)
     nodes = fleet(10, 1)
     t = NOW
     for _ in range(2):
@@ -95,7 +95,8 @@ def test_failed_actions_in_a_row_drain_the_host() -> None:
 
 
 def test_hourly_action_limit_then_drain_and_the_hour_rolls() -> None:
-    config = SchedulerConfig(remediation_actions_per_hour=2, remediation_failures_before_drain=5)
+    config = SchedulerConfig(remediation_actions_per_hour=2, remediation_failures_before_drain=5,
+                             remediation_cooldown=30)
     nodes = fleet(10, 1)
     for i in range(2):
         assert remediation.plan(nodes, config, NOW + i * 60).ordered == ["h00"]
@@ -105,7 +106,7 @@ def test_hourly_action_limit_then_drain_and_the_hour_rolls() -> None:
 
 
 def test_order_without_result_times_out() -> None:
-    config = SchedulerConfig(remediation_timeout=100)
+    config = SchedulerConfig(remediation_timeout=100, remediation_cooldown=0)
     nodes = fleet(10, 1)
     remediation.plan(nodes, config, NOW)
     p = remediation.plan(nodes, config, NOW + 101)
@@ -150,3 +151,28 @@ def test_round_trip_through_the_scheduler(tmp_path: Path) -> None:
                    clock=lambda: clock[0])
     assert [e.outcome for e in s2.nodes["bad"].remediation_history] == ["ordered", "ok"]
     assert s2.nodes["bad"].remediation_history[-1].message == "freed 1 GiB"
+
+
+def test_cooldown_between_actions_on_a_host() -> None:
+    config = SchedulerConfig(remediation_cooldown=120)
+    nodes = fleet(10, 1)
+    remediation.plan(nodes, config, NOW)
+    _run_order(nodes[0], True, NOW + 1)
+    assert remediation.plan(nodes, config, NOW + 100).ordered == []  # still cooling: checks re-run
+    assert remediation.plan(nodes, config, NOW + 122).ordered == ["h00"]
+
+
+def test_unsupported_action_is_not_a_host_failure_and_not_reordered() -> None:
+    config = SchedulerConfig(remediation_failures_before_drain=1, remediation_actions_per_hour=1)
+    nodes = fleet(10, 1)
+    remediation.plan(nodes, config, NOW)
+    cur = nodes[0].remediation
+    assert cur is not None
+    remediation.apply_results(nodes[0], [RemediationResult(id=cur.order_id, action=cur.action, ok=False,
+                                                           supported=False, message="not configured",
+                                                           finished_at=NOW)], NOW)
+    assert nodes[0].remediation_history[-1].outcome == "unsupported"
+    for t in (NOW + 10, NOW + 1000, NOW + 3000):
+        p = remediation.plan(nodes, config, t)
+        assert p.ordered == [] and p.drained == [] and not nodes[0].cordoned
+    assert remediation.plan(nodes, config, NOW + 3700).ordered == ["h00"]  # an hour later: asked again
