@@ -153,7 +153,6 @@ def main() -> None:
             kmsg = detect_kmsg(p, token, n_kmsg)
             eng = detect_engine(p, proxy, n_engine)
         finally:
-            proxy.up() if proxy._server is None else None
             p.close()
             proxy.down()
             knob.write_text(before + "\n")
