@@ -25,12 +25,14 @@ from agent.config import AgentConfig
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.host.base import HostResource, LiveTasks
 from agent.host.cpuset_apply import CpuResource
+from agent.host.health import HealthResource, default_checks, kernel_log_signals
 from agent.host.metadata import MetadataResource
 from agent.host.network import NetworkResource, lost_message
 from agent.host.security import HostSecurity, SecurityResource, load_security_policy
 from agent.launch import launch_pipeline
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
+from agent.remediation import Remediator, Unsupported
 from agent.runner import TaskRunner
 from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
 from agent.watcher import ContainerWatcher
@@ -88,9 +90,19 @@ class Agent:
             self._build(lambda: MetadataResource(config, metrics))
             if self.network is not None and config.imds_enabled else None
         )
+        self.health = (
+            self._build(lambda: HealthResource(config, docker, metrics,
+                                               default_checks(config, docker, self._event_stream_connected),
+                                               kernel_log_signals(config, metrics)))
+            if config.health_enabled else None
+        )
+        self.remediator = Remediator(
+            {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine},
+            after=self.health.monitor.recheck if self.health is not None else None,
+        )
         self.resources: list[HostResource] = [
             r for r in (self.cpus, SecurityResource(self.security, docker, config.require_userns),
-                        self.network, self.metadata) if r is not None
+                        self.network, self.metadata, self.health) if r is not None
         ]
         self.pipeline = pipeline or launch_pipeline(
             metrics, self.security, always_pull=config.always_pull,
@@ -112,6 +124,9 @@ class Agent:
         metrics.bind(lambda: [r.record.state for r in self.runners.values()], lambda: len(self.unknown_containers))
         if self.network is not None:
             metrics.bind_network(self.network.snapshot)
+
+    def _event_stream_connected(self) -> bool | None:
+        return self._watcher.connected if self._watcher is not None else None
 
     def _build(self, make: Callable[[], T]) -> T | None:
         try:
@@ -178,6 +193,7 @@ class Agent:
         for t in [*self._loops, *self._running.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.remediator.stop()
         await self._stop_resources()
         await self.client.close()
 
@@ -261,6 +277,8 @@ class Agent:
             # The protocol bounds the list; an operator sees the first MAX_TASKS_PER_NODE of them.
             unknown_containers=self.unknown_containers[:MAX_TASKS_PER_NODE],
             posture=self.security.posture.to_json() if self.security.posture is not None else None,
+            health=self.health.conditions() if self.health is not None else None,
+            remediation_results=self.remediator.results(),
         )
 
     async def _sync_loop(self) -> None:
@@ -280,6 +298,8 @@ class Agent:
                 self.accept(assignment)
             for task_id in resp.kill:
                 self.kill(task_id)
+            for order in resp.remediate:
+                self.remediator.submit(order)
 
     async def _report_loop(self) -> None:
         backoff = Backoff(0.2, 10.0)
@@ -335,6 +355,36 @@ class Agent:
             await asyncio.sleep(self.config.network_gc_seconds)
             for resource in self.resources:
                 await resource.gc(self.tasks())
+
+    # ---- remediation actions (agent/remediation.py; ordered by the scheduler) ---------------------
+
+    async def _prune(self) -> str:
+        """Exited containers of tasks this agent no longer holds, and leftover scratch containers."""
+        containers = await self.docker.list_labelled(self.config.node_id)
+        gone = [c for c in containers
+                if c.get("State") in ("exited", "dead", "created") and (c.get("Labels") or {}).get(LABEL_TASK) not in self.runners]
+        for c in gone:
+            await self.docker.remove(str(c["Id"]))
+        if self.health is not None:
+            await self.health.gc(self.tasks())
+        return f"removed {len(gone)} exited container(s) of finished tasks"
+
+    async def _network_gc(self) -> str:
+        if self.network is None:
+            raise Unsupported("networking is off on this agent")
+        await self.network.gc(self.tasks())
+        return "network GC ran"
+
+    async def _restart_engine(self) -> str:
+        cmd = self.config.health_engine_restart_command
+        if not cmd:
+            raise Unsupported("no health_engine_restart_command configured")
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.decode(errors='replace')[-200:]}")
+        return f"{' '.join(cmd)} done"
 
     def _note_unknown(self, containers: list[dict[str, Any]]) -> None:
         unknown = []

@@ -123,6 +123,26 @@ class AgentConfig(BaseModel):
     network_unmanaged_dir: AnyPath | None = Path("/run/systemd/network")
     # Host pre-flight (agent/host/preflight.py): refuse to start on a host that cannot forward.
     network_preflight: bool = True
+    # Host health checks (health/, agent/host/health.py; docs/health.md).
+    health_enabled: bool = True
+    health_engine_seconds: float = 30.0
+    health_scratch_budget_seconds: float = 10.0
+    health_registry_seconds: float = 60.0
+    # The image whose manifest the registry check fetches (None: the sandbox image; "": no check).
+    health_registry_image: str | None = None
+    health_disk_seconds: float = 60.0
+    health_disk_degraded_pct: float = 85.0
+    health_disk_failed_pct: float = 95.0
+    # More filesystems to watch besides the engine root and the state dir (e.g. a log or data dir).
+    health_data_dirs: list[AnyPath] = Field(default_factory=list)
+    health_pressure_seconds: float = 15.0
+    # The remediation action `restart-engine` runs this (e.g. ["systemctl", "restart", "docker"]);
+    # empty: the action is refused.
+    health_engine_restart_command: list[str] = Field(default_factory=list)
+    # Kernel log signals (/dev/kmsg) with node-problem-detector kernel-monitor.json rules
+    # (None: the shipped health/rules/kernel-monitor.json).
+    health_kmsg_enabled: bool = True
+    health_log_rules: AnyPath | None = None
 
     # ---- checks (each error names its key; titus_common/config.py adds where the value came from)
 
@@ -174,10 +194,19 @@ class AgentConfig(BaseModel):
     def _not_negative(cls, value: float) -> float:
         return _positive(value, zero_ok=True)
 
-    @field_validator("cpuset_check_seconds", "network_acquire_timeout_seconds", "network_gc_seconds")
+    @field_validator("cpuset_check_seconds", "network_acquire_timeout_seconds", "network_gc_seconds",
+                     "health_engine_seconds", "health_scratch_budget_seconds", "health_registry_seconds",
+                     "health_disk_seconds", "health_pressure_seconds")
     @classmethod
     def _period(cls, value: float) -> float:
         return _positive(value)
+
+    @field_validator("health_disk_degraded_pct", "health_disk_failed_pct")
+    @classmethod
+    def _pct(cls, value: float) -> float:
+        if not 0 < value <= 100:
+            raise ValueError(f"must be a percentage in (0, 100], got {value!r}")
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -322,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aws provider: this instance's identity from its IMDSv2 (aws_* keys then only override, checked)")
     p.add_argument("--aws-imds-endpoint", help="aws provider: this instance's IMDS (default http://169.254.169.254)")
     p.add_argument("--sandbox-image", help="image of the per-task network sandbox (must have `sleep`)")
+    p.add_argument("--no-health", dest="health_enabled", action="store_false", default=None,
+                   help="run no host health checks (the heartbeat then carries none)")
+    p.add_argument("--health-engine-seconds", type=float, help="period of the engine check (default 30)")
+    p.add_argument("--health-log-rules", type=Path,
+                   help="kernel log rules in node-problem-detector kernel-monitor.json format (default: shipped)")
+    p.add_argument("--health-data-dir", dest="health_data_dirs", type=Path, action="append",
+                   help="another filesystem the disk check watches (repeatable)")
     return p
 
 

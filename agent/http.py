@@ -1,5 +1,5 @@
 """The agent's own small HTTP face: /metrics for Prometheus, /healthz, /v1/tasks (local view) and
-/v1/cpus (the host's CPU map, for `titusctl node cpus`), /v1/net (IPs and leaks, `titusctl node net`), /v1/imds (each task's role and credential state)."""
+/v1/cpus (the host's CPU map, for `titusctl node cpus`), /v1/net (IPs and leaks, `titusctl node net`), /v1/imds (each task's role and credential state), /v1/health (the host health checks' latest results)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,19 @@ async def imds(request: web.Request) -> web.Response:
     return web.json_response({"nodeId": agent.config.node_id, "tasks": await agent.metadata.host.service.snapshot_async()})
 
 
+async def health(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    if agent.health is None:
+        return web.json_response({"error": {"message": "health checks are off on this agent (--no-health)"}}, status=404)
+    conditions = agent.health.conditions()
+    return web.json_response({
+        "nodeId": agent.config.node_id,
+        "status": agent.health.monitor.status().value,
+        "conditions": [c.model_dump(mode="json", by_alias=True) for c in conditions],
+        "checks": sorted(c.name for c in agent.health.monitor.checks),
+    })
+
+
 def make_app(agent: Agent) -> web.Application:
     app = web.Application()
     app[AGENT_KEY] = agent
@@ -88,4 +101,5 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/cpus", cpus)
     app.router.add_get("/v1/net", net)
     app.router.add_get("/v1/imds", imds)
+    app.router.add_get("/v1/health", health)
     return app

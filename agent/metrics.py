@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from titus_common.protocol import HealthCondition, HealthStatus
 from titus_common.states import TaskState
 
 LAUNCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120)
@@ -95,6 +96,22 @@ class _NetworkCollector(Collector):
         yield calls
 
 
+class _HealthCollector(Collector):
+    """Each health check's current status: 1 on the status it is in, 0 on the others."""
+
+    def __init__(self, conditions: Callable[[], Iterable[HealthCondition]]) -> None:
+        self.conditions = conditions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("titus_agent_health_check", "Current status of each host health check",
+                              labels=["check", "status", "reason"])
+        for c in self.conditions():
+            for status in HealthStatus:
+                g.add_metric([c.check, status.value, c.reason if status is c.status else ""],
+                             1.0 if status is c.status else 0.0)
+        yield g
+
+
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -153,6 +170,20 @@ class AgentMetrics:
             "Containers found on a cpuset other than theirs (engine or cgroup value) and put back", ["source"],
             registry=r,
         )
+
+        self.health_check_seconds = Histogram(
+            "titus_agent_health_check_seconds", "Duration of each health check run", ["check"],
+            buckets=STEP_BUCKETS, registry=r,
+        )
+        self.health_transitions = Counter(
+            "titus_agent_health_transitions", "Health checks entering a status", ["check", "status"], registry=r,
+        )
+        self.log_rule_hits = Counter(
+            "titus_agent_log_rule_hits", "Kernel/journal log lines matching a health rule", ["rule"], registry=r,
+        )
+
+    def bind_health(self, conditions: Callable[[], Iterable[HealthCondition]]) -> None:
+        self.registry.register(_HealthCollector(conditions))
 
     def bind(self, states: Callable[[], Iterable[TaskState]], unknown: Callable[[], int]) -> None:
         self.registry.register(_LiveCollector(states, unknown))

@@ -37,6 +37,8 @@ class ContainerWatcher:
         self.on_sandbox_exit = on_sandbox_exit
         self._stop = threading.Event()
         self._stream: Any = None
+        # The stream is open (the engine health check reports a broken stream as degraded).
+        self.connected = False
         self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
 
     def start(self) -> None:
@@ -58,6 +60,7 @@ class ContainerWatcher:
                 # Labels in one filter are ANDed: task containers (titus.agent) and network
                 # sandboxes (titus.sandbox_agent) need two, so the label is checked here.
                 self._stream = self.docker.events()
+                self.connected = True
                 # Anything that happened while we were not listening is found by a reconcile.
                 self.loop.call_soon_threadsafe(self.on_reconnect)
                 backoff.reset()
@@ -72,11 +75,13 @@ class ContainerWatcher:
                         elif attributes.get(LABEL_SANDBOX_AGENT) == self.node_id and self.on_sandbox_exit:
                             self.loop.call_soon_threadsafe(self.on_sandbox_exit, task_id)
             except Exception as e:
+                self.connected = False
                 if self._stop.is_set():
                     return
                 delay = backoff.next_delay()
                 log.warning("docker event stream broke: %s; reconnecting in %.1fs", e, delay)
                 self._stop.wait(delay)
                 continue
+            self.connected = False
             self._stop.wait(backoff.next_delay())  # the stream ended: the engine is restarting
 

@@ -63,12 +63,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": {"message": str(e)}}, status=409)
 
 
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
+def _body_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"malformed JSON: {e}") from None
+
+
+async def _body(request: web.Request) -> Any:
+    return _body_json(await request.read())
 
 
 def _parse(model: type[M], data: Any) -> M:
@@ -176,6 +179,37 @@ async def list_nodes(request: web.Request) -> web.Response:
     return _json({"nodes": [n.to_api() for n in sorted(s.nodes.values(), key=lambda n: n.id)]})
 
 
+async def get_node(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    node = s.nodes.get(request.match_info["node_id"])
+    if node is None:
+        raise ApiError(404, f"no node {request.match_info['node_id']!r}")
+    return _json(node.to_api())
+
+
+async def _cordon_body(request: web.Request) -> str:
+    raw = await request.read()
+    doc = _body_json(raw) if raw.strip() else {}
+    if not isinstance(doc, dict) or set(doc) - {"reason"} or not isinstance(doc.get("reason", ""), str):
+        raise ApiError(400, 'expected {"reason": "…"} (optional)')
+    reason = str(doc.get("reason", ""))
+    if len(reason) > 256:
+        raise ApiError(400, "reason: at most 256 characters")
+    return reason
+
+
+async def cordon_node(request: web.Request) -> web.Response:
+    """No new work on the host; what runs there stays (`titusctl node cordon|drain`)."""
+    s = request.app[SCHEDULER_KEY]
+    reason = await _cordon_body(request)
+    return _json(s.set_cordon(request.match_info["node_id"], True, reason).to_api())
+
+
+async def uncordon_node(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    return _json(s.set_cordon(request.match_info["node_id"], False).to_api())
+
+
 async def node_sync(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
     req = _parse(SyncRequest, await _body(request))
@@ -249,6 +283,9 @@ def make_app(scheduler: Scheduler, security_policy: SecurityPolicy | None = None
     app.router.add_get("/v1/tasks/{task_id}", get_task)
     app.router.add_post("/v1/tasks/{task_id}/kill", kill_task)
     app.router.add_get("/v1/nodes", list_nodes)
+    app.router.add_get("/v1/nodes/{node_id}", get_node)
+    app.router.add_post("/v1/nodes/{node_id}/cordon", cordon_node)
+    app.router.add_post("/v1/nodes/{node_id}/uncordon", uncordon_node)
     app.router.add_post("/v1/nodes/{node_id}/sync", node_sync)
     app.router.add_post("/v1/nodes/{node_id}/updates", node_updates)
     admin_api.add_routes(app, scheduler.reconciler, scheduler.clock)

@@ -69,6 +69,22 @@ class SchedulerConfig(BaseModel):
     stuck_kill_initiated_after: Annotated[float, Field(gt=0)] = 600.0
     # Run with the freeze's JSON on stdin when reconciliation freezes (empty: none).
     page_command: str = ""
+    # Automated remediation of failed health conditions (scheduler/remediation.py; docs/health.md).
+    remediation_enabled: bool = True
+    # At most this many hosts, and this fraction of the cell (at least one host), remediating at once.
+    remediation_max_hosts: Annotated[int, Field(ge=0)] = 1
+    remediation_max_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
+    # At most this many actions per host per hour; a host still failing after them is drained.
+    remediation_actions_per_hour: Annotated[int, Field(ge=1)] = 3
+    # This many failed actions in a row on a host → drained.
+    remediation_failures_before_drain: Annotated[int, Field(ge=1)] = 2
+    # After an action, the host gets no other order (nor a drain) for this long: its checks re-run.
+    remediation_cooldown: Annotated[float, Field(ge=0)] = 120.0
+    # An order without a result after this long counts as failed.
+    remediation_timeout: Annotated[float, Field(gt=0)] = 300.0
+    # At least this fraction of Ready hosts (and 2 hosts) failing at once is a fleet problem, not a
+    # host problem: no remediation and no drain, an operator alert instead.
+    remediation_freeze_fraction: Annotated[float, Field(gt=0, le=1)] = 0.3
 
 
 class ServiceConfig(BaseModel):

@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import eligibility, integrity, lifecycle, liveness, retries
-from scheduler.pending import PendingBook, why_pending
+from scheduler import eligibility, integrity, lifecycle, liveness, remediation, retries
 from scheduler.audit import AuditLog
+from scheduler.pending import PendingBook, why_pending
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
 from scheduler.index import TaskIndex
@@ -191,6 +191,8 @@ class Scheduler:
         node = liveness.heartbeat(self.nodes.get(report.id), report, now)
         running = set(report.running)
         node.missing_tasks = liveness.missing_tasks(self.node_tasks(node.id), running)
+        if remediation.apply_results(node, report.remediation_results, now):
+            self.metrics.remediations.labels(outcome=node.remediation_history[-1].outcome).inc()
         self.nodes[node.id] = node
         self.reconciler.observe_report(node.id, running, report.unknown_containers)
         # A kill already sent for a task the agent does not hold: nothing is left to kill.
@@ -208,10 +210,24 @@ class Scheduler:
         self._schedule_wanted.set()
         return node
 
+    def set_cordon(self, node_id: str, cordoned: bool, reason: str = "") -> NodeRecord:
+        """Keep new work off a host, or let it take work again (an operator's `node cordon|drain`)."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}")
+        liveness.set_cordon(node, cordoned, reason, self.clock())
+        self.store.commit(nodes=[node])
+        self._schedule_wanted.set()
+        return node
+
     def work_for(self, node_id: str) -> SyncResponse:
         """Launches and kills due for a node, not sent in the last `redeliver_after` seconds."""
         now = self.clock()
         resp = SyncResponse(heartbeat_interval_seconds=self.config.heartbeat_interval)
+        node = self.nodes.get(node_id)
+        order = remediation.order_for(node) if node is not None else None
+        if order is not None:
+            resp.remediate.append(order)
         for t in self.node_tasks(node_id):
             if not self._deliveries.due(t.id, now):
                 continue
@@ -412,6 +428,11 @@ class Scheduler:
             # Its tasks are declared lost by reconciliation, through the one kill path (freeze, budget).
             if verdict.status_changed:
                 changed_nodes.append(verdict.node)
+        plan = remediation.plan(self.nodes.values(), self.config, now)
+        self.metrics.note_remediation_plan(plan)
+        changed_nodes.extend(n for n in plan.changed if n not in changed_nodes)
+        for node_id in plan.ordered:
+            self._deliveries.wake(node_id)
         if changed_nodes:
             self.store.commit(nodes=changed_nodes)
 

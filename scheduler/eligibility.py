@@ -1,6 +1,8 @@
 """Which hosts may take a job: Ready hosts (not Disconnected or Lost), with what is left of their
-capacity, and among them those whose reported security posture meets the job's security attributes
-under the security policy (docs/security.md). Capacity fit itself is the placer's (`placement.py`).
+capacity, and among them those with no taint the job does not tolerate (a failed health check, a
+cordon; docs/health.md) and whose reported security posture meets the job's security attributes
+under the security policy (docs/security.md). Hosts with a degraded check come last in the order
+placement sees. Capacity fit itself is the placer's (`placement.py`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,31 @@ from scheduler.records import JobRecord, NodeRecord, NodeStatus, TaskRecord
 from security.attributes import parse_security_attributes
 from security.posture import reported_posture_problem
 from security.profiles import SecurityPolicy
+from titus_common.protocol import HealthStatus
 
-__all__ = ["able_nodes", "node_views", "posture_problem", "waiting_reason"]
+__all__ = [
+    "CORDONED", "TOLERATE_ATTRIBUTE", "able_nodes", "is_degraded", "node_taints", "node_views",
+    "posture_problem", "tolerates", "waiting_reason",
+]
+
+CORDONED = "cordoned"
+# A job attribute: comma-separated health taints the job may run despite ("health.registry").
+TOLERATE_ATTRIBUTE = "titus.health.tolerate"
+
+
+def node_taints(node: NodeRecord) -> dict[str, str]:
+    """Why the host takes no new work: a cordon, and each failed health check."""
+    taints: dict[str, str] = {}
+    if node.cordoned:
+        taints[CORDONED] = node.cordon_reason or "cordoned by an operator"
+    for c in node.health or []:
+        if c.status is HealthStatus.FAILED:
+            taints[f"health.{c.check}"] = f"{c.reason}: {c.message}" if c.message else c.reason
+    return taints
+
+
+def is_degraded(node: NodeRecord) -> bool:
+    return any(c.status is HealthStatus.DEGRADED for c in node.health or [])
 
 
 def node_views(
@@ -21,16 +46,25 @@ def node_views(
     tasks_on: Callable[[str], Iterable[TaskRecord]],
     jobs: Mapping[str, JobRecord],
 ) -> list[NodeView]:
-    """Ready hosts in id order, each with the resources its assigned tasks hold already taken."""
+    """Ready hosts, healthy before degraded, then in id order, each with the resources its assigned
+    tasks hold already taken and its taints."""
     views = {
-        n.id: NodeView(n.id, n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib, n.labels, n.posture)
-        for n in sorted(nodes, key=lambda n: n.id)
+        n.id: NodeView(n.id, n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib, n.labels, n.posture,
+                       dict(n.taints), is_degraded(n))
+        for n in sorted(nodes, key=lambda n: (is_degraded(n), n.id))
         if n.status is NodeStatus.READY
     }
     for view in views.values():
         for t in tasks_on(view.id):
             view.take(jobs[t.job_id].spec.container.resources)
     return list(views.values())
+
+
+def tolerates(job: JobRecord, node: NodeView) -> bool:
+    if not node.taints:
+        return True
+    tolerated = {t.strip() for t in job.spec.attributes.get(TOLERATE_ATTRIBUTE, "").split(",") if t.strip()}
+    return all(k != CORDONED and k in tolerated for k in node.taints)
 
 
 def posture_problem(job: JobRecord, node: NodeView, policy: SecurityPolicy) -> str | None:
@@ -50,10 +84,18 @@ def posture_problem(job: JobRecord, node: NodeView, policy: SecurityPolicy) -> s
 
 
 def able_nodes(job: JobRecord, nodes: list[NodeView], policy: SecurityPolicy) -> list[NodeView]:
-    return [n for n in nodes if posture_problem(job, n, policy) is None]
+    return [n for n in nodes if tolerates(job, n) and posture_problem(job, n, policy) is None]
 
 
 def waiting_reason(job: JobRecord, able: list[NodeView], nodes: list[NodeView], policy: SecurityPolicy) -> str:
-    """The message of a task that could not be placed: the posture, when no Ready host has it
-    (capacity comes and goes, a posture rarely does); empty otherwise."""
-    return "" if able or not nodes else f"waiting: {posture_problem(job, nodes[0], policy)} (every Ready host)"
+    """The message of a task that could not be placed: the taints, when every Ready host has one
+    the job does not tolerate; the posture, when no untainted Ready host has it (capacity comes
+    and goes, a posture rarely does); empty otherwise."""
+    if able or not nodes:
+        return ""
+    untainted = [n for n in nodes if tolerates(job, n)]
+    if not untainted:
+        shown = "; ".join(f"{n.id}: " + ", ".join(f"{k} ({v})" for k, v in sorted(n.taints.items())) for n in nodes[:3])
+        more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
+        return f"waiting: no Ready host takes new work: {shown}{more}"[:1000]
+    return f"waiting: {posture_problem(job, untainted[0], policy)} (every Ready host)"

@@ -15,12 +15,13 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from scheduler import eligibility
 from scheduler.config import SchedulerConfig
 from scheduler.records import NodeRecord, NodeStatus, TaskRecord
 from titus_common.protocol import NodeReport
 from titus_common.states import TaskState
 
-__all__ = ["LostBudget", "Liveness", "NodeVerdict", "heartbeat", "missing_tasks"]
+__all__ = ["LostBudget", "Liveness", "NodeVerdict", "heartbeat", "missing_tasks", "refresh_taints", "set_cordon"]
 
 log = logging.getLogger("titus.scheduler")
 
@@ -44,7 +45,33 @@ def heartbeat(node: NodeRecord | None, report: NodeReport, now: float) -> NodeRe
     node.unknown_containers = list(report.unknown_containers)
     if report.posture is not None:
         node.posture = dict(report.posture)
+    node.health = [c.model_copy() for c in report.health] if report.health is not None else None
+    refresh_taints(node)
     return node
+
+
+def set_cordon(node: NodeRecord, cordoned: bool, reason: str, now: float) -> None:
+    if cordoned and not node.cordoned:
+        node.cordoned_at = now
+    node.cordoned = cordoned
+    node.cordon_reason = (reason or "cordoned by an operator") if cordoned else ""
+    if not cordoned:
+        node.cordoned_at = None
+    log.info("node %s %s%s", node.id, "cordoned" if cordoned else "uncordoned",
+             f": {node.cordon_reason}" if cordoned else "", extra={"node_id": node.id})
+    refresh_taints(node)
+
+
+def refresh_taints(node: NodeRecord) -> None:
+    """Recompute why the host takes no new work; log when that changes."""
+    taints = eligibility.node_taints(node)
+    if taints != node.taints:
+        if taints:
+            log.warning("node %s takes no new work: %s", node.id,
+                        "; ".join(f"{k}: {v}" for k, v in sorted(taints.items())), extra={"node_id": node.id})
+        else:
+            log.info("node %s takes new work again", node.id, extra={"node_id": node.id})
+        node.taints = taints
 
 
 def missing_tasks(assigned: Iterable[TaskRecord], running: set[str]) -> list[str]:

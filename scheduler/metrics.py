@@ -3,11 +3,12 @@ model (a collector), so they can never drift from the truth."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter as _Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -17,6 +18,9 @@ from titus_common.states import TaskState
 if TYPE_CHECKING:
     from scheduler.core import Scheduler
     from scheduler.records import TaskRecord
+    from scheduler.remediation import Plan
+
+log = logging.getLogger("titus.scheduler.remediation")
 
 QUEUE_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, *AGE_BUCKETS, 1800, 3600)
 LAUNCH_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300)
@@ -55,6 +59,12 @@ class _StateCollector(Collector):
         for reason in PendingReason:
             reasons.add_metric([reason.value], counts.get(reason, 0))
         yield reasons
+        tainted = GaugeMetricFamily("titus_scheduler_nodes_tainted",
+                                    "Ready agents that take no new work, by taint (cordoned, health.<check>)",
+                                    labels=["taint"])
+        for taint, count in sorted(_Tally(k for n in s.nodes.values() for k in n.taints).items()):
+            tainted.add_metric([taint], count)
+        yield tainted
         looping = sum(1 for j in s.jobs.values() if not j.state.value == "Finished" and s.crash_looping(j))
         yield GaugeMetricFamily(
             "titus_scheduler_crash_looping_jobs", "Jobs with a task index failing on the platform repeatedly",
@@ -93,6 +103,36 @@ class SchedulerMetrics:
             buckets=QUEUE_BUCKETS,
             registry=self.registry,
         )
+        self.remediations = Counter(
+            "titus_scheduler_remediations", "Remediation orders and their outcomes (ordered, ok, failed, timeout)",
+            ["outcome"], registry=self.registry,
+        )
+        self.remediation_drains = Counter(
+            "titus_scheduler_remediation_drains", "Hosts drained by remediation", registry=self.registry
+        )
+        self.remediation_frozen = Gauge(
+            "titus_scheduler_remediation_frozen",
+            "1 while remediation is frozen because many hosts fail at once (an operator alert)",
+            registry=self.registry,
+        )
+        self._frozen = False
+
+    def note_remediation_plan(self, plan: Plan) -> None:
+        """Count a remediation pass; log the freeze alert when it starts and ends."""
+        was = self._frozen
+        self._frozen = plan.frozen
+        if plan.frozen and not was:
+            log.error("ALERT: %s", plan.alert)
+        elif was and not plan.frozen:
+            log.warning("remediation unfrozen: fewer hosts failing")
+        self.remediation_frozen.set(1 if plan.frozen else 0)
+        if plan.ordered:
+            self.remediations.labels(outcome="ordered").inc(len(plan.ordered))
+        if plan.drained:
+            self.remediation_drains.inc(len(plan.drained))
+        for n in plan.changed:
+            if n.remediation_history and n.remediation_history[-1].outcome == "timeout":
+                self.remediations.labels(outcome="timeout").inc()
 
     def bind(self, scheduler: Scheduler) -> None:
         self.registry.register(_StateCollector(scheduler))

@@ -134,6 +134,26 @@ def openapi_document() -> dict[str, Any]:
             "get": {"summary": "List agents",
                     "responses": {"200": _reply("Nodes", _list_of("nodes", "NodeRecord"))}},
         },
+        "/v1/nodes/{node_id}": {
+            "get": {"summary": "One agent: status, health conditions, taints",
+                    "parameters": [node_id],
+                    "responses": {"200": _reply("Node", _ref("NodeRecord")), **_ERRORS}},
+        },
+        "/v1/nodes/{node_id}/cordon": {
+            "post": {
+                "summary": "No new work on the host (a taint `cordoned` with the reason); its tasks stay",
+                "parameters": [node_id],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"reason": {"type": "string", "maxLength": 256}}}}}},
+                "responses": {"200": _reply("Node", _ref("NodeRecord")), **_ERRORS},
+            }
+        },
+        "/v1/nodes/{node_id}/uncordon": {
+            "post": {"summary": "The host takes new work again (health taints still apply)",
+                     "parameters": [node_id],
+                     "responses": {"200": _reply("Node", _ref("NodeRecord")), **_ERRORS}},
+        },
         "/v1/nodes/{node_id}/sync": {
             "post": {
                 "summary": "Agent heartbeat and long-poll for work (agent-initiated)",

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from typing import Protocol
 
@@ -20,6 +20,8 @@ class NodeView:
     free_disk_mib: int
     labels: dict[str, str]
     posture: dict[str, Any] | None = None  # the host's security posture as its agent reported it
+    taints: dict[str, str] = field(default_factory=dict)  # why it takes no new work (eligibility.py)
+    degraded: bool = False  # a degraded health check: placed last
 
     def fits(self, r: Resources) -> bool:
         # A small epsilon: 0.1 + 0.2 cpus must fit in 0.3 free.

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from titus_common.jobspec import JobSpec
+from titus_common.protocol import HealthCondition
 from titus_common.states import FinishReason, TaskState
 
 
@@ -77,6 +78,19 @@ class Capacity(_Record):
     disk_mib: int = Field(alias="diskMiB", gt=0)
 
 
+class RemediationEntry(_Record):
+    """One line of a host's remediation history (`titusctl node history`)."""
+
+    at: float
+    check: str
+    reason: str
+    action: str
+    # ordered | ok | failed | unsupported | timeout | drained
+    outcome: str
+    order_id: str = ""
+    message: str = ""
+
+
 class NodeRecord(_Record):
     id: str
     capacity: Capacity
@@ -91,3 +105,15 @@ class NodeRecord(_Record):
     missing_tasks: list[str] = Field(default_factory=list)
     # The host's security posture as the agent last reported it (None: never reported).
     posture: dict[str, Any] | None = None
+    # The host's health checks as the agent last reported them (None: an agent without them).
+    health: list[HealthCondition] | None = None
+    # An operator (or remediation) keeps new work off the host (`titusctl node cordon|drain`).
+    cordoned: bool = False
+    cordon_reason: str = ""
+    cordoned_at: float | None = None
+    # Why the host takes no new work, key → reason ("cordoned", "health.<check>"); a job
+    # tolerates health taints it names in its `titus.health.tolerate` attribute (docs/health.md).
+    taints: dict[str, str] = Field(default_factory=dict)
+    # The remediation order the host is running (its "ordered" history entry), None when idle.
+    remediation: RemediationEntry | None = None
+    remediation_history: list[RemediationEntry] = Field(default_factory=list)  # newest last, bounded

@@ -124,6 +124,9 @@ class Platform:
                 p.stop()
         for c in self.containers(all=True):
             c.remove(force=True)
+        # The engine health check's scratch containers, when a cut engine socket stopped their removal.
+        for c in self.engine.containers.list(all=True, filters={"label": f"titus.health={self.node_id}"}):
+            c.remove(force=True)
         self.remove_sandboxes()
 
     def remove_sandboxes(self) -> None:

@@ -4,6 +4,7 @@ task transitions as they happen."""
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Annotated, Any
 
@@ -34,6 +35,53 @@ class CapacityReport(_Msg):
     disk_mib: Annotated[int, Field(alias="diskMiB", gt=0)]
 
 
+class HealthStatus(str, enum.Enum):
+    OK = "ok"
+    DEGRADED = "degraded"  # works, worse: lower placement preference
+    FAILED = "failed"  # no new work
+
+    @property
+    def rank(self) -> int:
+        return _HEALTH_RANK[self]
+
+
+_HEALTH_RANK = {HealthStatus.OK: 0, HealthStatus.DEGRADED: 1, HealthStatus.FAILED: 2}
+
+EvidenceValue = str | int | float | bool
+
+
+class HealthCondition(_Msg):
+    """The latest result of one host health check (health/; docs/health.md)."""
+
+    check: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.-]*$")]
+    status: HealthStatus
+    reason: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Z][A-Za-z0-9]*$")]
+    message: Annotated[str, Field(max_length=256)] = ""
+    since: float  # when the check entered this status and reason
+    observed_at: float
+    duration_ms: Annotated[float, Field(ge=0)] = 0.0
+    evidence: Annotated[dict[str, EvidenceValue], Field(max_length=32)] = Field(default_factory=dict)
+
+
+class RemediationOrder(_Msg):
+    """The scheduler asks the agent to run one playbook action for a failed condition."""
+
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    action: Annotated[str, Field(min_length=1, max_length=64)]
+    check: str
+    reason: str
+
+
+class RemediationResult(_Msg):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    action: str
+    ok: bool
+    # False: this agent cannot run the action (unknown, or not configured): not a failure of the host.
+    supported: bool = True
+    message: Annotated[str, Field(max_length=256)] = ""
+    finished_at: float
+
+
 class NodeReport(_Msg):
     id: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     capacity: CapacityReport
@@ -48,6 +96,10 @@ class NodeReport(_Msg):
     # The host's security posture (security/posture.py HostPosture.to_json(): kernel, cgroup
     # version, seccomp, AppArmor, userns); None until the agent has probed it.
     posture: dict[str, Any] | None = None
+    # The host's health checks' latest results (None: an agent that does not run them).
+    health: Annotated[list[HealthCondition], Field(max_length=128)] | None = None
+    # Outcomes of the latest remediation orders the agent ran (the scheduler matches them by id).
+    remediation_results: Annotated[list[RemediationResult], Field(max_length=32)] = Field(default_factory=list)
 
     @field_validator("posture")
     @classmethod
@@ -78,6 +130,8 @@ class TaskAssignment(_Msg):
 class SyncResponse(_Msg):
     launch: Annotated[list[TaskAssignment], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
     kill: Annotated[list[_Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
+    # Playbook actions to run (redelivered until the agent reports their result; it runs each id once).
+    remediate: Annotated[list[RemediationOrder], Field(max_length=32)] = Field(default_factory=list)
     heartbeat_interval_seconds: float = 5.0
 
 

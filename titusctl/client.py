@@ -78,4 +78,11 @@ def agent_health(agent_url: str) -> dict[str, Any]:
         agent.update(reachable=True, healthz=r.json())
     except (requests.RequestException, ValueError) as e:
         agent["error"] = e.__class__.__name__
+        return agent
+    try:  # the host health checks (absent on an agent without them: 404)
+        h = requests.get(url + "/v1/health", timeout=3)
+        if h.status_code == 200:
+            agent["health"] = h.json()
+    except (requests.RequestException, ValueError):
+        pass
     return agent

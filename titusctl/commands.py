@@ -26,6 +26,8 @@ from titusctl.render import (
     cpu_map,
     describe,
     doctor_text,
+    fleet_health_rows,
+    history_rows,
     emit,
     job_rows,
     net_map,
@@ -164,10 +166,48 @@ def cmd_node_doctor(api: Api, args: argparse.Namespace) -> int:
             "lastHeartbeat": n.get("lastHeartbeat"),
             "summary": posture_summary(n.get("posture")),
             "posture": n.get("posture"),
+            "health": n.get("health"),
+            "taints": n.get("taints", {}),
         }
         for n in nodes
     ]
     # Only meaningful on the host itself: the local agent's own view (skipped when it is not there).
     agent = agent_health(args.agent)
     emit(args, {"nodes": report, "agent": agent}, doctor_text(report, agent))
+    return EXIT_OK
+
+
+def cmd_node_health(api: Api, args: argparse.Namespace) -> int:
+    """The fleet's health conditions: one row per host and check that is not ok (all with --all)."""
+    nodes = api.call("GET", "/v1/nodes")["nodes"]
+    emit(args, {"nodes": [{"id": n["id"], "status": n["status"], "taints": n.get("taints", {}),
+                           "health": n.get("health")} for n in nodes]},
+         fleet_health_rows(nodes, show_all=args.all))
+    return EXIT_OK
+
+
+def cmd_node_cordon(api: Api, args: argparse.Namespace) -> int:
+    reason = args.reason or ("drained by an operator" if args.verb == "drain" else "cordoned by an operator")
+    node = api.call("POST", f"/v1/nodes/{args.node}/cordon", {"reason": reason})
+    text = f"node {node['id']}: takes no new work ({reason})"
+    if args.verb == "drain":
+        # Honest about what a drain does today: evacuation within budgets is not implemented.
+        text += "; its tasks keep running (moving them within disruption budgets is not implemented yet)"
+    emit(args, node, text)
+    return EXIT_OK
+
+
+def cmd_node_uncordon(api: Api, args: argparse.Namespace) -> int:
+    node = api.call("POST", f"/v1/nodes/{args.node}/uncordon")
+    left = node.get("taints") or {}
+    extra = f"; still tainted: {', '.join(sorted(left))}" if left else ""
+    emit(args, node, f"node {node['id']}: cordon lifted{extra}")
+    return EXIT_OK
+
+
+def cmd_node_history(api: Api, args: argparse.Namespace) -> int:
+    """The host's remediation history: every order, outcome and drain, newest last."""
+    node = api.call("GET", f"/v1/nodes/{args.node}")
+    doc = {"id": node["id"], "remediation": node.get("remediation"), "history": node.get("remediationHistory", [])}
+    emit(args, doc, history_rows(doc["history"]))
     return EXIT_OK

@@ -8,6 +8,7 @@ import argparse
 import functools
 import os
 import sys
+from collections.abc import Callable
 
 from titusctl import admin
 from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError
@@ -16,10 +17,14 @@ from titusctl.commands import (
     cmd_job_list,
     cmd_job_submit,
     cmd_kill,
+    cmd_node_cordon,
     cmd_node_cpus,
     cmd_node_doctor,
+    cmd_node_health,
+    cmd_node_history,
     cmd_node_list,
     cmd_node_net,
+    cmd_node_uncordon,
     cmd_task_list,
 )
 
@@ -93,6 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"the local agent, asked for /healthz if reachable (default {DEFAULT_AGENT_URL})")
     nd.set_defaults(fn=cmd_node_doctor)
     admin.add_parser(sub)
+    nh = node.add_parser("health", help="the fleet's health conditions (checks not ok; --all for every one)")
+    nh.add_argument("--all", action="store_true", help="every check of every host, ok ones too")
+    nh.set_defaults(fn=cmd_node_health)
+    nhist = node.add_parser("history", help="a host's remediation history (orders, outcomes, drains)")
+    nhist.add_argument("node")
+    nhist.set_defaults(fn=cmd_node_history)
+    node_verbs: tuple[tuple[str, Callable[[Api, argparse.Namespace], int], str], ...] = (
+        ("cordon", cmd_node_cordon, "no new work on the host; its tasks stay"),
+        ("drain", cmd_node_cordon, "no new work on the host (task evacuation is not implemented yet)"),
+        ("uncordon", cmd_node_uncordon, "the host takes new work again (health taints still apply)"),
+        ("undrain", cmd_node_uncordon, "the same as uncordon"),
+    )
+    for verb, verb_fn, what in node_verbs:
+        nv = node.add_parser(verb, help=what)
+        nv.add_argument("node")
+        if verb_fn is cmd_node_cordon:
+            nv.add_argument("--reason", default="", help="why (shown on the node and in `node doctor`)")
+        nv.set_defaults(fn=verb_fn)
     return p
 
 

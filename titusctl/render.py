@@ -68,6 +68,28 @@ def node_rows(nodes: list[dict[str, Any]]) -> str:
     return table(rows, ["NODE", "STATUS", "CPUS", "MEM_MIB", "HEARTBEAT", "UNKNOWN", "MISSING"])
 
 
+def fleet_health_rows(nodes: list[dict[str, Any]], show_all: bool = False) -> str:
+    rows = []
+    for n in nodes:
+        taints = n.get("taints") or {}
+        if "cordoned" in taints:
+            rows.append([n["id"], n["status"], "cordon", "CORDONED", "-", taints["cordoned"][:60]])
+        if n.get("health") is None:
+            if show_all:
+                rows.append([n["id"], n["status"], "-", "unreported", "-", "agent without health checks"])
+            continue
+        for c in n["health"]:
+            if show_all or c["status"] != "ok":
+                rows.append([n["id"], n["status"], c["check"], c["status"], c["reason"], (c.get("message") or "")[:60]])
+    return table(rows, ["NODE", "STATUS", "CHECK", "HEALTH", "REASON", "MESSAGE"]) if rows else "every host healthy"
+
+
+def history_rows(history: list[dict[str, Any]]) -> str:
+    rows = [[_ago(e.get("at")), e.get("check", "?"), e.get("reason", "?"), e.get("action", "?"),
+             e.get("outcome", "?"), (e.get("message") or "")[:60]] for e in history]
+    return table(rows, ["AGO", "CHECK", "REASON", "ACTION", "OUTCOME", "MESSAGE"]) if rows else "no remediation"
+
+
 def describe(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2)
 
@@ -150,10 +172,31 @@ def posture_summary(posture: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def health_lines(conditions: list[dict[str, Any]] | None, indent: str = "  ") -> list[str]:
+    """One line per health check: status, reason, message, then its evidence."""
+    if conditions is None:
+        return [f"{indent}health: not reported (agent without health checks)"]
+    if not conditions:
+        return [f"{indent}health: no check has run yet"]
+    out = []
+    for c in conditions:
+        mark = {"ok": "ok", "degraded": "DEGRADED", "failed": "FAILED"}.get(c.get("status", ""), "?")
+        msg = f": {c['message']}" if c.get("message") else ""
+        out.append(f"{indent}{c.get('check', '?'):<10} {mark:<9} {c.get('reason', '?')}{msg} "
+                   f"(since {_ago(c.get('since'))} ago, {c.get('durationMs', 0):.0f} ms)")
+        ev = c.get("evidence") or {}
+        if ev:
+            out.append(f"{indent}{'':<10} " + ", ".join(f"{k}={v}" for k, v in sorted(ev.items())))
+    return out
+
+
 def doctor_text(nodes: list[dict[str, Any]], agent: dict[str, Any]) -> str:
     out: list[str] = []
     for n in nodes:
         out.append(f"node {n['id']} ({n['status']}, heartbeat {_ago(n.get('lastHeartbeat'))} ago)")
+        if n.get("taints"):
+            out.append("  NO NEW WORK: " + "; ".join(f"{k}: {v}" for k, v in sorted(n["taints"].items())))
+        out += health_lines(n.get("health"))
         sm = n["summary"]
         if sm is None:
             out += ["  posture: not reported (agent older than the security step, or not probed yet)", ""]
@@ -186,6 +229,9 @@ def doctor_text(nodes: list[dict[str, Any]], agent: dict[str, Any]) -> str:
             )
             if sec.get("brokenProfiles"):
                 out.append(f"  BROKEN seccomp profiles (jobs naming them are refused): {', '.join(sec['brokenProfiles'])}")
+        if agent.get("health") is not None:
+            out.append(f"  health: {agent['health'].get('status')} (checks {', '.join(agent['health'].get('checks') or [])})")
+            out += health_lines(agent["health"].get("conditions"), indent="    ")
     else:
         out.append(f"local agent {agent['url']}: not reachable ({agent.get('error')}); skipped")
     return "\n".join(out)

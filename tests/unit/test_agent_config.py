@@ -150,6 +150,19 @@ DEFAULTS: dict[str, Any] = {
     "network_eni_mtu": 9001,
     "network_unmanaged_dir": Path("/run/systemd/network"),
     "network_preflight": True,
+    "health_enabled": True,
+    "health_engine_seconds": 30.0,
+    "health_scratch_budget_seconds": 10.0,
+    "health_registry_seconds": 60.0,
+    "health_registry_image": None,
+    "health_disk_seconds": 60.0,
+    "health_disk_degraded_pct": 85.0,
+    "health_disk_failed_pct": 95.0,
+    "health_data_dirs": [],
+    "health_pressure_seconds": 15.0,
+    "health_engine_restart_command": [],
+    "health_kmsg_enabled": True,
+    "health_log_rules": None,
 }
 
 
