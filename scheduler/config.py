@@ -14,7 +14,7 @@ import logging
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -43,6 +43,11 @@ class SchedulerConfig(BaseModel):
     # A task that stayed Started this long clears its index's crash/failure streak.
     streak_reset_after: Annotated[float, Field(gt=0)] = 300.0
     crash_loop_threshold: Annotated[int, Field(ge=1)] = 3
+    # Placement (docs/scheduling.md): the mode at start (switch live with `titusctl admin
+    # scheduling-mode`), the tie-break seed, and one job's per-host cap when it sets none.
+    scheduling_mode: Literal["spread", "pack"] = "spread"
+    placement_seed: Annotated[int, Field(ge=0)] = 0
+    job_cap_per_host: Annotated[int, Field(ge=1, le=1000)] = 8
 
 
 class ServiceConfig(BaseModel):

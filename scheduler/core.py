@@ -14,9 +14,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import eligibility, lifecycle, liveness, retries
+from scheduler import eligibility, lifecycle, liveness, passes, retries
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
+from scheduler.engine import Engine
+from scheduler.fitness import Mode
+from scheduler.hostfacts import HostFactsTable
 from scheduler.index import TaskIndex
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
@@ -28,13 +31,18 @@ from titus_common.jobspec import JobSpec
 from titus_common.protocol import NodeReport, SyncResponse, TaskUpdate
 from titus_common.states import FinishReason, TaskState
 
-__all__ = ["Conflict", "NotFound", "Scheduler", "SchedulerConfig"]
+__all__ = ["BadMode", "Conflict", "NotFound", "Scheduler", "SchedulerConfig"]
 
 log = logging.getLogger("titus.scheduler")
+audit = logging.getLogger("titus.scheduler.audit")
 
 
 class NotFound(TitusError, LookupError):
     """No job or task with that id (the API answers 404)."""
+
+
+class BadMode(TitusError, ValueError):
+    """An unknown scheduling mode (the API answers 400)."""
 
 
 class Conflict(TitusError, ValueError):
@@ -45,7 +53,7 @@ class Scheduler:
     def __init__(
         self,
         store: Store,
-        placer: Placer,
+        placer: Placer | Engine,
         metrics: SchedulerMetrics,
         config: SchedulerConfig | None = None,
         clock: Callable[[], float] = time.time,
@@ -65,6 +73,13 @@ class Scheduler:
         self._by_idempotency_key: dict[str, str] = {}
         self._deliveries = Deliveries(self.config.redeliver_after)
         self._schedule_wanted = asyncio.Event()
+        # Change-driven placement: a task no host could take is parked (its reason kept) until
+        # something placement uses changes — a host's capacity/labels/posture/status/facts, a task
+        # ending, a mode switch (`_unpark`). New tasks are never parked.
+        self._parked: set[str] = set()
+        self._want_images: dict[str, bool] = {}
+        self.facts = HostFactsTable()  # cached images, free IPs, warm ENIs (scheduler/hostfacts.py)
+        self.placement_passes = 0  # passes that evaluated at least one task
         self._liveness = liveness.Liveness(self.config, clock())
         snap = store.load()
         for j in snap.jobs:
@@ -170,7 +185,12 @@ class Scheduler:
 
     def heartbeat(self, report: NodeReport) -> NodeRecord:
         now = self.clock()
-        node = liveness.heartbeat(self.nodes.get(report.id), report, now)
+        old = self.nodes.get(report.id)
+        before = None if old is None else (old.status, old.capacity, dict(old.labels), old.posture)
+        node = liveness.heartbeat(old, report, now)
+        facts_changed, self._want_images[report.id] = self.facts.update(report)
+        if facts_changed or before != (node.status, node.capacity, node.labels, node.posture):
+            self._unpark()
         running = set(report.running)
         node.missing_tasks = liveness.missing_tasks(self.node_tasks(node.id), running)
         self.nodes[node.id] = node
@@ -185,13 +205,15 @@ class Scheduler:
             new_tasks.extend(self._end(t, FinishReason.KILLED, "killed (the host no longer held it)", now, jobs))
         self.store.commit(nodes=[node], tasks=[*gone, *new_tasks], jobs=jobs.values())
         self._remember(new_tasks)
-        self._schedule_wanted.set()
         return node
 
     def work_for(self, node_id: str) -> SyncResponse:
         """Launches and kills due for a node, not sent in the last `redeliver_after` seconds."""
         now = self.clock()
-        resp = SyncResponse(heartbeat_interval_seconds=self.config.heartbeat_interval)
+        resp = SyncResponse(
+            heartbeat_interval_seconds=self.config.heartbeat_interval,
+            send_cached_images=self._want_images.get(node_id, False),
+        )
         for t in self.node_tasks(node_id):
             if not self._deliveries.due(t.id, now):
                 continue
@@ -278,6 +300,9 @@ class Scheduler:
         self, task: TaskRecord, reason: FinishReason, message: str, at: float, exit_code: int | None = None
     ) -> None:
         lifecycle.finish(task, reason, message, at, exit_code)
+        self._parked.discard(task.id)
+        if task.node_id:
+            self._unpark()  # it held resources that are free now
         self._deliveries.forget(task.id)
         self._index.finished(task)
         self.metrics.tasks_finished.labels(reason=reason.value).inc()
@@ -330,11 +355,14 @@ class Scheduler:
         """Place every Accepted task that is due. Returns how many were placed."""
         now = self.clock()
         pending = sorted(
-            (t for t in map(self.tasks.__getitem__, self._index.pending) if t.not_before <= now),
+            (t for t in map(self.tasks.__getitem__, self._index.pending - self._parked) if t.not_before <= now),
             key=lambda t: t.timestamps[TaskState.ACCEPTED.value],
         )
         if not pending:
             return 0
+        self.placement_passes += 1
+        if isinstance(self.placer, Engine):
+            return self._engine_pass(self.placer, pending, now)
         nodes = self.eligible_nodes()
         placed: list[TaskRecord] = []
         waiting: list[TaskRecord] = []
@@ -344,6 +372,7 @@ class Scheduler:
             able = eligibility.able_nodes(job, nodes, self.security_policy)
             node = self.placer.place(demand, able)
             if node is None:
+                self._parked.add(t.id)
                 why = eligibility.waiting_reason(job, able, nodes, self.security_policy)
                 if why != t.message:
                     t.message = why
@@ -361,9 +390,58 @@ class Scheduler:
                 self._deliveries.wake(node_id)
         return len(placed)
 
+    def _engine_pass(self, engine: Engine, pending: list[TaskRecord], now: float) -> int:
+        table, ready = passes.build_table(self.nodes.values(), self.node_tasks, self.jobs, self.facts, engine.seed)
+        placed: list[TaskRecord] = []
+        waiting: list[TaskRecord] = []
+        for t, d in zip(pending, passes.plan(engine, table, ready, pending, self.jobs, self.security_policy)):
+            if d.host is None:
+                self._parked.add(t.id)
+                t.placement_failures = d.reasons
+                why = passes.waiting_message(d, len(ready))
+                if why != t.message:
+                    t.message = why
+                    waiting.append(t)
+                continue
+            t.message = ""
+            t.placement_failures = []
+            t.node_id = d.host
+            t.enter(TaskState.LAUNCHED, now)
+            self._index.placed(t)
+            placed.append(t)
+        if placed or waiting:
+            self.store.commit(tasks=[*placed, *waiting])
+            for node_id in {t.node_id for t in placed if t.node_id}:
+                self._deliveries.wake(node_id)
+        return len(placed)
+
+    def _unpark(self) -> None:
+        """Something placement uses changed: every parked task is worth another look."""
+        self._parked.clear()
+        self._schedule_wanted.set()
+
+    @property
+    def scheduling_mode(self) -> Mode | None:
+        return self.placer.mode if isinstance(self.placer, Engine) else None
+
+    def set_scheduling_mode(self, mode: str, actor: str) -> Mode:
+        """The live spread ⇄ pack switch: effective on the next pass, audited, in metrics."""
+        if not isinstance(self.placer, Engine):
+            raise Conflict(f"the placer {type(self.placer).__name__} has no scheduling modes")
+        try:
+            new = Mode(mode)
+        except ValueError:
+            raise BadMode(f"unknown scheduling mode {mode!r}; one of {', '.join(m.value for m in Mode)}") from None
+        old, self.placer.mode = self.placer.mode, new
+        audit.info("scheduling mode %s -> %s by %s", old.value, new.value, actor,
+                   extra={"event": "scheduling_mode", "old": old.value, "new": new.value, "actor": actor})
+        self.metrics.mode_switches.labels(mode=new.value).inc()
+        self._unpark()
+        return new
+
     def next_due(self) -> float | None:
-        """When the earliest delayed Accepted task becomes placeable."""
-        delays = [self.tasks[i].not_before for i in self._index.pending]
+        """When the earliest delayed Accepted task becomes placeable (parked ones wait for a change)."""
+        delays = [self.tasks[i].not_before for i in self._index.pending - self._parked]
         return min(delays) if delays else None
 
     # ---- host liveness ------------------------------------------------------------------------

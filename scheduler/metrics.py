@@ -40,6 +40,12 @@ class _StateCollector(Collector):
             nodes.add_metric([status], count)
         yield nodes
         looping = sum(1 for j in s.jobs.values() if not j.state.value == "Finished" and s.crash_looping(j))
+        mode = s.scheduling_mode
+        if mode is not None:
+            modes = GaugeMetricFamily("titus_scheduler_scheduling_mode", "1 for the current placement mode", labels=["mode"])
+            for m in type(mode):
+                modes.add_metric([m.value], 1 if m is mode else 0)
+            yield modes
         yield GaugeMetricFamily(
             "titus_scheduler_crash_looping_jobs", "Jobs with a task index failing on the platform repeatedly",
             value=looping,
@@ -62,6 +68,11 @@ class SchedulerMetrics:
             "titus_scheduler_launch_latency_seconds",
             "Accepted → Started, per task",
             buckets=LAUNCH_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.mode_switches = Counter(
+            "titus_scheduler_scheduling_mode_switches", "Live switches of the placement mode, by new mode", ["mode"],
             registry=self.registry,
         )
 

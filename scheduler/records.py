@@ -57,6 +57,8 @@ class TaskRecord(_Record):
     consecutive_failures: int = 0  # user failures in a row (service jobs back off on these)
     kill_requested: bool = False
     replaced_by: str | None = None
+    # Why no host took it at the last placement pass: (reason, hosts), most hosts first.
+    placement_failures: list[tuple[str, int]] = Field(default_factory=list)
 
     def enter(self, state: TaskState, at: float) -> None:
         self.state = state

@@ -4,6 +4,7 @@ task transitions as they happen."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,13 @@ class CapacityReport(_Msg):
     disk_mib: Annotated[int, Field(alias="diskMiB", gt=0)]
 
 
+class WarmNetwork(_Msg):
+    """An attached ENI: its security-group set and how many more IPs it can hand out."""
+
+    security_groups: Annotated[list[str], Field(max_length=16)]
+    free_ips: Annotated[int, Field(ge=0, le=4096)]
+
+
 class NodeReport(_Msg):
     id: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     capacity: CapacityReport
@@ -35,6 +43,20 @@ class NodeReport(_Msg):
     # The host's security posture (security/posture.py HostPosture.to_json(): kernel, cgroup
     # version, seccomp, AppArmor, userns); None until the agent has probed it.
     posture: dict[str, Any] | None = None
+    # Placement facts (docs/scheduling.md), all optional so older agents still validate. Cached images
+    # go compactly: every heartbeat carries a digest of the sorted list; the list itself only when it
+    # changed or the scheduler asks (SyncResponse.send_cached_images).
+    cached_images_digest: Annotated[str, Field(max_length=128)] = ""
+    cached_images: Annotated[list[Annotated[str, Field(max_length=512)]] | None, Field(max_length=4096)] = None
+    # IPs the host can still assign (None: not reported; placement does not limit by IPs), and its
+    # attached ENIs by security-group set.
+    free_ips: Annotated[int | None, Field(ge=0, le=65536)] = None
+    warm_networks: Annotated[list[WarmNetwork], Field(max_length=64)] = Field(default_factory=list)
+
+
+def images_digest(images: list[str]) -> str:
+    """The digest an agent reports for its cached image list (order-insensitive)."""
+    return hashlib.sha256("\n".join(sorted(set(images))).encode()).hexdigest()[:32]
 
 
 class SyncRequest(_Msg):
@@ -59,6 +81,8 @@ class SyncResponse(_Msg):
     launch: list[TaskAssignment] = Field(default_factory=list)
     kill: list[str] = Field(default_factory=list)
     heartbeat_interval_seconds: float = 5.0
+    # The scheduler does not know the image list behind the digest: send `cached_images` next time.
+    send_cached_images: bool = False
 
 
 class TaskUpdate(_Msg):
