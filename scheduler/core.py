@@ -354,6 +354,8 @@ class Scheduler:
     def schedule_pass(self) -> int:
         """Place every Accepted task that is due. Returns how many were placed."""
         now = self.clock()
+        if len(self._parked) == len(self._index.pending):  # parked ⊆ pending: all parked, O(1) when idle
+            return 0
         pending = sorted(
             (t for t in map(self.tasks.__getitem__, self._index.pending - self._parked) if t.not_before <= now),
             key=lambda t: t.timestamps[TaskState.ACCEPTED.value],
@@ -441,6 +443,8 @@ class Scheduler:
 
     def next_due(self) -> float | None:
         """When the earliest delayed Accepted task becomes placeable (parked ones wait for a change)."""
+        if len(self._parked) == len(self._index.pending):
+            return None
         delays = [self.tasks[i].not_before for i in self._index.pending - self._parked]
         return min(delays) if delays else None
 

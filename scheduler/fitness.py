@@ -46,7 +46,7 @@ class Weights:
 
 WEIGHTS: dict[Mode, Weights] = {
     Mode.SPREAD: Weights(res=0.45, job=0.35, zone=0.2, img=0.0, net=0.0, anti=0.0),
-    Mode.PACK: Weights(res=0.3, job=0.0, zone=0.15, img=0.35, net=0.2, anti=0.3),
+    Mode.PACK: Weights(res=0.3, job=0.0, zone=0.15, img=0.35, net=0.2, anti=0.02),
 }
 
 
