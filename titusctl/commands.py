@@ -5,6 +5,7 @@ signals failure by raising `client.CliError`."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import shlex
 import sys
@@ -170,4 +171,14 @@ def cmd_node_doctor(api: Api, args: argparse.Namespace) -> int:
     # Only meaningful on the host itself: the local agent's own view (skipped when it is not there).
     agent = agent_health(args.agent)
     emit(args, {"nodes": report, "agent": agent}, doctor_text(report, agent))
+    return EXIT_OK
+
+
+def cmd_scheduling_mode(api: Api, args: argparse.Namespace) -> int:
+    """Show the placement mode, or switch it live (spread ⇄ pack; audited by the scheduler)."""
+    if args.mode is None:
+        doc = api.call("GET", "/v1/admin/scheduling-mode")
+    else:
+        doc = api.call("PUT", "/v1/admin/scheduling-mode", {"mode": args.mode}, headers={"X-Titus-Actor": getpass.getuser()})
+    emit(args, doc, f"scheduling mode: {doc['mode']}")
     return EXIT_OK

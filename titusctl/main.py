@@ -19,6 +19,7 @@ from titusctl.commands import (
     cmd_node_doctor,
     cmd_node_list,
     cmd_node_net,
+    cmd_scheduling_mode,
     cmd_task_list,
 )
 
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     nd.add_argument("--agent", default=DEFAULT_AGENT_URL,
                     help=f"the local agent, asked for /healthz if reachable (default {DEFAULT_AGENT_URL})")
     nd.set_defaults(fn=cmd_node_doctor)
+    admin = sub.add_parser("admin", help="cell-wide operator settings").add_subparsers(dest="verb", required=True)
+    sm = admin.add_parser("scheduling-mode", help="show or switch the placement mode live (spread normally, pack in a failover)")
+    sm.add_argument("mode", nargs="?", choices=("spread", "pack"))
+    sm.set_defaults(fn=cmd_scheduling_mode)
     return p
 
 
