@@ -94,16 +94,26 @@ class HostTable:
         zi = {z: i for i, z in enumerate(self.zones)}
         self.zone = np.array([zi[h.labels.get("zone", "")] for h in hosts], dtype=np.int64)
         self.jitter = np.array([_jitter(seed, h.id) for h in hosts], dtype=np.float64)
+        # Kept up to date host by host in `take` (only the chosen host changes), so a placement
+        # recomputes only what depends on the request.
+        self.inv_cpu = 1.0 / self.cap_cpu
+        self.inv_mem = 1.0 / self.cap_mem
+        self.free_frac = (self.free_cpu * self.inv_cpu + self.free_mem * self.inv_mem) / 2.0
+        self.base_ok = ~self.bad & (self.tasks < self.max_tasks) & (self.free_ips >= 1)
         self._labels = [h.labels for h in hosts]
         self._label_masks: dict[tuple[str, str], B] = {}
         self.images: dict[str, F] = {}
         for i, h in enumerate(hosts):
             for img in h.images:
-                self.images.setdefault(img, np.zeros(n, dtype=np.float64))[i] = 1.0
+                if img not in self.images:
+                    self.images[img] = np.zeros(n, dtype=np.float64)
+                self.images[img][i] = 1.0
         self.warm: dict[str, F] = {}
         for i, h in enumerate(hosts):
             for sg, free in h.warm.items():
-                self.warm.setdefault(sg, np.zeros(n, dtype=np.float64))[i] = free
+                if sg not in self.warm:
+                    self.warm[sg] = np.zeros(n, dtype=np.float64)
+                self.warm[sg][i] = free
         self.job_on_host: dict[str, F] = {}
         for i, h in enumerate(hosts):
             for job, count in h.job_tasks.items():
@@ -134,6 +144,8 @@ class HostTable:
         if r.sg_key in self.warm and self.warm[r.sg_key][i] > 0:
             self.warm[r.sg_key][i] -= 1
         self.tasks[i] += 1
+        self.free_frac[i] = (self.free_cpu[i] * self.inv_cpu[i] + self.free_mem[i] * self.inv_mem[i]) / 2.0
+        self.base_ok[i] = not self.bad[i] and self.tasks[i] < self.max_tasks and self.free_ips[i] >= 1
         self._job(r.job_id)[i] += 1
         jz = self.job_zone.get(r.job_id)
         if jz is None:
@@ -158,62 +170,73 @@ class Engine:
         c = r.constraints
         hard_cap, soft_cap = c.max_per_host()
         cap = float(hard_cap if hard_cap is not None else self.job_cap)
-        on_host = table.job_on_host.get(r.job_id)
-        if on_host is None:
-            on_host = np.zeros(n, dtype=np.float64)
+        known = table.job_on_host.get(r.job_id)
+        on_host: F = known if known is not None else np.zeros(n, dtype=np.float64)
+        attrs = [(f"host attribute {k}!={v}", table.label_mask(k, v)) for k, v in host_attribute_requirements(c.hard).items()]
+        # The fast path: one combined mask; the per-reason counts only when nothing fits.
+        ok = table.base_ok & (table.free_cpu >= r.cpu - EPS) & (table.free_mem >= r.memory_mib)
+        if r.disk_mib > 0:
+            ok &= table.free_disk >= r.disk_mib
+        if known is not None:
+            ok &= known < cap
+        for _, allowed in (*(masks or ()), *attrs):
+            ok &= allowed
+        if not ok.any():
+            reasons = self._reasons(table, r, cap, on_host, [*(masks or ()), *attrs])
+            return Decision(r.task_id, None, sorted(reasons, key=lambda x: -x[1]))
+        jz = table.job_zone.get(r.job_id)
+        zone_min: F | float = 1.0
+        if jz is not None and jz.any():
+            open_zones = np.bincount(table.zone, weights=ok, minlength=len(table.zones)) > 0
+            zone_min = (jz[table.zone] <= jz[open_zones].min()).astype(np.float64)
+            if c.flag("zoneBalance")[0]:
+                off = ok & (zone_min == 0)
+                ok &= zone_min > 0
+                if not ok.any():  # cannot happen (a least-loaded open zone exists); kept for safety
+                    return Decision(r.task_id, None, [("zone balance", int(np.count_nonzero(off)))])
+        util = utilisation(table.free_frac, table.inv_cpu, table.inv_mem, r.cpu, r.memory_mib)
+        img = table.images.get(r.image)
+        warm = table.warm.get(r.sg_key)
+        terms = score(
+            self.mode, util, on_host if known is not None else 0.0, zone_min,
+            img if img is not None else 0.0,
+            (warm >= 1).astype(np.float64) if warm is not None else 0.0,
+            cap,
+        )
+        terms.update(self._soft(table, c, on_host, soft_cap, zone_min))
+        total = table.jitter.copy()
+        for v in terms.values():
+            total += v
+        i = int(np.argmax(np.where(ok, total, -np.inf)))
+        table.take(i, r)
+        return Decision(r.task_id, table.ids[i], [], {k: float(v[i] if isinstance(v, np.ndarray) else v)
+                                                      for k, v in terms.items()})
+
+    @staticmethod
+    def _reasons(table: HostTable, r: Request, cap: float, on_host: F, allowed: list[tuple[str, B]]) -> list[tuple[str, int]]:
+        """Why no host fits: the first failing filter per host, counted."""
         filters: list[tuple[str, B]] = [("unhealthy", table.bad)]
-        for reason, allowed in masks or ():
-            filters.append((reason, ~allowed))
-        for key, value in host_attribute_requirements(c.hard).items():
-            filters.append((f"host attribute {key}!={value}", ~table.label_mask(key, value)))
+        filters += [(reason, ~a) for reason, a in allowed]
         filters.append((f"job already has {int(cap)} task(s) there", on_host >= cap))
         filters.append(("host task limit", table.tasks >= table.max_tasks))
         filters.append(("not enough cpu", table.free_cpu < r.cpu - EPS))
         filters.append(("not enough memory", table.free_mem < r.memory_mib))
         filters.append(("not enough disk", table.free_disk < r.disk_mib))
         filters.append(("no free IP", table.free_ips < 1))
-        ok = np.ones(n, dtype=np.bool_)
-        reasons: list[tuple[str, int]] = []
+        left = np.ones(len(table), dtype=np.bool_)
+        out: list[tuple[str, int]] = []
         for reason, bad in filters:
-            hit = int(np.count_nonzero(ok & bad))
+            hit = int(np.count_nonzero(left & bad))
             if hit:
-                reasons.append((reason, hit))
-                ok &= ~bad
-        jz = table.job_zone.get(r.job_id)
-        if jz is None:
-            jz = np.zeros(len(table.zones), dtype=np.float64)
-        zone_min = np.zeros(n, dtype=np.float64)
-        if ok.any():
-            open_zones = np.unique(table.zone[ok])
-            zone_min = (jz[table.zone] <= jz[open_zones].min()).astype(np.float64)
-            hard_zone, _ = c.flag("zoneBalance")
-            if hard_zone:
-                off = ok & (zone_min == 0)
-                if off.any():
-                    reasons.append(("zone balance", int(np.count_nonzero(off))))
-                ok &= zone_min > 0
-        if not ok.any():
-            reasons.sort(key=lambda x: -x[1])
-            return Decision(r.task_id, None, reasons)
-        util = utilisation(table.cap_cpu, table.free_cpu, table.cap_mem, table.free_mem, r.cpu, r.memory_mib)
-        img = table.images.get(r.image)
-        warm = table.warm.get(r.sg_key)
-        terms = score(
-            self.mode, util, on_host, zone_min,
-            img if img is not None else np.zeros(n, dtype=np.float64),
-            (warm >= 1).astype(np.float64) if warm is not None else np.zeros(n, dtype=np.float64),
-            cap,
-        )
-        terms.update(self._soft(table, c, on_host, soft_cap, zone_min))
-        total = sum(terms.values(), np.zeros(n, dtype=np.float64)) + table.jitter
-        total[~ok] = -np.inf
-        i = int(np.argmax(total))
-        table.take(i, r)
-        return Decision(r.task_id, table.ids[i], [], {k: float(v[i]) for k, v in terms.items()})
+                out.append((reason, hit))
+                left &= ~bad
+        return out
 
-    def _soft(self, table: HostTable, c: ConstraintsSpec, on_host: F, soft_cap: int | None, zone_min: F) -> dict[str, F]:
+    def _soft(
+        self, table: HostTable, c: ConstraintsSpec, on_host: F, soft_cap: int | None, zone_min: F | float
+    ) -> dict[str, F | float]:
         n = len(table)
-        out: dict[str, F] = {}
+        out: dict[str, F | float] = {}
         pen = np.zeros(n, dtype=np.float64)
         if soft_cap is not None:
             pen -= SOFT_PENALTY * (on_host >= soft_cap)

@@ -50,14 +50,15 @@ WEIGHTS: dict[Mode, Weights] = {
 }
 
 
-def utilisation(cap_cpu: F, free_cpu: F, cap_mem: F, free_mem: F, cpu: float, mem: float) -> F:
-    u: F = ((cap_cpu - free_cpu + cpu) / cap_cpu + (cap_mem - free_mem + mem) / cap_mem) / 2.0
+def utilisation(free_frac: F, inv_cpu: F, inv_mem: F, cpu: float, mem: float) -> F:
+    """u_h from the engine's running arrays: free_frac = (Fc/C + Fm/M)/2, inv_* = 1/capacity."""
+    u: F = 1.0 - free_frac + (cpu * inv_cpu + mem * inv_mem) / 2.0
     return u
 
 
 def score(
-    mode: Mode, util: F, job_on_host: F, zone_min: F, img: F, net: F, cap: float
-) -> dict[str, F]:
+    mode: Mode, util: F, job_on_host: F | float, zone_min: F | float, img: F | float, net: F | float, cap: float
+) -> dict[str, F | float]:
     """Each weighted term, by name (their sum is the score; the breakdown explains a choice)."""
     w = WEIGHTS[mode]
     if mode is Mode.SPREAD:
