@@ -14,6 +14,7 @@ from scheduler.hostfacts import HostFactsTable, sg_key
 from scheduler.placement import NodeView
 from scheduler.records import JobRecord, NodeRecord, NodeStatus, TaskRecord
 from security.profiles import SecurityPolicy
+from titus_common.jobspec import IMAGE_REFERENCE
 
 __all__ = ["build_table", "plan", "waiting_message"]
 
@@ -67,11 +68,19 @@ def _posture_masks(
     return list(out.items())
 
 
+def _tagged(image: str) -> str:
+    """The reference as the engine lists it: a bare name means `:latest`."""
+    m = IMAGE_REFERENCE.match(image)
+    if m is None or m.group("tag") or m.group("digest"):
+        return image
+    return f"{image}:latest"
+
+
 def request_for(task: TaskRecord, job: JobRecord) -> Request:
     c = job.spec.container
     return Request(
         task.id, job.id, c.resources.cpu, c.resources.memory_mib, c.resources.disk_mib,
-        image=c.image, sg_key=sg_key(c.security_groups), constraints=job.spec.constraints,
+        image=_tagged(c.image), sg_key=sg_key(c.security_groups), constraints=job.spec.constraints,
     )
 
 

@@ -132,3 +132,28 @@ def test_hard_constraints_through_the_scheduler(tmp_path: Path) -> None:
     job, _ = s.submit(spec(constraints={"hard": {"uniqueHost": "true"}}, batch={"size": 3}))
     assert s.schedule_pass() == 2
     assert {t.node_id for t in s.job_tasks(job.id) if t.node_id} == {"n1", "n2"}
+
+
+def test_agent_sends_the_image_list_only_when_it_changed_or_is_asked() -> None:
+    from agent.imagecache import ImageCacheReport
+
+    r = ImageCacheReport()
+    assert r.fields() == ("", None)
+    r.update(["b:1", "a:1"])
+    digest, images = r.fields()
+    assert digest == images_digest(["a:1", "b:1"]) and images == ["a:1", "b:1"]
+    assert r.fields() == (digest, None)  # unchanged: digest only
+    r.resend()
+    assert r.fields() == (digest, ["a:1", "b:1"])
+    r.update(["a:1"])
+    assert r.fields()[1] == ["a:1"]
+
+
+def test_bare_image_names_match_the_engine_tag(tmp_path: Path) -> None:
+    s, _ = make(tmp_path)
+    s.set_scheduling_mode("pack", actor="test")
+    node(s, "n1", cpus=16, cached_images_digest="x", cached_images=[])
+    node(s, "n2", cpus=16, cached_images_digest="y", cached_images=["busybox:latest"])
+    job, _ = s.submit(spec(container={"image": "busybox", "command": ["true"], "resources": {"cpu": 1, "memoryMiB": 128}}))
+    s.schedule_pass()
+    assert s.job_tasks(job.id)[0].node_id == "n2"
