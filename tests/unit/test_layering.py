@@ -33,10 +33,11 @@ _LEAVES = {
     "health": {"titus_common", "health"},
     "scheduler": {"titus_common", "security", "scheduler"},
     "titusctl": {"titus_common", "titusctl"},
+    "fleetsim": {"titus_common", "fleetsim"},  # simulated agents speak only the protocol
 }
 RULES: dict[str, frozenset[str]] = {
     **{k: frozenset(v) for k, v in _LEAVES.items()},
-    "agent": frozenset(_LEAVES) - {"scheduler", "titusctl"} | {"agent"},
+    "agent": frozenset(_LEAVES) - {"scheduler", "titusctl", "fleetsim"} | {"agent"},
 }
 
 # Inside agent: agent/host/** (host-resource lifecycle objects) sit below the pipeline.
