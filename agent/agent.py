@@ -29,6 +29,7 @@ from agent.host.health import HealthResource, default_checks, kernel_log_signals
 from agent.host.metadata import MetadataResource
 from agent.host.network import NetworkResource, lost_message
 from agent.host.security import HostSecurity, SecurityResource, load_security_policy
+from agent.imagecache import ImageCacheReport
 from agent.launch import launch_pipeline
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
@@ -117,6 +118,7 @@ class Agent:
         self.unknown_containers: list[str] = []
         self.last_sync_ok: float | None = None
         self._report_wanted = asyncio.Event()
+        self.image_cache = ImageCacheReport()  # cached images for placement affinity (agent/imagecache.py)
         self._reconcile_wanted = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._watcher: ContainerWatcher | None = None
@@ -268,7 +270,10 @@ class Agent:
     # ---- loops -------------------------------------------------------------------------------
 
     def node_report(self) -> NodeReport:
+        digest, images = self.image_cache.fields()
         return NodeReport(
+            cached_images_digest=digest,
+            cached_images=images,
             id=self.config.node_id,
             capacity=self.capacity,
             labels=self.config.labels,
@@ -294,6 +299,8 @@ class Agent:
                 continue
             backoff.reset()
             self.last_sync_ok = time.time()
+            if resp.send_cached_images:
+                self.image_cache.resend()
             for assignment in resp.launch:
                 self.accept(assignment)
             for task_id in resp.kill:
@@ -346,6 +353,10 @@ class Agent:
                 if runner.record.state in (TaskState.STARTED, TaskState.KILL_INITIATED) and task_id not in running:
                     runner.container_may_have_exited()
             self._note_unknown(containers)
+            try:
+                self.image_cache.update(await self.docker.image_refs())
+            except (DockerUnavailable, DockerError) as e:
+                log.warning("reconcile: cannot list images: %s", e)
             for resource in self.resources:
                 await resource.reconcile(self.tasks())
 

@@ -136,6 +136,12 @@ class Docker:
             if not e.not_found and not e.conflict:  # 409: a removal already in progress
                 raise
 
+    async def image_refs(self) -> list[str]:
+        """Every tag and digest reference of the images the engine holds (what placement calls cached)."""
+        images = await self.call(self._api.images)
+        refs = {r for img in images for r in (img.get("RepoTags") or []) + (img.get("RepoDigests") or [])}
+        return sorted(r for r in refs if not r.startswith("<none>"))
+
     async def list_labelled(self, agent_id: str) -> list[dict[str, Any]]:
         return await self.list_containers(f"{LABEL_AGENT}={agent_id}")
 

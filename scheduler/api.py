@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from scheduler import admin_api
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
-from scheduler.core import Conflict, NotFound, Scheduler
+from scheduler.core import BadMode, Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.records import JobRecord, JobState, TaskRecord
 from scheduler.startfailure import start_failure
@@ -61,6 +61,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": {"message": str(e)}}, status=404)
     except Conflict as e:
         return _json({"error": {"message": str(e)}}, status=409)
+    except BadMode as e:
+        return _json({"error": {"message": str(e)}}, status=400)
 
 
 def _body_json(raw: bytes) -> Any:
@@ -226,6 +228,27 @@ async def node_updates(request: web.Request) -> web.Response:
     return _json(UpdatesResponse(accepted=accepted).model_dump(mode="json", by_alias=True))
 
 
+def _mode_doc(s: Scheduler) -> dict[str, Any]:
+    mode = s.scheduling_mode
+    return {"mode": mode.value if mode is not None else None}
+
+
+async def get_scheduling_mode(request: web.Request) -> web.Response:
+    return _json(_mode_doc(request.app[SCHEDULER_KEY]))
+
+
+async def set_scheduling_mode(request: web.Request) -> web.Response:
+    """The live spread ⇄ pack switch (docs/scheduling.md): effective on the next pass, audited."""
+    s = request.app[SCHEDULER_KEY]
+    data = await _body(request)
+    if not isinstance(data, dict) or not isinstance(data.get("mode"), str) or set(data) != {"mode"}:
+        raise ApiError(400, "invalid request", [("mode", "expected {\"mode\": \"spread\" | \"pack\"}")])
+    # The caller's identity once the API authenticates (issue 13); until then the client's own word.
+    actor = request.headers.get("X-Titus-Actor") or request.remote or "unknown"
+    s.set_scheduling_mode(data["mode"], actor=actor)
+    return _json(_mode_doc(s))
+
+
 async def metrics(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
     resp = web.Response(body=generate_latest(s.metrics.registry))
@@ -289,4 +312,6 @@ def make_app(scheduler: Scheduler, security_policy: SecurityPolicy | None = None
     app.router.add_post("/v1/nodes/{node_id}/sync", node_sync)
     app.router.add_post("/v1/nodes/{node_id}/updates", node_updates)
     admin_api.add_routes(app, scheduler.reconciler, scheduler.clock)
+    app.router.add_get("/v1/admin/scheduling-mode", get_scheduling_mode)
+    app.router.add_put("/v1/admin/scheduling-mode", set_scheduling_mode)
     return app

@@ -14,7 +14,7 @@ import logging
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -85,6 +85,11 @@ class SchedulerConfig(BaseModel):
     # At least this fraction of Ready hosts (and 2 hosts) failing at once is a fleet problem, not a
     # host problem: no remediation and no drain, an operator alert instead.
     remediation_freeze_fraction: Annotated[float, Field(gt=0, le=1)] = 0.3
+    # Placement (docs/scheduling.md): the mode at start (switch live with `titusctl admin
+    # scheduling-mode`), the tie-break seed, and one job's per-host cap when it sets none.
+    scheduling_mode: Literal["spread", "pack"] = "spread"
+    placement_seed: Annotated[int, Field(ge=0)] = 0
+    job_cap_per_host: Annotated[int, Field(ge=1, le=1000)] = 8
 
 
 class ServiceConfig(BaseModel):

@@ -14,11 +14,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import eligibility, integrity, lifecycle, liveness, remediation, retries
+from scheduler import eligibility, integrity, lifecycle, liveness, passes, remediation, retries
 from scheduler.audit import AuditLog
-from scheduler.pending import PendingBook, why_pending
+from scheduler.pending import PendingBook, PendingReason, why_pending
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
+from scheduler.engine import Engine
+from scheduler.fitness import Mode
+from scheduler.hostfacts import HostFactsTable
 from scheduler.index import TaskIndex
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
@@ -33,13 +36,18 @@ from titus_common.jobspec import JobSpec
 from titus_common.protocol import NodeReport, SyncResponse, TaskUpdate
 from titus_common.states import FinishReason, TaskState
 
-__all__ = ["Conflict", "NotFound", "Scheduler", "SchedulerConfig"]
+__all__ = ["BadMode", "Conflict", "NotFound", "Scheduler", "SchedulerConfig"]
 
 log = logging.getLogger("titus.scheduler")
+audit = logging.getLogger("titus.scheduler.audit")
 
 
 class NotFound(TitusError, LookupError):
     """No job or task with that id (the API answers 404)."""
+
+
+class BadMode(TitusError, ValueError):
+    """An unknown scheduling mode (the API answers 400)."""
 
 
 class Conflict(TitusError, ValueError):
@@ -50,7 +58,7 @@ class Scheduler:
     def __init__(
         self,
         store: Store,
-        placer: Placer,
+        placer: Placer | Engine,
         metrics: SchedulerMetrics,
         config: SchedulerConfig | None = None,
         clock: Callable[[], float] = time.time,
@@ -72,6 +80,13 @@ class Scheduler:
         self._deliveries = Deliveries(self.config.redeliver_after)
         self.pending = PendingBook()  # why each Accepted task waits (queue age, `pendingReason`)
         self._schedule_wanted = asyncio.Event()
+        # Change-driven placement: a task no host could take is parked (its reason kept) until
+        # something placement uses changes — a host's capacity/labels/posture/status/facts, a task
+        # ending, a mode switch (`_unpark`). New tasks are never parked.
+        self._parked: set[str] = set()
+        self._want_images: dict[str, bool] = {}
+        self.facts = HostFactsTable()  # cached images, free IPs, warm ENIs (scheduler/hostfacts.py)
+        self.placement_passes = 0  # passes that evaluated at least one task
         self._liveness = liveness.Liveness(self.config, clock())
         self.retention = Retention(self.config.finished_job_retention)
         # Every kill or declared-lost the control plane decides on its own asks it (docs/reconcile.md).
@@ -188,7 +203,12 @@ class Scheduler:
 
     def heartbeat(self, report: NodeReport) -> NodeRecord:
         now = self.clock()
-        node = liveness.heartbeat(self.nodes.get(report.id), report, now)
+        old = self.nodes.get(report.id)
+        before = None if old is None else (old.status, old.capacity, dict(old.labels), old.posture, dict(old.taints))
+        node = liveness.heartbeat(old, report, now)
+        facts_changed, self._want_images[report.id] = self.facts.update(report)
+        if facts_changed or before != (node.status, node.capacity, node.labels, node.posture, node.taints):
+            self._unpark()
         running = set(report.running)
         node.missing_tasks = liveness.missing_tasks(self.node_tasks(node.id), running)
         if remediation.apply_results(node, report.remediation_results, now):
@@ -207,7 +227,6 @@ class Scheduler:
             new_tasks.extend(self._end(t, reason, t.message or "killed (the host no longer held it)", now, jobs))
         self.store.commit(nodes=[node], tasks=[*gone, *new_tasks], jobs=jobs.values())
         self._remember(new_tasks)
-        self._schedule_wanted.set()
         return node
 
     def set_cordon(self, node_id: str, cordoned: bool, reason: str = "") -> NodeRecord:
@@ -217,13 +236,16 @@ class Scheduler:
             raise NotFound(f"no node {node_id!r}")
         liveness.set_cordon(node, cordoned, reason, self.clock())
         self.store.commit(nodes=[node])
-        self._schedule_wanted.set()
+        self._unpark()
         return node
 
     def work_for(self, node_id: str) -> SyncResponse:
         """Launches and kills due for a node, not sent in the last `redeliver_after` seconds."""
         now = self.clock()
-        resp = SyncResponse(heartbeat_interval_seconds=self.config.heartbeat_interval)
+        resp = SyncResponse(
+            heartbeat_interval_seconds=self.config.heartbeat_interval,
+            send_cached_images=self._want_images.get(node_id, False),
+        )
         node = self.nodes.get(node_id)
         order = remediation.order_for(node) if node is not None else None
         if order is not None:
@@ -316,6 +338,9 @@ class Scheduler:
         self, task: TaskRecord, reason: FinishReason, message: str, at: float, exit_code: int | None = None
     ) -> None:
         lifecycle.finish(task, reason, message, at, exit_code)
+        self._parked.discard(task.id)
+        if task.node_id:
+            self._unpark()  # it held resources that are free now
         self._deliveries.forget(task.id)
         self.pending.forget(task.id)
         self._index.finished(task)
@@ -368,12 +393,17 @@ class Scheduler:
     def schedule_pass(self) -> int:
         """Place every Accepted task that is due. Returns how many were placed."""
         now = self.clock()
+        if len(self._parked) == len(self._index.pending):  # parked ⊆ pending: all parked, O(1) when idle
+            return 0
         pending = sorted(
-            (t for t in map(self.tasks.__getitem__, self._index.pending) if t.not_before <= now),
+            (t for t in map(self.tasks.__getitem__, self._index.pending - self._parked) if t.not_before <= now),
             key=lambda t: t.timestamps[TaskState.ACCEPTED.value],
         )
         if not pending:
             return 0
+        self.placement_passes += 1
+        if isinstance(self.placer, Engine):
+            return self._engine_pass(self.placer, pending, now)
         nodes = self.eligible_nodes()
         placed: list[TaskRecord] = []
         waiting: list[TaskRecord] = []
@@ -384,6 +414,7 @@ class Scheduler:
             node = self.placer.place(demand, able)
             if node is None:
                 self.pending.note(t.id, why_pending(demand, nodes, able))
+                self._parked.add(t.id)
                 why = eligibility.waiting_reason(job, able, nodes, self.security_policy)
                 if why != t.message:
                     t.message = why
@@ -411,9 +442,66 @@ class Scheduler:
         reason = self.pending.reason(task, self.clock())
         return None if reason is None else reason.value
 
+    def _engine_pass(self, engine: Engine, pending: list[TaskRecord], now: float) -> int:
+        # A host with a taint (a failed health check, a cordon) takes no new work in the engine path:
+        # job tolerations of health taints apply to the FirstFit path only (eligibility.tolerates).
+        table, ready = passes.build_table(self.nodes.values(), self.node_tasks, self.jobs, self.facts, engine.seed,
+                                          unhealthy=lambda n: bool(n.taints))
+        placed: list[TaskRecord] = []
+        waiting: list[TaskRecord] = []
+        for t, d in zip(pending, passes.plan(engine, table, ready, pending, self.jobs, self.security_policy)):
+            if d.host is None:
+                self._parked.add(t.id)
+                self.pending.note(t.id, engine_pending_reason(d.reasons, len(ready)))
+                t.placement_failures = d.reasons
+                why = passes.waiting_message(d, len(ready))
+                if why != t.message:
+                    t.message = why
+                    waiting.append(t)
+                continue
+            t.message = ""
+            t.placement_failures = []
+            t.node_id = d.host
+            t.enter(TaskState.LAUNCHED, now)
+            self.pending.forget(t.id)
+            self.metrics.observe_launched(t)
+            self._index.placed(t)
+            placed.append(t)
+        if placed or waiting:
+            self.store.commit(tasks=[*placed, *waiting])
+            for node_id in {t.node_id for t in placed if t.node_id}:
+                self._deliveries.wake(node_id)
+        return len(placed)
+
+    def _unpark(self) -> None:
+        """Something placement uses changed: every parked task is worth another look."""
+        self._parked.clear()
+        self._schedule_wanted.set()
+
+    @property
+    def scheduling_mode(self) -> Mode | None:
+        return self.placer.mode if isinstance(self.placer, Engine) else None
+
+    def set_scheduling_mode(self, mode: str, actor: str) -> Mode:
+        """The live spread ⇄ pack switch: effective on the next pass, audited, in metrics."""
+        if not isinstance(self.placer, Engine):
+            raise Conflict(f"the placer {type(self.placer).__name__} has no scheduling modes")
+        try:
+            new = Mode(mode)
+        except ValueError:
+            raise BadMode(f"unknown scheduling mode {mode!r}; one of {', '.join(m.value for m in Mode)}") from None
+        old, self.placer.mode = self.placer.mode, new
+        audit.info("scheduling mode %s -> %s by %s", old.value, new.value, actor,
+                   extra={"event": "scheduling_mode", "old": old.value, "new": new.value, "actor": actor})
+        self.metrics.mode_switches.labels(mode=new.value).inc()
+        self._unpark()
+        return new
+
     def next_due(self) -> float | None:
-        """When the earliest delayed Accepted task becomes placeable."""
-        delays = [self.tasks[i].not_before for i in self._index.pending]
+        """When the earliest delayed Accepted task becomes placeable (parked ones wait for a change)."""
+        if len(self._parked) == len(self._index.pending):
+            return None
+        delays = [self.tasks[i].not_before for i in self._index.pending - self._parked]
         return min(delays) if delays else None
 
     # ---- host liveness ------------------------------------------------------------------------
@@ -489,3 +577,22 @@ class Scheduler:
                 await asyncio.wait_for(self._schedule_wanted.wait(), timeout=timeout)
             except TimeoutError:
                 pass
+
+
+_ENGINE_REASONS = {
+    "not enough cpu": PendingReason.INSUFFICIENT_CPU,
+    "not enough memory": PendingReason.INSUFFICIENT_MEMORY,
+    "not enough disk": PendingReason.INSUFFICIENT_DISK,
+    "posture": PendingReason.POSTURE,
+}
+
+
+def engine_pending_reason(reasons: list[tuple[str, int]], ready: int) -> PendingReason:
+    """The engine's most common filter failure as a `pendingReason` (scheduler/pending.py)."""
+    if ready == 0:
+        return PendingReason.NO_READY_HOST
+    for name, _hosts in reasons:
+        for prefix, reason in _ENGINE_REASONS.items():
+            if name.startswith(prefix):
+                return reason
+    return PendingReason.NO_SINGLE_HOST_FITS

@@ -24,7 +24,8 @@ from scheduler.backup_schedule import BackupSchedule
 from scheduler.config import SCHEDULER_KEYS, SchedulerConfig, ServiceConfig, read_toml, service_config
 from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
-from scheduler.placement import FirstFit
+from scheduler.engine import Engine
+from scheduler.fitness import Mode
 from scheduler.store import SQLiteStore, StoreCorrupt
 from security.profiles import SecurityPolicy, default_policy, load_policy
 from titus_common.daemon import apply_log_level, parse_listen, refuse_start, reload_on_sighup, serve_http, stop_on_signals
@@ -109,7 +110,9 @@ def _policy(config: ServiceConfig) -> SecurityPolicy:
 def _scheduler(config: ServiceConfig, policy: SecurityPolicy) -> Scheduler:
     store = SQLiteStore(config.db)
     try:
-        return Scheduler(store, FirstFit(), SchedulerMetrics(), config.scheduler, security_policy=policy)
+        c = config.scheduler
+        engine = Engine(Mode(c.scheduling_mode), c.placement_seed, c.job_cap_per_host)
+        return Scheduler(store, engine, SchedulerMetrics(), c, security_policy=policy)
     except BaseException:
         store.close()
         raise

@@ -66,6 +66,12 @@ class _StateCollector(Collector):
             tainted.add_metric([taint], count)
         yield tainted
         looping = sum(1 for j in s.jobs.values() if not j.state.value == "Finished" and s.crash_looping(j))
+        mode = s.scheduling_mode
+        if mode is not None:
+            modes = GaugeMetricFamily("titus_scheduler_scheduling_mode", "1 for the current placement mode", labels=["mode"])
+            for m in type(mode):
+                modes.add_metric([m.value], 1 if m is mode else 0)
+            yield modes
         yield GaugeMetricFamily(
             "titus_scheduler_crash_looping_jobs", "Jobs with a task index failing on the platform repeatedly",
             value=looping,
@@ -113,6 +119,10 @@ class SchedulerMetrics:
         self.remediation_frozen = Gauge(
             "titus_scheduler_remediation_frozen",
             "1 while remediation is frozen because many hosts fail at once (an operator alert)",
+            registry=self.registry,
+        )
+        self.mode_switches = Counter(
+            "titus_scheduler_scheduling_mode_switches", "Live switches of the placement mode, by new mode", ["mode"],
             registry=self.registry,
         )
         self._frozen = False

@@ -182,6 +182,20 @@ def openapi_document() -> dict[str, Any]:
             "post": {"summary": "End the freeze (a mass mismatch at the next pass freezes again)",
                      "responses": {"200": _reply("Unfrozen"), **_ERRORS}},
         },
+        "/v1/admin/scheduling-mode": {
+            "get": {"summary": "The placement mode (spread | pack)",
+                    "responses": {"200": _reply("The mode", {"type": "object", "properties": {"mode": {"type": "string"}}})}},
+            "put": {
+                "summary": "Switch the placement mode live (effective on the next pass; audited)",
+                "description": "Body `{\"mode\": \"spread\" | \"pack\"}`; an `X-Titus-Actor` header names who "
+                "switched it in the audit log.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["mode"], "additionalProperties": False,
+                    "properties": {"mode": {"type": "string", "enum": ["spread", "pack"]}}}}}},
+                "responses": {"200": _reply("The new mode", {"type": "object", "properties": {"mode": {"type": "string"}}}),
+                              **_ERRORS},
+            },
+        },
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _reply("text exposition")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _reply("ok")}}},
     }

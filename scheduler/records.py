@@ -60,6 +60,8 @@ class TaskRecord(_Record):
     # A kill the control plane sent (a stuck-state timeout) ends the task as this, not `killed`.
     finish_as: FinishReason | None = None
     replaced_by: str | None = None
+    # Why no host took it at the last placement pass: (reason, hosts), most hosts first.
+    placement_failures: list[tuple[str, int]] = Field(default_factory=list)
 
     def enter(self, state: TaskState, at: float) -> None:
         self.state = state

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from titus_common.constraints import ConstraintsSpec
+
 # Docker distribution reference grammar (distribution/reference/regexp.go), written out here
 # because the docker SDK's parser accepts almost anything.
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -284,6 +286,8 @@ class JobSpec(_Model):
     service: ServiceSpec | None = None
     labels: _LabelMap = Field(default_factory=dict)
     attributes: _LabelMap = Field(default_factory=dict)
+    # Placement constraints, hard and soft (titus_common/constraints.py, docs/scheduling.md).
+    constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
     idempotency_key: Annotated[str | None, Field(max_length=128)] = None
 
     @field_validator("app_name")

@@ -5,6 +5,7 @@ task transitions as they happen."""
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 from typing import Annotated, Any
 
@@ -80,6 +81,11 @@ class RemediationResult(_Msg):
     supported: bool = True
     message: Annotated[str, Field(max_length=256)] = ""
     finished_at: float
+class WarmNetwork(_Msg):
+    """An attached ENI: its security-group set and how many more IPs it can hand out."""
+
+    security_groups: Annotated[list[str], Field(max_length=16)]
+    free_ips: Annotated[int, Field(ge=0, le=4096)]
 
 
 class NodeReport(_Msg):
@@ -107,6 +113,20 @@ class NodeReport(_Msg):
         if v is not None and len(json.dumps(v)) > MAX_POSTURE_BYTES:
             raise ValueError(f"posture is larger than {MAX_POSTURE_BYTES} bytes of JSON")
         return v
+    # Placement facts (docs/scheduling.md), all optional so older agents still validate. Cached images
+    # go compactly: every heartbeat carries a digest of the sorted list; the list itself only when it
+    # changed or the scheduler asks (SyncResponse.send_cached_images).
+    cached_images_digest: Annotated[str, Field(max_length=128)] = ""
+    cached_images: Annotated[list[Annotated[str, Field(max_length=512)]] | None, Field(max_length=4096)] = None
+    # IPs the host can still assign (None: not reported; placement does not limit by IPs), and its
+    # attached ENIs by security-group set.
+    free_ips: Annotated[int | None, Field(ge=0, le=65536)] = None
+    warm_networks: Annotated[list[WarmNetwork], Field(max_length=64)] = Field(default_factory=list)
+
+
+def images_digest(images: list[str]) -> str:
+    """The digest an agent reports for its cached image list (order-insensitive)."""
+    return hashlib.sha256("\n".join(sorted(set(images))).encode()).hexdigest()[:32]
 
 
 class SyncRequest(_Msg):
@@ -133,6 +153,8 @@ class SyncResponse(_Msg):
     # Playbook actions to run (redelivered until the agent reports their result; it runs each id once).
     remediate: Annotated[list[RemediationOrder], Field(max_length=32)] = Field(default_factory=list)
     heartbeat_interval_seconds: float = 5.0
+    # The scheduler does not know the image list behind the digest: send `cached_images` next time.
+    send_cached_images: bool = False
 
 
 class TaskUpdate(_Msg):

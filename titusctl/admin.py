@@ -49,7 +49,8 @@ def cmd_unfreeze(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> Any:
+    """The `admin` command and its reconcile verbs; returns the verbs' subparsers for more."""
     admin = sub.add_parser("admin", help="control-plane administration").add_subparsers(dest="verb", required=True)
     rec = admin.add_parser("reconcile", help="reconciliation: the freeze and proposed kills").add_subparsers(
         dest="action", required=True)
@@ -62,3 +63,4 @@ def add_parser(sub: Any) -> None:
     un = rec.add_parser("unfreeze", help="end the freeze (a mass mismatch at the next pass freezes again)")
     un.add_argument("--by", default=os.environ.get("USER", "operator"))
     un.set_defaults(fn=cmd_unfreeze)
+    return admin

@@ -5,6 +5,7 @@ signals failure by raising `client.CliError`."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import shlex
 import sys
@@ -210,4 +211,14 @@ def cmd_node_history(api: Api, args: argparse.Namespace) -> int:
     node = api.call("GET", f"/v1/nodes/{args.node}")
     doc = {"id": node["id"], "remediation": node.get("remediation"), "history": node.get("remediationHistory", [])}
     emit(args, doc, history_rows(doc["history"]))
+    return EXIT_OK
+
+
+def cmd_scheduling_mode(api: Api, args: argparse.Namespace) -> int:
+    """Show the placement mode, or switch it live (spread ⇄ pack; audited by the scheduler)."""
+    if args.mode is None:
+        doc = api.call("GET", "/v1/admin/scheduling-mode")
+    else:
+        doc = api.call("PUT", "/v1/admin/scheduling-mode", {"mode": args.mode}, headers={"X-Titus-Actor": getpass.getuser()})
+    emit(args, doc, f"scheduling mode: {doc['mode']}")
     return EXIT_OK

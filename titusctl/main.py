@@ -25,6 +25,7 @@ from titusctl.commands import (
     cmd_node_list,
     cmd_node_net,
     cmd_node_uncordon,
+    cmd_scheduling_mode,
     cmd_task_list,
 )
 
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     nd.add_argument("--agent", default=DEFAULT_AGENT_URL,
                     help=f"the local agent, asked for /healthz if reachable (default {DEFAULT_AGENT_URL})")
     nd.set_defaults(fn=cmd_node_doctor)
-    admin.add_parser(sub)
+    admin_verbs = admin.add_parser(sub)
     nh = node.add_parser("health", help="the fleet's health conditions (checks not ok; --all for every one)")
     nh.add_argument("--all", action="store_true", help="every check of every host, ok ones too")
     nh.set_defaults(fn=cmd_node_health)
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         if verb_fn is cmd_node_cordon:
             nv.add_argument("--reason", default="", help="why (shown on the node and in `node doctor`)")
         nv.set_defaults(fn=verb_fn)
+    sm = admin_verbs.add_parser("scheduling-mode", help="show or switch the placement mode live (spread normally, pack in a failover)")
+    sm.add_argument("mode", nargs="?", choices=("spread", "pack"))
+    sm.set_defaults(fn=cmd_scheduling_mode)
     return p
 
 

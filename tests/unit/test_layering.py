@@ -34,10 +34,11 @@ _LEAVES = {
     "scheduler": {"titus_common", "security", "scheduler"},
     "titusctl": {"titus_common", "titusctl"},
     "canary": {"titus_common", "canary"},  # a black-box user of the public API
+    "fleetsim": {"titus_common", "fleetsim"},  # simulated agents speak only the protocol
 }
 RULES: dict[str, frozenset[str]] = {
     **{k: frozenset(v) for k, v in _LEAVES.items()},
-    "agent": frozenset(_LEAVES) - {"scheduler", "titusctl"} | {"agent"},
+    "agent": frozenset(_LEAVES) - {"scheduler", "titusctl", "fleetsim"} | {"agent"},
 }
 
 # Inside agent: agent/host/** (host-resource lifecycle objects) sit below the pipeline.

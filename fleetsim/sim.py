@@ -1,0 +1,174 @@
+"""Simulated agents over HTTP. Each agent: a long-poll `sync` loop (heartbeat + work) and an
+`updates` report per transition; a launch takes `LaunchModel` time (scaled by `time_scale` to wall
+time): base + image pull when the image is not cached on the host (then it is) + network setup when
+the host has no task yet (cold network). Tasks then run until killed (or for `run_seconds`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from titus_common.protocol import (
+    CapacityReport, NodeReport, SyncResponse, TaskAssignment, TaskUpdate, UpdatesRequest, images_digest,
+)
+from titus_common.states import FinishReason, TaskState
+
+__all__ = ["Fleet", "LaunchModel", "SimAgent"]
+
+log = logging.getLogger("titus.fleetsim")
+
+
+@dataclass(frozen=True)
+class LaunchModel:
+    base_s: float = 2.0
+    pull_s: float = 30.0
+    cold_network_s: float = 10.0
+    concurrent: int = 2  # launches at once per host
+    run_s: float | None = None  # None: run until killed
+    time_scale: float = 1.0  # wall seconds per model second
+
+    def seconds(self, cached: bool, warm: bool) -> float:
+        return self.base_s + (0 if cached else self.pull_s) + (0 if warm else self.cold_network_s)
+
+
+@dataclass
+class Stats:
+    syncs: int = 0
+    sync_latency: list[float] = field(default_factory=list)  # seconds, sync calls that returned work
+    started: int = 0
+    errors: int = 0
+    first_started_at: float = 0.0
+    last_started_at: float = 0.0
+
+
+class SimAgent:
+    def __init__(self, fleet: Fleet, node_id: str, cpus: float, zone: str, images: list[str]) -> None:
+        self.fleet = fleet
+        self.id = node_id
+        self.capacity = CapacityReport(cpus=cpus, memory_mib=int(cpus * 4096), disk_mib=1_000_000)
+        self.labels = {"zone": zone, "instanceType": "sim"}
+        self.images = set(images)
+        self._sent_digest = ""
+        self.tasks: dict[str, TaskState] = {}
+        self.stamps: dict[str, dict[TaskState, float]] = {}
+        self._slots = asyncio.Semaphore(fleet.model.concurrent)
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    def report(self, want_images: bool) -> NodeReport:
+        refs = sorted(self.images)
+        digest = images_digest(refs)
+        send = want_images or digest != self._sent_digest
+        self._sent_digest = digest
+        return NodeReport(
+            id=self.id, capacity=self.capacity, labels=self.labels, agent_version="fleetsim",
+            running=[t for t, s in self.tasks.items() if not s.terminal],
+            cached_images_digest=digest, cached_images=refs if send else None,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        want_images = True
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                resp = await self.fleet.sync(self, self.report(want_images))
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                self.fleet.stats.errors += 1
+                log.debug("sync %s failed: %s", self.id, e)
+                await asyncio.sleep(0.5)
+                continue
+            self.fleet.stats.syncs += 1
+            want_images = resp.send_cached_images
+            if resp.launch or resp.kill:
+                self.fleet.stats.sync_latency.append(time.monotonic() - t0)
+            for a in resp.launch:
+                if a.task_id not in self.tasks:
+                    self.tasks[a.task_id] = TaskState.LAUNCHED
+                    job = asyncio.create_task(self._launch(a))
+                    self._jobs.add(job)
+                    job.add_done_callback(self._jobs.discard)
+            for task_id in resp.kill:
+                if task_id in self.tasks and not self.tasks[task_id].terminal:
+                    await self._finish(task_id, FinishReason.KILLED, "killed on request")
+
+    async def _launch(self, a: TaskAssignment) -> None:
+        m = self.fleet.model
+        self.stamps[a.task_id] = {TaskState.LAUNCHED: time.time()}
+        async with self._slots:
+            cached = a.container.image in self.images
+            warm = any(s is TaskState.STARTED for s in self.tasks.values())
+            await asyncio.sleep(m.seconds(cached, warm) * m.time_scale)
+            self.images.add(a.container.image)
+        if self.tasks.get(a.task_id) is not TaskState.LAUNCHED:
+            return  # killed meanwhile
+        self.tasks[a.task_id] = TaskState.STARTED
+        now = time.time()
+        self.stamps[a.task_id][TaskState.STARTED] = now
+        st = self.fleet.stats
+        st.started += 1
+        st.first_started_at = st.first_started_at or now
+        st.last_started_at = now
+        await self.fleet.update(self.id, TaskUpdate(task_id=a.task_id, state=TaskState.STARTED,
+                                                    timestamps=dict(self.stamps[a.task_id])))
+        if m.run_s is not None:
+            await asyncio.sleep(m.run_s * m.time_scale)
+            await self._finish(a.task_id, FinishReason.NORMAL, "exited with code 0")
+
+    async def _finish(self, task_id: str, reason: FinishReason, message: str) -> None:
+        self.tasks[task_id] = TaskState.FINISHED
+        stamps = self.stamps.setdefault(task_id, {})
+        stamps[TaskState.FINISHED] = time.time()
+        await self.fleet.update(self.id, TaskUpdate(task_id=task_id, state=TaskState.FINISHED, timestamps=stamps,
+                                                    reason=reason, message=message, exit_code=0))
+
+
+class Fleet:
+    """`hosts` simulated agents against the scheduler at `base_url`."""
+
+    def __init__(self, base_url: str, hosts: int, model: LaunchModel, seed: int = 0, cpus: float = 64,
+                 wait_seconds: float = 10.0, images: int = 50) -> None:
+        self.base = base_url.rstrip("/")
+        self.model = model
+        self.wait_seconds = wait_seconds
+        self.stats = Stats()
+        rng = random.Random(seed)
+        pool = [f"registry.sim/app{i}:1" for i in range(images)]
+        self.agents = [SimAgent(self, f"sim-{i:05d}", cpus, "abc"[i % 3], rng.sample(pool, min(8, len(pool))))
+                       for i in range(hosts)]
+        self._session: aiohttp.ClientSession | None = None
+
+    async def sync(self, agent: SimAgent, report: NodeReport) -> SyncResponse:
+        assert self._session is not None
+        body = {"node": report.model_dump(mode="json", by_alias=True, exclude_none=True), "waitSeconds": self.wait_seconds}
+        async with self._session.post(f"{self.base}/v1/nodes/{agent.id}/sync", json=body) as r:
+            if r.status != 200:
+                raise ValueError(f"sync HTTP {r.status}: {(await r.text())[:200]}")
+            return SyncResponse.model_validate(await r.json())
+
+    async def update(self, node_id: str, u: TaskUpdate) -> None:
+        assert self._session is not None
+        body = UpdatesRequest(updates=[u]).model_dump(mode="json", by_alias=True, exclude_none=True)
+        for _ in range(5):
+            try:
+                async with self._session.post(f"{self.base}/v1/nodes/{node_id}/updates", json=body) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            self.stats.errors += 1
+            await asyncio.sleep(0.2)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.wait_seconds + 30)
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+            self._session = session
+            agents = [asyncio.create_task(a.run(stop)) for a in self.agents]
+            await stop.wait()
+            for t in agents:
+                t.cancel()
+            await asyncio.gather(*agents, return_exceptions=True)
+            self._session = None

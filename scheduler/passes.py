@@ -1,0 +1,100 @@
+"""One scheduling pass through the engine: the scheduler's records → `HostTable` and `Request`s →
+decisions. Pure apart from the engine's own table; `core.Scheduler.schedule_pass` commits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+
+from scheduler import eligibility
+from scheduler.engine import B, Decision, Engine, HostInput, HostTable, Request, reason_text
+from scheduler.hostfacts import HostFactsTable, sg_key
+from scheduler.placement import NodeView
+from scheduler.records import JobRecord, NodeRecord, NodeStatus, TaskRecord
+from security.profiles import SecurityPolicy
+from titus_common.jobspec import IMAGE_REFERENCE
+
+__all__ = ["build_table", "plan", "waiting_message"]
+
+
+def build_table(
+    nodes: Iterable[NodeRecord],
+    tasks_on: Callable[[str], Iterable[TaskRecord]],
+    jobs: Mapping[str, JobRecord],
+    facts: HostFactsTable,
+    seed: int,
+    unhealthy: Callable[[NodeRecord], bool] | None = None,
+) -> tuple[HostTable, list[NodeRecord]]:
+    ready = sorted((n for n in nodes if n.status is NodeStatus.READY), key=lambda n: n.id)
+    hosts: list[HostInput] = []
+    for n in ready:
+        f = facts.get(n.id)
+        h = HostInput(
+            n.id, n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib,
+            n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib,
+            labels=n.labels, images=f.images, free_ips=f.free_ips, warm=dict(f.warm),
+            bad=bool(unhealthy and unhealthy(n)),
+        )
+        for t in tasks_on(n.id):
+            r = jobs[t.job_id].spec.container.resources
+            h.free_cpus -= r.cpu
+            h.free_memory_mib -= r.memory_mib
+            h.free_disk_mib -= r.disk_mib
+            h.tasks += 1
+            h.job_tasks[t.job_id] = h.job_tasks.get(t.job_id, 0) + 1
+        if h.free_ips is not None:
+            h.free_ips = max(0, h.free_ips)
+        hosts.append(h)
+    return HostTable(hosts, seed), ready
+
+
+def _posture_masks(
+    table: HostTable, ready: list[NodeRecord], job: JobRecord, policy: SecurityPolicy
+) -> list[tuple[str, B]]:
+    """Security posture as a hard filter: one check per distinct reported posture, not per host."""
+    by_posture: dict[str, list[int]] = {}
+    for n in ready:
+        by_posture.setdefault(json.dumps(n.posture, sort_keys=True), []).append(table.index[n.id])
+    out: dict[str, B] = {}
+    for key, idx in by_posture.items():
+        posture = json.loads(key)
+        view = NodeView("", 0, 0, 0, {}, posture)
+        problem = eligibility.posture_problem(job, view, policy)
+        if problem is not None:
+            m = out.setdefault(problem, np.ones(len(table), dtype=np.bool_))
+            m[idx] = False
+    return list(out.items())
+
+
+def _tagged(image: str) -> str:
+    """The reference as the engine lists it: a bare name means `:latest`."""
+    m = IMAGE_REFERENCE.match(image)
+    if m is None or m.group("tag") or m.group("digest"):
+        return image
+    return f"{image}:latest"
+
+
+def request_for(task: TaskRecord, job: JobRecord) -> Request:
+    c = job.spec.container
+    return Request(
+        task.id, job.id, c.resources.cpu, c.resources.memory_mib, c.resources.disk_mib,
+        image=_tagged(c.image), sg_key=sg_key(c.security_groups), constraints=job.spec.constraints,
+    )
+
+
+def plan(
+    engine: Engine, table: HostTable, ready: list[NodeRecord], pending: list[TaskRecord],
+    jobs: Mapping[str, JobRecord], policy: SecurityPolicy,
+) -> list[Decision]:
+    masks = {j: _posture_masks(table, ready, jobs[j], policy) for j in {t.job_id for t in pending}}
+    return engine.place_all(table, [request_for(t, jobs[t.job_id]) for t in pending], masks)
+
+
+def waiting_message(d: Decision, hosts: int) -> str:
+    if hosts == 0:
+        return "waiting: no Ready hosts"
+    if len(d.reasons) == 1 and d.reasons[0][1] == hosts:
+        return f"waiting: {d.reasons[0][0]} (every Ready host)"
+    return f"waiting: {reason_text(d.reasons)}"
