@@ -12,8 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
+from scheduler.auth import AUTH_KEY, Auth, auth_middleware
 from scheduler.core import Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
+from scheduler.tls import CA
+from scheduler.trust_api import CA_KEY, add_trust_routes
 from scheduler.records import JobRecord, JobState, TaskRecord
 from titus_common.errors import TitusError
 from titus_common.jobspec import SpecError, parse_job_spec
@@ -198,10 +201,19 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(openapi_document())
 
 
-def make_app(scheduler: Scheduler, security_policy: SecurityPolicy | None = None) -> web.Application:
+def make_app(
+    scheduler: Scheduler, security_policy: SecurityPolicy | None = None, auth: Auth | None = None, ca: CA | None = None
+) -> web.Application:
     """`security_policy`: the submit-time security check's policy (loaded once at start-up);
-    None = the built-in default policy."""
-    app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
+    None = the built-in default policy. `auth` (and `ca`, to sign node certificates): authentication,
+    authorization, the IAM role policy and the audit log (scheduler/auth.py); None = none (unit tests)."""
+    middlewares = [auth_middleware, _errors] if auth is not None else [_errors]
+    app = web.Application(middlewares=middlewares, client_max_size=4 * 1024 * 1024)
+    if auth is not None:
+        app[AUTH_KEY] = auth
+        if ca is not None:
+            app[CA_KEY] = ca
+            add_trust_routes(app)
     app[SCHEDULER_KEY] = scheduler
     app[SECURITY_POLICY_KEY] = security_policy or default_policy()
     app.router.add_get("/healthz", healthz)

@@ -21,7 +21,9 @@ from scheduler.api import make_app
 from scheduler.config import SCHEDULER_KEYS, SchedulerConfig, ServiceConfig, read_toml, service_config
 from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
+from scheduler import trust_cli
 from scheduler.placement import FirstFit
+from scheduler.trust import build_trust
 from scheduler.store import SQLiteStore, StoreCorrupt
 from security.profiles import SecurityPolicy, default_policy, load_policy
 from titus_common.daemon import parse_listen, refuse_start, serve_http, stop_on_signals
@@ -65,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--security-policy", type=Path, metavar="PATH",
                    help="security policy JSON checked at submit (seccomp variant allow-list, AppArmor mode; "
                         "docs/security.md); default: built-in, only the `default` variant")
+    p.add_argument("--pki", type=Path, metavar="DIR",
+                   help="the cell CA directory (`titus-scheduler ca init --pki DIR`): serve TLS, authenticate callers")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="plain HTTP, no authentication (local development only; warns at every start)")
+    p.add_argument("--iam-policy", type=Path, metavar="PATH", help="IAM role grants checked at submit (docs/trust.md)")
+    p.add_argument("--node-cert-ttl", type=float, metavar="SECONDS", help="node certificates' lifetime (default 86400)")
     for key in SCHEDULER_KEYS:
         field = SchedulerConfig.model_fields[key]
         kind = int if field.annotation in (int, "int") else float
@@ -116,14 +124,15 @@ async def serve(config: ServiceConfig) -> int:
             raise StoreCorrupt(f"{config.db}: {e}") from None
         stop = stop_on_signals()
         try:
-            runner = await serve_http(make_app(scheduler, policy), config.listen)
+            trust = build_trust(config, scheduler.metrics.registry)
+            runner = await serve_http(make_app(scheduler, policy, trust.auth, trust.ca), config.listen, trust.ssl)
         except BaseException:
             scheduler.store.close()
             raise
     except TitusError as e:
         return refuse_start(PROG, log, e)
     host, port = config.listen
-    log.info("scheduler listening on http://%s:%d (db %s)", host, port, config.db)
+    log.info("scheduler listening on %s://%s:%d (db %s)", "https" if trust.ssl else "http", host, port, config.db)
     control = asyncio.create_task(scheduler.run(stop))
     try:
         await stop.wait()
@@ -131,11 +140,15 @@ async def serve(config: ServiceConfig) -> int:
         control.cancel()
         await runner.cleanup()
         scheduler.store.close()
+        trust.auth.store.close()
     log.info("scheduler stopped")
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in trust_cli.COMMANDS:  # offline trust commands (`ca init`, `token create`)
+        sys.exit(trust_cli.main(args))
     try:
         config = load_config(argv)
     except ConfigError as e:

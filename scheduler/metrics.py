@@ -58,6 +58,12 @@ class SchedulerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.rejected_updates = Counter(
+            "titus_scheduler_rejected_updates",
+            "Task updates refused, not applied: for a task unknown or placed on another node",
+            ["reason"],
+            registry=self.registry,
+        )
         self.launch_latency = Histogram(
             "titus_scheduler_launch_latency_seconds",
             "Accepted → Started, per task",

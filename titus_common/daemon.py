@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -34,12 +35,14 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def serve_http(app: web.Application, listen: tuple[str, int]) -> web.AppRunner:
+async def serve_http(
+    app: web.Application, listen: tuple[str, int], ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     host, port = listen
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except OSError as e:
         await runner.cleanup()
         raise CannotStart(f"cannot listen on {host}:{port}: {e}") from None

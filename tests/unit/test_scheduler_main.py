@@ -142,5 +142,5 @@ def test_address_in_use_cannot_listen(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = refusal(start("--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db")), 6)
+        line = refusal(start("--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db"), "--insecure"), 6)
     assert f"cannot listen on 127.0.0.1:{port}" in line

@@ -71,7 +71,7 @@ def test_job_and_task_verbs_against_a_real_scheduler(tmp_path: Path, capsys: pyt
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db")],
+        [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db"), "--insecure"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
