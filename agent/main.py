@@ -11,6 +11,7 @@ from agent.config import AgentConfig, load_config
 from agent.docker_api import Docker
 from agent.http import make_app
 from agent.metrics import AgentMetrics
+from agent.node_credentials import NodeCredentials
 from agent.scheduler_client import SchedulerClient
 from titus_common.daemon import one_line, refuse_start, serve_http, stop_on_signals
 from titus_common.errors import ConfigError, TitusError
@@ -21,7 +22,14 @@ log = logging.getLogger("titus.agent")
 
 async def serve(config: AgentConfig) -> int:
     docker = Docker(config.docker_url)
-    agent = Agent(config, docker, SchedulerClient(config.scheduler_url, config.node_id), AgentMetrics())
+    credentials = None
+    if config.scheduler_url.startswith("https://") and config.scheduler_ca_file is not None:
+        credentials = NodeCredentials(config.node_id, config.scheduler_ca_file, config.state_dir / "pki",
+                                      config.bootstrap_token_file)
+    else:
+        log.warning("scheduler %s is plain HTTP: no TLS, no node identity (docs/trust.md)", config.scheduler_url)
+    client = SchedulerClient(config.scheduler_url, config.node_id, credentials)
+    agent = Agent(config, docker, client, AgentMetrics())
     stop = stop_on_signals()
     try:
         runner = await serve_http(make_app(agent), config.listen)

@@ -27,7 +27,7 @@ from scheduler.authstore import ROLES, AuthStore, TokenRefused
 from scheduler.iam_policy import IamPolicy
 from titus_common.pki import NODE_ORG, OPERATOR_ORG
 
-__all__ = ["AUTH_KEY", "Auth", "Identity", "auth_middleware"]
+__all__ = ["AUTH_KEY", "IDENTITY_KEY", "Auth", "Identity", "auth_middleware"]
 
 log = logging.getLogger("titus.scheduler.auth")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,6 +66,7 @@ class Auth:
 
 
 AUTH_KEY = web.AppKey("auth", Auth)
+IDENTITY_KEY = web.RequestKey("identity", Identity)
 
 
 class Refused(Exception):
@@ -187,7 +188,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         who = identify(request, auth)
         await authorize(request, who, auth)
         await check_iam(request, auth)
-        request["identity"] = who
+        request[IDENTITY_KEY] = who
         response = await handler(request)
     except web.HTTPException as e:  # a trust route's 400 (scheduler/trust_api.py)
         response = web.Response(status=e.status, text=e.text, content_type=e.content_type)

@@ -25,12 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from titus_common.errors import ConfigError
-from titus_common.pki import NODE_ORG, OPERATOR_ORG, key_pem, new_key, write_private
+from titus_common.pki import CLOCK_SKEW, NODE_ORG, OPERATOR_ORG, key_pem, new_key, write_private
 
 __all__ = ["CA", "Signed", "init_ca", "server_context"]
 
-# Certificates are valid from a little before now: agents' clocks may run up to this much behind.
-CLOCK_SKEW = dt.timedelta(minutes=5)
 CA_FILES = ("ca.key", "ca.crt", "server.key", "server.crt")
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from scheduler.auth import AUTH_KEY, Identity
+from scheduler.auth import AUTH_KEY, IDENTITY_KEY
 from scheduler.authstore import ROLES, Token, TokenRefused
 from scheduler.tls import CA
 from titus_common.protocol import ID_PATTERN
@@ -128,7 +128,7 @@ async def create_token(request: web.Request) -> web.Response:
     token = Token(id=uuid.uuid4().hex[:12], kind=req.kind, expires_at=time.time() + req.ttl_seconds, nodes=req.nodes,
                   uses_left=req.uses if req.kind == "bootstrap" else 0, name=req.name, role=req.role, owner=req.owner)
     secret = auth.store.create_token(token)
-    who: Identity = request["identity"]
+    who = request[IDENTITY_KEY]
     return web.json_response({"id": token.id, "token": secret, "kind": token.kind, "expiresAt": token.expires_at,
                               "createdBy": str(who)}, status=201)
 

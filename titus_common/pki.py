@@ -18,11 +18,13 @@ from cryptography.x509.oid import NameOID
 from titus_common.errors import ConfigError
 
 __all__ = [
-    "NODE_ORG", "OPERATOR_ORG", "client_context", "csr_for", "load_cert", "new_key", "write_private",
+    "CLOCK_SKEW", "NODE_ORG", "OPERATOR_ORG", "client_context", "csr_for", "load_cert", "new_key", "write_private",
 ]
 
 # Certificate subjects: CN is the identity (a node id or an operator's name); O says which kind.
 NODE_ORG = "titus:nodes"
+# Certificates are valid from this long before they are issued: a host's clock may run behind.
+CLOCK_SKEW = dt.timedelta(minutes=5)
 OPERATOR_ORG = "titus:operators"
 
 
@@ -73,7 +75,8 @@ def remaining(cert: x509.Certificate, now: dt.datetime | None = None) -> float:
 
 
 def lifetime(cert: x509.Certificate) -> float:
-    return (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
+    """Seconds from issue (not the back-dated not-before) to expiry."""
+    return (cert.not_valid_after_utc - cert.not_valid_before_utc - CLOCK_SKEW).total_seconds()
 
 
 def client_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:

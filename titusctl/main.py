@@ -9,7 +9,8 @@ import functools
 import os
 import sys
 
-from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError
+from titusctl.admin import add_admin_parser
+from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError, Credentials
 from titusctl.commands import (
     cmd_describe,
     cmd_job_list,
@@ -34,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="titusctl", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scheduler", default=DEFAULT_URL, help=f"scheduler URL (default {DEFAULT_URL})")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.add_argument("--ca", help="cell CA certificate to verify the scheduler (TITUS_CA)")
+    p.add_argument("--cert", help="client certificate (TITUS_CERT)")
+    p.add_argument("--key", help="client certificate's key (TITUS_KEY)")
+    p.add_argument("--token-file", help="file holding a bearer token (TITUS_TOKEN_FILE; or TITUS_TOKEN)")
     sub = p.add_subparsers(dest="noun", required=True)
+    add_admin_parser(sub)
 
     job = sub.add_parser("job", help="jobs").add_subparsers(dest="verb", required=True)
     s = job.add_parser("submit", help="submit a job from a JSON file or from flags")
@@ -97,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        code = args.fn(Api(args.scheduler), args)
+        code = args.fn(Api(args.scheduler, credentials=Credentials.from_args(args)), args)
     except CliError as e:
         print(str(e), file=sys.stderr)
         code = e.code
