@@ -17,7 +17,9 @@ from typing import Any
 import requests
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TASK_NOT_NORMAL = 0, 1, 2, 3, 4
-DEFAULT_URL = os.environ.get("TITUS_SCHEDULER", "http://127.0.0.1:7100")
+DEFAULT_URL = os.environ.get("TITUS_SCHEDULER", "https://127.0.0.1:7100")
+# On the scheduler's host: the cell's files (`titus-scheduler ca init`), used when nothing else is given.
+DEFAULT_PKI = Path(os.environ.get("TITUS_PKI", "/var/lib/titus/pki"))
 DEFAULT_AGENT_URL = os.environ.get("TITUS_AGENT", "http://127.0.0.1:7101")
 
 
@@ -31,7 +33,8 @@ class CliError(Exception):
 class Credentials:
     """How titusctl proves who it is (docs/trust.md): the cell CA to verify the scheduler, and a
     client certificate (cert + key) or a bearer token. Flags, else TITUS_CA, TITUS_CERT, TITUS_KEY,
-    TITUS_TOKEN (the token itself) or TITUS_TOKEN_FILE."""
+    TITUS_TOKEN (the token itself) or TITUS_TOKEN_FILE; else, on the scheduler's host, the cell's
+    ca.crt and admin.crt/admin.key in TITUS_PKI (default /var/lib/titus/pki) when readable."""
 
     ca: Path | None = None
     cert: Path | None = None
@@ -52,6 +55,10 @@ class Credentials:
             except OSError as e:
                 raise CliError(f"token file {token_file}: {e.strerror or e}", EXIT_USAGE) from None
         creds = cls(path("ca", "TITUS_CA"), path("cert", "TITUS_CERT"), path("key", "TITUS_KEY"), token)
+        if creds.ca is None and os.access(DEFAULT_PKI / "ca.crt", os.R_OK):
+            creds = cls(DEFAULT_PKI / "ca.crt", creds.cert, creds.key, creds.token)
+        if creds.cert is None and creds.token is None and os.access(DEFAULT_PKI / "admin.key", os.R_OK):
+            creds = cls(creds.ca, DEFAULT_PKI / "admin.crt", DEFAULT_PKI / "admin.key", None)
         if (creds.cert is None) != (creds.key is None):
             raise CliError("a client certificate needs both --cert and --key (TITUS_CERT, TITUS_KEY)", EXIT_USAGE)
         return creds
