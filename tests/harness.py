@@ -81,6 +81,7 @@ class Platform:
         self.agent: Proc | None = None
         self.agent_env: dict[str, str] = {}  # extra environment of the agent process (e.g. AWS keys)
         self.http = requests.Session()
+        self.http.trust_env = False  # else REQUESTS_CA_BUNDLE overrides `verify`
         self.http.verify = str(self.pki / "ca.crt")
         self.http.cert = (str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
 

@@ -70,8 +70,8 @@ class Api:
         self.timeout = timeout
         self.http = requests.Session()
         creds = credentials or Credentials()
-        if creds.ca is not None:
-            self.http.verify = str(creds.ca)
+        # Given per request: a session's `verify` loses to REQUESTS_CA_BUNDLE in the environment.
+        self.verify: str | bool = str(creds.ca) if creds.ca is not None else True
         if creds.cert is not None and creds.key is not None:
             self.http.cert = (str(creds.cert), str(creds.key))
         if creds.token:
@@ -79,7 +79,8 @@ class Api:
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         try:
-            r = self.http.request(method, self.base + path, json=body, timeout=self.timeout, headers=headers)
+            r = self.http.request(method, self.base + path, json=body, timeout=self.timeout, headers=headers,
+                                  verify=self.verify)
         except requests.exceptions.SSLError as e:
             raise CliError(
                 f"TLS with the scheduler at {self.base} failed: {e}; is --ca (TITUS_CA) the cell CA, and the "
