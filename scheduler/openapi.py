@@ -11,6 +11,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from scheduler.records import JobRecord, NodeRecord, TaskRecord
+from scheduler.trust_openapi import SECURITY_SCHEMES, secure, trust_paths, trust_schemas
 from titus_common.jobspec import JobSpec
 from titus_common.protocol import SyncRequest, SyncResponse, UpdatesRequest, UpdatesResponse
 
@@ -146,11 +147,13 @@ def openapi_document() -> dict[str, Any]:
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _reply("text exposition")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _reply("ok")}}},
     }
+    paths.update(trust_paths())  # docs/trust.md
+    secure(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "titus-scheduler", "version": "1"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": {**schemas, **trust_schemas()}, "securitySchemes": SECURITY_SCHEMES},
     }
 
 
