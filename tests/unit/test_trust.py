@@ -291,3 +291,21 @@ def test_ca_init_refuses_to_replace_and_keys_are_private(tmp_path: Path) -> None
             assert f.stat().st_mode & 0o777 == 0o600
     with pytest.raises(Exception, match="refusing to replace"):
         init_ca(tmp_path / "pki")
+
+
+async def test_insecure_mode_lets_agents_sync_without_certificates(tmp_path: Path) -> None:
+    s = Scheduler(SQLiteStore(tmp_path / "s.db"), FirstFit(), SchedulerMetrics())
+    auth = Auth(AuthStore(tmp_path / "s.db.auth"), IamPolicy(enforce=False), s.metrics.registry, insecure=True)
+    runner = web.AppRunner(make_app(s, None, auth, None))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = SchedulerClient(f"http://127.0.0.1:{port}", "n-1")
+    try:
+        await client.sync(report("n-1"), 0)
+        assert "n-1" in s.nodes
+    finally:
+        await client.close()
+        await runner.cleanup()
+        auth.store.close()
+        s.store.close()
