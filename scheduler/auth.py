@@ -86,6 +86,9 @@ def _peer(request: web.Request) -> dict[str, Any] | None:
 
 def identify(request: web.Request, auth: Auth) -> Identity:
     peer = _peer(request)
+    header = request.headers.get("Authorization", "")
+    if peer is not None and header:
+        raise Refused(401, "two_credentials", "give a client certificate or a bearer token, not both")
     if peer is not None:
         subject = {k: v for rdn in peer.get("subject", ()) for k, v in rdn}
         org, cn = str(subject.get("organizationName", "")), str(subject.get("commonName", ""))
@@ -97,7 +100,6 @@ def identify(request: web.Request, auth: Auth) -> Identity:
         if org.startswith(OPERATOR_ORG + ":") and org.rsplit(":", 1)[1] in ROLES:
             return Identity("operator", cn, role=org.rsplit(":", 1)[1], serial=serial)
         raise Refused(403, "unknown_subject", f"certificate subject O={org} is neither a node nor an operator")
-    header = request.headers.get("Authorization", "")
     if header:
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented:
@@ -191,7 +193,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[IDENTITY_KEY] = who
         response = await handler(request)
     except web.HTTPException as e:  # a trust route's 400 (scheduler/trust_api.py)
-        response = web.Response(status=e.status, text=e.text, content_type=e.content_type)
+        response = web.Response(status=e.status, text=e.text, content_type=e.content_type,
+                                headers={k: v for k, v in e.headers.items() if k.lower() == "allow"})
     except Refused as e:
         auth.refused.labels(e.reason).inc()
         body: dict[str, Any] = {"message": e.message}

@@ -28,13 +28,16 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+CSR = Annotated[str, Field(min_length=1, max_length=16384, pattern=r"^-----BEGIN CERTIFICATE REQUEST-----")]
+
+
 class BootstrapRequest(_Body):
     token: Annotated[str, Field(min_length=1, max_length=256)]
-    csr: Annotated[str, Field(min_length=1, max_length=16384)]
+    csr: CSR
 
 
 class RotateRequest(_Body):
-    csr: Annotated[str, Field(min_length=1, max_length=16384)]
+    csr: CSR
 
 
 class TokenRequest(_Body):

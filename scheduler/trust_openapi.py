@@ -66,7 +66,9 @@ def trust_paths() -> dict[str, Any]:
         "/v1/admin/tokens": {"post": {
             "summary": "Mint a bootstrap token (nodes pattern, uses, TTL) or an operator token (role)",
             "security": OPERATOR, "requestBody": _body("TokenRequest"),
-            "responses": {"201": {"description": "The token (its secret is shown once)"}, **_AUTH_ERRORS}}},
+            "responses": {"201": {"description": "The token (its secret is shown once)"},
+                          "400": {"description": "Invalid request; `error.problems` names each bad field"},
+                          **_AUTH_ERRORS}}},
         "/v1/admin/nodes/{node_id}/revoke": {"post": {
             "summary": "Deny every certificate of a node, at once", "security": OPERATOR, "parameters": [node_id],
             "responses": {"200": {"description": "The revoked serials"}, **_AUTH_ERRORS}}},
