@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,12 +77,20 @@ class Refused(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+# The verified peer certificate of each TLS connection, decoded once per connection (kept-alive
+# connections carry many requests); revocation is still checked per request.
+_PEERS: weakref.WeakKeyDictionary[ssl.SSLObject, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 def _peer(request: web.Request) -> dict[str, Any] | None:
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     if ssl_object is None:
         return None
-    cert = ssl_object.getpeercert()
+    cert = _PEERS.get(ssl_object)
+    if cert is None:
+        cert = ssl_object.getpeercert() or {}
+        _PEERS[ssl_object] = cert
     return cert or None
 
 

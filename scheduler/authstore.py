@@ -56,6 +56,8 @@ class AuthStore:
             """
         )
         self._revoked = {r[0] for r in self.db.execute("SELECT serial FROM revoked")}
+        # serial → node id of every unrevoked node certificate: checked per request, from memory.
+        self._current = dict(self.db.execute("SELECT serial, node_id FROM node_certs WHERE revoked = 0").fetchall())
 
     def close(self) -> None:
         self.db.close()
@@ -113,10 +115,10 @@ class AuthStore:
 
     def record_cert(self, node_id: str, serial: str, not_after: float) -> None:
         self.db.execute("INSERT INTO node_certs VALUES (?,?,?,0)", (serial, node_id, not_after))
+        self._current[serial] = node_id
 
     def cert_current(self, node_id: str, serial: str) -> bool:
-        row = self.db.execute("SELECT node_id, revoked FROM node_certs WHERE serial = ?", (serial,)).fetchone()
-        return row is not None and row[0] == node_id and row[1] == 0
+        return self._current.get(serial) == node_id
 
     def revoke_node(self, node_id: str, now: float | None = None) -> list[str]:
         """Deny every certificate the node holds, at once (checked per request)."""
@@ -126,6 +128,8 @@ class AuthStore:
             self.db.execute("UPDATE node_certs SET revoked = 1 WHERE node_id = ?", (node_id,))
             self.db.executemany("INSERT OR IGNORE INTO revoked VALUES (?, ?)", [(s, now) for s in serials])
         self._revoked.update(serials)
+        for serial in serials:
+            self._current.pop(serial, None)
         return serials
 
     def revoked(self, serial: str) -> bool:
