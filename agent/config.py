@@ -49,6 +49,9 @@ class AgentConfig(BaseModel):
     # certificate (required for an https scheduler_url), and the one-time bootstrap token's file.
     scheduler_ca_file: AnyPath | None = None
     bootstrap_token_file: AnyPath | None = None
+    # IAM role grants (the scheduler's --iam-policy file), re-checked before the metadata proxy hands
+    # out a task's role; None = no re-check (the scheduler's submit-time check is the gate).
+    iam_policy: AnyPath | None = None
     listen: tuple[str, int] = ("127.0.0.1", 7101)
     state_dir: AnyPath = Path("/var/lib/titus/agent")
     docker_url: str | None = None
@@ -260,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", dest="scheduler_url", help="scheduler base URL")
     p.add_argument("--scheduler-ca", dest="scheduler_ca_file", type=Path, help="cell CA certificate (https)")
     p.add_argument("--bootstrap-token-file", type=Path, help="file holding the one-time bootstrap token")
+    p.add_argument("--iam-policy", type=Path, help="IAM role grants re-checked before a role is handed out")
     p.add_argument("--listen", type=parse_listen, help="HOST:PORT for /metrics and /healthz")
     p.add_argument("--state-dir", type=Path, help="where task checkpoints live")
     p.add_argument("--docker-url", help="Docker engine address (default: DOCKER_HOST or the local socket)")

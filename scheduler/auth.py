@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from scheduler.authstore import ROLES, AuthStore, TokenRefused
-from scheduler.iam_policy import IamPolicy
+from titus_common.iam_policy import IamPolicy
 from titus_common.pki import NODE_ORG, OPERATOR_ORG
 
 __all__ = ["AUTH_KEY", "IDENTITY_KEY", "Auth", "Identity", "auth_middleware"]

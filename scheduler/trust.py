@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from scheduler.auth import Auth
 from scheduler.authstore import AuthStore, auth_db_path
 from scheduler.config import ServiceConfig
-from scheduler.iam_policy import load_iam_policy
+from titus_common.iam_policy import load_iam_policy
 from scheduler.store import StoreCorrupt
 from scheduler.tls import CA, server_context
 from titus_common.errors import ConfigError

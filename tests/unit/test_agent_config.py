@@ -102,6 +102,7 @@ DEFAULTS: dict[str, Any] = {
     "scheduler_url": "http://127.0.0.1:7100",
     "scheduler_ca_file": None,
     "bootstrap_token_file": None,
+    "iam_policy": None,
     "listen": ("127.0.0.1", 7101),
     "state_dir": Path("/var/lib/titus/agent"),
     "docker_url": None,

@@ -8,7 +8,7 @@ from scheduler.openapi import openapi_document
 from scheduler.placement import FirstFit
 from scheduler.auth import Auth
 from scheduler.authstore import AuthStore
-from scheduler.iam_policy import IamPolicy
+from titus_common.iam_policy import IamPolicy
 from scheduler.store import SQLiteStore
 from scheduler.tls import CA, init_ca
 

@@ -22,7 +22,7 @@ from scheduler.api import make_app
 from scheduler.auth import Auth
 from scheduler.authstore import AuthStore, Token
 from scheduler.core import Scheduler
-from scheduler.iam_policy import IamPolicy
+from titus_common.iam_policy import IamPolicy
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import FirstFit
 from scheduler.store import SQLiteStore

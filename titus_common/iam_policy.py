@@ -1,4 +1,5 @@
-"""Who may use which IAM role (docs/trust.md): a JSON file of grants checked at submit.
+"""Who may use which IAM role (docs/trust.md): a JSON file of grants, checked by the scheduler at
+submit and again by the agent before its metadata proxy hands out the role (defence in depth).
 
     {"grants": [{"owner": "tests", "app": "*", "roles": ["arn:aws:iam::*:role/itest-*"]}]}
 
