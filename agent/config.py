@@ -45,6 +45,13 @@ class AgentConfig(BaseModel):
 
     node_id: str = Field(default_factory=socket.gethostname)
     scheduler_url: str = "http://127.0.0.1:7100"
+    # Trust (agent/node_credentials.py, docs/trust.md): the cell CA that signed the scheduler's
+    # certificate (required for an https scheduler_url), and the one-time bootstrap token's file.
+    scheduler_ca_file: AnyPath | None = None
+    bootstrap_token_file: AnyPath | None = None
+    # IAM role grants (the scheduler's --iam-policy file), re-checked before the metadata proxy hands
+    # out a task's role; None = no re-check (the scheduler's submit-time check is the gate).
+    iam_policy: AnyPath | None = None
     listen: tuple[str, int] = ("127.0.0.1", 7101)
     state_dir: AnyPath = Path("/var/lib/titus/agent")
     docker_url: str | None = None
@@ -283,6 +290,12 @@ class AgentConfig(BaseModel):
                 raise ValueError(f"network_provider aws needs {', '.join(missing)}")
         return self
 
+    @model_validator(mode="after")
+    def _trust(self) -> AgentConfig:
+        if self.scheduler_url.startswith("https://") and self.scheduler_ca_file is None:
+            raise ValueError("an https scheduler_url needs scheduler_ca_file (the cell CA, docs/trust.md)")
+        return self
+
 
 def check_network(config: AgentConfig) -> None:
     """Re-check a config built or changed in code (the model's validators; ConfigError if wrong)."""
@@ -296,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "variables override it, flags override both")
     p.add_argument("--node-id", help="this host's name at the scheduler (default: hostname)")
     p.add_argument("--scheduler", dest="scheduler_url", help="scheduler base URL")
+    p.add_argument("--scheduler-ca", dest="scheduler_ca_file", type=Path, help="cell CA certificate (https)")
+    p.add_argument("--bootstrap-token-file", type=Path, help="file holding the one-time bootstrap token")
+    p.add_argument("--iam-policy", type=Path, help="IAM role grants re-checked before a role is handed out")
     p.add_argument("--listen", type=parse_listen, help="HOST:PORT for /metrics and /healthz")
     p.add_argument("--state-dir", type=Path, help="where task checkpoints live")
     p.add_argument("--docker-url", help="Docker engine address (default: DOCKER_HOST or the local socket)")

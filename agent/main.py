@@ -12,6 +12,7 @@ from agent.config import AgentConfig, load_config
 from agent.docker_api import Docker
 from agent.http import make_app
 from agent.metrics import AgentMetrics
+from agent.node_credentials import NodeCredentials
 from agent.scheduler_client import SchedulerClient
 from agent.host.identity import resolve_aws_host
 from titus_common.daemon import apply_log_level, one_line, refuse_start, reload_on_sighup, serve_http, stop_on_signals
@@ -40,7 +41,14 @@ def status_line(agent: Agent, now: float | None = None) -> str:
 
 async def serve(config: AgentConfig, argv: list[str] | None = None, notifier: Notifier | None = None) -> int:
     docker = Docker(config.docker_url)
-    agent = Agent(config, docker, SchedulerClient(config.scheduler_url, config.node_id), AgentMetrics())
+    credentials = None
+    if config.scheduler_url.startswith("https://") and config.scheduler_ca_file is not None:
+        credentials = NodeCredentials(config.node_id, config.scheduler_ca_file, config.state_dir / "pki",
+                                      config.bootstrap_token_file)
+    else:
+        log.warning("scheduler %s is plain HTTP: no TLS, no node identity (docs/trust.md)", config.scheduler_url)
+    client = SchedulerClient(config.scheduler_url, config.node_id, credentials)
+    agent = Agent(config, docker, client, AgentMetrics())
     stop = stop_on_signals()
     notifier = notifier if notifier is not None else Notifier()
     # Pings start now, from this loop: a start that waits for the engine is alive, a hung loop is not.

@@ -1,13 +1,19 @@
-"""The agent's calls to the scheduler (always agent-initiated)."""
+"""The agent's calls to the scheduler (always agent-initiated). Over https, with the node's
+credentials (agent/node_credentials.py): bootstrap when it has no valid certificate, rotation
+before expiry, both before the call that needs them."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from agent.node_credentials import NodeCredentials
 from titus_common.protocol import (
+    MAX_WAIT_SECONDS,
     NodeReport,
     SyncRequest,
     SyncResponse,
@@ -17,29 +23,79 @@ from titus_common.protocol import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("titus.agent.scheduler_client")
 
 
 class SchedulerUnavailable(RuntimeError):
     pass
 
 
+class _Issued(BaseModel):
+    certificate: str
+
+
 class SchedulerClient:
-    def __init__(self, base_url: str, node_id: str) -> None:
+    def __init__(self, base_url: str, node_id: str, credentials: NodeCredentials | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.node_id = node_id
+        self.credentials = credentials
         self._session: aiohttp.ClientSession | None = None
+        self._lock = asyncio.Lock()
+        self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
+            ssl_context = self.credentials.context() if self.credentials is not None else None
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=8, ssl=ssl_context if ssl_context is not None else True)
+            )
         return self._session
 
-    async def _post(self, path: str, body: dict[str, Any], model: type[M], timeout: float) -> M:
-        url = f"{self.base_url}/v1/nodes/{self.node_id}/{path}"
+    def _renew_session(self) -> None:
+        """New connections with the new certificate; the old session finishes its in-flight calls."""
+        old, self._session = self._session, None
+        if old is not None:
+            task = asyncio.create_task(self._close_later(old))
+            self._retiring[task] = old
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
+
+    @staticmethod
+    async def _close_later(session: aiohttp.ClientSession) -> None:
+        await asyncio.sleep(MAX_WAIT_SECONDS + 15)
+        await session.close()
+
+    async def _credentials(self) -> None:
+        creds = self.credentials
+        if creds is None:
+            return
+        async with self._lock:
+            if not creds.valid():
+                try:
+                    token = creds.bootstrap_token()
+                except RuntimeError as e:
+                    raise SchedulerUnavailable(f"bootstrap: {e}") from None
+                key, csr = creds.new_request()
+                self._renew_session()  # no client certificate: the token is the credential
+                issued = await self._call("/v1/bootstrap", {"token": token, "csr": csr.decode()}, _Issued, 30, 201)
+                creds.install(key, issued.certificate, rotated=False)
+                self._renew_session()
+            elif creds.should_rotate():
+                key, csr = creds.new_request()
+                try:
+                    issued = await self._call(f"/v1/nodes/{self.node_id}/certificate", {"csr": csr.decode()},
+                                              _Issued, 30, 201)
+                except SchedulerUnavailable as e:
+                    log.warning("certificate rotation failed, retried at the next call: %s", e)
+                    return
+                creds.install(key, issued.certificate, rotated=True)
+                self._renew_session()
+
+    async def _call(self, path: str, body: dict[str, Any], model: type[M], timeout: float, ok: int = 200) -> M:
+        url = f"{self.base_url}{path}"
         try:
             async with self._http().post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 text = await r.text()
-                if r.status != 200:
+                if r.status != ok:
                     raise SchedulerUnavailable(f"{path}: HTTP {r.status}: {text[:300]}")
         except (aiohttp.ClientError, TimeoutError) as e:
             raise SchedulerUnavailable(f"{path}: {e!r}") from None
@@ -48,6 +104,10 @@ class SchedulerClient:
         except ValidationError as e:
             # A scheduler answer we cannot read is not acted on at all.
             raise SchedulerUnavailable(f"{path}: unreadable answer: {e.errors()[0]['msg']}") from None
+
+    async def _post(self, path: str, body: dict[str, Any], model: type[M], timeout: float) -> M:
+        await self._credentials()
+        return await self._call(f"/v1/nodes/{self.node_id}/{path}", body, model, timeout)
 
     async def sync(self, report: NodeReport, wait_seconds: float) -> SyncResponse:
         req = SyncRequest(node=report, wait_seconds=wait_seconds)
@@ -60,5 +120,8 @@ class SchedulerClient:
         return await self._post("updates", req.model_dump(mode="json", by_alias=True), UpdatesResponse, 30)
 
     async def close(self) -> None:
+        for task, session in list(self._retiring.items()):
+            task.cancel()
+            await session.close()
         if self._session is not None:
             await self._session.close()

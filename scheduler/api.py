@@ -13,8 +13,11 @@ from pydantic import BaseModel, ValidationError
 
 from scheduler import admin_api
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
+from scheduler.auth import AUTH_KEY, Auth, auth_middleware
 from scheduler.core import BadMode, Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
+from scheduler.tls import CA
+from scheduler.trust_api import CA_KEY, add_trust_routes
 from scheduler.records import JobRecord, JobState, TaskRecord
 from scheduler.startfailure import start_failure
 from titus_common.clientlog import ClientErrorLog
@@ -284,15 +287,25 @@ async def _agent_protocol_errors(request: web.Request, handler: Handler) -> web.
         raise
 
 
-def make_app(scheduler: Scheduler, security_policy: SecurityPolicy | None = None) -> web.Application:
+def make_app(
+    scheduler: Scheduler, security_policy: SecurityPolicy | None = None, auth: Auth | None = None, ca: CA | None = None
+) -> web.Application:
     """`security_policy`: the submit-time security check's policy (loaded once at start-up);
-    None = the built-in default policy."""
-    app = web.Application(middlewares=[_errors, _agent_protocol_errors], client_max_size=4 * 1024 * 1024)
+    None = the built-in default policy. `auth` (and `ca`, to sign node certificates): authentication,
+    authorization, the IAM role policy and the audit log (scheduler/auth.py); None = none (unit tests)."""
+    base = [_errors, _agent_protocol_errors]
+    middlewares = [auth_middleware, *base] if auth is not None else base
+    app = web.Application(middlewares=middlewares, client_max_size=4 * 1024 * 1024)
     errors = ClientErrorLog(
         log, count=lambda kind: scheduler.metrics.agent_protocol_errors.labels(kind).inc(), what="agent"
     )
     app[CLIENT_ERRORS_KEY] = errors
     app[HTTP_LOGGER_KEY] = errors.http_logger("http")
+    if auth is not None:
+        app[AUTH_KEY] = auth
+        if ca is not None:
+            app[CA_KEY] = ca
+            add_trust_routes(app)
     app[SCHEDULER_KEY] = scheduler
     app[SECURITY_POLICY_KEY] = security_policy or default_policy()
     app.router.add_get("/healthz", healthz)

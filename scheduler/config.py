@@ -106,6 +106,12 @@ class ServiceConfig(BaseModel):
     backup_dir: Path | None = None
     backup_interval: Annotated[float, Field(gt=0)] = 3600.0
     backup_keep: Annotated[int, Field(ge=1)] = 24
+    # Trust (docs/trust.md): the cell CA directory (`titus-scheduler ca init`), or plain HTTP without
+    # authentication with `insecure` (a warning at every start). One of the two is required.
+    pki: Path | None = None
+    insecure: bool = False
+    iam_policy: Path | None = None
+    node_cert_ttl: Annotated[float, Field(ge=30, le=30 * 86400)] = 86400.0
     scheduler: SchedulerConfig = SchedulerConfig()
 
     @field_validator("log_level")
@@ -145,7 +151,7 @@ def service_config(values: Mapping[str, Any], sources: Mapping[str, str] | None 
         files = sorted({sources.get(k, "configuration") for k in unknown})
         raise ConfigError(f"{', '.join(files)}: unknown keys {unknown}; known: {sorted(KEYS)}")
     service: dict[str, Any] = {k: values[k] for k in SERVICE_KEYS if k in values}
-    for key in ("db", "security_policy", "backup_dir"):
+    for key in ("db", "security_policy", "backup_dir", "pki", "iam_policy"):
         if isinstance(service.get(key), str):
             service[key] = Path(service[key])
         elif key in service and not isinstance(service[key], Path | None):

@@ -287,6 +287,7 @@ class Scheduler:
             task = self.tasks.get(u.task_id)
             if task is None:
                 log.warning("update for unknown task %s from %s ignored", u.task_id, node_id)
+                self.metrics.rejected_updates.labels("unknown_task").inc()
                 accepted.append(u.task_id)
                 continue
             if task.node_id != node_id:
@@ -294,6 +295,7 @@ class Scheduler:
                     "update for task %s from %s, but it is placed on %s: ignored",
                     u.task_id, node_id, task.node_id, extra={"task_id": task.id, "job_id": task.job_id},
                 )
+                self.metrics.rejected_updates.labels("other_node").inc()
                 accepted.append(u.task_id)
                 continue
             accepted.append(u.task_id)

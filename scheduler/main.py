@@ -26,6 +26,8 @@ from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
 from scheduler.engine import Engine
 from scheduler.fitness import Mode
+from scheduler import trust_cli
+from scheduler.trust import build_trust
 from scheduler.store import SQLiteStore, StoreCorrupt
 from security.profiles import SecurityPolicy, default_policy, load_policy
 from titus_common.daemon import apply_log_level, parse_listen, refuse_start, reload_on_sighup, serve_http, stop_on_signals
@@ -74,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take an online snapshot here every --backup-interval and restore-test it (default: off)")
     p.add_argument("--backup-interval", type=float, help=f"seconds (default {defaults.backup_interval})")
     p.add_argument("--backup-keep", type=int, help=f"snapshots kept (default {defaults.backup_keep})")
+    p.add_argument("--pki", type=Path, metavar="DIR",
+                   help="the cell CA directory (`titus-scheduler ca init --pki DIR`): serve TLS, authenticate callers")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="plain HTTP, no authentication (local development only; warns at every start)")
+    p.add_argument("--iam-policy", type=Path, metavar="PATH", help="IAM role grants checked at submit (docs/trust.md)")
+    p.add_argument("--node-cert-ttl", type=float, metavar="SECONDS", help="node certificates' lifetime (default 86400)")
     for key in SCHEDULER_KEYS:
         field = SchedulerConfig.model_fields[key]
         kind: type = {int: int, "int": int, str: str, "str": str}.get(field.annotation, float)
@@ -134,14 +142,15 @@ async def serve(config: ServiceConfig, argv: list[str] | None = None, notifier: 
             raise StoreCorrupt(f"{config.db}: {e}") from None
         stop = stop_on_signals()
         try:
-            runner = await serve_http(make_app(scheduler, policy), config.listen)
+            trust = build_trust(config, scheduler.metrics.registry)
+            runner = await serve_http(make_app(scheduler, policy, trust.auth, trust.ca), config.listen, trust.ssl)
         except BaseException:
             scheduler.store.close()
             raise
     except TitusError as e:
         return refuse_start(PROG, log, e)
     host, port = config.listen
-    log.info("scheduler listening on http://%s:%d (db %s)", host, port, config.db)
+    log.info("scheduler listening on %s://%s:%d (db %s)", "https" if trust.ssl else "http", host, port, config.db)
     control = asyncio.create_task(scheduler.run(stop))
     # READY: the store is loaded and the API is listening. Pings come from this loop.
     notifier.ready(status_line(scheduler))
@@ -167,6 +176,7 @@ async def serve(config: ServiceConfig, argv: list[str] | None = None, notifier: 
         control.cancel()
         await runner.cleanup()
         scheduler.store.close()
+        trust.auth.store.close()
     log.info("scheduler stopped")
     return 0
 
@@ -180,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in backup_cli.COMMANDS:  # backup, restore-test, restore (scheduler/backup_cli.py)
         setup_logging(PROG)
         sys.exit(backup_cli.main(argv))
+    if argv and argv[0] in trust_cli.COMMANDS:  # offline trust commands (`ca init`, `token create`)
+        sys.exit(trust_cli.main(argv))
     try:
         config = load_config(argv)
     except ConfigError as e:

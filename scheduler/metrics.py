@@ -96,6 +96,12 @@ class SchedulerMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.rejected_updates = Counter(
+            "titus_scheduler_rejected_updates",
+            "Task updates refused, not applied: for a task unknown or placed on another node",
+            ["reason"],
+            registry=self.registry,
+        )
         self.launch_latency = Histogram(
             "titus_scheduler_launch_latency_seconds",
             "Accepted → Started, per task",

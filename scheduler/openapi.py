@@ -4,6 +4,7 @@ output (`python -m scheduler.openapi > docs/openapi.json`); a test keeps them eq
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from scheduler.pending import PendingReason
-from scheduler.records import JobRecord, NodeRecord, TaskRecord
+from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
+from scheduler.trust_openapi import SECURITY_SCHEMES, secure, trust_paths, trust_schemas
+from titus_common.states import TaskState
 from titus_common.jobspec import JobSpec
 from titus_common.protocol import SyncRequest, SyncResponse, UpdatesRequest, UpdatesResponse
 
@@ -93,31 +96,33 @@ def openapi_document() -> dict[str, Any]:
                 "a different spec is 409.",
                 "requestBody": _json_body("JobSpec"),
                 "responses": {
-                    "201": _reply("Created", _ref("JobRecord")),
-                    "200": _reply("Already submitted with this idempotency key", _ref("JobRecord")),
+                    "201": _reply("Created", _ref("Job")),
+                    "200": _reply("Already submitted with this idempotency key", _ref("Job")),
                     "409": _reply("Idempotency key reused with another spec", _ref("Error")),
                     **_ERRORS,
                 },
             },
             "get": {
                 "summary": "List jobs",
-                "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": _reply("Jobs", _list_of("jobs", "JobRecord")), **_ERRORS},
+                "parameters": [{"name": "state", "in": "query",
+                                "schema": {"type": "string", "enum": [e.value for e in JobState]}}],
+                "responses": {"200": _reply("Jobs", _list_of("jobs", "Job")), **_ERRORS},
             },
         },
         "/v1/jobs/{job_id}": {
             "get": {"summary": "Describe a job", "parameters": [job_id],
-                    "responses": {"200": _reply("The job", _ref("JobRecord")), **_ERRORS}},
+                    "responses": {"200": _reply("The job", _ref("Job")), **_ERRORS}},
         },
         "/v1/jobs/{job_id}/kill": {
             "post": {"summary": "Kill a job and all its tasks", "parameters": [job_id],
-                     "responses": {"202": _reply("Kill initiated", _ref("JobRecord")), **_ERRORS}},
+                     "responses": {"202": _reply("Kill initiated", _ref("Job")), **_ERRORS}},
         },
         "/v1/tasks": {
             "get": {
                 "summary": "List tasks",
                 "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": "string"}} for n in ("state", "jobId", "nodeId")
+                    {"name": "state", "in": "query", "schema": {"type": "string", "enum": [e.value for e in TaskState]}},
+                    *({"name": n, "in": "query", "schema": {"type": "string"}} for n in ("jobId", "nodeId")),
                 ],
                 "responses": {"200": _reply("Tasks", _list_of("tasks", "TaskRecord")), **_ERRORS},
             }
@@ -199,11 +204,20 @@ def openapi_document() -> dict[str, Any]:
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _reply("text exposition")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _reply("ok")}}},
     }
+    # What the API answers for a job: the record plus two computed fields (scheduler/api.py job_view).
+    job = copy.deepcopy(schemas["JobRecord"])
+    job["title"] = "Job"
+    job["properties"]["taskCounts"] = {"type": "object", "additionalProperties": {"type": "integer"}}
+    job["properties"]["crashLooping"] = {"type": "boolean"}
+    job["required"] = [*job.get("required", []), "taskCounts", "crashLooping"]
+    schemas["Job"] = job
+    paths.update(trust_paths())  # docs/trust.md
+    secure(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "titus-scheduler", "version": "1"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": {**schemas, **trust_schemas()}, "securitySchemes": SECURITY_SCHEMES},
     }
 
 

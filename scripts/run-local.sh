@@ -13,7 +13,9 @@
 # Environment (defaults in brackets):
 #   TITUS_BIN_DIR             [<repo>/.venv/bin]
 #   TITUS_SCHEDULER_LISTEN    [127.0.0.1:7100]
-#   TITUS_SCHEDULER_URL       [http://<scheduler listen address>]
+#   TITUS_SCHEDULER_URL       [https://<scheduler listen address>]
+#   TITUS_PKI                 [/var/lib/titus/pki] the cell CA (created if absent; docs/trust.md)
+#   TITUS_INSECURE            [0]  1: plain HTTP without authentication (--insecure)
 #   TITUS_SCHEDULER_DB        [/var/lib/titus/scheduler.db]
 #   TITUS_SCHEDULER_ARGS      extra arguments for titus-scheduler (word-split)
 #   TITUS_AGENT_LISTEN        [127.0.0.1:7101]
@@ -50,7 +52,10 @@ connect_addr() {
         *) echo "$1" ;;
     esac
 }
-SCHEDULER_URL=${TITUS_SCHEDULER_URL:-http://$(connect_addr "$SCHEDULER_LISTEN")}
+PKI=${TITUS_PKI:-/var/lib/titus/pki}
+INSECURE=${TITUS_INSECURE:-0}
+if [ "$INSECURE" = 1 ]; then SCHEME=http; else SCHEME=https; fi
+SCHEDULER_URL=${TITUS_SCHEDULER_URL:-$SCHEME://$(connect_addr "$SCHEDULER_LISTEN")}
 AGENT_URL=http://$(connect_addr "$AGENT_LISTEN")
 
 say() { printf 'run-local: %s\n' "$*" >&2; }
@@ -67,12 +72,14 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
     say "warning: 'docker info' fails; run scripts/setup-host.sh (or 'make run')"
 fi
 
-scheduler_healthy() { curl -sf -o /dev/null --max-time 2 "$SCHEDULER_URL/healthz"; }
+CURL_TLS=()
+[ "$INSECURE" = 1 ] || CURL_TLS=(--cacert "$PKI/ca.crt")
+scheduler_healthy() { curl -sf -o /dev/null --max-time 2 "${CURL_TLS[@]}" "$SCHEDULER_URL/healthz"; }
 # Any HTTP answer means the agent's API is up (/healthz is 503 while docker
 # does not answer, which the agent itself reports).
 agent_answers() { curl -s -o /dev/null --max-time 2 "$AGENT_URL/healthz"; }
 
-if curl -s -o /dev/null --max-time 2 "$SCHEDULER_URL/"; then
+if curl -sk -o /dev/null --max-time 2 "$SCHEDULER_URL/"; then
     die "something already answers at $SCHEDULER_URL (another titus-scheduler?)"
 fi
 if agent_answers; then
@@ -80,6 +87,24 @@ if agent_answers; then
 fi
 
 mkdir -p "$(dirname "$SCHEDULER_DB")" "$AGENT_STATE_DIR"
+
+# ------------------------------------------------------------ trust --------
+# The cell CA once; a fresh one-time bootstrap token for this node at every run (the agent uses it
+# only when it has no valid certificate yet).
+SCHEDULER_TRUST=(--insecure)
+AGENT_TRUST=()
+if [ "$INSECURE" != 1 ]; then
+    if [ ! -e "$PKI/ca.key" ]; then
+        "$BIN_DIR/titus-scheduler" ca init --pki "$PKI" >/dev/null
+        say "created the cell CA in $PKI"
+    fi
+    TOKEN_FILE="$PKI/bootstrap-$NODE_ID.token"
+    (umask 077 && "$BIN_DIR/titus-scheduler" token create --db "$SCHEDULER_DB" --nodes "$NODE_ID" --ttl 1h >"$TOKEN_FILE")
+    SCHEDULER_TRUST=(--pki "$PKI")
+    AGENT_TRUST=(--scheduler-ca "$PKI/ca.crt" --bootstrap-token-file "$TOKEN_FILE")
+else
+    say "warning: TITUS_INSECURE=1: plain HTTP, no authentication"
+fi
 
 # ------------------------------------------------------- processes ---------
 
@@ -172,7 +197,7 @@ wait_ready() {
 }
 
 start scheduler "$BIN_DIR/titus-scheduler" \
-    --listen "$SCHEDULER_LISTEN" --db "$SCHEDULER_DB" "${SCHEDULER_EXTRA[@]}"
+    --listen "$SCHEDULER_LISTEN" --db "$SCHEDULER_DB" "${SCHEDULER_TRUST[@]}" "${SCHEDULER_EXTRA[@]}"
 SCHEDULER_PID=$STARTED_PID
 wait_ready scheduler "$SCHEDULER_PID" scheduler_healthy ||
     die "scheduler did not answer $SCHEDULER_URL/healthz within ${START_TIMEOUT}s"
@@ -180,7 +205,7 @@ say "scheduler is healthy at $SCHEDULER_URL"
 
 start agent "$BIN_DIR/titus-agent" \
     --scheduler "$SCHEDULER_URL" --listen "$AGENT_LISTEN" \
-    --state-dir "$AGENT_STATE_DIR" --node-id "$NODE_ID" "${AGENT_EXTRA[@]}"
+    --state-dir "$AGENT_STATE_DIR" --node-id "$NODE_ID" "${AGENT_TRUST[@]}" "${AGENT_EXTRA[@]}"
 AGENT_PID=$STARTED_PID
 wait_ready agent "$AGENT_PID" agent_answers ||
     say "warning: agent does not answer at $AGENT_URL yet (still running, carrying on)"
@@ -189,7 +214,8 @@ rel_bin=$BIN_DIR
 [ "${BIN_DIR#"$REPO_ROOT"/}" != "$BIN_DIR" ] && rel_bin=${BIN_DIR#"$REPO_ROOT"/}
 # titusctl reads the scheduler address from TITUS_SCHEDULER (or --scheduler).
 ctl="$rel_bin/titusctl"
-[ "$SCHEDULER_URL" = http://127.0.0.1:7100 ] || ctl="TITUS_SCHEDULER=$SCHEDULER_URL $ctl"
+[ "$SCHEDULER_URL" = https://127.0.0.1:7100 ] || ctl="TITUS_SCHEDULER=$SCHEDULER_URL $ctl"
+[ "$PKI" = /var/lib/titus/pki ] || [ "$INSECURE" = 1 ] || ctl="TITUS_PKI=$PKI $ctl"
 agent_health=$(curl -s --max-time 2 "$AGENT_URL/healthz" 2>/dev/null || true)
 cat >&2 <<EOF
 
@@ -198,6 +224,8 @@ cat >&2 <<EOF
    scheduler  $SCHEDULER_URL  pid $SCHEDULER_PID  db $SCHEDULER_DB
    agent      $AGENT_URL  pid $AGENT_PID  node-id $NODE_ID
               state $AGENT_STATE_DIR  healthz ${agent_health:-?}
+ titusctl authenticates with $PKI/admin.crt (role admin) and verifies the
+ scheduler with $PKI/ca.crt (TITUS_PKI; or TITUS_CA, TITUS_CERT/TITUS_KEY, TITUS_TOKEN)
  Submit a first job from another terminal (in $REPO_ROOT):
    $ctl job submit --image $TEST_IMAGE --cmd 'echo hello'
    $ctl task list

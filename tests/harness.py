@@ -76,27 +76,48 @@ class Platform:
         self.node_id = f"test-{uuid.uuid4().hex[:10]}"
         self.scheduler_port = free_port()
         self.agent_port = free_port()
-        self.url = f"http://127.0.0.1:{self.scheduler_port}"
+        # The scheduler serves TLS with the cell CA made here (docs/trust.md); the test client is the
+        # admin, the agent bootstraps its node certificate with a one-time token.
+        self.pki = tmp / "pki"
+        self.url = f"https://127.0.0.1:{self.scheduler_port}"
         self.scheduler: Proc | None = None
         self.agent: Proc | None = None
         self.agent_env: dict[str, str] = {}  # extra environment of the agent process (e.g. AWS keys)
         self.http = requests.Session()
+        self.http.trust_env = False  # else REQUESTS_CA_BUNDLE overrides `verify`
+        self.http.verify = str(self.pki / "ca.crt")
+        self.http.cert = (str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+
+    def ctl_env(self) -> dict[str, str]:
+        """The environment titusctl needs to reach this platform's scheduler as its admin."""
+        return {"TITUS_SCHEDULER": self.url, "TITUS_PKI": str(self.pki)}
+
+    def _trust(self, *argv: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "scheduler.main", *argv], capture_output=True, text=True,
+                              timeout=60, check=True)
+        return proc.stdout.strip()
 
     # ---- processes ----------------------------------------------------------------------------
 
     def start_scheduler(self, *extra: str) -> None:
+        if not (self.pki / "ca.key").exists():
+            self._trust("ca", "init", "--pki", str(self.pki))
         self.scheduler = Proc(
             "scheduler",
             [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{self.scheduler_port}",
-             "--db", str(self.tmp / "scheduler.db"), "--system-backoff-max", "2", *extra],
+             "--db", str(self.tmp / "scheduler.db"), "--system-backoff-max", "2", "--pki", str(self.pki), *extra],
             self.tmp / "scheduler.log",
         )
         wait_for(lambda: self._ok(f"{self.url}/healthz"), 15, "scheduler /healthz")
 
     def start_agent(self, *extra: str) -> None:
+        token = self.tmp / "bootstrap.token"
+        token.write_text(self._trust("token", "create", "--db", str(self.tmp / "scheduler.db"),
+                                     "--nodes", self.node_id, "--ttl", "1h"))
         self.agent = Proc(
             "agent",
-            [sys.executable, "-m", "agent.main", "--scheduler", self.url, "--listen",
+            [sys.executable, "-m", "agent.main", "--scheduler", self.url, "--scheduler-ca", str(self.pki / "ca.crt"),
+             "--bootstrap-token-file", str(token), "--listen",
              f"127.0.0.1:{self.agent_port}", "--state-dir", str(self.tmp / "agent"), "--node-id", self.node_id,
              "--sync-wait", "2", "--imds-token-dir", str(self.tmp / "tokens"), *extra],
             self.tmp / "agent.log",

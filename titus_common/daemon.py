@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -75,13 +76,15 @@ def _as_dict(config: object) -> dict[str, object]:
     return dict(dump()) if callable(dump) else dict(vars(config))
 
 
-async def serve_http(app: web.Application, listen: tuple[str, int]) -> web.AppRunner:
+async def serve_http(
+    app: web.Application, listen: tuple[str, int], ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
     extra: dict[str, Any] = {"logger": app[HTTP_LOGGER_KEY]} if HTTP_LOGGER_KEY in app else {}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, **extra)
     await runner.setup()
     host, port = listen
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except OSError as e:
         await runner.cleanup()
         raise CannotStart(f"cannot listen on {host}:{port}: {e}") from None

@@ -1,6 +1,10 @@
 """Messages between agent and scheduler. The agent always initiates (the scheduler never reaches into
 hosts): a long-poll `sync` that is also the heartbeat and delivers work, and `updates` that report
-task transitions as they happen."""
+task transitions as they happen.
+
+Every model is strict where a wrong type could slip through coercion: a boolean is not a number
+(`waitSeconds: false`, `exitCode: false` are refused), NaN/infinity are refused, ids are non-empty
+and bounded, lists and strings have upper bounds (docs/openapi.json states the same limits)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 from pydantic.alias_generators import to_camel
 
 from titus_common.jobspec import MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS, ContainerSpec
@@ -23,17 +27,27 @@ MAX_ID = 128
 MAX_MESSAGE = 4096
 MAX_POSTURE_BYTES = 64 * 1024
 
-_Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+
+# Strict scalars: JSON `true` is not 1, `"5"` is not 5 (an int is still a valid float).
+Num = Annotated[float, Strict()]
+Int = Annotated[int, Strict()]
+Id = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
+Text = Annotated[str, Strict(), Field(max_length=MAX_MESSAGE)]
+Label = Annotated[str, Strict(), Field(max_length=1024)]
+_Id = Id
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class CapacityReport(_Msg):
-    cpus: Annotated[float, Field(gt=0, le=4096)]
-    memory_mib: Annotated[int, Field(alias="memoryMiB", gt=0)]
-    disk_mib: Annotated[int, Field(alias="diskMiB", gt=0)]
+    cpus: Annotated[Num, Field(gt=0, le=4096)]
+    memory_mib: Annotated[Int, Field(alias="memoryMiB", gt=0, le=1 << 40)]
+    disk_mib: Annotated[Int, Field(alias="diskMiB", gt=0, le=1 << 50)]
 
 
 class HealthStatus(str, enum.Enum):
@@ -89,16 +103,19 @@ class WarmNetwork(_Msg):
 
 
 class NodeReport(_Msg):
-    id: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    id: Annotated[str, Strict(), Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     capacity: CapacityReport
     labels: Annotated[
-        dict[Annotated[str, Field(max_length=MAX_LABEL_KEY)], Annotated[str, Field(max_length=MAX_LABEL_VALUE)]],
+        dict[Annotated[str, Strict(), Field(max_length=MAX_LABEL_KEY)],
+             Annotated[str, Strict(), Field(max_length=MAX_LABEL_VALUE)]],
         Field(max_length=MAX_LABELS),
     ] = Field(default_factory=dict)
-    agent_version: Annotated[str, Field(max_length=MAX_ID)] = ""
-    # task ids the agent holds (any non-final state)
-    running: Annotated[list[_Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
-    unknown_containers: Annotated[list[_Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
+    agent_version: Annotated[str, Strict(), Field(max_length=MAX_ID)] = ""
+    # Task ids the agent holds (any non-final state).
+    running: Annotated[list[Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
+    unknown_containers: Annotated[
+        list[Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ID)]], Field(max_length=MAX_TASKS_PER_NODE)
+    ] = Field(default_factory=list)
     # The host's security posture (security/posture.py HostPosture.to_json(): kernel, cgroup
     # version, seccomp, AppArmor, userns); None until the agent has probed it.
     posture: dict[str, Any] | None = None
@@ -131,7 +148,7 @@ def images_digest(images: list[str]) -> str:
 
 class SyncRequest(_Msg):
     node: NodeReport
-    wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)] = 0.0
+    wait_seconds: Annotated[Num, Field(ge=0, le=MAX_WAIT_SECONDS)] = 0.0
 
 
 class TaskAssignment(_Msg):
@@ -158,14 +175,14 @@ class SyncResponse(_Msg):
 
 
 class TaskUpdate(_Msg):
-    task_id: _Id
+    task_id: Id
     state: TaskState
     # When the task entered each state it went through on this agent.
-    timestamps: dict[TaskState, float]
+    timestamps: Annotated[dict[TaskState, Annotated[Num, Field(ge=0)]], Field(max_length=16)]
     reason: FinishReason | None = None
-    message: Annotated[str, Field(max_length=MAX_MESSAGE)] = ""
-    exit_code: int | None = None
-    container_id: Annotated[str, Field(max_length=MAX_ID)] | None = None
+    message: Text = ""
+    exit_code: Annotated[Int, Field(ge=-(1 << 31), le=(1 << 32) - 1)] | None = None
+    container_id: Annotated[str, Strict(), Field(min_length=1, max_length=128)] | None = None
 
 
 class UpdatesRequest(_Msg):

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TASK_NOT_NORMAL = 0, 1, 2, 3, 4
-DEFAULT_URL = os.environ.get("TITUS_SCHEDULER", "http://127.0.0.1:7100")
+DEFAULT_URL = os.environ.get("TITUS_SCHEDULER", "https://127.0.0.1:7100")
+# On the scheduler's host: the cell's files (`titus-scheduler ca init`), used when nothing else is given.
+DEFAULT_PKI = Path(os.environ.get("TITUS_PKI", "/var/lib/titus/pki"))
 DEFAULT_AGENT_URL = os.environ.get("TITUS_AGENT", "http://127.0.0.1:7101")
 
 
@@ -25,15 +29,63 @@ class CliError(Exception):
         self.code = code
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How titusctl proves who it is (docs/trust.md): the cell CA to verify the scheduler, and a
+    client certificate (cert + key) or a bearer token. Flags, else TITUS_CA, TITUS_CERT, TITUS_KEY,
+    TITUS_TOKEN (the token itself) or TITUS_TOKEN_FILE; else, on the scheduler's host, the cell's
+    ca.crt and admin.crt/admin.key in TITUS_PKI (default /var/lib/titus/pki) when readable."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Credentials:
+        def path(flag: str, env: str) -> Path | None:
+            value = getattr(args, flag, None) or os.environ.get(env)
+            return Path(value) if value else None
+
+        token = os.environ.get("TITUS_TOKEN")
+        token_file = path("token_file", "TITUS_TOKEN_FILE")
+        if token_file is not None:
+            try:
+                token = token_file.read_text().strip()
+            except OSError as e:
+                raise CliError(f"token file {token_file}: {e.strerror or e}", EXIT_USAGE) from None
+        creds = cls(path("ca", "TITUS_CA"), path("cert", "TITUS_CERT"), path("key", "TITUS_KEY"), token)
+        if creds.ca is None and os.access(DEFAULT_PKI / "ca.crt", os.R_OK):
+            creds = cls(DEFAULT_PKI / "ca.crt", creds.cert, creds.key, creds.token)
+        if creds.cert is None and creds.token is None and os.access(DEFAULT_PKI / "admin.key", os.R_OK):
+            creds = cls(creds.ca, DEFAULT_PKI / "admin.crt", DEFAULT_PKI / "admin.key", None)
+        if (creds.cert is None) != (creds.key is None):
+            raise CliError("a client certificate needs both --cert and --key (TITUS_CERT, TITUS_KEY)", EXIT_USAGE)
+        return creds
+
+
 class Api:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, credentials: Credentials | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.timeout = timeout
         self.http = requests.Session()
+        creds = credentials or Credentials()
+        # Given per request: a session's `verify` loses to REQUESTS_CA_BUNDLE in the environment.
+        self.verify: str | bool = str(creds.ca) if creds.ca is not None else True
+        if creds.cert is not None and creds.key is not None:
+            self.http.cert = (str(creds.cert), str(creds.key))
+        if creds.token:
+            self.http.headers["Authorization"] = f"Bearer {creds.token}"
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         try:
-            r = self.http.request(method, self.base + path, json=body, timeout=self.timeout, headers=headers)
+            r = self.http.request(method, self.base + path, json=body, timeout=self.timeout, headers=headers,
+                                  verify=self.verify)
+        except requests.exceptions.SSLError as e:
+            raise CliError(
+                f"TLS with the scheduler at {self.base} failed: {e}; is --ca (TITUS_CA) the cell CA, and the "
+                "client certificate valid and not expired?", EXIT_UNREACHABLE,
+            ) from None
         except requests.RequestException as e:
             raise CliError(
                 f"cannot reach the scheduler at {self.base} ({e.__class__.__name__}); is titus-scheduler "
@@ -47,6 +99,8 @@ class Api:
         if r.status_code >= 400:
             err = doc.get("error", {}) if isinstance(doc, dict) else {}
             lines = [f"error: {err.get('message', f'HTTP {r.status_code}')}"]
+            if r.status_code == 401:
+                lines.append("  (authenticate with --cert/--key or --token-file; TITUS_CERT/TITUS_KEY, TITUS_TOKEN)")
             for p in err.get("problems", []):
                 lines.append(f"  {p.get('field') or '(job)'}: {p.get('message')}")
             raise CliError("\n".join(lines), EXIT_REFUSED)

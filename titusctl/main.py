@@ -10,8 +10,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from titusctl import admin
-from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError
+from titusctl import admin, trust_admin
+from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError, Credentials
 from titusctl.commands import (
     cmd_describe,
     cmd_job_list,
@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="titusctl", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scheduler", default=DEFAULT_URL, help=f"scheduler URL (default {DEFAULT_URL})")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.add_argument("--ca", help="cell CA certificate to verify the scheduler (TITUS_CA)")
+    p.add_argument("--cert", help="client certificate (TITUS_CERT)")
+    p.add_argument("--key", help="client certificate's key (TITUS_KEY)")
+    p.add_argument("--token-file", help="file holding a bearer token (TITUS_TOKEN_FILE; or TITUS_TOKEN)")
     sub = p.add_subparsers(dest="noun", required=True)
 
     job = sub.add_parser("job", help="jobs").add_subparsers(dest="verb", required=True)
@@ -99,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"the local agent, asked for /healthz if reachable (default {DEFAULT_AGENT_URL})")
     nd.set_defaults(fn=cmd_node_doctor)
     admin_verbs = admin.add_parser(sub)
+    trust_admin.add_verbs(admin_verbs)
     nh = node.add_parser("health", help="the fleet's health conditions (checks not ok; --all for every one)")
     nh.add_argument("--all", action="store_true", help="every check of every host, ok ones too")
     nh.set_defaults(fn=cmd_node_health)
@@ -126,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        code = args.fn(Api(args.scheduler), args)
+        code = args.fn(Api(args.scheduler, credentials=Credentials.from_args(args)), args)
     except CliError as e:
         print(str(e), file=sys.stderr)
         code = e.code

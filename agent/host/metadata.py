@@ -29,6 +29,7 @@ from netns.errors import NetworkError
 from netns.metadata import MetadataNetwork
 from titus_common.errors import ConfigError, HostRefused
 from titus_common.files import atomic_write_bytes
+from titus_common.iam_policy import IamPolicy, load_iam_policy
 
 __all__ = ["HostMetadata", "MetadataResource", "load_or_create_key"]
 
@@ -64,6 +65,8 @@ class HostMetadata:
     instance_type: str
     sts_endpoint_url: str | None
     account_id: str | None = None
+    # The IAM role grants (titus_common/iam_policy.py), re-checked before a role is handed out.
+    iam_policy: IamPolicy = field(default_factory=lambda: IamPolicy(enforce=False))
     _account_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def ecs_token(self, task_id: str) -> str:
@@ -98,6 +101,7 @@ class HostMetadata:
 
 
 def host_metadata(config: AgentConfig, registry: CollectorRegistry) -> HostMetadata:
+    """Refuses the start (ConfigError) on an unreadable token key or IAM role policy."""
     try:
         key = load_or_create_key(config.state_dir)
     except (OSError, ValueError) as e:  # the token key file: refuse the start, with the cause
@@ -114,6 +118,7 @@ def host_metadata(config: AgentConfig, registry: CollectorRegistry) -> HostMetad
         instance_type=config.aws_instance_type or config.labels.get("instanceType", "local"),
         sts_endpoint_url=config.aws_sts_endpoint_url,
         account_id=config.aws_account_id,
+        iam_policy=load_iam_policy(config.iam_policy),
     )
 
 

@@ -116,6 +116,11 @@ class ImdsStep:
                     raise StepError(f"cannot tell the account of role {a.container.iam_role!r}: {e}") from None
             arn = role_arn(a.container.iam_role, account)
             account = arn.split(":")[4]
+            # Defence in depth: the scheduler admitted this role at submit; a forged or stale
+            # assignment asking for a role outside the grants gets no credentials.
+            refusal = self.host.iam_policy.refusal(a.owner or "", a.app_name or "", arn)
+            if refusal is not None:
+                raise StepError(f"metadata proxy refused the role: {refusal}", FinishReason.FAILED)
         return TaskIdentity(
             task_id=a.task_id,
             job_id=a.job_id,

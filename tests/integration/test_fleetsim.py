@@ -29,7 +29,8 @@ def test_fleetsim_burst(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = Proc("scheduler", [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{port}",
-                              "--db", str(tmp_path / "s.db")], tmp_path / "scheduler.log")
+                              "--db", str(tmp_path / "s.db"), "--insecure"],  # the simulator speaks no TLS yet
+                tmp_path / "scheduler.log")
     try:
         wait_for(lambda: _ok(f"{url}/healthz"), 15, "scheduler /healthz")
         r = asyncio.run(run_burst(url, hosts=300, burst=1000, job_size=10, mode="pack",

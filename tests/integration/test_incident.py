@@ -63,7 +63,8 @@ class Cell:
         """Start the scheduler on the store as it is: it must refuse (exit 3). Returns its stderr line."""
         log = self.p.tmp / f"refused-{time.monotonic_ns()}.log"
         proc = Proc("scheduler", [sys.executable, "-m", "scheduler.main", "--listen",
-                                  f"127.0.0.1:{self.p.scheduler_port}", "--db", str(self.db), *self.flags()], log)
+                                  f"127.0.0.1:{self.p.scheduler_port}", "--db", str(self.db), "--pki", str(self.p.pki),
+                                  *self.flags()], log)
         rc = proc.p.wait(30)
         proc.stop()
         assert rc == 3, log.read_text()

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 
 import pytest
-import requests
 
 from tests.harness import Platform
 
@@ -26,7 +25,7 @@ def test_metrics_lint_and_content(platform: Platform) -> None:
     bad = p.submit("exit 5")
     p.wait_job_finished(ok)
     p.wait_job_finished(bad)
-    scheduler = requests.get(f"{p.url}/metrics", timeout=5).text
+    scheduler = p.http.get(f"{p.url}/metrics", timeout=5).text
     agent = p.agent_metrics()
     promtool_check(scheduler)
     promtool_check(agent)

@@ -5,6 +5,7 @@ container) runs confined; a job asking for what this host cannot enforce is refu
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,7 +128,7 @@ def test_node_doctor_shows_the_posture(platform: Platform) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "titusctl.main", "--scheduler", p.url, "-o", "json", "node", "doctor", p.node_id,
          "--agent", f"http://127.0.0.1:{p.agent_port}"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True, text=True, timeout=30, check=False, env={**os.environ, **p.ctl_env()},
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -147,7 +148,7 @@ def test_node_doctor_shows_the_posture(platform: Platform) -> None:
     # Human output, and an unreachable local agent is skipped, not an error.
     proc = subprocess.run(
         [sys.executable, "-m", "titusctl.main", "--scheduler", p.url, "node", "doctor", "--agent", "http://127.0.0.1:1"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True, text=True, timeout=30, check=False, env={**os.environ, **p.ctl_env()},
     )
     assert proc.returncode == 0, proc.stderr
     assert f"node {p.node_id}" in proc.stdout and "apparmor" in proc.stdout and "not reachable" in proc.stdout

@@ -100,6 +100,9 @@ def test_imds_token_key_is_kept_and_a_bad_one_refused(tmp_path: Path) -> None:
 DEFAULTS: dict[str, Any] = {
     "node_id": "n",
     "scheduler_url": "http://127.0.0.1:7100",
+    "scheduler_ca_file": None,
+    "bootstrap_token_file": None,
+    "iam_policy": None,
     "listen": ("127.0.0.1", 7101),
     "state_dir": Path("/var/lib/titus/agent"),
     "docker_url": None,
@@ -204,7 +207,10 @@ def test_a_full_toml_file(tmp_path: Path) -> None:
 def test_the_packaged_agent_toml_loads() -> None:
     packaged = Path(__file__).resolve().parents[2] / "packaging" / "agent.toml"
     config = load_config(["--config", str(packaged), "--node-id", "n"], environ={})
-    assert config.model_dump() == DEFAULTS
+    # The packaged file is a production one: the scheduler over TLS, the agent bootstrapping its certificate.
+    assert config.model_dump() == {**DEFAULTS, "scheduler_url": "https://127.0.0.1:7100",
+                                   "scheduler_ca_file": Path("/etc/titus/pki/ca.crt"),
+                                   "bootstrap_token_file": Path("/etc/titus/bootstrap.token")}
 
 
 @pytest.mark.parametrize(
@@ -285,6 +291,7 @@ def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
         (["--cpuset-check-seconds", "0"], "--cpuset-check-seconds: cpuset_check_seconds: must be positive"),
         (["--aws-account-id", "abc"], "--aws-account-id: aws_account_id: expected 12 digits"),
         (["--scheduler", "sched:7100"], "--scheduler: scheduler_url: must start with http:// or https://"),
+        (["--scheduler", "https://sched:7100"], "needs scheduler_ca_file"),
         (["--label", "zone"], "--label 'zone': expected KEY=VALUE"),
         (["--label", "=x"], "--label '=x': expected KEY=VALUE"),
         (["--label", "rack id=r1"], "--label: labels: label key 'rack id'"),

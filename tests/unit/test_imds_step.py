@@ -16,6 +16,7 @@ from agent.steps.base import LaunchContext, StepError
 from agent.steps.imds import TOKEN_PATH_IN_TASK, ImdsStep
 from imds.identity import TaskIdentity
 from netns.errors import NetworkError
+from titus_common.iam_policy import IamPolicy
 from titus_common.jobspec import ContainerSpec
 from titus_common.protocol import TaskAssignment
 from titus_common.states import FinishReason, TaskState
@@ -88,6 +89,7 @@ class FakeHost:
         self.account_id = account_id
         self.account_calls = 0
         self.account_error: Exception | None = None
+        self.iam_policy = IamPolicy(enforce=False)
 
     def ecs_token(self, task_id: str) -> str:
         return f"ecs-token-of-{task_id}"
@@ -112,9 +114,9 @@ class Ctx:
     """A launch context whose saves are recorded (a copy of the step's resources at each save)."""
 
     def __init__(self, role: str | None = "app-role", network: dict[str, Any] | None = NETWORK,
-                 v1: bool = False) -> None:
+                 v1: bool = False, owner: str | None = None) -> None:
         a = TaskAssignment(
-            task_id="t1", job_id="j1", index=0, accepted_at=1.0,
+            task_id="t1", job_id="j1", index=0, accepted_at=1.0, owner=owner, app_name="web",
             container=ContainerSpec(image="busybox", iam_role=role, imds_v1_allowed=v1),
         )
         record = TaskCheckpoint(assignment=a, state=TaskState.START_INITIATED)
@@ -360,3 +362,17 @@ async def test_account_lookup_failure_is_crashed(host: FakeHost) -> None:
     assert "link" in c.saved[-1]
     await step.teardown(c.ctx)
     assert "t1" not in host.path.links
+
+
+async def test_a_role_outside_the_iam_grants_gets_no_credentials(host: FakeHost) -> None:
+    """Defence in depth (docs/trust.md): the agent re-checks the grant before serving the role."""
+    host.iam_policy = IamPolicy.model_validate(
+        {"grants": [{"owner": "alice", "roles": ["arn:aws:iam::*:role/alice-*"]}]})
+    c = Ctx(role="arn:aws:iam::210987654321:role/admin", owner="alice")
+    with pytest.raises(StepError) as e:
+        await make_step(host).setup(c.ctx)
+    assert e.value.reason is FinishReason.FAILED and "container.iamRole" in e.value.message
+    assert "t1" not in host.service.tasks
+    ok = Ctx(role="arn:aws:iam::210987654321:role/alice-web", owner="alice")
+    await make_step(host).setup(ok.ctx)
+    assert host.service.tasks["t1"][0].role_arn == "arn:aws:iam::210987654321:role/alice-web"

@@ -6,7 +6,11 @@ from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
 from scheduler.openapi import openapi_document
 from scheduler.placement import FirstFit
+from scheduler.auth import Auth
+from scheduler.authstore import AuthStore
+from titus_common.iam_policy import IamPolicy
 from scheduler.store import SQLiteStore
+from scheduler.tls import CA, init_ca
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
@@ -17,7 +21,10 @@ def test_docs_copy_is_current() -> None:
 
 
 def test_every_route_is_documented(tmp_path: Path) -> None:
-    app = make_app(Scheduler(SQLiteStore(tmp_path / "s.db"), FirstFit(), SchedulerMetrics()))
+    s = Scheduler(SQLiteStore(tmp_path / "s.db"), FirstFit(), SchedulerMetrics())
+    init_ca(tmp_path / "pki")
+    auth = Auth(AuthStore(tmp_path / "s.db.auth"), IamPolicy(enforce=False), s.metrics.registry)
+    app = make_app(s, None, auth, CA.load(tmp_path / "pki"))
     routes = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
     documented = set(openapi_document()["paths"])
     assert routes - {"/openapi.json"} == documented

@@ -142,5 +142,27 @@ def test_address_in_use_cannot_listen(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = refusal(start("--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db")), 6)
+        line = refusal(start("--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db"), "--insecure"), 6)
     assert f"cannot listen on 127.0.0.1:{port}" in line
+
+
+def test_no_pki_and_not_insecure_refuses_to_start(tmp_path: Path) -> None:
+    line = refusal(start("--listen", "127.0.0.1:1", "--db", str(tmp_path / "s.db")), 2)
+    assert "no --pki" in line and "ca init" in line and "--insecure" in line
+
+
+def test_a_pki_without_a_ca_refuses_to_start(tmp_path: Path) -> None:
+    line = refusal(start("--listen", "127.0.0.1:1", "--db", str(tmp_path / "s.db"), "--pki", str(tmp_path / "none")), 2)
+    assert "cell CA" in line and "ca init" in line
+
+
+def test_trust_commands(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    assert start("ca", "init", "--pki", str(pki)).returncode == 0
+    assert (pki / "ca.key").stat().st_mode & 0o777 == 0o600
+    again = start("ca", "init", "--pki", str(pki))
+    assert again.returncode == 2 and "refusing to replace" in again.stderr
+    made = start("token", "create", "--db", str(tmp_path / "s.db"), "--nodes", "i-*", "--ttl", "1h")
+    assert made.returncode == 0 and "." in made.stdout.strip()
+    both = start("token", "create", "--db", str(tmp_path / "s.db"), "--nodes", "i-*", "--role", "admin")
+    assert both.returncode == 2 and "either --nodes" in both.stderr

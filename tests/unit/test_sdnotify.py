@@ -132,7 +132,7 @@ def test_scheduler_process_ready_pings_and_reloads(notify_socket: socket.socket,
     env.pop("JOURNAL_STREAM", None)  # log to stderr, read below
     proc = subprocess.Popen(
         [sys.executable, "-m", "scheduler.main", "--config", str(conf), "--listen", f"127.0.0.1:{port}",
-         "--db", str(tmp_path / "s.db")],
+         "--db", str(tmp_path / "s.db"), "--insecure"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:

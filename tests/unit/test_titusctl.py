@@ -61,33 +61,52 @@ def test_unreachable_scheduler(capsys: pytest.CaptureFixture[str]) -> None:
     assert "cannot reach the scheduler" in capsys.readouterr().err
 
 
-def test_job_and_task_verbs_against_a_real_scheduler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_job_and_task_verbs_against_a_real_scheduler(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TLS, as the cell's admin (client certificate), then with a submitter's bearer token."""
     import subprocess
     import sys
     import time
 
     import requests
 
+    import titusctl.client
+
+    pki = tmp_path / "pki"
+    subprocess.run([sys.executable, "-m", "scheduler.main", "ca", "init", "--pki", str(pki)], check=True,
+                   capture_output=True)
+    monkeypatch.setattr(titusctl.client, "DEFAULT_PKI", tmp_path / "absent")  # no fallback to the host's cell
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db")],
+        [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db"),
+         "--pki", str(pki)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.time() + 15
         while True:
             try:
-                requests.get(f"{url}/healthz", timeout=1)
+                requests.get(f"{url}/healthz", timeout=1, verify=str(pki / "ca.crt"))
                 break
             except requests.RequestException:
                 assert time.time() < deadline, "scheduler did not start"
                 time.sleep(0.1)
 
-        def run(*argv: str) -> tuple[int, str]:
+        errors: list[str] = []
+
+        def run_as(creds: list[str], *argv: str) -> tuple[int, str]:
             with pytest.raises(SystemExit) as e:
-                main(["--scheduler", url, *argv])
-            return int(e.value.code or 0), capsys.readouterr().out.strip()
+                main(["--scheduler", url, "--ca", str(pki / "ca.crt"), *creds, *argv])
+            captured = capsys.readouterr()
+            errors.append(captured.err)
+            return int(e.value.code or 0), captured.out.strip()
+
+        admin = ["--cert", str(pki / "admin.crt"), "--key", str(pki / "admin.key")]
+
+        def run(*argv: str) -> tuple[int, str]:
+            return run_as(admin, *argv)
 
         code, job_id = run("job", "submit", "--image", "busybox", "--cmd", "true", "--count", "2")
         assert code == 0
@@ -97,6 +116,19 @@ def test_job_and_task_verbs_against_a_real_scheduler(tmp_path: Path, capsys: pyt
         assert run("task", "kill", task_id) == (0, f"task {task_id}: Finished")
         assert run("job", "kill", job_id) == (0, f"job {job_id}: Finished")
         assert run("job", "describe", "nope")[0] == 1
+        # a submitter token, minted by the admin: its own owner only
+        code, token = run("admin", "token", "create", "--role", "submitter", "--name", "bob", "--owner", "bob")
+        assert code == 0
+        (tmp_path / "bob.token").write_text(token)
+        bob = ["--token-file", str(tmp_path / "bob.token")]
+        assert run_as(bob, "job", "submit", "--image", "busybox", "--cmd", "true", "--owner", "bob")[0] == 0
+        assert run_as(bob, "job", "submit", "--image", "busybox", "--cmd", "true", "--owner", "eve")[0] == 1
+        assert "may submit only for owner 'bob'" in errors[-1]
+        # no credentials at all: 401, and the message says how to authenticate
+        assert run_as([], "job", "list")[0] == 1
+        assert "client certificate or a bearer token" in errors[-1]
+        code, out = run("admin", "audit")
+        assert "operator:bob(submitter) POST /v1/jobs 403" in out
     finally:
         proc.terminate()
         proc.wait(10)

@@ -21,7 +21,7 @@ def scheduler_url(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db")],
+        [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db"), "--insecure"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

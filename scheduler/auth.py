@@ -1,0 +1,218 @@
+"""Who is calling, and may they (docs/trust.md). One aiohttp middleware, registered in make_app:
+
+- identity: a verified client certificate (O=titus:nodes → node CN; O=titus:operators:<role> →
+  operator CN) or `Authorization: Bearer <token>` (an operator token from the auth store);
+- nodes may only call /v1/nodes/<their own id>/{sync,updates,certificate}, with a certificate that
+  is their current one and not on the deny list (checked per request);
+- roles: admin (everything), operator (reads; kill jobs/tasks; node cordon/drain), submitter (reads;
+  submit and kill jobs of its own owner);
+- every job submit is checked against the IAM role policy (scheduler/iam_policy.py);
+- every mutating call is written to the audit log and counted.
+Refusals: 401 (no or unusable credentials) / 403 (not allowed), the message naming what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import ssl
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from scheduler.authstore import ROLES, AuthStore, TokenRefused
+from titus_common.iam_policy import IamPolicy
+from titus_common.pki import NODE_ORG, OPERATOR_ORG
+
+__all__ = ["AUTH_KEY", "IDENTITY_KEY", "Auth", "Identity", "auth_middleware"]
+
+log = logging.getLogger("titus.scheduler.auth")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PUBLIC = {("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/metrics"), ("POST", "/v1/bootstrap")}
+NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate)$")
+KILL = re.compile(r"^/v1/(?P<kind>jobs|tasks)/(?P<id>[^/]+)/kill$")
+NODE_OPS = re.compile(r"^/v1/nodes/[^/]+/(cordon|uncordon|drain|undrain|reconcile)$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    kind: str  # "node" | "operator" | "anonymous"
+    name: str
+    role: str = ""
+    owner: str = ""
+    serial: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}" + (f"({self.role})" if self.role else "")
+
+
+class Auth:
+    """The trust state the middleware and the trust routes share."""
+
+    def __init__(self, store: AuthStore, iam: IamPolicy, registry: CollectorRegistry, *, insecure: bool = False,
+                 node_cert_ttl: float = 86400.0) -> None:
+        self.store = store
+        self.iam = iam
+        self.insecure = insecure
+        self.node_cert_ttl = node_cert_ttl
+        self.refused = Counter("titus_scheduler_auth_refused", "Calls refused by authentication or authorization",
+                               ["reason"], registry=registry)
+        self.audited = Counter("titus_scheduler_audit_events", "Mutating calls written to the audit log",
+                               ["kind", "outcome"], registry=registry)
+
+
+AUTH_KEY = web.AppKey("auth", Auth)
+IDENTITY_KEY = web.RequestKey("identity", Identity)
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+# The verified peer certificate of each TLS connection, decoded once per connection (kept-alive
+# connections carry many requests); revocation is still checked per request.
+_PEERS: weakref.WeakKeyDictionary[ssl.SSLObject, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _peer(request: web.Request) -> dict[str, Any] | None:
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    cert = _PEERS.get(ssl_object)
+    if cert is None:
+        cert = ssl_object.getpeercert() or {}
+        _PEERS[ssl_object] = cert
+    return cert or None
+
+
+def identify(request: web.Request, auth: Auth) -> Identity:
+    peer = _peer(request)
+    header = request.headers.get("Authorization", "")
+    if peer is not None and header:
+        raise Refused(401, "two_credentials", "give a client certificate or a bearer token, not both")
+    if peer is not None:
+        subject = {k: v for rdn in peer.get("subject", ()) for k, v in rdn}
+        org, cn = str(subject.get("organizationName", "")), str(subject.get("commonName", ""))
+        serial = format(int(str(peer.get("serialNumber", "0")), 16), "x")
+        if auth.store.revoked(serial):
+            raise Refused(401, "revoked", f"certificate {serial} ({cn}) is revoked")
+        if org == NODE_ORG:
+            return Identity("node", cn, serial=serial)
+        if org.startswith(OPERATOR_ORG + ":") and org.rsplit(":", 1)[1] in ROLES:
+            return Identity("operator", cn, role=org.rsplit(":", 1)[1], serial=serial)
+        raise Refused(403, "unknown_subject", f"certificate subject O={org} is neither a node nor an operator")
+    if header:
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            raise Refused(401, "bad_header", "Authorization must be `Bearer <token>`")
+        try:
+            token = auth.store.operator(presented.strip())
+        except TokenRefused as e:
+            raise Refused(401, "bad_token", str(e)) from None
+        return Identity("operator", token.name, role=token.role, owner=token.owner)
+    if auth.insecure:
+        return Identity("operator", "anonymous", role="admin")
+    return Identity("anonymous", "anonymous")
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())  # aiohttp caches the body: the handler reads it again
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # the handler answers 400 with the parse error
+
+
+def _job_owner(request: web.Request, kind: str, obj_id: str) -> str | None:
+    from scheduler.api import SCHEDULER_KEY  # the app's scheduler; api imports this module
+
+    s = request.app[SCHEDULER_KEY]
+    job_id = obj_id if kind == "jobs" else (s.tasks[obj_id].job_id if obj_id in s.tasks else None)
+    job = s.jobs.get(job_id) if job_id is not None else None
+    return job.spec.owner if job is not None else None
+
+
+async def authorize(request: web.Request, who: Identity, auth: Auth) -> None:
+    method, path = request.method, request.path
+    if (method, path) in PUBLIC or method == "HEAD" or auth.insecure:
+        return  # --insecure: no identities, so nothing to authorize (agents sync without certificates)
+    node_call = NODE_CALL.match(path)
+    if who.kind == "node":
+        if method != "POST" or node_call is None:
+            raise Refused(403, "node_scope", f"node {who.name} may only call its own /v1/nodes/{who.name}/…")
+        if node_call["node"] != who.name:
+            raise Refused(403, "wrong_node", f"certificate is for node {who.name}, not {node_call['node']}")
+        if not auth.store.cert_current(who.name, who.serial):
+            raise Refused(401, "not_current", f"certificate {who.serial} is not a current certificate of {who.name}")
+        return
+    if who.kind == "anonymous":
+        raise Refused(401, "no_credentials", "credentials required: a client certificate or a bearer token")
+    if node_call is not None:
+        raise Refused(403, "not_a_node", f"only node {node_call['node']}'s certificate may call {path}")
+    if who.role == "admin" or method == "GET" and not path.startswith("/v1/admin/"):
+        return
+    kill = KILL.match(path) if method == "POST" else None
+    if who.role == "operator" and (kill is not None or NODE_OPS.match(path)):
+        return
+    if who.role == "submitter":
+        if (method, path) == ("POST", "/v1/jobs"):
+            body = await _json_body(request)
+            owner = body.get("owner") if isinstance(body, dict) else None
+            if owner is not None and owner != who.owner:
+                raise Refused(403, "other_owner", f"submitter {who.name} may submit only for owner {who.owner!r}, "
+                                                  f"not {owner!r}")
+            return
+        if kill is not None:
+            owner = _job_owner(request, kill["kind"], kill["id"])
+            if owner is not None and owner != who.owner:
+                raise Refused(403, "other_owner", f"submitter {who.name} may kill only jobs of owner {who.owner!r}")
+            return
+    raise Refused(403, "role", f"role {who.role!r} may not {method} {path} (needs "
+                               f"{'admin' if path.startswith('/v1/admin/') else 'operator or admin'})")
+
+
+async def check_iam(request: web.Request, auth: Auth) -> None:
+    if (request.method, request.path) != ("POST", "/v1/jobs"):
+        return
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("container"), dict):
+        return
+    role = body["container"].get("iamRole")
+    if isinstance(role, str) and role:
+        problem = auth.iam.refusal(str(body.get("owner", "")), str(body.get("appName", "")), role)
+        if problem is not None:
+            raise Refused(403, "iam_role", problem)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    auth = request.app[AUTH_KEY]
+    who: Identity | str = "unidentified"
+    try:
+        who = identify(request, auth)
+        await authorize(request, who, auth)
+        await check_iam(request, auth)
+        request[IDENTITY_KEY] = who
+        response = await handler(request)
+    except web.HTTPException as e:  # a trust route's 400 (scheduler/trust_api.py)
+        response = web.Response(status=e.status, text=e.text, content_type=e.content_type,
+                                headers={k: v for k, v in e.headers.items() if k.lower() == "allow"})
+    except Refused as e:
+        auth.refused.labels(e.reason).inc()
+        body: dict[str, Any] = {"message": e.message}
+        if e.reason == "iam_role":
+            body["problems"] = [{"field": "container.iamRole", "message": e.message}]
+        response = web.json_response({"error": body}, status=e.status)
+    if request.method not in ("GET", "HEAD") and not NODE_CALL.match(request.path):
+        outcome = "ok" if response.status < 400 else "refused"
+        auth.store.audit(str(who), request.method, request.path, response.status)
+        auth.audited.labels(who.kind if isinstance(who, Identity) else "unidentified", outcome).inc()
+    return response

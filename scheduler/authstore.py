@@ -1,0 +1,164 @@
+"""What trust needs to remember (docs/trust.md), in its own SQLite file beside the scheduler's store
+(`<db>.auth`): bootstrap and operator tokens (only their SHA-256 is kept), each node's current
+certificate serials, the deny list of revoked serials, and the audit log of mutating calls."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["AuthStore", "Token", "TokenRefused"]
+
+ROLES = ("admin", "operator", "submitter")
+
+
+class TokenRefused(Exception):
+    """A token that is unknown, expired, used up or not for this node."""
+
+
+@dataclass(frozen=True)
+class Token:
+    id: str
+    kind: str  # "bootstrap" | "operator"
+    expires_at: float
+    nodes: str = ""  # bootstrap: the node-id pattern (fnmatch)
+    uses_left: int = 0
+    name: str = ""  # operator: who
+    role: str = ""
+    owner: str = ""  # submitter: the owner whose jobs it may submit and kill
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class AuthStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, digest TEXT NOT NULL, kind TEXT NOT NULL,
+              expires_at REAL NOT NULL, nodes TEXT NOT NULL, uses_left INTEGER NOT NULL, name TEXT NOT NULL,
+              role TEXT NOT NULL, owner TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS node_certs (serial TEXT PRIMARY KEY, node_id TEXT NOT NULL,
+              not_after REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+            CREATE INDEX IF NOT EXISTS node_certs_node ON node_certs (node_id);
+            CREATE TABLE IF NOT EXISTS revoked (serial TEXT PRIMARY KEY, at REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS audit (at REAL NOT NULL, who TEXT NOT NULL, method TEXT NOT NULL,
+              path TEXT NOT NULL, status INTEGER NOT NULL);
+            """
+        )
+        self._revoked = {r[0] for r in self.db.execute("SELECT serial FROM revoked")}
+        # serial → node id of every unrevoked node certificate: checked per request, from memory.
+        self._current = dict(self.db.execute("SELECT serial, node_id FROM node_certs WHERE revoked = 0").fetchall())
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- tokens ---------------------------------------------------------------------------------
+
+    def create_token(self, token: Token) -> str:
+        """Store the token; return its secret form `<id>.<secret>` (shown once, never stored)."""
+        secret = secrets.token_urlsafe(24)
+        self.db.execute(
+            "INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)",
+            (token.id, _digest(secret), token.kind, token.expires_at, token.nodes, token.uses_left,
+             token.name, token.role, token.owner),
+        )
+        return f"{token.id}.{secret}"
+
+    def _lookup(self, presented: str, kind: str, now: float) -> Token:
+        token_id, _, secret = presented.partition(".")
+        row = self.db.execute(
+            "SELECT id, kind, expires_at, nodes, uses_left, name, role, owner, digest FROM tokens WHERE id = ?",
+            (token_id,),
+        ).fetchone()
+        if row is None or row[1] != kind or not secrets.compare_digest(row[8], _digest(secret)):
+            raise TokenRefused(f"unknown {kind} token")
+        token = Token(*row[:8])
+        if token.expires_at <= now:
+            raise TokenRefused(f"{kind} token {token.id} expired")
+        return token
+
+    def operator(self, presented: str, now: float | None = None) -> Token:
+        return self._lookup(presented, "operator", time.time() if now is None else now)
+
+    def use_bootstrap(self, presented: str, node_id: str, now: float | None = None, *, spend: bool = True) -> Token:
+        """Spend one use of a bootstrap token for `node_id` (only check it with `spend=False`);
+        refuses before spending anything."""
+        now = time.time() if now is None else now
+        token = self._lookup(presented, "bootstrap", now)
+        if token.uses_left <= 0:
+            raise TokenRefused(f"bootstrap token {token.id} already used")
+        if not fnmatch.fnmatchcase(node_id, token.nodes):
+            raise TokenRefused(f"bootstrap token {token.id} is for nodes {token.nodes!r}, not {node_id!r}")
+        if not spend:
+            return token
+        cur = self.db.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ? AND uses_left > 0", (token.id,))
+        if cur.rowcount != 1:
+            raise TokenRefused(f"bootstrap token {token.id} already used")
+        return token
+
+    # ---- node certificates ----------------------------------------------------------------------
+
+    def live_certs(self, node_id: str, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        return [r[0] for r in self.db.execute(
+            "SELECT serial FROM node_certs WHERE node_id = ? AND not_after > ? AND revoked = 0", (node_id, now))]
+
+    def record_cert(self, node_id: str, serial: str, not_after: float) -> None:
+        self.db.execute("INSERT INTO node_certs VALUES (?,?,?,0)", (serial, node_id, not_after))
+        self._current[serial] = node_id
+
+    def cert_current(self, node_id: str, serial: str) -> bool:
+        return self._current.get(serial) == node_id
+
+    def revoke_node(self, node_id: str, now: float | None = None) -> list[str]:
+        """Deny every certificate the node holds, at once (checked per request)."""
+        now = time.time() if now is None else now
+        serials = [r[0] for r in self.db.execute("SELECT serial FROM node_certs WHERE node_id = ?", (node_id,))]
+        with self.db:
+            self.db.execute("UPDATE node_certs SET revoked = 1 WHERE node_id = ?", (node_id,))
+            self.db.executemany("INSERT OR IGNORE INTO revoked VALUES (?, ?)", [(s, now) for s in serials])
+        self._revoked.update(serials)
+        for serial in serials:
+            self._current.pop(serial, None)
+        return serials
+
+    def revoked(self, serial: str) -> bool:
+        return serial in self._revoked
+
+    # ---- audit ----------------------------------------------------------------------------------
+
+    def audit(self, who: str, method: str, path: str, status: int, at: float | None = None) -> None:
+        self.db.execute("INSERT INTO audit VALUES (?,?,?,?,?)",
+                        (time.time() if at is None else at, who, method, path, status))
+
+    def audit_log(self, limit: int = 1000) -> list[dict[str, object]]:
+        rows = self.db.execute("SELECT at, who, method, path, status FROM audit ORDER BY rowid DESC LIMIT ?", (limit,))
+        return [dict(zip(("at", "who", "method", "path", "status"), r, strict=True)) for r in rows]
+
+
+def auth_db_path(db: Path) -> Path:
+    """The trust store beside the scheduler's store."""
+    return db.with_name(db.name + ".auth")
+
+
+def parse_ttl(value: str) -> float:
+    """`90`, `90s`, `30m`, `1h`, `7d` → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (value[:-1], value[-1]) if value and value[-1] in units else (value, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"expected a duration like 90s, 30m, 1h or 7d, got {value!r}") from None
+    if not 0 < seconds <= 30 * 86400:
+        raise ValueError(f"duration {value!r} must be positive and at most 30d")
+    return seconds

@@ -1,0 +1,154 @@
+"""The trust routes (docs/trust.md): node bootstrap and certificate rotation, and the admin's
+tokens, revocation and audit log. Authorization is the middleware's (scheduler/auth.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+
+from scheduler.auth import AUTH_KEY, IDENTITY_KEY
+from scheduler.authstore import ROLES, Token, TokenRefused
+from scheduler.tls import CA
+from titus_common.protocol import ID_PATTERN
+
+__all__ = ["CA_KEY", "add_trust_routes"]
+
+CA_KEY = web.AppKey("ca", CA)
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+MAX_TTL = 30 * 86400.0
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+CSR = Annotated[str, Field(min_length=1, max_length=16384, pattern=r"^-----BEGIN CERTIFICATE REQUEST-----")]
+
+
+class BootstrapRequest(_Body):
+    token: Annotated[str, Field(min_length=1, max_length=256)]
+    csr: CSR
+
+
+class RotateRequest(_Body):
+    csr: CSR
+
+
+class TokenRequest(_Body):
+    kind: Annotated[str, Field(pattern="^(bootstrap|operator)$")]
+    ttl_seconds: Annotated[float, Strict(), Field(gt=0, le=MAX_TTL, alias="ttlSeconds")] = 3600.0
+    nodes: Annotated[str, Field(max_length=253)] = ""
+    uses: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 1
+    name: Annotated[str, Field(max_length=128, pattern=r"^$|" + ID_PATTERN[1:])] = ""
+    role: Annotated[str, Field(pattern="^$|^(" + "|".join(ROLES) + ")$")] = ""
+    owner: Annotated[str, Field(max_length=128)] = ""
+
+
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"message": message}
+    if field:
+        body["problems"] = [{"field": field, "message": message}]
+    return web.json_response({"error": body}, status=status)
+
+
+async def _parse(request: web.Request, model: type[_Body]) -> Any:
+    try:
+        return model.model_validate(json.loads(await request.read()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise web.HTTPBadRequest(text=json.dumps({"error": {"message": f"malformed JSON: {e}"}}),
+                                 content_type="application/json") from None
+    except ValidationError as e:
+        problems = [{"field": ".".join(map(str, err["loc"])), "message": err["msg"]} for err in e.errors(include_url=False)]
+        raise web.HTTPBadRequest(text=json.dumps({"error": {"message": "invalid request", "problems": problems}}),
+                                 content_type="application/json") from None
+
+
+def _issue(request: web.Request, csr: str, node_id: str | None) -> tuple[str, dict[str, Any]] | web.Response:
+    auth, ca = request.app[AUTH_KEY], request.app[CA_KEY]
+    try:
+        cn, signed = ca.sign_csr(csr.encode(), auth.node_cert_ttl)
+    except ValueError as e:
+        auth.refused.labels("bad_csr").inc()
+        return _error(400, f"csr: {e}", "csr")
+    if not NODE_ID.match(cn) or (node_id is not None and cn != node_id):
+        auth.refused.labels("csr_subject").inc()
+        return _error(403, f"csr: subject CN {cn!r} is not {'node ' + node_id if node_id else 'a valid node id'}", "csr")
+    return cn, {"certificate": signed.pem.decode(), "serial": signed.serial, "notAfter": signed.not_after,
+                "_serial": signed.serial}
+
+
+async def bootstrap(request: web.Request) -> web.Response:
+    """A new node: one use of a bootstrap token + a CSR (its key stays on the host) → its certificate."""
+    auth = request.app[AUTH_KEY]
+    req = await _parse(request, BootstrapRequest)
+    issued = _issue(request, req.csr, None)
+    if isinstance(issued, web.Response):
+        return issued
+    node_id, doc = issued
+    try:
+        auth.store.use_bootstrap(req.token, node_id, spend=False)
+        if auth.store.live_certs(node_id):
+            auth.refused.labels("node_taken").inc()
+            return _error(409, f"node {node_id} already has a live certificate; an admin must revoke it first "
+                               f"(titusctl admin node revoke {node_id})")
+        auth.store.use_bootstrap(req.token, node_id)
+    except TokenRefused as e:
+        auth.refused.labels("bootstrap_token").inc()
+        return _error(401, str(e), "token")
+    auth.store.record_cert(node_id, doc.pop("_serial"), doc["notAfter"])
+    return web.json_response(doc, status=201)
+
+
+async def rotate(request: web.Request) -> web.Response:
+    """A node's new certificate, asked with its current one (the middleware checked it is this node's
+    current, unrevoked certificate). The old one stays valid until it expires."""
+    auth = request.app[AUTH_KEY]
+    node_id = request.match_info["node_id"]
+    req = await _parse(request, RotateRequest)
+    issued = _issue(request, req.csr, node_id)
+    if isinstance(issued, web.Response):
+        return issued
+    _, doc = issued
+    auth.store.record_cert(node_id, doc.pop("_serial"), doc["notAfter"])
+    return web.json_response(doc, status=201)
+
+
+async def create_token(request: web.Request) -> web.Response:
+    auth = request.app[AUTH_KEY]
+    req = await _parse(request, TokenRequest)
+    if req.kind == "bootstrap" and not req.nodes:
+        return _error(400, "a bootstrap token needs `nodes` (a node-id pattern, e.g. 'i-*')", "nodes")
+    if req.kind == "operator" and not (req.name and req.role):
+        return _error(400, "an operator token needs `name` and `role`", "role")
+    if req.role == "submitter" and not req.owner:
+        return _error(400, "a submitter token needs `owner`", "owner")
+    token = Token(id=uuid.uuid4().hex[:12], kind=req.kind, expires_at=time.time() + req.ttl_seconds, nodes=req.nodes,
+                  uses_left=req.uses if req.kind == "bootstrap" else 0, name=req.name, role=req.role, owner=req.owner)
+    secret = auth.store.create_token(token)
+    who = request[IDENTITY_KEY]
+    return web.json_response({"id": token.id, "token": secret, "kind": token.kind, "expiresAt": token.expires_at,
+                              "createdBy": str(who)}, status=201)
+
+
+async def revoke_node(request: web.Request) -> web.Response:
+    node_id = request.match_info["node_id"]
+    serials = request.app[AUTH_KEY].store.revoke_node(node_id)
+    return web.json_response({"node": node_id, "revoked": serials})
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    return web.json_response({"events": request.app[AUTH_KEY].store.audit_log()})
+
+
+def add_trust_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/bootstrap", bootstrap)
+    app.router.add_post("/v1/nodes/{node_id}/certificate", rotate)
+    app.router.add_post("/v1/admin/tokens", create_token)
+    app.router.add_post("/v1/admin/nodes/{node_id}/revoke", revoke_node)
+    app.router.add_get("/v1/admin/audit", audit_log)
