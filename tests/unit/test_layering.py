@@ -29,7 +29,7 @@ _LEAVES = {
     "security": {"titus_common", "security"},
     "cpuset": {"titus_common", "cpuset"},
     "netns": {"titus_common", "netns"},
-    "imds": {"titus_common", "imds"},  # imds imports nothing first-party today, not even netns
+    "imds": {"titus_common", "imds"},
     "health": {"titus_common", "health"},
     "scheduler": {"titus_common", "security", "scheduler"},
     "titusctl": {"titus_common", "titusctl"},
@@ -38,7 +38,7 @@ _LEAVES = {
 }
 RULES: dict[str, frozenset[str]] = {
     **{k: frozenset(v) for k, v in _LEAVES.items()},
-    "agent": frozenset(_LEAVES) - {"scheduler", "titusctl", "fleetsim"} | {"agent"},
+    "agent": frozenset(_LEAVES) - {"scheduler", "titusctl", "fleetsim", "canary"} | {"agent"},
 }
 
 # Inside agent: agent/host/** (host-resource lifecycle objects) sit below the pipeline.
