@@ -8,14 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from canary.probe import CanaryMetrics, Outcome, ProbeConfig, probe
+from canary.probe import CanaryMetrics, Outcome, ProbeConfig, client_ssl, probe
 from titus_common.daemon import parse_listen, refuse_start, serve_http, stop_on_signals
 from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
@@ -50,13 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=20, help="probes in the success ratio")
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 7180), help="HOST:PORT of /metrics")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--ca", help="the cell CA certificate (a TLS scheduler; docs/trust.md)")
+    p.add_argument("--cert", help="client certificate (an operator or submitter's)")
+    p.add_argument("--key", help="its key")
+    p.add_argument("--token-file", help="a bearer token file instead of a client certificate")
     return p
 
 
-async def run(config: ProbeConfig, interval: float, metrics: CanaryMetrics, stop: asyncio.Event) -> None:
+async def run(
+    config: ProbeConfig, interval: float, metrics: CanaryMetrics, stop: asyncio.Event,
+    tls: ssl.SSLContext | None = None, token: str | None = None,
+) -> None:
     seq = 0
     timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    connector = aiohttp.TCPConnector(ssl=tls) if tls is not None else None
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers, connector=connector) as http:
         while not stop.is_set():
             seq += 1
             result = await probe(http, config, seq)
@@ -86,7 +97,8 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     config = ProbeConfig(args.scheduler.rstrip("/"), args.image, args.timeout)
     try:
-        await run(config, args.interval, metrics, stop)
+        token = Path(args.token_file).read_text().strip() if args.token_file else None
+        await run(config, args.interval, metrics, stop, client_ssl(args.ca, args.cert, args.key), token)
     finally:
         await runner.cleanup()
     return 0

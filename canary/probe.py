@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import ssl
+
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -124,3 +126,14 @@ async def probe(http: aiohttp.ClientSession, config: ProbeConfig, seq: int = 0) 
     except (aiohttp.ClientError, TimeoutError):
         pass
     return ProbeResult(Outcome.TIMEOUT, job_id, started, None, f"not Finished within {config.timeout:.0f}s")
+
+
+def client_ssl(ca: str | None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext | None:
+    """The TLS context of a canary that talks to a TLS scheduler (docs/trust.md): the cell CA to
+    verify it, and an operator's client certificate (role submitter is enough). None: plain HTTP."""
+    if ca is None:
+        return None
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx

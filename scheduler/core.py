@@ -457,6 +457,10 @@ class Scheduler:
                 self.pending.note(t.id, engine_pending_reason(d.reasons, len(ready)))
                 t.placement_failures = d.reasons
                 why = passes.waiting_message(d, len(ready))
+                if ready and all(n.taints for n in ready):  # say which taints, as the FirstFit path does
+                    shown = "; ".join(f"{n.id}: " + ", ".join(f"{k} ({v})" for k, v in sorted(n.taints.items()))
+                                      for n in ready[:3])
+                    why = f"waiting: no Ready host takes new work: {shown}"[:1000]
                 if why != t.message:
                     t.message = why
                     waiting.append(t)

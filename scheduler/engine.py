@@ -54,6 +54,7 @@ class Request:
     image: str = ""
     sg_key: str = ""
     constraints: ConstraintsSpec = ConstraintsSpec()
+    job_tasks: int = 0  # the job's task count: the default per-host cap never makes it unplaceable
 
 
 @dataclass
@@ -169,7 +170,9 @@ class Engine:
             return Decision(r.task_id, None, [("no Ready hosts", 0)])
         c = r.constraints
         hard_cap, soft_cap = c.max_per_host()
-        cap = float(hard_cap if hard_cap is not None else self.job_cap)
+        # The default cap is anti-affinity, not a limit: on a cell with fewer hosts than the job needs
+        # at `job_cap` each (one host in development), it grows to what an even spread needs.
+        cap = float(hard_cap if hard_cap is not None else max(self.job_cap, -(-r.job_tasks // n)))
         known = table.job_on_host.get(r.job_id)
         on_host: F = known if known is not None else np.zeros(n, dtype=np.float64)
         attrs = [(f"host attribute {k}!={v}", table.label_mask(k, v)) for k, v in host_attribute_requirements(c.hard).items()]

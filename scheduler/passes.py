@@ -81,6 +81,7 @@ def request_for(task: TaskRecord, job: JobRecord) -> Request:
     return Request(
         task.id, job.id, c.resources.cpu, c.resources.memory_mib, c.resources.disk_mib,
         image=_tagged(c.image), sg_key=sg_key(c.security_groups), constraints=job.spec.constraints,
+        job_tasks=job.spec.task_count,
     )
 
 

@@ -7,12 +7,14 @@ import signal
 
 import aiohttp
 
-from canary.probe import CanaryMetrics, Outcome, ProbeConfig, probe
+from canary.probe import CanaryMetrics, Outcome, ProbeConfig, client_ssl, probe
 from tests.harness import IMAGE, Platform
 
 
 async def _probe(p: Platform, metrics: CanaryMetrics, timeout: float) -> Outcome:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+    tls = client_ssl(str(p.pki / "ca.crt"), str(p.pki / "admin.crt"), str(p.pki / "admin.key"))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5),
+                                     connector=aiohttp.TCPConnector(ssl=tls)) as http:
         result = await probe(http, ProbeConfig(p.url, IMAGE, timeout=timeout, poll=0.2))
     metrics.record(result)
     return result.outcome
