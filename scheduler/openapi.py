@@ -204,11 +204,16 @@ def openapi_document() -> dict[str, Any]:
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _reply("text exposition")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _reply("ok")}}},
     }
-    # What the API answers for a job: the record plus two computed fields (scheduler/api.py job_view).
+    # What the API answers for a job: the record plus computed fields (scheduler/api.py job_view).
     job = copy.deepcopy(schemas["JobRecord"])
     job["title"] = "Job"
     job["properties"]["taskCounts"] = {"type": "object", "additionalProperties": {"type": "integer"}}
     job["properties"]["crashLooping"] = {"type": "boolean"}
+    job["properties"]["startFailure"] = {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": "When every finished task failed the same way before starting: that reason "
+                       "(scheduler/startfailure.py); null otherwise",
+    }
     job["required"] = [*job.get("required", []), "taskCounts", "crashLooping"]
     schemas["Job"] = job
     paths.update(trust_paths())  # docs/trust.md
