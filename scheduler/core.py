@@ -426,15 +426,8 @@ class Scheduler:
             node.take(demand)
             t.node_id = node.id
             t.enter(TaskState.LAUNCHED, now)
-            self.pending.forget(t.id)
-            self.metrics.observe_launched(t)
-            self._index.placed(t)
-            placed.append(t)
-        if placed or waiting:
-            self.store.commit(tasks=[*placed, *waiting])
-            for node_id in {t.node_id for t in placed if t.node_id}:
-                self._deliveries.wake(node_id)
-        return len(placed)
+            self._launched(t, placed)
+        return self._commit_placements(placed, waiting)
 
     def pending_tasks(self) -> list[TaskRecord]:
         return [self.tasks[i] for i in self._index.pending]
@@ -469,10 +462,17 @@ class Scheduler:
             t.placement_failures = []
             t.node_id = d.host
             t.enter(TaskState.LAUNCHED, now)
-            self.pending.forget(t.id)
-            self.metrics.observe_launched(t)
-            self._index.placed(t)
-            placed.append(t)
+            self._launched(t, placed)
+        return self._commit_placements(placed, waiting)
+
+    def _launched(self, t: TaskRecord, placed: list[TaskRecord]) -> None:
+        self.pending.forget(t.id)
+        self.metrics.observe_launched(t)
+        self._index.placed(t)
+        placed.append(t)
+
+    def _commit_placements(self, placed: list[TaskRecord], waiting: list[TaskRecord]) -> int:
+        """One transaction for a pass's placements and changed waiting messages; wake the hosts."""
         if placed or waiting:
             self.store.commit(tasks=[*placed, *waiting])
             for node_id in {t.node_id for t in placed if t.node_id}:
