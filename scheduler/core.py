@@ -3,7 +3,7 @@
 All mutation goes through `Scheduler`, on the event loop thread; each public operation commits its
 records to the store in one transaction before it touches the in-memory copy or answers. The
 decisions it applies live beside it: `retries` (what replaces an ended task), `liveness` (silent
-hosts), `eligibility` (which hosts may take a job), `placement` (which of them gets it); `index` and
+hosts), `placing` (the placement passes: `eligibility`, then the placer or engine); `index` and
 `delivery` hold its in-memory bookkeeping.
 """
 
@@ -14,12 +14,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import eligibility, integrity, lifecycle, liveness, passes, remediation, retries
+from scheduler import integrity, lifecycle, liveness, remediation, retries
 from scheduler.audit import AuditLog
-from scheduler.pending import PendingBook, PendingReason, why_pending
+from scheduler.pending import PendingBook
+from scheduler.placing import PlacementLoop
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
 from scheduler.engine import Engine
+from scheduler.errors import BadMode, Conflict, NotFound
 from scheduler.fitness import Mode
 from scheduler.hostfacts import HostFactsTable
 from scheduler.index import TaskIndex
@@ -31,7 +33,6 @@ from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
 from scheduler.retention import Retention
 from scheduler.store import Store
 from security.profiles import SecurityPolicy, default_policy
-from titus_common.errors import TitusError
 from titus_common.jobspec import JobSpec
 from titus_common.protocol import NodeReport, SyncResponse, TaskUpdate
 from titus_common.states import FinishReason, TaskState
@@ -39,19 +40,6 @@ from titus_common.states import FinishReason, TaskState
 __all__ = ["BadMode", "Conflict", "NotFound", "Scheduler", "SchedulerConfig"]
 
 log = logging.getLogger("titus.scheduler")
-audit = logging.getLogger("titus.scheduler.audit")
-
-
-class NotFound(TitusError, LookupError):
-    """No job or task with that id (the API answers 404)."""
-
-
-class BadMode(TitusError, ValueError):
-    """An unknown scheduling mode (the API answers 400)."""
-
-
-class Conflict(TitusError, ValueError):
-    """The request contradicts what exists, e.g. a reused idempotency key (the API answers 409)."""
 
 
 class Scheduler:
@@ -66,7 +54,6 @@ class Scheduler:
         audit: AuditLog | None = None,
     ) -> None:
         self.store = store
-        self.placer = placer
         self.metrics = metrics
         self.config = config if config is not None else SchedulerConfig()
         self.clock = clock
@@ -78,15 +65,10 @@ class Scheduler:
         self.nodes: dict[str, NodeRecord] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._deliveries = Deliveries(self.config.redeliver_after)
-        self.pending = PendingBook()  # why each Accepted task waits (queue age, `pendingReason`)
         self._schedule_wanted = asyncio.Event()
-        # Change-driven placement: a task no host could take is parked (its reason kept) until
-        # something placement uses changes — a host's capacity/labels/posture/status/facts, a task
-        # ending, a mode switch (`_unpark`). New tasks are never parked.
-        self._parked: set[str] = set()
+        self.placing = PlacementLoop(self, placer)
         self._want_images: dict[str, bool] = {}
         self.facts = HostFactsTable()  # cached images, free IPs, warm ENIs (scheduler/hostfacts.py)
-        self.placement_passes = 0  # passes that evaluated at least one task
         self._liveness = liveness.Liveness(self.config, clock())
         self.retention = Retention(self.config.finished_job_retention)
         # Every kill or declared-lost the control plane decides on its own asks it (docs/reconcile.md).
@@ -340,11 +322,10 @@ class Scheduler:
         self, task: TaskRecord, reason: FinishReason, message: str, at: float, exit_code: int | None = None
     ) -> None:
         lifecycle.finish(task, reason, message, at, exit_code)
-        self._parked.discard(task.id)
+        self.placing.forget(task.id)
         if task.node_id:
             self._unpark()  # it held resources that are free now
         self._deliveries.forget(task.id)
-        self.pending.forget(task.id)
         self._index.finished(task)
         self.metrics.tasks_finished.labels(reason=reason.value).inc()
         log.info(
@@ -386,129 +367,45 @@ class Scheduler:
             if not t.state.terminal
         )
 
-    # ---- placement ----------------------------------------------------------------------------
+    # ---- placement (scheduler/placing.py) -----------------------------------------------------
+
+    @property
+    def placer(self) -> Placer | Engine:
+        return self.placing.placer
+
+    @property
+    def pending(self) -> PendingBook:
+        return self.placing.pending
+
+    @property
+    def placement_passes(self) -> int:
+        return self.placing.passes
 
     def eligible_nodes(self) -> list[NodeView]:
-        """Ready hosts, with what their assigned tasks leave free."""
-        return eligibility.node_views(self.nodes.values(), self.node_tasks, self.jobs)
+        return self.placing.eligible_nodes()
 
     def schedule_pass(self) -> int:
         """Place every Accepted task that is due. Returns how many were placed."""
-        now = self.clock()
-        if len(self._parked) == len(self._index.pending):  # parked ⊆ pending: all parked, O(1) when idle
-            return 0
-        pending = sorted(
-            (t for t in map(self.tasks.__getitem__, self._index.pending - self._parked) if t.not_before <= now),
-            key=lambda t: t.timestamps[TaskState.ACCEPTED.value],
-        )
-        if not pending:
-            return 0
-        self.placement_passes += 1
-        if isinstance(self.placer, Engine):
-            return self._engine_pass(self.placer, pending, now)
-        nodes = self.eligible_nodes()
-        placed: list[TaskRecord] = []
-        waiting: list[TaskRecord] = []
-        for t in pending:
-            job = self.jobs[t.job_id]
-            demand = job.spec.container.resources
-            able = eligibility.able_nodes(job, nodes, self.security_policy)
-            node = self.placer.place(demand, able)
-            if node is None:
-                self.pending.note(t.id, why_pending(demand, nodes, able))
-                self._parked.add(t.id)
-                why = eligibility.waiting_reason(job, able, nodes, self.security_policy)
-                if why != t.message:
-                    t.message = why
-                    waiting.append(t)
-                continue
-            t.message = ""
-            node.take(demand)
-            t.node_id = node.id
-            t.enter(TaskState.LAUNCHED, now)
-            self._launched(t, placed)
-        return self._commit_placements(placed, waiting)
+        return self.placing.run_pass()
 
     def pending_tasks(self) -> list[TaskRecord]:
         return [self.tasks[i] for i in self._index.pending]
 
     def pending_reason(self, task: TaskRecord) -> str | None:
-        """Why an Accepted task is not placed yet (`pending.PendingReason`), None once it is."""
-        reason = self.pending.reason(task, self.clock())
-        return None if reason is None else reason.value
-
-    def _engine_pass(self, engine: Engine, pending: list[TaskRecord], now: float) -> int:
-        # A host with a taint (a failed health check, a cordon) takes no new work in the engine path:
-        # job tolerations of health taints apply to the FirstFit path only (eligibility.tolerates).
-        table, ready = passes.build_table(self.nodes.values(), self.node_tasks, self.jobs, self.facts, engine.seed,
-                                          unhealthy=lambda n: bool(n.taints))
-        placed: list[TaskRecord] = []
-        waiting: list[TaskRecord] = []
-        for t, d in zip(pending, passes.plan(engine, table, ready, pending, self.jobs, self.security_policy)):
-            if d.host is None:
-                self._parked.add(t.id)
-                self.pending.note(t.id, engine_pending_reason(d.reasons, len(ready)))
-                t.placement_failures = d.reasons
-                why = passes.waiting_message(d, len(ready))
-                if ready and all(n.taints for n in ready):  # say which taints, as the FirstFit path does
-                    shown = "; ".join(f"{n.id}: " + ", ".join(f"{k} ({v})" for k, v in sorted(n.taints.items()))
-                                      for n in ready[:3])
-                    why = f"waiting: no Ready host takes new work: {shown}"[:1000]
-                if why != t.message:
-                    t.message = why
-                    waiting.append(t)
-                continue
-            t.message = ""
-            t.placement_failures = []
-            t.node_id = d.host
-            t.enter(TaskState.LAUNCHED, now)
-            self._launched(t, placed)
-        return self._commit_placements(placed, waiting)
-
-    def _launched(self, t: TaskRecord, placed: list[TaskRecord]) -> None:
-        self.pending.forget(t.id)
-        self.metrics.observe_launched(t)
-        self._index.placed(t)
-        placed.append(t)
-
-    def _commit_placements(self, placed: list[TaskRecord], waiting: list[TaskRecord]) -> int:
-        """One transaction for a pass's placements and changed waiting messages; wake the hosts."""
-        if placed or waiting:
-            self.store.commit(tasks=[*placed, *waiting])
-            for node_id in {t.node_id for t in placed if t.node_id}:
-                self._deliveries.wake(node_id)
-        return len(placed)
+        return self.placing.pending_reason(task)
 
     def _unpark(self) -> None:
-        """Something placement uses changed: every parked task is worth another look."""
-        self._parked.clear()
-        self._schedule_wanted.set()
+        self.placing.unpark()
 
     @property
     def scheduling_mode(self) -> Mode | None:
-        return self.placer.mode if isinstance(self.placer, Engine) else None
+        return self.placing.mode
 
     def set_scheduling_mode(self, mode: str, actor: str) -> Mode:
-        """The live spread ⇄ pack switch: effective on the next pass, audited, in metrics."""
-        if not isinstance(self.placer, Engine):
-            raise Conflict(f"the placer {type(self.placer).__name__} has no scheduling modes")
-        try:
-            new = Mode(mode)
-        except ValueError:
-            raise BadMode(f"unknown scheduling mode {mode!r}; one of {', '.join(m.value for m in Mode)}") from None
-        old, self.placer.mode = self.placer.mode, new
-        audit.info("scheduling mode %s -> %s by %s", old.value, new.value, actor,
-                   extra={"event": "scheduling_mode", "old": old.value, "new": new.value, "actor": actor})
-        self.metrics.mode_switches.labels(mode=new.value).inc()
-        self._unpark()
-        return new
+        return self.placing.set_mode(mode, actor)
 
     def next_due(self) -> float | None:
-        """When the earliest delayed Accepted task becomes placeable (parked ones wait for a change)."""
-        if len(self._parked) == len(self._index.pending):
-            return None
-        delays = [self.tasks[i].not_before for i in self._index.pending - self._parked]
-        return min(delays) if delays else None
+        return self.placing.next_due()
 
     # ---- host liveness ------------------------------------------------------------------------
 
@@ -583,22 +480,3 @@ class Scheduler:
                 await asyncio.wait_for(self._schedule_wanted.wait(), timeout=timeout)
             except TimeoutError:
                 pass
-
-
-_ENGINE_REASONS = {
-    "not enough cpu": PendingReason.INSUFFICIENT_CPU,
-    "not enough memory": PendingReason.INSUFFICIENT_MEMORY,
-    "not enough disk": PendingReason.INSUFFICIENT_DISK,
-    "posture": PendingReason.POSTURE,
-}
-
-
-def engine_pending_reason(reasons: list[tuple[str, int]], ready: int) -> PendingReason:
-    """The engine's most common filter failure as a `pendingReason` (scheduler/pending.py)."""
-    if ready == 0:
-        return PendingReason.NO_READY_HOST
-    for name, _hosts in reasons:
-        for prefix, reason in _ENGINE_REASONS.items():
-            if name.startswith(prefix):
-                return reason
-    return PendingReason.NO_SINGLE_HOST_FITS

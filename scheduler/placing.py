@@ -1,0 +1,187 @@
+"""Placement passes: which Accepted tasks are due, which host each gets, and why the rest wait.
+
+`PlacementLoop` is owned by the `Scheduler` (the one writer) and runs on its event loop. It holds
+the placer (FirstFit or the vectorised `Engine`), the why-pending book and the parked set, and
+reads the scheduler's jobs, tasks and hosts through a back-reference; a pass ends in one store
+transaction (`_commit`) before the hosts are woken. May import scheduler modules, never the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from scheduler import eligibility, passes
+from scheduler.engine import Engine
+from scheduler.errors import BadMode, Conflict
+from scheduler.fitness import Mode
+from scheduler.pending import PendingBook, PendingReason, why_pending
+from scheduler.placement import NodeView, Placer
+from scheduler.records import TaskRecord
+from titus_common.states import TaskState
+
+if TYPE_CHECKING:
+    from scheduler.core import Scheduler
+
+audit = logging.getLogger("titus.scheduler.audit")
+
+
+class PlacementLoop:
+    def __init__(self, sched: Scheduler, placer: Placer | Engine) -> None:
+        self._s = sched
+        self.placer = placer
+        self.pending = PendingBook()  # why each Accepted task waits (queue age, `pendingReason`)
+        # Change-driven placement: a task no host could take is parked (its reason kept) until
+        # something placement uses changes — a host's capacity/labels/posture/status/facts, a task
+        # ending, a mode switch (`unpark`). New tasks are never parked.
+        self.parked: set[str] = set()
+        self.passes = 0  # passes that evaluated at least one task
+
+    def eligible_nodes(self) -> list[NodeView]:
+        """Ready hosts, with what their assigned tasks leave free."""
+        s = self._s
+        return eligibility.node_views(s.nodes.values(), s.node_tasks, s.jobs)
+
+    def run_pass(self) -> int:
+        """Place every Accepted task that is due. Returns how many were placed."""
+        s = self._s
+        now = s.clock()
+        queue = s._index.pending
+        if len(self.parked) == len(queue):  # parked ⊆ pending: all parked, O(1) when idle
+            return 0
+        pending = sorted(
+            (t for t in map(s.tasks.__getitem__, queue - self.parked) if t.not_before <= now),
+            key=lambda t: t.timestamps[TaskState.ACCEPTED.value],
+        )
+        if not pending:
+            return 0
+        self.passes += 1
+        if isinstance(self.placer, Engine):
+            return self._engine_pass(self.placer, pending, now)
+        nodes = self.eligible_nodes()
+        placed: list[TaskRecord] = []
+        waiting: list[TaskRecord] = []
+        for t in pending:
+            job = s.jobs[t.job_id]
+            demand = job.spec.container.resources
+            able = eligibility.able_nodes(job, nodes, s.security_policy)
+            node = self.placer.place(demand, able)
+            if node is None:
+                self.pending.note(t.id, why_pending(demand, nodes, able))
+                self.parked.add(t.id)
+                why = eligibility.waiting_reason(job, able, nodes, s.security_policy)
+                if why != t.message:
+                    t.message = why
+                    waiting.append(t)
+                continue
+            t.message = ""
+            node.take(demand)
+            t.node_id = node.id
+            t.enter(TaskState.LAUNCHED, now)
+            self._launched(t, placed)
+        return self._commit(placed, waiting)
+
+    def _engine_pass(self, engine: Engine, pending: list[TaskRecord], now: float) -> int:
+        # A host with a taint (a failed health check, a cordon) takes no new work in the engine path:
+        # job tolerations of health taints apply to the FirstFit path only (eligibility.tolerates).
+        s = self._s
+        table, ready = passes.build_table(s.nodes.values(), s.node_tasks, s.jobs, s.facts, engine.seed,
+                                          unhealthy=lambda n: bool(n.taints))
+        placed: list[TaskRecord] = []
+        waiting: list[TaskRecord] = []
+        for t, d in zip(pending, passes.plan(engine, table, ready, pending, s.jobs, s.security_policy)):
+            if d.host is None:
+                self.parked.add(t.id)
+                self.pending.note(t.id, engine_pending_reason(d.reasons, len(ready)))
+                t.placement_failures = d.reasons
+                why = passes.waiting_message(d, len(ready))
+                if ready and all(n.taints for n in ready):  # say which taints, as the FirstFit path does
+                    shown = "; ".join(f"{n.id}: " + ", ".join(f"{k} ({v})" for k, v in sorted(n.taints.items()))
+                                      for n in ready[:3])
+                    why = f"waiting: no Ready host takes new work: {shown}"[:1000]
+                if why != t.message:
+                    t.message = why
+                    waiting.append(t)
+                continue
+            t.message = ""
+            t.placement_failures = []
+            t.node_id = d.host
+            t.enter(TaskState.LAUNCHED, now)
+            self._launched(t, placed)
+        return self._commit(placed, waiting)
+
+    def _launched(self, t: TaskRecord, placed: list[TaskRecord]) -> None:
+        self.pending.forget(t.id)
+        self._s.metrics.observe_launched(t)
+        self._s._index.placed(t)
+        placed.append(t)
+
+    def _commit(self, placed: list[TaskRecord], waiting: list[TaskRecord]) -> int:
+        """One transaction for a pass's placements and changed waiting messages; wake the hosts."""
+        s = self._s
+        if placed or waiting:
+            s.store.commit(tasks=[*placed, *waiting])
+            for node_id in {t.node_id for t in placed if t.node_id}:
+                s._deliveries.wake(node_id)
+        return len(placed)
+
+    def forget(self, task_id: str) -> None:
+        """A task ended: it no longer waits."""
+        self.parked.discard(task_id)
+        self.pending.forget(task_id)
+
+    def unpark(self) -> None:
+        """Something placement uses changed: every parked task is worth another look."""
+        self.parked.clear()
+        self._s._schedule_wanted.set()
+
+    def pending_reason(self, task: TaskRecord) -> str | None:
+        """Why an Accepted task is not placed yet (`pending.PendingReason`), None once it is."""
+        reason = self.pending.reason(task, self._s.clock())
+        return None if reason is None else reason.value
+
+    @property
+    def mode(self) -> Mode | None:
+        return self.placer.mode if isinstance(self.placer, Engine) else None
+
+    def set_mode(self, mode: str, actor: str) -> Mode:
+        """The live spread ⇄ pack switch: effective on the next pass, audited, in metrics."""
+        if not isinstance(self.placer, Engine):
+            raise Conflict(f"the placer {type(self.placer).__name__} has no scheduling modes")
+        try:
+            new = Mode(mode)
+        except ValueError:
+            raise BadMode(f"unknown scheduling mode {mode!r}; one of {', '.join(m.value for m in Mode)}") from None
+        old, self.placer.mode = self.placer.mode, new
+        audit.info("scheduling mode %s -> %s by %s", old.value, new.value, actor,
+                   extra={"event": "scheduling_mode", "old": old.value, "new": new.value, "actor": actor})
+        self._s.metrics.mode_switches.labels(mode=new.value).inc()
+        self.unpark()
+        return new
+
+    def next_due(self) -> float | None:
+        """When the earliest delayed Accepted task becomes placeable (parked ones wait for a change)."""
+        s = self._s
+        if len(self.parked) == len(s._index.pending):
+            return None
+        delays = [s.tasks[i].not_before for i in s._index.pending - self.parked]
+        return min(delays) if delays else None
+
+
+_ENGINE_REASONS = {
+    "not enough cpu": PendingReason.INSUFFICIENT_CPU,
+    "not enough memory": PendingReason.INSUFFICIENT_MEMORY,
+    "not enough disk": PendingReason.INSUFFICIENT_DISK,
+    "posture": PendingReason.POSTURE,
+}
+
+
+def engine_pending_reason(reasons: list[tuple[str, int]], ready: int) -> PendingReason:
+    """The engine's most common filter failure as a `pendingReason` (scheduler/pending.py)."""
+    if ready == 0:
+        return PendingReason.NO_READY_HOST
+    for name, _hosts in reasons:
+        for prefix, reason in _ENGINE_REASONS.items():
+            if name.startswith(prefix):
+                return reason
+    return PendingReason.NO_SINGLE_HOST_FITS
