@@ -63,6 +63,9 @@ class EniRecord:
     addresses: set[str] = field(default_factory=set)
     assigning: int = 0  # IPs asked for, not yet answered
     deleting: bool = False
+    # Unusable on this host (its link never appeared): nothing is handed out from it; its free
+    # addresses are given back and it is deleted once the last task on it has released its address.
+    condemned: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,10 @@ class IpPool:
 
     def usable(self, record: IpRecord, now: float) -> bool:
         eni = self.enis[record.eni_id]
-        return record.state is IpState.FREE and not eni.deleting and not self.is_cooling(record, now)
+        return (
+            record.state is IpState.FREE and not eni.deleting and not eni.condemned
+            and not self.is_cooling(record, now)
+        )
 
     def counts(self, now: float, groups: SgKey | None = None) -> dict[str, int]:
         out = {"assigned": 0, "free": 0, "cooling": 0, "releasing": 0}
@@ -265,6 +271,31 @@ class IpPool:
             actions += self._plan_growth(groups, now)
         for groups in sorted(groups_seen):
             actions += self._plan_shrink(groups, now)
+        return actions + self._plan_condemned()
+
+    def condemn(self, eni_id: str) -> bool:
+        """Stop using an ENI this host cannot use; `plan` then gives it back. False if unknown."""
+        eni = self.enis.get(eni_id)
+        if eni is None:
+            return False
+        eni.condemned = True
+        return True
+
+    def _plan_condemned(self) -> list[Action]:
+        """Free addresses (cooling ones too: no traffic ever used the link) go back at once; the
+        ENI is deleted when no task holds an address on it any more."""
+        actions: list[Action] = []
+        for eni in sorted(self.enis.values(), key=lambda e: e.device_index):
+            if not eni.condemned or eni.deleting:
+                continue
+            free = sorted(a for a in eni.addresses if self.ips[a].state is IpState.FREE)
+            for address in free:
+                self.ips[address].state = IpState.RELEASING
+            if free:
+                actions.append(UnassignIps(eni.eni_id, tuple(free)))
+            elif not eni.addresses and not eni.assigning:
+                eni.deleting = True
+                actions.append(DeleteEni(eni.eni_id))
         return actions
 
     def _need(self, groups: SgKey, now: float) -> tuple[int, int]:
@@ -288,7 +319,7 @@ class IpPool:
         batch = max(need, self.config.burst_batch if waiters else self.config.refill_batch)
         actions: list[Action] = []
         for eni in sorted(self.enis.values(), key=lambda e: e.device_index):
-            if eni.security_groups != groups or eni.deleting or batch == 0:
+            if eni.security_groups != groups or eni.deleting or eni.condemned or batch == 0:
                 continue
             room = self.config.ips_per_eni - len(eni.addresses) - eni.assigning
             take = min(room, batch)
@@ -466,6 +497,7 @@ class IpPool:
                     "security_groups": list(e.security_groups),
                     "device_index": e.device_index,
                     "created_at": e.created_at,
+                    "condemned": e.condemned,
                 }
                 for e in sorted(self.enis.values(), key=lambda e: e.device_index)
             ],
@@ -491,7 +523,8 @@ class IpPool:
                 raise CheckpointError(f"unknown IPAM checkpoint version {doc.get('version')!r}")
             for e in doc["enis"]:
                 groups = sg_key(str(g) for g in e["security_groups"])
-                eni = EniRecord(str(e["eni_id"]), groups, int(e["device_index"]), float(e["created_at"]))
+                eni = EniRecord(str(e["eni_id"]), groups, int(e["device_index"]), float(e["created_at"]),
+                                condemned=bool(e.get("condemned", False)))
                 if eni.eni_id in pool.enis:
                     raise CheckpointError(f"ENI {eni.eni_id} listed twice")
                 pool.enis[eni.eni_id] = eni
@@ -539,6 +572,7 @@ class IpPool:
                     "security_groups": list(eni.security_groups),
                     "assigning": eni.assigning,
                     "deleting": eni.deleting,
+                    "condemned": eni.condemned,
                     "ips": ips,
                 }
             )

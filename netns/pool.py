@@ -172,6 +172,14 @@ class NetworkPool:
             await self.save()
             self._wake.set()
 
+    async def condemn_eni(self, eni_id: str, why: str) -> None:
+        """This host cannot use the ENI (e.g. its link never appeared): hand nothing more out from
+        it, give it back to EC2 once no task holds an address on it (the refiller does)."""
+        if self.pool.condemn(eni_id):
+            log.warning("ENI %s condemned: %s; it is deleted once its tasks have released it", eni_id, why)
+            await self.save()
+            self._wake.set()
+
     def snapshot(self) -> dict[str, Any]:
         doc = self.pool.snapshot(self.clock())
         doc["provider"] = {"name": self.provider.name, "api_calls": self.provider.api_calls}

@@ -121,7 +121,12 @@ class TaskNetworks:
         eni = self.pool.enis.get(lease.eni_id)
         host_eni = self._eni_tables.get(lease.eni_id)
         if host_eni is None and eni is not None:
-            host_eni = await asyncio.to_thread(self.host_eni_for, eni)  # may wait for the hot-plug
+            try:
+                host_eni = await asyncio.to_thread(self.host_eni_for, eni)  # may wait for the hot-plug
+            except NetworkError as e:
+                # An ENI whose link never appeared is of no use here: give it back, not keep it.
+                await self.pool.condemn_eni(lease.eni_id, e.message)
+                raise
             if host_eni is not None:
                 if self.unmanaged_dir is not None:
                     await asyncio.to_thread(unmanaged.mark_unmanaged, self.unmanaged_dir, eni.mac, eni.eni_id)

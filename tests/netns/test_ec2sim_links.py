@@ -118,3 +118,39 @@ async def test_an_eni_whose_link_never_appears_times_out_with_the_cause(
         with pytest.raises(NetworkError, match=f"ENI {eni.eni_id} .* attached but its link did not appear"):
             await asyncio.to_thread(find, eni)
         await p.delete_eni(eni.eni_id)
+
+
+async def test_a_launch_whose_eni_link_never_appears_crashes_and_the_eni_is_given_back(
+    ec2: Ec2World, host: tuple[str, str]
+) -> None:
+    host_ns, fabric_ns = host
+    p = provider(ec2)
+    web = ec2.groups["web"]
+    pool = NetworkPool(p, PoolConfig(max_enis=7, ips_per_eni=29, default_security_groups=(web,),
+                                     warm_ip_target=2, refill_batch=2, burst_batch=2), error_backoff_s=0.05)
+    networks = TaskNetworks(pool, Wiring(host_netns=f"/var/run/netns/{host_ns}", owner="node-a"),
+                            host_eni_for=HostEniByMac(f"/var/run/netns/{host_ns}", timeout_s=0.5))
+    with Hypervisor(ec2.client, ec2.instance_id, host_ns, fabric_ns, delay_s=0.1) as hv:
+        hv.paused = True  # the hot-plug never comes
+        await networks.restore({})
+        try:
+            record: dict[str, object] = {}
+            with pytest.raises(NetworkError, match="attached but its link did not appear") as raised:
+                await networks.setup("task-1", f"/var/run/netns/{fabric_ns}", [web], record, lambda: None)
+            assert raised.value.platform_fault  # the task ends crashed, with this cause
+            (bad,) = {str(e["eni_id"]) for e in pool.snapshot()["enis"] if e["condemned"]}
+            await networks.teardown("task-1", record)
+
+            def attached() -> set[str]:
+                answer = ec2.client.describe_network_interfaces(
+                    Filters=[{"Name": "attachment.instance-id", "Values": [ec2.instance_id]}])
+                return {str(d["NetworkInterfaceId"]) for d in answer["NetworkInterfaces"]}
+
+            for _ in range(200):  # the refiller gives it back: addresses unassigned, detached, deleted
+                if bad not in attached() and bad not in pool.pool.enis:
+                    break
+                await asyncio.sleep(0.05)
+            assert bad not in attached() and bad not in pool.pool.enis
+            assert pool.pool.by_task == {}
+        finally:
+            await networks.close()

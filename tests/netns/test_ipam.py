@@ -136,6 +136,33 @@ def test_cooldown_and_lru() -> None:
     assert e is not None and e.address == b.address  # least recently released first
 
 
+def test_a_condemned_eni_hands_nothing_out_and_is_given_back_when_its_tasks_are_gone() -> None:
+    pool, cloud = IpPool(config(warm_ip_target=3, refill_batch=3)), FakeCloud()
+    cloud.settle(pool, 0.0)
+    (eni_id,) = pool.enis
+    a = pool.allocate("a", DEFAULT, 1.0)
+    assert a is not None and a.eni_id == eni_id
+    assert pool.condemn(eni_id) and not pool.condemn("eni-unknown")
+    actions = pool.plan(1.0)
+    # Free addresses go back at once; a new ENI is planned for the warm target; no delete while "a" holds one.
+    assert any(isinstance(x, UnassignIps) and x.eni_id == eni_id and a.address not in x.addresses for x in actions)
+    assert not any(isinstance(x, DeleteEni) for x in actions)
+    assert any(isinstance(x, CreateEni) for x in actions)
+    for x in actions:  # carry them out
+        if isinstance(x, CreateEni):
+            pool.eni_created(x, "eni-new", 1.0)
+        elif isinstance(x, UnassignIps):
+            pool.ips_unassigned(x)
+    cloud.settle(pool, 1.0)
+    b = pool.allocate("b", DEFAULT, 2.0)
+    assert b is not None and b.eni_id == "eni-new"  # never from the condemned one
+    pool.release("a", 3.0)  # the task that was on it ended (its cooling address is not waited for)
+    doc = pool.to_json()
+    assert IpPool.from_json(pool.config, doc).enis[eni_id].condemned  # survives a restart
+    cloud.settle(pool, 3.0)
+    assert eni_id not in pool.enis and set(pool.enis) == {"eni-new"}
+
+
 def test_security_groups_get_their_own_eni_and_eni_limit() -> None:
     pool, cloud = IpPool(config(max_enis=2)), FakeCloud()
     cloud.settle(pool, 0.0)
