@@ -155,6 +155,9 @@ class IpPool:
         self.creating: dict[SgKey, list[int]] = {}  # device indexes of ENIs being created
         self.last_activity: dict[SgKey, float] = {}
         self.limit_reached: set[SgKey] = set()
+        # Device indexes held by ENIs that are not this pool's (the primary's 0, other tools'):
+        # from the provider, refreshed at start and after a failed create.
+        self.foreign_indexes: frozenset[int] = frozenset({0})
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -339,6 +342,7 @@ class IpPool:
     def _free_device_index(self) -> int:
         used = {e.device_index for e in self.enis.values()}
         used.update(i for indexes in self.creating.values() for i in indexes)
+        used.update(self.foreign_indexes)
         index = 1  # device 0 is the host's primary ENI
         while index in used:
             index += 1

@@ -101,6 +101,7 @@ class NetworkPool:
             for e in enis
         ]
         report = self.pool.reconcile(snapshots, existing or {}, self.clock())
+        self.pool.foreign_indexes = self.provider.foreign_device_indexes()
         await self.save()
         self._refiller = asyncio.create_task(self._refill_loop(), name="netns-refill")
         self._wake.set()
@@ -255,6 +256,8 @@ class NetworkPool:
             log.warning("netns action %s failed: %s", action, e.message)
             groups = self._groups_of(action)
             self.pool.action_failed(action)
+            if isinstance(action, CreateEni):
+                self.pool.foreign_indexes = self.provider.foreign_device_indexes()
             if groups is not None:
                 self.errors[groups] = e
             return False

@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +40,7 @@ from netns.ipam import SgKey, sg_key
 from netns.limits import InstanceLimits, limits_for
 from netns.providers.base import EniInfo, gateway_of, usable_addresses
 
+log = logging.getLogger("titus.netns.aws")
 TAG_NODE = "titus:node"
 TAG_INSTANCE = "titus:instance"
 TAG_CREATED = "titus:created"
@@ -141,6 +144,7 @@ class AwsProvider:
         self._known_groups: set[str] = set()
         self._enis: dict[str, EniInfo] = {}
         self._attachments: dict[str, str] = {}
+        self._foreign_indexes: frozenset[int] = frozenset({0})
 
     @property
     def limits(self) -> InstanceLimits:
@@ -257,16 +261,38 @@ class AwsProvider:
 
     async def list_enis(self) -> list[EniInfo]:
         cidr = await self._subnet()
-        answer = await self._call(
-            "describe_network_interfaces",
-            Filters=[
-                {"Name": "attachment.instance-id", "Values": [self.config.instance_id]},
-                {"Name": f"tag:{TAG_NODE}", "Values": [self.config.node_id]},
-            ],
-        )
-        enis = [self._parse_eni(d, cidr) for d in answer.get("NetworkInterfaces", [])]
+        docs = await self._attached_here()
+        mine = [d for d in docs if self._is_mine(d)]
+        enis = [self._parse_eni(d, cidr) for d in mine]
         self._enis = {e.eni_id: e for e in enis if e.device_index > 0}
         return list(self._enis.values())
+
+    def foreign_device_indexes(self) -> frozenset[int]:
+        return self._foreign_indexes
+
+    async def _attached_here(self) -> list[Any]:
+        """Every ENI attached to this instance (DescribeNetworkInterfaces by attachment, which
+        carries the same device indexes as DescribeInstances). Remembers the indexes of ENIs that
+        are not this node's (the primary, other tools' ENIs) so the pool never asks for them."""
+        answer = await self._call(
+            "describe_network_interfaces",
+            Filters=[{"Name": "attachment.instance-id", "Values": [self.config.instance_id]}],
+        )
+        docs = answer.get("NetworkInterfaces", [])
+        if not isinstance(docs, list):
+            raise ProviderResponseInvalid("DescribeNetworkInterfaces: NetworkInterfaces is not a list")
+        foreign = {0}
+        for d in docs:
+            index = (d.get("Attachment") or {}).get("DeviceIndex") if isinstance(d, dict) else None
+            if isinstance(index, int) and not self._is_mine(d):
+                foreign.add(index)
+        self._foreign_indexes = frozenset(foreign)
+        return docs
+
+    def _is_mine(self, doc: Any) -> bool:
+        tags = doc.get("TagSet", []) if isinstance(doc, dict) else []
+        return any(isinstance(t, dict) and t.get("Key") == TAG_NODE and t.get("Value") == self.config.node_id
+                   for t in tags)
 
     async def create_eni(self, security_groups: SgKey, device_index: int) -> EniInfo:
         if len(self._enis) >= self._limits.container_enis:
@@ -322,7 +348,13 @@ class AwsProvider:
                 NetworkInterfaceId=eni_id,
                 Attachment={"AttachmentId": self._attachments[eni_id], "DeleteOnTermination": True},
             )
-        except NetworkError:
+        except NetworkError as e:
+            if eni_id not in self._attachments:
+                # Often "already has an interface attached at device index N" (another tool's
+                # ENI): learn the taken indexes so the pool's next attempt picks a free one.
+                with contextlib.suppress(NetworkError):
+                    await self._attached_here()
+                log.warning("attach of %s at device index %d failed: %s", eni_id, device_index, e.message)
             # Not attached (or not marked): delete now rather than leave it for the leak GC.
             if eni_id in self._attachments:
                 await self._call("detach_network_interface", AttachmentId=self._attachments.pop(eni_id))

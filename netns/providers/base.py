@@ -37,6 +37,12 @@ class Provider(Protocol):
         """Container ENIs this node created and has attached (never the primary, never foreign)."""
         ...
 
+    def foreign_device_indexes(self) -> frozenset[int]:
+        """Device indexes on this instance held by ENIs that are not this node's container ENIs
+        (the primary's 0, ENIs attached by other tools), as of the last `list_enis` or failed
+        attach: `create_eni` must not be asked for them."""
+        ...
+
     async def create_eni(self, security_groups: SgKey, device_index: int) -> EniInfo: ...
 
     async def assign_ips(self, eni_id: str, count: int) -> list[str]:

@@ -254,6 +254,9 @@ class LocalProvider:
         self._call()
         return [e.eni_id for e in self._mine() if not e.attached and now - e.created_at >= older_than_s]
 
+    def foreign_device_indexes(self) -> frozenset[int]:
+        return frozenset({0})  # the host's own interface; nothing else attaches ENIs here
+
     async def list_enis(self) -> list[EniInfo]:
         with self.vpc.locked():
             return self._list_enis()

@@ -4,6 +4,7 @@ group instead of a placeholder, DeleteOnTermination, clean detach, the cell-wide
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -174,3 +175,33 @@ async def test_subnet_exhaustion_backs_off_without_an_ec2_call_storm(ec2: Ec2Wor
     assert client.refused == 2  # asked again once the cooldown is over
     with pytest.raises(SubnetExhausted, match="not asking EC2 again for 120s"):
         await p.create_eni((web,), 1)
+
+
+async def test_device_indexes_taken_by_other_tools_enis_are_skipped(ec2: Ec2World) -> None:
+    from netns.ipam import PoolConfig
+    from netns.pool import NetworkPool
+
+    web = ec2.groups["web"]
+    # Another tool's ENI (no titus tag) at device index 1.
+    other = ec2.client.create_network_interface(SubnetId=ec2.subnet_id, Groups=[web])["NetworkInterface"]
+    ec2.client.attach_network_interface(NetworkInterfaceId=other["NetworkInterfaceId"], InstanceId=ec2.instance_id,
+                                        DeviceIndex=1)
+    p = AwsProvider(AwsConfig(node_id="node-a", instance_id=ec2.instance_id, instance_type="m5.8xlarge",
+                              subnet_id=ec2.subnet_id, endpoint_url=ec2.endpoint), client=ec2.client,
+                    sleep=no_sleep)
+    pool = NetworkPool(p, PoolConfig(max_enis=7, ips_per_eni=29, default_security_groups=(web,),
+                                     warm_ip_target=2, refill_batch=2))
+    await pool.start()
+    try:
+        assert p.foreign_device_indexes() == {0, 1}
+        assert [e.eni_id for e in await p.list_enis()] == []  # never adopted as ours
+        for _ in range(400):  # the refiller (started by `start`) grows the pool to its warm target
+            if pool.enis and pool.pool.counts(time.time())["free"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        (mine,) = pool.enis.values()
+        assert mine.device_index == 2
+    finally:
+        await pool.close()
+        for eni in list(pool.enis):
+            await p.delete_eni(eni)
