@@ -26,7 +26,8 @@ from netns.errors import NetworkError
 from netns.ipam import ReconcileReport
 from netns.pool import NetworkPool
 from netns.providers.base import EniInfo
-from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, iproute_in
+from netns.eniwatch import Owned
+from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, eni_table, iproute_in
 
 RECORD_VERSION = 1
 
@@ -90,6 +91,8 @@ class TaskNetworks:
         self.host_eni_for = host_eni_for
         self.mtu = mtu
         self._eni_tables: dict[str, HostEni] = {}
+        # What `netns.eniwatch` compares events with; replaced whole on each change (read by its thread).
+        self.owned = Owned({}, frozenset())
         self.eni_drift: dict[str, list[str]] = {}  # last re-assertion: what had drifted, per ENI
         self.last_leaks = LeakReport()
 
@@ -132,6 +135,7 @@ class TaskNetworks:
                     await asyncio.to_thread(unmanaged.mark_unmanaged, self.unmanaged_dir, eni.mac, eni.eni_id)
                 await asyncio.to_thread(self.wiring.ensure_eni_table, host_eni)
                 self._eni_tables[lease.eni_id] = host_eni
+                self._refresh_owned()
         spec = ContainerNetSpec(task_id, netns_path, lease.address, host_eni, self.mtu)
         record["wiring"] = await asyncio.to_thread(self.wiring.setup, spec)
         save()
@@ -152,6 +156,7 @@ class TaskNetworks:
             eni = self.pool.enis.get(eni_id)
             if eni is None:  # the pool deleted it: forget it, and its networkd file
                 del self._eni_tables[eni_id]
+                self._refresh_owned()
                 if self.unmanaged_dir is not None and host_eni.mac:
                     await asyncio.to_thread(unmanaged.unmark, self.unmanaged_dir, host_eni.mac)
                 continue
@@ -167,6 +172,10 @@ class TaskNetworks:
                 drift.setdefault(eni_id, []).extend(found)
         self.eni_drift = drift
         return drift
+
+    def _refresh_owned(self) -> None:
+        enis = list(self._eni_tables.values())
+        self.owned = Owned({e.ifname: e.mtu for e in enis}, frozenset(eni_table(e.device_index) for e in enis))
 
     async def close(self) -> None:
         """Stop the pool's refiller (the host's links and addresses stay: tasks keep running)."""

@@ -108,13 +108,13 @@ def enter_netns_fd(fd: int) -> None:
 
 
 @contextmanager
-def iproute_in(netns_path: str | None) -> Iterator[IPRoute]:
+def iproute_in(netns_path: str | None, groups: int = 0) -> Iterator[IPRoute]:
     """An IPRoute whose netlink socket lives in `netns_path` (None: this thread's namespace).
 
     The socket is opened after a per-thread setns and the thread switches straight back: ~1 ms,
     against ~8 ms for pyroute2's own netns support, which forks a helper process."""
     if netns_path is None:
-        ipr = IPRoute(groups=0)  # no multicast: we only ask and read answers
+        ipr = IPRoute(groups=0)  # no multicast: we only ask and read answers (`groups`: bound below)
     else:
         own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
@@ -133,6 +133,8 @@ def iproute_in(netns_path: str | None) -> Iterator[IPRoute]:
         finally:
             os.close(own)
     try:
+        if groups:
+            ipr.bind(groups=groups)  # the socket stays in its namespace: events of that namespace
         yield ipr
     finally:
         ipr.close()

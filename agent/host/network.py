@@ -36,6 +36,7 @@ from netns.pool import NetworkPool
 from netns.providers.aws import AwsConfig, AwsProvider
 from netns.providers.base import Provider
 from netns.providers.local import LocalProvider, LocalVpc
+from netns.eniwatch import EniWatch
 from netns.step import HostEniByMac, TaskNetworks, no_host_eni
 from netns.wiring import Wiring, netns_name
 from titus_common.errors import ConfigError, HostRefused
@@ -48,6 +49,7 @@ log = logging.getLogger("titus.agent.network")
 RUNTIME = "titus"  # the OCI runtime scripts/setup-host.sh registers (scripts/titus-runc)
 # Any node's sandbox whose task container is gone is removed once it is this old.
 SANDBOX_ORPHAN_AGE = 600.0
+MIN_REASSERT_INTERVAL_S = 1.0  # ENI re-assertions on netlink events: at most one per second
 
 
 @dataclass
@@ -198,6 +200,8 @@ class NetworkResource:
         self.on_lost = on_lost
         self.tasks = tasks or task_networking(config)
         self.preflight_findings: list[preflight.Finding] = []
+        self._watch: EniWatch | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     def snapshot(self) -> dict[str, Any]:
         doc = self.tasks.networks.snapshot()
@@ -227,6 +231,29 @@ class NetworkResource:
                  list(policy.allowed_host_tcp_ports), list(policy.control_plane_cidrs))
         with contextlib.suppress(Exception):
             await self._collect_sandboxes({r.task_id for r in records})
+        if self.config.network_provider == "aws":
+            self._start_watch()
+
+    def _start_watch(self) -> None:
+        """Re-assert the ENIs within about a second of a network manager undoing them (netns/eniwatch.py)."""
+        loop = asyncio.get_running_loop()
+        drifted = asyncio.Event()
+        networks = self.tasks.networks
+
+        def on_drift() -> None:  # called from the watch thread
+            loop.call_soon_threadsafe(drifted.set)
+
+        self._watch = EniWatch(None, lambda: networks.owned, on_drift)
+        self._watch.start()
+
+        async def repair() -> None:
+            while True:
+                await drifted.wait()
+                drifted.clear()
+                await self._reassert_enis()
+                await asyncio.sleep(MIN_REASSERT_INTERVAL_S)  # a flapping manager costs one repair a second
+
+        self._watcher = asyncio.create_task(repair(), name="eni-reassert")
 
     async def _mirror_engine_userns(self) -> None:
         """Prepared namespaces are owned by a user namespace with the engine's remapping (the
@@ -301,6 +328,12 @@ class NetworkResource:
             log.warning("network GC failed: %s", e)
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._watch is not None:
+            await asyncio.to_thread(self._watch.stop)
         await self.tasks.networks.close()
 
     async def _preflight(self) -> None:

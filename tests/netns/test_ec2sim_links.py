@@ -154,3 +154,52 @@ async def test_a_launch_whose_eni_link_never_appears_crashes_and_the_eni_is_give
             assert pool.pool.by_task == {}
         finally:
             await networks.close()
+
+
+async def test_a_flushed_eni_table_or_an_alias_is_seen_on_netlink_at_once(
+    ec2: Ec2World, host: tuple[str, str], tmp_path: Path
+) -> None:
+    import threading
+
+    from netns.eniwatch import EniWatch
+
+    host_ns, fabric_ns = host
+    p = provider(ec2)
+    web = ec2.groups["web"]
+    pool = NetworkPool(p, PoolConfig(max_enis=7, ips_per_eni=29, default_security_groups=(web,)))
+    ns_path = f"/var/run/netns/{host_ns}"
+    networks = TaskNetworks(pool, Wiring(host_netns=ns_path, owner="node-a"),
+                            host_eni_for=HostEniByMac(ns_path, timeout_s=20, mtu=9001))
+    drifted = threading.Event()
+    with Hypervisor(ec2.client, ec2.instance_id, host_ns, fabric_ns, delay_s=0.1):
+        eni = await p.create_eni((web,), 1)
+        host_eni = await asyncio.to_thread(networks.host_eni_for, eni)
+        assert host_eni is not None
+        await asyncio.to_thread(networks.wiring.ensure_eni_table, host_eni)
+        pool.enis[eni.eni_id] = eni
+        networks._eni_tables[eni.eni_id] = host_eni
+        networks._refresh_owned()
+        watch = EniWatch(ns_path, lambda: networks.owned, drifted.set)
+        watch.start()
+        try:
+            # Our own repair is not drift: re-assert, then make an unrelated change and wait to see it.
+            await networks.reassert_eni_tables()
+            seen = watch.events_seen
+            subprocess.run(["ip", "-n", host_ns, "route", "add", "blackhole", "10.250.0.0/24", "table", "250"],
+                           check=True)
+            for _ in range(200):
+                if watch.events_seen > seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert watch.events_seen > seen and not drifted.is_set()
+            utils = NetUtils(host_ns)
+            flush = lambda: utils.flush_table(eni_table(1))  # noqa: E731
+            alias = lambda: utils.add_aliases(host_eni.ifname, ["10.20.0.201"])  # noqa: E731
+            for act in (flush, alias):
+                drifted.clear()
+                act()
+                assert await asyncio.to_thread(drifted.wait, 10)
+                assert await networks.reassert_eni_tables() != {}  # ...and the repair finds it
+        finally:
+            await asyncio.to_thread(watch.stop)
+            await p.delete_eni(eni.eni_id)

@@ -1,0 +1,92 @@
+"""Re-assert the ENI links and tables the agent owns as soon as something else changes them.
+
+Network managers (systemd-networkd, ec2-net-utils, cloud-init) flush custom tables or add the
+secondary IPs as host aliases at any time; the periodic re-assertion repairs it within a reconcile
+interval, this watcher within about a second. A thread reads the host namespace's rtnetlink events
+(links, IPv4 addresses, IPv4 routes) and calls `on_drift` — from that thread — when one concerns
+what the agent owns: a route deleted from an ENI table, an address added to an ENI link, an ENI
+link down or its MTU changed. The agent's own repairs (route replace, alias delete, link up) are
+not drift, so they do not trigger it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK
+
+from netns.wiring import iproute_in
+
+__all__ = ["EniWatch", "Owned", "is_drift"]
+
+log = logging.getLogger("titus.netns.eniwatch")
+
+IFF_UP = 1
+
+
+@dataclass(frozen=True)
+class Owned:
+    """What the agent owns now: ENI link names → wanted MTU (None: any), and the ENI tables."""
+
+    links: dict[str, int | None]
+    tables: frozenset[int]
+
+
+def is_drift(msg: Any, owned: Owned) -> bool:
+    """Pure: does this rtnetlink message undo something the agent set up?"""
+    event = msg.get("event", "")
+    if event == "RTM_DELROUTE":
+        return msg.get_attr("RTA_TABLE") in owned.tables
+    if event == "RTM_NEWADDR":
+        return msg.get_attr("IFA_LABEL") in owned.links
+    if event == "RTM_NEWLINK":
+        name = msg.get_attr("IFLA_IFNAME")
+        if name not in owned.links:
+            return False
+        mtu = owned.links[name]
+        return not msg.get("flags", 0) & IFF_UP or (mtu is not None and msg.get_attr("IFLA_MTU") != mtu)
+    return False
+
+
+class EniWatch:
+    def __init__(self, host_netns: str | None, owned: Callable[[], Owned], on_drift: Callable[[], None]) -> None:
+        self.host_netns = host_netns
+        self.owned = owned
+        self.on_drift = on_drift
+        self.events_seen = 0
+        self.drift_events = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="titus-eniwatch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            with iproute_in(self.host_netns, groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE) as ipr:
+                while not self._stop.is_set():
+                    ready, _, _ = select.select([ipr], [], [], 0.5)  # wakes to notice stop()
+                    if not ready:
+                        continue
+                    owned = self.owned()
+                    drift = False
+                    for msg in ipr.get():
+                        self.events_seen += 1
+                        drift = drift or is_drift(msg, owned)
+                    if drift:
+                        self.drift_events += 1
+                        self.on_drift()
+        except Exception as e:  # the periodic re-assertion still runs: degrade, do not crash the agent
+            log.warning("ENI netlink watch stopped: %s; drift is repaired at the next reconcile only", e)
