@@ -40,7 +40,7 @@ from agent.watcher import ContainerWatcher
 from security.profiles import default_policy
 from titus_common.errors import ConfigError, TitusError
 from titus_common.memory import give_back
-from titus_common.protocol import MAX_TASKS_PER_NODE, CapacityReport, NodeReport, TaskAssignment
+from titus_common.protocol import MAX_TASKS_PER_NODE, CapacityReport, NodeReport, TaskAssignment, WarmNetwork
 from titus_common.retry import Backoff, retry_forever
 from titus_common.states import TaskState
 
@@ -271,7 +271,14 @@ class Agent:
 
     def node_report(self) -> NodeReport:
         digest, images = self.image_cache.fields()
+        ip_capacity = free_ips = None
+        warm: list[WarmNetwork] = []
+        if self.network is not None:
+            ip_capacity, free_ips, warm = self.network.placement_facts()
         return NodeReport(
+            ip_capacity=ip_capacity,
+            free_ips=free_ips,
+            warm_networks=warm,
             cached_images_digest=digest,
             cached_images=images,
             id=self.config.node_id,

@@ -190,6 +190,20 @@ class IpPool:
                 out["free"] += 1
         return out
 
+    def placement_facts(self, now: float) -> tuple[int, int, dict[SgKey, int]]:
+        """What the scheduler needs to not overcommit the network: (capacity: addresses this host can
+        hold for tasks in all, free: not held by a task now, warm: per security-group set, addresses
+        its ENIs can hand out without a new ENI — free ones, cooling ones and room to assign more)."""
+        capacity = self.config.max_enis * self.config.ips_per_eni
+        warm: dict[SgKey, int] = {}
+        for eni in self.enis.values():
+            if eni.deleting or eni.condemned:
+                continue
+            spare = sum(1 for a in eni.addresses if self.ips[a].state is IpState.FREE)
+            room = self.config.ips_per_eni - len(eni.addresses) - eni.assigning
+            warm[eni.security_groups] = warm.get(eni.security_groups, 0) + spare + max(0, room)
+        return capacity, capacity - len(self.by_task), warm
+
     def address_of(self, task_id: str) -> IpRecord | None:
         address = self.by_task.get(task_id)
         return self.ips[address] if address is not None else None

@@ -21,6 +21,7 @@ class HostFacts:
     images_digest: str = ""
     images: frozenset[str] = frozenset()
     free_ips: int | None = None
+    ip_capacity: int | None = None
     warm: dict[str, int] = field(default_factory=dict)  # sg_key → free IPs on that ENI
 
 
@@ -42,7 +43,7 @@ class HostFactsTable:
             f.images, f.images_digest = images, report.cached_images_digest
         want = bool(report.cached_images_digest) and report.cached_images_digest != f.images_digest
         warm = {sg_key(w.security_groups): w.free_ips for w in report.warm_networks}
-        if report.free_ips != f.free_ips or warm != f.warm:
+        if report.free_ips != f.free_ips or warm != f.warm or report.ip_capacity != f.ip_capacity:
             changed = True
-            f.free_ips, f.warm = report.free_ips, warm
+            f.free_ips, f.warm, f.ip_capacity = report.free_ips, warm, report.ip_capacity
         return changed, want

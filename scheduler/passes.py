@@ -44,6 +44,8 @@ def build_table(
             h.free_disk_mib -= r.disk_mib
             h.tasks += 1
             h.job_tasks[t.job_id] = h.job_tasks.get(t.job_id, 0) + 1
+        if f.ip_capacity is not None:  # every task placed here holds (or will hold) one address
+            h.free_ips = f.ip_capacity - h.tasks
         if h.free_ips is not None:
             h.free_ips = max(0, h.free_ips)
         hosts.append(h)

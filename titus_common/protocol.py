@@ -136,8 +136,11 @@ class NodeReport(_Msg):
     cached_images_digest: Annotated[str, Field(max_length=128)] = ""
     cached_images: Annotated[list[Annotated[str, Field(max_length=512)]] | None, Field(max_length=4096)] = None
     # IPs the host can still assign (None: not reported; placement does not limit by IPs), and its
-    # attached ENIs by security-group set.
+    # attached ENIs by security-group set. `ip_capacity` (addresses the host can hold for tasks in
+    # all, its ENI × IP limits) wins when present: the scheduler subtracts the tasks it has placed
+    # there, so launches placed since this heartbeat are not counted twice.
     free_ips: Annotated[int | None, Field(ge=0, le=65536)] = None
+    ip_capacity: Annotated[int | None, Field(ge=0, le=65536)] = None
     warm_networks: Annotated[list[WarmNetwork], Field(max_length=64)] = Field(default_factory=list)
 
 

@@ -41,6 +41,7 @@ from netns.step import HostEniByMac, TaskNetworks, no_host_eni
 from netns.wiring import Wiring, netns_name
 from titus_common.errors import ConfigError, HostRefused
 from titus_common.states import TaskState
+from titus_common.protocol import WarmNetwork
 
 __all__ = ["NetworkResource", "TaskNetworking", "isolation_policy", "make_provider", "scheduler_addresses"]
 
@@ -49,7 +50,8 @@ log = logging.getLogger("titus.agent.network")
 RUNTIME = "titus"  # the OCI runtime scripts/setup-host.sh registers (scripts/titus-runc)
 # Any node's sandbox whose task container is gone is removed once it is this old.
 SANDBOX_ORPHAN_AGE = 600.0
-MIN_REASSERT_INTERVAL_S = 1.0  # ENI re-assertions on netlink events: at most one per second
+MIN_REASSERT_INTERVAL_S = 1.0
+MAX_WARM_NETWORKS = 64  # the protocol's bound on warm_networks  # ENI re-assertions on netlink events: at most one per second
 
 
 @dataclass
@@ -202,6 +204,16 @@ class NetworkResource:
         self.preflight_findings: list[preflight.Finding] = []
         self._watch: EniWatch | None = None
         self._watcher: asyncio.Task[None] | None = None
+
+    def placement_facts(self) -> tuple[int, int, list[WarmNetwork]]:
+        """(ip capacity, free IPs, warm ENIs by security-group set) for the heartbeat."""
+        pool = self.tasks.networks.pool
+        capacity, free, warm = pool.pool.placement_facts(pool.clock())
+        default = pool.config.default_security_groups
+        if default in warm:  # a job that names no groups gets the default ones: report them as "none" too
+            warm[()] = warm[default]
+        ranked = sorted(warm.items(), key=lambda kv: -kv[1])[:MAX_WARM_NETWORKS]
+        return capacity, max(0, free), [WarmNetwork(security_groups=list(g), free_ips=min(n, 4096)) for g, n in ranked]
 
     def snapshot(self) -> dict[str, Any]:
         doc = self.tasks.networks.snapshot()

@@ -127,6 +127,35 @@ def test_ip_capacity_limits_placement(tmp_path: Path) -> None:
     assert [t for t in s.job_tasks(job.id) if t.state is S.ACCEPTED][0].message == "waiting: no free IP (every Ready host)"
 
 
+def test_ip_capacity_is_not_overcommitted_across_passes_between_heartbeats(tmp_path: Path) -> None:
+    s, _ = make(tmp_path)
+    node(s, "n1", cpus=16, ip_capacity=3, free_ips=3)
+    first, _ = s.submit(big_job(1, 2))
+    assert s.schedule_pass() == 2
+    second, _ = s.submit(big_job(1, 2))  # no heartbeat since: the agent's free_ips is stale
+    assert s.schedule_pass() == 1  # capacity 3 minus the 2 tasks placed there
+    waiting = [t for t in s.job_tasks(second.id) if t.state is S.ACCEPTED]
+    assert len(waiting) == 1 and waiting[0].message == "waiting: no free IP (every Ready host)"
+
+
+def test_agent_reports_ip_capacity_and_warm_enis_from_its_pool() -> None:
+    from netns.ipam import AssignIps, CreateEni, IpPool, PoolConfig, sg_key
+
+    web, db = sg_key(["sg-web"]), sg_key(["sg-db"])
+    pool = IpPool(PoolConfig(max_enis=3, ips_per_eni=10, warm_ip_target=2, refill_batch=2,
+                             default_security_groups=web))
+    for action in pool.plan(0.0):
+        assert isinstance(action, CreateEni)
+        pool.eni_created(action, "eni-web", 0.0)
+    for action in pool.plan(0.0):
+        assert isinstance(action, AssignIps)
+        pool.ips_assigned(action, [f"10.0.0.{i}" for i in range(10, 10 + action.count)], 0.0)
+    assert pool.allocate("t1", web, 1.0) is not None
+    capacity, free, warm = pool.placement_facts(1.0)
+    assert (capacity, free) == (30, 29)
+    assert warm == {web: 9} and db not in warm  # 1 free + 8 more assignable without a new ENI
+
+
 def test_hard_constraints_through_the_scheduler(tmp_path: Path) -> None:
     s, _ = make(tmp_path)
     node(s, "n1", cpus=16, zone="a")
