@@ -233,7 +233,7 @@ async def node_updates(request: web.Request) -> web.Response:
 
 def _mode_doc(s: Scheduler) -> dict[str, Any]:
     mode = s.scheduling_mode
-    return {"mode": mode.value if mode is not None else None}
+    return {"mode": mode.value if mode is not None else None, "auto": s.placing.auto.describe()}
 
 
 async def get_scheduling_mode(request: web.Request) -> web.Response:
@@ -245,7 +245,7 @@ async def set_scheduling_mode(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
     data = await _body(request)
     if not isinstance(data, dict) or not isinstance(data.get("mode"), str) or set(data) != {"mode"}:
-        raise ApiError(400, "invalid request", [("mode", "expected {\"mode\": \"spread\" | \"pack\"}")])
+        raise ApiError(400, "invalid request", [("mode", "expected {\"mode\": \"spread\" | \"pack\" | \"auto\"}")])
     # The caller's identity once the API authenticates (issue 13); until then the client's own word.
     actor = request.headers.get("X-Titus-Actor") or request.remote or "unknown"
     s.set_scheduling_mode(data["mode"], actor=actor)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from titus_common.daemon import parse_listen
 from titus_common.errors import ConfigError
@@ -90,6 +90,19 @@ class SchedulerConfig(BaseModel):
     scheduling_mode: Literal["spread", "pack"] = "spread"
     placement_seed: Annotated[int, Field(ge=0)] = 0
     job_cap_per_host: Annotated[int, Field(ge=1, le=1000)] = 8
+    # The automatic switch on a burst (scheduler/automode.py): pack once this many due tasks wait
+    # for `auto_mode_hold` seconds, spread again at or below `auto_spread_queue_depth`. 0: off.
+    auto_pack_queue_depth: Annotated[int, Field(ge=0)] = 0
+    auto_spread_queue_depth: Annotated[int, Field(ge=0)] = 100
+    auto_mode_hold: Annotated[float, Field(ge=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _auto_mode_has_a_gap(self) -> SchedulerConfig:
+        if self.auto_pack_queue_depth and self.auto_spread_queue_depth >= self.auto_pack_queue_depth:
+            raise ValueError(
+                f"auto_spread_queue_depth ({self.auto_spread_queue_depth}) must be below "
+                f"auto_pack_queue_depth ({self.auto_pack_queue_depth}): the gap keeps the mode from flapping")
+        return self
 
 
 class ServiceConfig(BaseModel):

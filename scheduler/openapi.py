@@ -188,15 +188,17 @@ def openapi_document() -> dict[str, Any]:
                      "responses": {"200": _reply("Unfrozen"), **_ERRORS}},
         },
         "/v1/admin/scheduling-mode": {
-            "get": {"summary": "The placement mode (spread | pack)",
-                    "responses": {"200": _reply("The mode", {"type": "object", "properties": {"mode": {"type": "string"}}})}},
+            "get": {"summary": "The placement mode (spread | pack) and the automatic switch's state",
+                    "responses": {"200": _reply("The mode", {"type": "object", "properties": {
+                        "mode": {"type": "string"}, "auto": {"type": "object"}}})}},
             "put": {
                 "summary": "Switch the placement mode live (effective on the next pass; audited)",
-                "description": "Body `{\"mode\": \"spread\" | \"pack\"}`; an `X-Titus-Actor` header names who "
-                "switched it in the audit log.",
+                "description": "Body `{\"mode\": \"spread\" | \"pack\" | \"auto\"}`; an `X-Titus-Actor` header "
+                "names who switched it in the audit log. `spread`/`pack` pin the mode against the automatic switch; "
+                "`auto` hands it back (409 when `auto_pack_queue_depth` is 0).",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["mode"], "additionalProperties": False,
-                    "properties": {"mode": {"type": "string", "enum": ["spread", "pack"]}}}}}},
+                    "properties": {"mode": {"type": "string", "enum": ["spread", "pack", "auto"]}}}}}},
                 "responses": {"200": _reply("The new mode", {"type": "object", "properties": {"mode": {"type": "string"}}}),
                               **_ERRORS},
             },

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from scheduler import eligibility, passes
+from scheduler.automode import AutoMode
 from scheduler.engine import Engine
 from scheduler.errors import BadMode, Conflict
 from scheduler.fitness import Mode
@@ -36,6 +37,8 @@ class PlacementLoop:
         # ending, a mode switch (`unpark`). New tasks are never parked.
         self.parked: set[str] = set()
         self.passes = 0  # passes that evaluated at least one task
+        c = sched.config
+        self.auto = AutoMode(c.auto_pack_queue_depth, c.auto_spread_queue_depth, c.auto_mode_hold)
 
     def eligible_nodes(self) -> list[NodeView]:
         """Ready hosts, with what their assigned tasks leave free."""
@@ -47,6 +50,7 @@ class PlacementLoop:
         s = self._s
         now = s.clock()
         queue = s._index.pending
+        self._auto_switch(len(queue), now)
         if len(self.parked) == len(queue):  # parked ⊆ pending: all parked, O(1) when idle
             return 0
         pending = sorted(
@@ -144,14 +148,34 @@ class PlacementLoop:
     def mode(self) -> Mode | None:
         return self.placer.mode if isinstance(self.placer, Engine) else None
 
+    def _auto_switch(self, depth: int, now: float) -> None:
+        if isinstance(self.placer, Engine) and self.auto.enabled:
+            new = self.auto.decide(depth, self.placer.mode, now)
+            if new is not None:
+                self._switch(new, f"auto (queue depth {depth})")
+
     def set_mode(self, mode: str, actor: str) -> Mode:
-        """The live spread ⇄ pack switch: effective on the next pass, audited, in metrics."""
+        """The live spread ⇄ pack switch: effective on the next pass, audited, in metrics. An
+        operator's choice pins the mode against the automatic switch; `auto` hands it back."""
         if not isinstance(self.placer, Engine):
             raise Conflict(f"the placer {type(self.placer).__name__} has no scheduling modes")
+        if mode == "auto":
+            if not self.auto.pack_at:
+                raise Conflict("the automatic switch is off (auto_pack_queue_depth = 0)")
+            self.auto.pinned = False
+            audit.info("scheduling mode handed to the automatic switch by %s", actor,
+                       extra={"event": "scheduling_mode", "new": "auto", "actor": actor})
+            self._s._schedule_wanted.set()
+            return self.placer.mode
         try:
             new = Mode(mode)
         except ValueError:
-            raise BadMode(f"unknown scheduling mode {mode!r}; one of {', '.join(m.value for m in Mode)}") from None
+            raise BadMode(f"unknown scheduling mode {mode!r}; one of {', '.join(m.value for m in Mode)}, auto") from None
+        self.auto.pinned = True
+        return self._switch(new, actor)
+
+    def _switch(self, new: Mode, actor: str) -> Mode:
+        assert isinstance(self.placer, Engine)
         old, self.placer.mode = self.placer.mode, new
         audit.info("scheduling mode %s -> %s by %s", old.value, new.value, actor,
                    extra={"event": "scheduling_mode", "old": old.value, "new": new.value, "actor": actor})

@@ -220,5 +220,8 @@ def cmd_scheduling_mode(api: Api, args: argparse.Namespace) -> int:
         doc = api.call("GET", "/v1/admin/scheduling-mode")
     else:
         doc = api.call("PUT", "/v1/admin/scheduling-mode", {"mode": args.mode}, headers={"X-Titus-Actor": getpass.getuser()})
-    emit(args, doc, f"scheduling mode: {doc['mode']}")
+    auto = doc.get("auto") or {}
+    state = ("off" if not auto.get("enabled") else "pinned by an operator" if auto.get("pinned")
+             else f"pack at >= {auto.get('packAtQueueDepth')} queued, spread at <= {auto.get('spreadAtQueueDepth')}")
+    emit(args, doc, f"scheduling mode: {doc['mode']} (automatic switch: {state})")
     return EXIT_OK

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
             nv.add_argument("--reason", default="", help="why (shown on the node and in `node doctor`)")
         nv.set_defaults(fn=verb_fn)
     sm = admin_verbs.add_parser("scheduling-mode", help="show or switch the placement mode live (spread normally, pack in a failover)")
-    sm.add_argument("mode", nargs="?", choices=("spread", "pack"))
+    sm.add_argument("mode", nargs="?", choices=("spread", "pack", "auto"),
+                    help="spread|pack pin the mode; auto hands it to the automatic switch on a burst")
     sm.set_defaults(fn=cmd_scheduling_mode)
     return p
 
