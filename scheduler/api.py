@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from scheduler import admin_api
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
 from scheduler.auth import AUTH_KEY, Auth, auth_middleware
-from scheduler.core import BadMode, Conflict, NotFound, Scheduler
+from scheduler.core import BadRequest, Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.tls import CA
 from scheduler.trust_api import CA_KEY, add_trust_routes
@@ -64,7 +64,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": {"message": str(e)}}, status=404)
     except Conflict as e:
         return _json({"error": {"message": str(e)}}, status=409)
-    except BadMode as e:
+    except BadRequest as e:  # an unknown scheduling mode or capacity group
         return _json({"error": {"message": str(e)}}, status=400)
 
 

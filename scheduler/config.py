@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from scheduler.capacity import CapacityGroup
 from titus_common.daemon import parse_listen
 from titus_common.errors import ConfigError
 
@@ -95,6 +96,16 @@ class SchedulerConfig(BaseModel):
     auto_pack_queue_depth: Annotated[int, Field(ge=0)] = 0
     auto_spread_queue_depth: Annotated[int, Field(ge=0)] = 100
     auto_mode_hold: Annotated[float, Field(ge=0)] = 30.0
+    # Capacity groups (scheduler/capacity.py): `[[capacity_groups]]` tables in the TOML file.
+    capacity_groups: list[CapacityGroup] = Field(default_factory=list, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _capacity_group_names_unique(self) -> SchedulerConfig:
+        names = [g.name for g in self.capacity_groups]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"capacity group names must be unique: {', '.join(twice)} given twice")
+        return self
 
     @model_validator(mode="after")
     def _auto_mode_has_a_gap(self) -> SchedulerConfig:

@@ -21,7 +21,8 @@ from scheduler.placing import PlacementLoop
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
 from scheduler.engine import Engine
-from scheduler.errors import BadMode, Conflict, NotFound
+from scheduler.capacity import Groups
+from scheduler.errors import BadMode, BadRequest, Conflict, NotFound
 from scheduler.fitness import Mode
 from scheduler.hostfacts import HostFactsTable
 from scheduler.index import TaskIndex
@@ -37,7 +38,7 @@ from titus_common.jobspec import JobSpec
 from titus_common.protocol import NodeReport, SyncResponse, TaskUpdate
 from titus_common.states import FinishReason, TaskState
 
-__all__ = ["BadMode", "Conflict", "NotFound", "Scheduler", "SchedulerConfig"]
+__all__ = ["BadMode", "BadRequest", "Conflict", "NotFound", "Scheduler", "SchedulerConfig"]
 
 log = logging.getLogger("titus.scheduler")
 
@@ -66,6 +67,7 @@ class Scheduler:
         self._by_idempotency_key: dict[str, str] = {}
         self._deliveries = Deliveries(self.config.redeliver_after)
         self._schedule_wanted = asyncio.Event()
+        self.capacity = Groups(self.config.capacity_groups)  # admission limits, tiers, fair share
         self.placing = PlacementLoop(self, placer)
         self._want_images: dict[str, bool] = {}
         self.facts = HostFactsTable()  # cached images, free IPs, warm ENIs (scheduler/hostfacts.py)
@@ -105,6 +107,7 @@ class Scheduler:
             if existing.spec != spec:
                 raise Conflict(f"idempotencyKey {key!r} was already used by job {existing.id} with a different spec")
             return existing, False
+        self.capacity.admit(spec, self.jobs.values())  # an unknown group or one over its limit: refused
         now = self.clock()
         job = JobRecord(id=lifecycle.new_id(), spec=spec, created_at=now)
         tasks = [lifecycle.new_task(job, index, now) for index in range(spec.task_count)]

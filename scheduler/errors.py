@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from titus_common.errors import TitusError
 
-__all__ = ["BadMode", "Conflict", "NotFound"]
+__all__ = ["BadMode", "BadRequest", "Conflict", "NotFound"]
 
 
 class NotFound(TitusError, LookupError):
     """No job or task with that id (the API answers 404)."""
 
 
-class BadMode(TitusError, ValueError):
+class BadRequest(TitusError, ValueError):
+    """The request is well-formed but names something that does not exist or is not allowed (400)."""
+
+
+class BadMode(BadRequest):
     """An unknown scheduling mode (the API answers 400)."""
 
 

@@ -65,6 +65,15 @@ class _StateCollector(Collector):
         for taint, count in sorted(_Tally(k for n in s.nodes.values() for k in n.taints).items()):
             tainted.add_metric([taint], count)
         yield tainted
+        if len(s.capacity.by_name) > 1:
+            usage = s.capacity.usage(s.jobs.values())
+            cap = GaugeMetricFamily("titus_scheduler_capacity_group_cpu",
+                                    "CPUs a capacity group's live jobs ask for, and its limit", labels=["group", "kind"])
+            for name, g in sorted(s.capacity.by_name.items()):
+                cap.add_metric([name, "used"], usage.cpu.get(name, 0.0))
+                if g.limit_cpu is not None:
+                    cap.add_metric([name, "limit"], g.limit_cpu)
+            yield cap
         looping = sum(1 for j in s.jobs.values() if not j.state.value == "Finished" and s.crash_looping(j))
         mode = s.scheduling_mode
         if mode is not None:

@@ -18,7 +18,7 @@ from scheduler.errors import BadMode, Conflict
 from scheduler.fitness import Mode
 from scheduler.pending import PendingBook, PendingReason, why_pending
 from scheduler.placement import NodeView, Placer
-from scheduler.records import TaskRecord
+from scheduler.records import NodeStatus, TaskRecord
 from titus_common.states import TaskState
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ class PlacementLoop:
         )
         if not pending:
             return 0
+        if len(s.capacity.by_name) > 1:  # capacity groups: critical tier first, DRF within a tier
+            pending = s.capacity.order(pending, s.jobs, self._placed_by_group(), self._cell_totals())
         self.passes += 1
         if isinstance(self.placer, Engine):
             return self._engine_pass(self.placer, pending, now)
@@ -84,6 +86,23 @@ class PlacementLoop:
             t.enter(TaskState.LAUNCHED, now)
             self._launched(t, placed)
         return self._commit(placed, waiting)
+
+    def _placed_by_group(self) -> dict[str, tuple[float, float]]:
+        s = self._s
+        used: dict[str, list[float]] = {}
+        for t in s.tasks.values():
+            if t.node_id is None or t.state.terminal:
+                continue
+            job = s.jobs[t.job_id]
+            r = job.spec.container.resources
+            u = used.setdefault(s.capacity.group_of(job.spec).name, [0.0, 0.0])
+            u[0] += r.cpu
+            u[1] += r.memory_mib
+        return {g: (u[0], u[1]) for g, u in used.items()}
+
+    def _cell_totals(self) -> tuple[float, float]:
+        ready = [n for n in self._s.nodes.values() if n.status is NodeStatus.READY]
+        return sum(n.capacity.cpus for n in ready), float(sum(n.capacity.memory_mib for n in ready))
 
     def _engine_pass(self, engine: Engine, pending: list[TaskRecord], now: float) -> int:
         # A host with a taint (a failed health check, a cordon) takes no new work in the engine path:

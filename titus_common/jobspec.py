@@ -289,6 +289,8 @@ class JobSpec(_Model):
     # Placement constraints, hard and soft (titus_common/constraints.py, docs/scheduling.md).
     constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
     idempotency_key: Annotated[str | None, Field(max_length=128)] = None
+    # The capacity group the job draws from (scheduler/capacity.py); None: by app, then owner.
+    capacity_group: Annotated[str | None, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = None
 
     @field_validator("app_name")
     @classmethod
