@@ -79,6 +79,7 @@ class HostTable:
 
     def __init__(self, hosts: list[HostInput], seed: int = 0, max_tasks_per_host: int = 120) -> None:
         hosts = sorted(hosts, key=lambda h: h.id)
+        self.inputs = hosts  # as given (never changed by `take`): what a decision trace records
         self.ids = [h.id for h in hosts]
         self.index = {h: i for i, h in enumerate(self.ids)}
         n = len(hosts)

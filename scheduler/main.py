@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in backup_cli.COMMANDS:  # backup, restore-test, restore (scheduler/backup_cli.py)
         setup_logging(PROG)
         sys.exit(backup_cli.main(argv))
+    if argv and argv[0] == "replay":  # re-run a decision trace (scheduler/trace.py)
+        from scheduler import trace
+
+        sys.exit(trace.main(argv[1:]))
     if argv and argv[0] in trust_cli.COMMANDS:  # offline trust commands (`ca init`, `token create`)
         sys.exit(trust_cli.main(argv))
     try:

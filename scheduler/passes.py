@@ -87,12 +87,20 @@ def request_for(task: TaskRecord, job: JobRecord) -> Request:
     )
 
 
+OnPass = Callable[[HostTable, list[Request], dict[str, list[tuple[str, B]]], list[Decision]], None]
+
+
 def plan(
     engine: Engine, table: HostTable, ready: list[NodeRecord], pending: list[TaskRecord],
-    jobs: Mapping[str, JobRecord], policy: SecurityPolicy,
+    jobs: Mapping[str, JobRecord], policy: SecurityPolicy, on_pass: OnPass | None = None,
 ) -> list[Decision]:
+    """Place `pending` in order; `on_pass` (the decision trace) sees the inputs and the choices."""
     masks = {j: _posture_masks(table, ready, jobs[j], policy) for j in {t.job_id for t in pending}}
-    return engine.place_all(table, [request_for(t, jobs[t.job_id]) for t in pending], masks)
+    requests = [request_for(t, jobs[t.job_id]) for t in pending]
+    decisions = engine.place_all(table, requests, masks)
+    if on_pass is not None:  # table.inputs are as the pass started: `take` changes the arrays only
+        on_pass(table, requests, masks, decisions)
+    return decisions
 
 
 def waiting_message(d: Decision, hosts: int) -> str:

@@ -9,16 +9,18 @@ transaction (`_commit`) before the hosts are woken. May import scheduler modules
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scheduler import eligibility, passes
 from scheduler.automode import AutoMode
-from scheduler.engine import Engine
+from scheduler.engine import B, Decision, Engine, HostTable, Request
 from scheduler.errors import BadMode, Conflict
 from scheduler.fitness import Mode
 from scheduler.pending import PendingBook, PendingReason, why_pending
 from scheduler.placement import NodeView, Placer
 from scheduler.records import NodeStatus, TaskRecord
+from scheduler.trace import TraceWriter
 from titus_common.states import TaskState
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ class PlacementLoop:
         self.parked: set[str] = set()
         self.passes = 0  # passes that evaluated at least one task
         c = sched.config
+        # Every engine pass written down for `titus-scheduler replay` (scheduler/trace.py); off by default.
+        self.trace = TraceWriter(Path(c.decision_trace)) if c.decision_trace else None
         self.auto = AutoMode(c.auto_pack_queue_depth, c.auto_spread_queue_depth, c.auto_mode_hold)
 
     def eligible_nodes(self) -> list[NodeView]:
@@ -55,7 +59,9 @@ class PlacementLoop:
             return 0
         pending = sorted(
             (t for t in map(s.tasks.__getitem__, queue - self.parked) if t.not_before <= now),
-            key=lambda t: t.timestamps[TaskState.ACCEPTED.value],
+            # Oldest first; ties (one submit's tasks) by job and index, never by set order: the same
+            # state gives the same pass.
+            key=lambda t: (t.timestamps[TaskState.ACCEPTED.value], t.job_id, t.index),
         )
         if not pending:
             return 0
@@ -112,7 +118,15 @@ class PlacementLoop:
                                           unhealthy=lambda n: bool(n.taints))
         placed: list[TaskRecord] = []
         waiting: list[TaskRecord] = []
-        for t, d in zip(pending, passes.plan(engine, table, ready, pending, s.jobs, s.security_policy)):
+        on_pass = None
+        if self.trace is not None:
+            trace = self.trace
+
+            def on_pass(table: HostTable, requests: list[Request], masks: dict[str, list[tuple[str, B]]],
+                        decisions: list[Decision]) -> None:
+                trace.write(engine, table, requests, masks, decisions, now)
+
+        for t, d in zip(pending, passes.plan(engine, table, ready, pending, s.jobs, s.security_policy, on_pass)):
             if d.host is None:
                 self.parked.add(t.id)
                 self.pending.note(t.id, engine_pending_reason(d.reasons, len(ready)))
