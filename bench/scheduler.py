@@ -100,20 +100,25 @@ Run = list[tuple[Task, int | None, float]]  # task, host index (into w.hosts), s
 
 
 def run_engine(w: World, mode: Mode, seed: int) -> tuple[Run, float]:
+    """As the scheduler's pass does: each job's consecutive tasks go to `place_all` together (one
+    incremental run); every task of a run is stamped with the time the run ended (conservative)."""
     t0 = time.perf_counter()
     table = HostTable(w.hosts, seed)
     engine = Engine(mode, seed)
     index = {x.id: i for i, x in enumerate(w.hosts)}
     out: Run = []
-    failed: set[str] = set()
-    for t in w.tasks:
-        if t.job in failed:
-            out.append((t, None, time.perf_counter() - t0))
-            continue
-        d = engine.place(table, Request(t.id, t.job, t.cpu, t.cpu * 4 * GIB, 0, image=t.image, sg_key=t.sg))
-        if d.host is None:
-            failed.add(t.job)
-        out.append((t, None if d.host is None else index[d.host], time.perf_counter() - t0))
+    start = 0
+    while start < len(w.tasks):
+        end = start
+        while end < len(w.tasks) and w.tasks[end].job == w.tasks[start].job:
+            end += 1
+        run = w.tasks[start:end]
+        start = end
+        decisions = engine.place_all(
+            table, [Request(t.id, t.job, t.cpu, t.cpu * 4 * GIB, 0, image=t.image, sg_key=t.sg, job_tasks=t.desired)
+                    for t in run])
+        at = time.perf_counter() - t0
+        out += [(t, None if d.host is None else index[d.host], at) for t, d in zip(run, decisions)]
     return out, time.perf_counter() - t0
 
 

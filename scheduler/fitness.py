@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ import numpy.typing as npt
 __all__ = ["Mode", "Weights", "WEIGHTS", "score"]
 
 F = npt.NDArray[np.float64]
+FF = TypeVar("FF", npt.NDArray[np.float64], float)  # every host's array, or one host's float
 
 
 class Mode(str, Enum):
@@ -50,14 +52,15 @@ WEIGHTS: dict[Mode, Weights] = {
 }
 
 
-def utilisation(free_frac: F, inv_cpu: F, inv_mem: F, cpu: float, mem: float) -> F:
-    """u_h from the engine's running arrays: free_frac = (Fc/C + Fm/M)/2, inv_* = 1/capacity."""
-    u: F = 1.0 - free_frac + (cpu * inv_cpu + mem * inv_mem) / 2.0
+def utilisation(free_frac: FF, inv_cpu: FF, inv_mem: FF, cpu: float, mem: float) -> FF:
+    """u_h from the engine's running arrays (or one host's floats: the same operations in the same
+    order give bit-identical results): free_frac = (Fc/C + Fm/M)/2, inv_* = 1/capacity."""
+    u: FF = 1.0 - free_frac + (cpu * inv_cpu + mem * inv_mem) / 2.0
     return u
 
 
 def score(
-    mode: Mode, util: F, job_on_host: F | float, zone_min: F | float, img: F | float, net: F | float, cap: float
+    mode: Mode, util: F | float, job_on_host: F | float, zone_min: F | float, img: F | float, net: F | float, cap: float
 ) -> dict[str, F | float]:
     """Each weighted term, by name (their sum is the score; the breakdown explains a choice)."""
     w = WEIGHTS[mode]

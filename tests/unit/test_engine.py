@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.engine import Engine, HostInput, HostTable, Request, reason_text
+from scheduler.engine import Decision, Engine, HostInput, HostTable, Request, reason_text
 from scheduler.fitness import Mode
 from titus_common.constraints import ConstraintsSpec
 
@@ -101,14 +101,14 @@ def test_caller_masks_are_hard_filters() -> None:
 def test_a_job_that_fits_nowhere_costs_one_scan() -> None:
     engine = Engine()
     calls = 0
-    real = engine.place
+    real = engine._place_run
 
     def counting(*a: object, **kw: object) -> object:
         nonlocal calls
         calls += 1
         return real(*a, **kw)  # type: ignore[arg-type]
 
-    engine.place = counting  # type: ignore[method-assign, assignment]
+    engine._place_run = counting  # type: ignore[method-assign, assignment]
     out = engine.place_all(HostTable([host("h1", free=1)]), [req(cpu=4, i=i) for i in range(1000)])
     assert calls == 1 and all(d.host is None and d.reasons == [("not enough cpu", 1)] for d in out)
 
@@ -151,3 +151,41 @@ def test_properties(spec: list[tuple[float, str, bool, str]], ds: list[tuple[flo
     rnd.shuffle(shuffled)  # type: ignore[attr-defined]
     b = Engine(mode, seed=7).place_all(HostTable(shuffled, seed=7), reqs)
     assert [d.host for d in a] == [d.host for d in b]
+
+
+constraint_sets = st.sampled_from([
+    ConstraintsSpec(),
+    ConstraintsSpec(hard={"zoneBalance": "true"}),
+    ConstraintsSpec(soft={"zoneBalance": "true", "maxPerHost": "2"}),
+    ConstraintsSpec(hard={"uniqueHost": "true"}),
+    ConstraintsSpec(hard={"maxPerHost": "3"}, soft={"instanceType": "m6"}),
+])
+
+
+@settings(max_examples=80, deadline=None)
+@given(fleet, st.lists(st.tuples(st.sampled_from([0.5, 1, 2, 4]), st.integers(1, 12), constraint_sets),
+                       min_size=1, max_size=6),
+       st.sampled_from(list(Mode)), st.booleans())
+def test_a_run_of_one_job_places_exactly_as_one_task_at_a_time(
+    spec: list[tuple[float, str, bool, str]], jobs: list[tuple[float, int, ConstraintsSpec]], mode: Mode, warm: bool,
+) -> None:
+    """The incremental run (`_place_run` over a job's tasks) against placing each task alone."""
+    hosts = _hosts(spec)
+    if warm:
+        for i, h in enumerate(hosts):
+            h.warm = {"sg-a": i % 3}
+    reqs = [Request(f"{j}-{k}", f"job{j}", c, c * 1024, 10, image="img1", sg_key="sg-a", constraints=cs, job_tasks=n)
+            for j, (c, n, cs) in enumerate(jobs) for k in range(n)]
+    together = Engine(mode, seed=3).place_all(HostTable(hosts, seed=3), reqs)
+    engine, table = Engine(mode, seed=3), HostTable(hosts, seed=3)
+    alone = []
+    failed: dict[str, list[tuple[str, int]]] = {}
+    for r in reqs:  # what place_all did before runs: one task at a time, a failed job short-cut
+        if r.job_id in failed:
+            alone.append(Decision(r.task_id, None, failed[r.job_id]))
+            continue
+        d = engine.place(table, r)
+        if d.host is None:
+            failed[r.job_id] = d.reasons
+        alone.append(d)
+    assert [(d.host, d.reasons, d.breakdown) for d in together] == [(d.host, d.reasons, d.breakdown) for d in alone]
