@@ -15,7 +15,8 @@ ids, `unknown_containers`). Per node, `decide` finds every mismatch and proposes
 more than a couple (2) and more than `reconcile_freeze_fraction` of the running tasks. A mass
 mismatch is evidence that the scheduler's state is wrong, not the cell's: nothing is killed then
 (`reconciler.Reconciler` holds every disruptive action and pages an operator). Actions on a task
-whose host has not reported since the scheduler started are never proposed — no report is no proof.
+whose host has not reported since the scheduler started are never proposed — no report is no proof;
+nor are orphans counted from the stale last report of a host that is not Ready.
 
 A task its agent does not report is only a `missing` mismatch once it has gone unreported for
 `missing_after` (its key's first sighting, in `Plan.watch` until then): a task that just entered
@@ -128,10 +129,9 @@ def _note(plan: Plan, kind: str, ident: str, node_id: str) -> str:
 
 
 def _orphan(plan: Plan, kind: ActionKind, ident: str, node: NodeObs, age: float, config: SchedulerConfig) -> None:
-    """Propose killing an orphan once it has been reported for `orphan_kill_after` (0: never) by
-    an agent that is Ready now (a silent host's last report is no evidence)."""
+    """Propose killing an orphan once it has been reported for `orphan_kill_after` (0: never)."""
     after = config.orphan_kill_after
-    if after > 0 and age >= after and node.ready:
+    if after > 0 and age >= after:
         what = "task" if kind is ActionKind.KILL_ORPHAN_TASK else "container"
         plan.actions.append(Action(kind, ident, None, node.id,
                                    f"orphan {what} on {node.id}, unknown to the scheduler for {age:.0f}s"))
@@ -172,6 +172,8 @@ def decide(cell: CellView, first_seen: Mapping[str, float], config: SchedulerCon
                 if age(key) >= config.missing_lost_after:
                     plan.actions.append(Action(ActionKind.DECLARE_LOST, t.id, t.job_id, node.id,
                                                f"agent on {node.id} has not reported it for {age(key):.0f}s"))
+        if not node.ready:
+            continue  # a silent host's last report is stale: no evidence of orphans now
         for task_id in sorted(node.reported or ()):
             if task_id not in cell.known_task_ids:
                 key = _note(plan, "unknownTask", task_id, node.id)
