@@ -159,7 +159,12 @@ class Reconciler:
         current = {a.id for a in plan.actions}
         self.approved &= current
         self._outcome = {k: v for k, v in self._outcome.items() if k in current}
-        return [a for a in plan.actions if self.admit(a, 0 if a.job_id is None else live_tasks(a.job_id), now)]
+        return [a for a in plan.actions if not self._sending(a)
+                and self.admit(a, 0 if a.job_id is None else live_tasks(a.job_id), now)]
+
+    def _sending(self, action: Action) -> bool:
+        """An orphan kill already admitted and on its way to the agent: not admitted (nor spent) again."""
+        return action.kind.orphan and action.task_id in self.orphan_kills.get(action.node_id or "", {})
 
     def admit(self, action: Action, live_tasks: int, now: float) -> bool:
         """May this action be applied now? Records the outcome (audit, metric) when it changes."""

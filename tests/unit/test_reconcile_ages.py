@@ -119,6 +119,11 @@ def test_orphans_are_killed_after_their_age_through_the_kill_path(tmp_path: Path
     resp = s.work_for("n1")
     assert (resp.kill, resp.kill_containers) == (["zombie"], ["c0ffee000001"])
     assert s.work_for("n1").kill == []  # sent; again only after redeliver_after
+    tokens = s.reconciler.kill_path.bucket.tokens
+    clock.now += 1
+    beat(s, running=["zombie"], unknown=["c0ffee000001"])  # the agent has not killed them yet
+    assert s.reconcile() == 0  # on their way: neither admitted nor spent again
+    assert s.reconciler.kill_path.bucket.tokens >= tokens
     assert events(tmp_path).count('"event":"action.executed"') == 2
     assert s.metrics.registry.get_sample_value(
         "titus_scheduler_reconcile_actions_total", {"kind": "killOrphanContainer", "outcome": "executed"}) == 1
@@ -250,3 +255,16 @@ def test_after_a_clock_step_a_silent_host_is_still_noticed(tmp_path: Path) -> No
         s.reconcile()
         assert s.nodes["n1"].status in (NodeStatus.DISCONNECTED, NodeStatus.LOST), step
         assert s.reconciler.plan.counts["disconnected"] == 4, step
+
+
+async def test_a_sync_answers_at_once_with_an_orphan_kill(tmp_path: Path) -> None:
+    clock = Clock()
+    s = restarted(tmp_path, clock, orphan_kill_after=10, reconcile_grace=0.0)
+    report_ = NodeReport(id="n1", capacity=CapacityReport(cpus=16, memory_mib=4096, disk_mib=100_000),
+                         unknown_containers=["c0ffee000001"])
+    s.heartbeat(report_)
+    s.reconcile()
+    clock.now += 11
+    assert s.reconcile() == 1
+    resp = await s.sync(report_, wait_seconds=1)  # a long poll must not swallow it
+    assert resp.kill_containers == ["c0ffee000001"]
