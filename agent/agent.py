@@ -47,6 +47,7 @@ from titus_common.states import TaskState
 log = logging.getLogger("titus.agent")
 
 RECONCILE_EVERY = 30.0
+ORPHAN_KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for an orphan the scheduler ordered killed
 GIVE_BACK_AFTER = 5.0  # seconds after a task is forgotten before freed memory is returned to the host
 
 T = TypeVar("T")
@@ -116,6 +117,7 @@ class Agent:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._give_back: asyncio.TimerHandle | None = None
         self.unknown_containers: list[str] = []
+        self._orphan_kills: set[asyncio.Task[None]] = set()
         self.last_sync_ok: float | None = None
         self._report_wanted = asyncio.Event()
         self.image_cache = ImageCacheReport()  # cached images for placement affinity (agent/imagecache.py)
@@ -190,9 +192,9 @@ class Agent:
             self._watcher.stop()
         if self._give_back is not None:
             self._give_back.cancel()
-        for t in [*self._loops, *self._running.values()]:
+        for t in [*self._loops, *self._running.values(), *self._orphan_kills]:
             t.cancel()
-        for t in [*self._loops, *self._running.values()]:
+        for t in [*self._loops, *self._running.values(), *self._orphan_kills]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self.remediator.stop()
@@ -312,6 +314,10 @@ class Agent:
                 self.accept(assignment)
             for task_id in resp.kill:
                 self.kill(task_id)
+            if resp.kill_containers:
+                job = asyncio.create_task(self.kill_unknown(resp.kill_containers), name="kill-orphans")
+                self._orphan_kills.add(job)
+                job.add_done_callback(self._orphan_kills.discard)
             for order in resp.remediate:
                 self.remediator.submit(order)
 
@@ -403,6 +409,31 @@ class Agent:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.decode(errors='replace')[-200:]}")
         return f"{' '.join(cmd)} done"
+
+    async def kill_unknown(self, container_ids: list[str]) -> None:
+        """Kill (stop, then remove) containers the scheduler ordered killed as orphans — each only if,
+        listed afresh from the engine, it carries this agent's label and still matches no task this
+        agent holds. The agent never kills an unknown container on its own."""
+        try:
+            containers = await self.docker.list_labelled(self.config.node_id)
+        except (DockerUnavailable, DockerError) as e:
+            log.warning("cannot list containers to kill orphans (the scheduler will ask again): %s", e)
+            return
+        unknown = {str(c.get("Id", ""))[:12]: c for c in containers
+                   if (c.get("Labels") or {}).get(LABEL_TASK) not in self.runners}
+        for cid in container_ids:
+            c = unknown.get(cid[:12])
+            if c is None:
+                log.warning("refusing to kill container %s: not an unknown container of this agent", cid)
+                continue
+            log.warning("killing orphan container %s (task label %s) on the scheduler's order", cid,
+                        (c.get("Labels") or {}).get(LABEL_TASK))
+            try:
+                await self.docker.stop(str(c["Id"]), ORPHAN_KILL_GRACE)
+                await self.docker.remove(str(c["Id"]))
+            except (DockerUnavailable, DockerError) as e:
+                log.warning("killing orphan container %s failed (the scheduler will ask again): %s", cid, e)
+        self._reconcile_wanted.set()  # list again: the next report no longer holds what was killed
 
     def _note_unknown(self, containers: list[dict[str, Any]]) -> None:
         unknown = []

@@ -221,7 +221,10 @@ async def node_sync(request: web.Request) -> web.Response:
     if req.node.id != request.match_info["node_id"]:
         raise ApiError(400, "node.id does not match the URL")
     resp = await s.sync(req.node, req.wait_seconds)
-    return _json(resp.model_dump(mode="json", by_alias=True))
+    doc = resp.model_dump(mode="json", by_alias=True)
+    if not doc["killContainers"]:
+        del doc["killContainers"]  # an agent older than orphan kills refuses a field it does not know
+    return _json(doc)
 
 
 async def node_updates(request: web.Request) -> web.Response:

@@ -62,8 +62,16 @@ class SchedulerConfig(BaseModel):
     job_disruption_window: Annotated[float, Field(gt=0)] = 600.0
     # A task the agent of a Ready host does not report for this long is proposed lost.
     missing_lost_after: Annotated[float, Field(gt=0)] = 60.0
-    # Containers the scheduler does not know may be killed after this age (0: never; off by default).
+    # ... and it is only a mismatch (counted towards a freeze) once unreported this long: a task that
+    # just started (a replacement placed a moment ago) is not in the agent's last report yet.
+    missing_after: Annotated[float, Field(ge=0)] = 30.0
+    # Orphans (tasks or containers an agent runs that the scheduler does not know) are killed after
+    # this age, through the kill path (freeze, grace, bucket; never after an empty-store start
+    # without an operator's approval). 0: never (the default).
     orphan_kill_after: Annotated[float, Field(ge=0)] = 0.0
+    # A wall-clock step larger than this (against the monotonic clock) moves every age by the step
+    # and restarts the reconciliation grace (scheduler/clockstep.py).
+    clock_step_tolerance: Annotated[float, Field(gt=0)] = 10.0
     # Stuck-state timeouts (Titus' defaults).
     stuck_launched_after: Annotated[float, Field(gt=0)] = 300.0
     stuck_start_initiated_after: Annotated[float, Field(gt=0)] = 300.0

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 from scheduler import integrity, lifecycle, liveness, remediation, retries
 from scheduler.audit import AuditLog
+from scheduler.clockstep import ClockStep
 from scheduler.pending import PendingBook
 from scheduler.placing import PlacementLoop
 from scheduler.config import SchedulerConfig
@@ -53,11 +54,18 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         security_policy: SecurityPolicy | None = None,
         audit: AuditLog | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.config = config if config is not None else SchedulerConfig()
-        self.clock = clock
+        # Every reading of the wall clock first checks it against the monotonic one (a test's fake
+        # clock without a monotonic one is taken as steady): a step moves the ages, it is no time.
+        if monotonic is None and clock is time.time:
+            monotonic = time.monotonic
+        self._steps = None if monotonic is None else ClockStep(clock, monotonic, self.config.clock_step_tolerance)
+        self._wall = clock
+        self.clock: Callable[[], float] = clock if self._steps is None else self._read_clock
         # Which hosts may run which jobs, by their reported security posture (docs/security.md).
         self.security_policy = security_policy or default_policy()
         self.jobs: dict[str, JobRecord] = {}
@@ -77,6 +85,7 @@ class Scheduler:
         self.reconciler = Reconciler(self.config, clock(), audit or AuditLog(), metrics.registry)
         snap = store.load()
         integrity.check(snap, getattr(store, "path", "the store"))  # refuses a self-contradicting store
+        self.reconciler.orphans_trusted = bool(snap.jobs or snap.nodes)
         if not snap.jobs and not snap.nodes:
             log.warning("starting on an EMPTY store: if this cell ran work before, this is the wrong store; "
                         "reconciliation kills nothing for %.0fs and freezes on any mass mismatch",
@@ -95,6 +104,16 @@ class Scheduler:
             self.nodes[n.id] = n
         metrics.bind(self)
         log.info("loaded %d jobs, %d tasks, %d nodes", len(self.jobs), len(self.tasks), len(self.nodes))
+
+    def _read_clock(self) -> float:
+        assert self._steps is not None
+        now, step = self._steps.read()
+        if step is not None:  # the wall clock stepped: every age stays what it was (docs/reconcile.md)
+            for n in self.nodes.values():
+                n.last_heartbeat += step
+            self._deliveries.shift(step)
+            self.reconciler.clock_stepped(step, now, self.tasks.values())
+        return now
 
     # ---- jobs -------------------------------------------------------------------------------
 
@@ -244,6 +263,10 @@ class Scheduler:
             elif t.state is TaskState.KILL_INITIATED:
                 resp.kill.append(t.id)
                 self._deliveries.sent(t.id, now)
+        for ident, container in self.reconciler.orphan_kills.get(node_id, {}).items():  # admitted orphan kills
+            if self._deliveries.due(f"orphan:{ident}", now):
+                (resp.kill_containers if container else resp.kill).append(ident)
+                self._deliveries.sent(f"orphan:{ident}", now)
         return resp
 
     async def sync(self, report: NodeReport, wait_seconds: float) -> SyncResponse:
@@ -255,7 +278,7 @@ class Scheduler:
             event.clear()
             resp = self.work_for(report.id)
             remaining = deadline - self.clock()
-            if resp.launch or resp.kill or remaining <= 0:
+            if resp.launch or resp.kill or resp.kill_containers or remaining <= 0:
                 return resp
             try:
                 await asyncio.wait_for(event.wait(), timeout=remaining)
@@ -442,6 +465,11 @@ class Scheduler:
         changed: list[TaskRecord] = []
         jobs: dict[str, JobRecord] = {}
         for a in admitted:
+            if a.kind.orphan:  # sent to its agent with the next sync (work_for)
+                self.reconciler.queue_orphan_kill(a)
+                if a.node_id:
+                    self._deliveries.wake(a.node_id)
+                continue
             t = self.tasks.get(a.task_id)
             if t is None or t.state.terminal:
                 continue

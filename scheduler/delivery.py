@@ -46,6 +46,10 @@ class Deliveries:
         """Never sent, or sent at least `redeliver_after` ago."""
         return now - self._sent_at.get(task_id, -1e18) >= self.redeliver_after
 
+    def shift(self, step: float) -> None:
+        """The wall clock stepped: what was sent stays as long ago as it was."""
+        self._sent_at = {k: v + step for k, v in self._sent_at.items()}
+
     def forget(self, task_id: str) -> None:
         """The task moved on (or must be sent anew, e.g. a kill after a launch)."""
         self._sent_at.pop(task_id, None)

@@ -72,11 +72,19 @@ class JobBudget:
     def spend(self, job_id: str, now: float) -> None:
         self._at.setdefault(job_id, deque()).append(now)
 
+    def shift(self, step: float) -> None:
+        self._at = {j: deque(t + step for t in q) for j, q in self._at.items()}
+
 
 class KillPath:
     def __init__(self, config: SchedulerConfig, now: float) -> None:
         self.bucket = TokenBucket.full(config.kill_rate_per_second, config.kill_burst, now)
         self.jobs = JobBudget(config.job_disruption_fraction, config.job_disruption_window)
+
+    def shift(self, step: float) -> None:
+        """The wall clock stepped: keep the budgets as they were (a step forward mints no tokens)."""
+        self.bucket.at += step
+        self.jobs.shift(step)
 
     def take(self, job_id: str | None, live_tasks: int, now: float) -> str | None:
         """Spend one disruption; None if allowed, else why not (nothing is spent then)."""

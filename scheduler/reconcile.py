@@ -5,17 +5,23 @@ ids, `unknown_containers`). Per node, `decide` finds every mismatch and proposes
 
 | mismatch           | what it is                                                 | proposed action (after)     |
 |--------------------|------------------------------------------------------------|-----------------------------|
-| `missing`          | StartInitiated/Started here, the Ready agent does not hold | declareLost (missing_lost_after) |
+| `missing`          | StartInitiated/Started here, the Ready agent has not held it for `missing_after` | declareLost (missing_lost_after) |
 | `disconnected`     | on a host silent for longer than `lost_after`              | declareLost (at once)       |
-| `unknownTask`      | the agent holds a task id the scheduler does not know      | none: reported (an orphan)  |
-| `unknownContainer` | a container neither the agent nor the scheduler knows      | none: reported (an orphan)  |
+| `unknownTask`      | the agent holds a task id the scheduler does not know      | killOrphanTask (orphan_kill_after; 0: never) |
+| `unknownContainer` | a container neither the agent nor the scheduler knows      | killOrphanContainer (likewise) |
 | `stuck`            | Launched / StartInitiated / KillInitiated past its timeout | retryStuck / killStuck / resendKill |
 
 `Plan.freeze` says whether the mismatch is a mass mismatch: more than `reconcile_freeze_abs`, or
 more than a couple (2) and more than `reconcile_freeze_fraction` of the running tasks. A mass
 mismatch is evidence that the scheduler's state is wrong, not the cell's: nothing is killed then
 (`reconciler.Reconciler` holds every disruptive action and pages an operator). Actions on a task
-whose host has not reported since the scheduler started are never proposed — no report is no proof.
+whose host has not reported since the scheduler started are never proposed — no report is no proof;
+nor are orphans counted from the stale last report of a host that is not Ready.
+
+A task its agent does not report is only a `missing` mismatch once it has gone unreported for
+`missing_after` (its key's first sighting, in `Plan.watch` until then): a task that just entered
+StartInitiated/Started — a replacement placed a moment ago — is not in the agent's last report yet,
+and must neither count towards a freeze nor be declared lost.
 """
 
 from __future__ import annotations
@@ -38,18 +44,24 @@ class ActionKind(str, enum.Enum):
     RETRY_STUCK = "retryStuck"  # Launched too long and not on its host: finish as crashed, replaced
     KILL_STUCK = "killStuck"  # StartInitiated too long: kill it, then replace it as crashed
     RESEND_KILL = "resendKill"  # KillInitiated too long: send the kill again, escalate
+    KILL_ORPHAN_TASK = "killOrphanTask"  # the agent runs a task the scheduler does not know: kill it
+    KILL_ORPHAN_CONTAINER = "killOrphanContainer"  # a container nobody knows: the agent kills it
 
     @property
     def disruptive(self) -> bool:
         """Kills or declares lost: goes through the kill path (budget, freeze)."""
         return self is not ActionKind.RESEND_KILL
 
+    @property
+    def orphan(self) -> bool:
+        return self in (ActionKind.KILL_ORPHAN_TASK, ActionKind.KILL_ORPHAN_CONTAINER)
+
 
 @dataclass(frozen=True)
 class Action:
     kind: ActionKind
-    task_id: str
-    job_id: str
+    task_id: str  # the task id (or, for killOrphanContainer, the container id)
+    job_id: str | None  # None for an orphan: no job of the scheduler's
     node_id: str | None
     reason: str
 
@@ -93,6 +105,8 @@ class Plan:
     # Mismatch key ("kind:id") → node, for the Reconciler's first-seen ages and the API.
     mismatches: dict[str, str] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    # Candidates not yet counted (a `missing` younger than `missing_after`): key → node, kept for their age.
+    watch: dict[str, str] = field(default_factory=dict)
     freeze: str | None = None  # why this is a mass mismatch, or None
 
     @property
@@ -112,6 +126,15 @@ def _note(plan: Plan, kind: str, ident: str, node_id: str) -> str:
     plan.mismatches[key] = node_id
     plan.counts[kind] += 1
     return key
+
+
+def _orphan(plan: Plan, kind: ActionKind, ident: str, node: NodeObs, age: float, config: SchedulerConfig) -> None:
+    """Propose killing an orphan once it has been reported for `orphan_kill_after` (0: never)."""
+    after = config.orphan_kill_after
+    if after > 0 and age >= after:
+        what = "task" if kind is ActionKind.KILL_ORPHAN_TASK else "container"
+        plan.actions.append(Action(kind, ident, None, node.id,
+                                   f"orphan {what} on {node.id}, unknown to the scheduler for {age:.0f}s"))
 
 
 def decide(cell: CellView, first_seen: Mapping[str, float], config: SchedulerConfig, now: float) -> Plan:
@@ -141,15 +164,23 @@ def decide(cell: CellView, first_seen: Mapping[str, float], config: SchedulerCon
                                                f"stuckInState: {t.state.value} for {now - t.since:.0f}s"))
                     continue
             if t.state in (TaskState.START_INITIATED, TaskState.STARTED) and t.id not in node.reported:
-                key = _note(plan, "missing", t.id, node.id)
+                key = f"missing:{t.id}"
+                if age(key) < config.missing_after:
+                    plan.watch[key] = node.id  # maybe only newer than the agent's last report
+                    continue
+                _note(plan, "missing", t.id, node.id)
                 if age(key) >= config.missing_lost_after:
                     plan.actions.append(Action(ActionKind.DECLARE_LOST, t.id, t.job_id, node.id,
                                                f"agent on {node.id} has not reported it for {age(key):.0f}s"))
+        if not node.ready:
+            continue  # a silent host's last report is stale: no evidence of orphans now
         for task_id in sorted(node.reported or ()):
             if task_id not in cell.known_task_ids:
-                _note(plan, "unknownTask", task_id, node.id)
+                key = _note(plan, "unknownTask", task_id, node.id)
+                _orphan(plan, ActionKind.KILL_ORPHAN_TASK, task_id, node, age(key), config)
         for container in node.unknown_containers:
-            _note(plan, "unknownContainer", container, node.id)
+            key = _note(plan, "unknownContainer", container, node.id)
+            _orphan(plan, ActionKind.KILL_ORPHAN_CONTAINER, container, node, age(key), config)
     total = plan.total
     if total > config.reconcile_freeze_abs:
         plan.freeze = f"mismatch of {total} exceeds {config.reconcile_freeze_abs}"

@@ -9,6 +9,14 @@ actions from the dry-run list (they then go through the kill path's budget, froz
 pages: the `titus_scheduler_reconcile_frozen` gauge goes to 1, an error is logged, and
 `page_command` (if set) runs with the freeze as JSON on stdin. Every outcome change of an action
 (held, deferred, executed, approved) is written to the audit log with its reason.
+
+Orphans (`killOrphanTask`, `killOrphanContainer`, proposed after `orphan_kill_after`) pass the same
+path, and one more brake: after a start on an empty store (`orphans_trusted` False) none is killed
+without an operator's approval — there every running container looks like an orphan.
+
+A step of the wall clock (`clock_stepped`, detected by `scheduler.clockstep`) moves every age kept
+here by the step (first sightings, the tasks' state ages, the kill path's budgets) and restarts the
+grace: the step is no evidence that anything happened in the cell.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from scheduler.audit import AuditLog
 from scheduler.config import SchedulerConfig
 from scheduler.killpath import KillPath
 from scheduler.reconcile import Action, ActionKind, CellView, NodeObs, Plan, TaskObs, decide
-from scheduler.records import NodeStatus
+from scheduler.records import NodeStatus, TaskRecord
 from titus_common.states import TaskState
 
 if TYPE_CHECKING:
@@ -42,17 +50,27 @@ MISMATCH_KINDS = ("missing", "disconnected", "unknownTask", "unknownContainer", 
 
 def cell_view(s: Scheduler, reports: dict[str, tuple[frozenset[str], tuple[str, ...]]], now: float) -> CellView:
     nodes = []
+    steady = s.reconciler.steady_since  # state ages moved by a clock step (empty unless one happened)
+    kept: dict[str, tuple[TaskState, float]] = {}
+
+    def since(t: TaskRecord) -> float:
+        o = steady.get(t.id)
+        if o is not None and o[0] is t.state:
+            kept[t.id] = o
+            return o[1]
+        return float(t.timestamps.get(t.state.value, now))
+
     for n in sorted(s.nodes.values(), key=lambda n: n.id):
         report = reports.get(n.id)
-        tasks = tuple(
-            TaskObs(t.id, t.job_id, t.state, t.timestamps.get(t.state.value, now)) for t in s.node_tasks(n.id)
-        )
+        tasks = tuple(TaskObs(t.id, t.job_id, t.state, since(t)) for t in s.node_tasks(n.id))
         nodes.append(NodeObs(
             n.id, n.status is NodeStatus.READY, now - n.last_heartbeat,
             None if report is None else report[0], () if report is None else report[1], tasks,
         ))
     known = frozenset(t.id for t in s.tasks.values() if not t.state.terminal)
     running = sum(len(n.tasks) for n in nodes)
+    if steady:
+        s.reconciler.steady_since = kept  # a task that moved on has a state age of its own frame
     return CellView(tuple(nodes), known, running)
 
 
@@ -68,6 +86,9 @@ class Reconciler:
         self.frozen: str | None = None
         self.frozen_at: float | None = None
         self.approved: set[str] = set()
+        self.orphans_trusted = True  # False after a start on an empty store (core.Scheduler sets it)
+        self.orphan_kills: dict[str, dict[str, bool]] = {}  # node → orphan id → is a container; to send
+        self.steady_since: dict[str, tuple[TaskState, float]] = {}
         self.plan = Plan()
         self.last_pass: float | None = None
         self._outcome: dict[str, str] = {}
@@ -91,7 +112,34 @@ class Reconciler:
     # ---- inputs -------------------------------------------------------------------------------
 
     def observe_report(self, node_id: str, running: Iterable[str], unknown_containers: Iterable[str]) -> None:
-        self.reports[node_id] = (frozenset(running), tuple(unknown_containers))
+        report = self.reports[node_id] = (frozenset(running), tuple(unknown_containers))
+        kills = self.orphan_kills.get(node_id)
+        if kills:  # an orphan the agent no longer reports is killed: nothing left to send
+            held = report[0] | frozenset(report[1])
+            self.orphan_kills[node_id] = {k: v for k, v in kills.items() if k in held}
+
+    def queue_orphan_kill(self, action: Action) -> None:
+        if action.node_id is not None:
+            container = action.kind is ActionKind.KILL_ORPHAN_CONTAINER
+            self.orphan_kills.setdefault(action.node_id, {})[action.task_id] = container
+
+    def clock_stepped(self, step: float, now: float, tasks: Iterable[TaskRecord]) -> None:
+        """The wall clock stepped by `step` seconds (not time passing): keep every age as it was and
+        restart the grace. `tasks`: the scheduler's tasks, whose state ages are kept steady here."""
+        self.first_seen = {k: v + step for k, v in self.first_seen.items()}
+        old = {k: (st, v + step) for k, (st, v) in self.steady_since.items()}
+        for t in tasks:
+            if not t.state.terminal:
+                o = old.get(t.id)
+                at = o[1] if o is not None and o[0] is t.state else float(t.timestamps.get(t.state.value, now)) + step
+                self.steady_since[t.id] = (t.state, at)
+        self.kill_path.shift(step)
+        self.grace_until = max(self.grace_until + step, now + self.config.reconcile_grace)
+        if self.last_pass is not None:
+            self.last_pass += step
+        log.error("the wall clock stepped by %+.0fs: ages kept, nothing killed or declared lost until %.0f "
+                  "(grace restarted)", step, self.grace_until)
+        self.audit.write(now, "clockStep", step=round(step, 3), graceUntil=self.grace_until)
 
     def in_grace(self, now: float) -> bool:
         return now < self.grace_until
@@ -101,7 +149,7 @@ class Reconciler:
     def run_pass(self, cell: CellView, live_tasks: Callable[[str], int], now: float) -> list[Action]:
         """Plan, freeze if it is a mass mismatch, and return the actions to apply now."""
         plan = decide(cell, self.first_seen, self.config, now)
-        self.first_seen = {k: self.first_seen.get(k, now) for k in plan.mismatches}
+        self.first_seen = {k: self.first_seen.get(k, now) for k in (*plan.mismatches, *plan.watch)}
         self.plan, self.last_pass = plan, now
         for kind in MISMATCH_KINDS:
             self.mismatch_gauge.labels(kind=kind).set(plan.counts.get(kind, 0))
@@ -111,7 +159,12 @@ class Reconciler:
         current = {a.id for a in plan.actions}
         self.approved &= current
         self._outcome = {k: v for k, v in self._outcome.items() if k in current}
-        return [a for a in plan.actions if self.admit(a, live_tasks(a.job_id), now)]
+        return [a for a in plan.actions if not self._sending(a)
+                and self.admit(a, 0 if a.job_id is None else live_tasks(a.job_id), now)]
+
+    def _sending(self, action: Action) -> bool:
+        """An orphan kill already admitted and on its way to the agent: not admitted (nor spent) again."""
+        return action.kind.orphan and action.task_id in self.orphan_kills.get(action.node_id or "", {})
 
     def admit(self, action: Action, live_tasks: int, now: float) -> bool:
         """May this action be applied now? Records the outcome (audit, metric) when it changes."""
@@ -121,6 +174,9 @@ class Reconciler:
         approved = action.id in self.approved
         if not approved and self.frozen is not None:
             return self._record(action, "held", f"frozen: {self.frozen}", now)
+        if not approved and action.kind.orphan and not self.orphans_trusted:
+            return self._record(action, "held", "started on an empty store: orphans are killed only when "
+                                "an operator approves", now)
         if not approved and self.in_grace(now):
             return self._record(action, "held", f"start-up grace until {self.grace_until:.0f}", now)
         refusal = self.kill_path.take(action.job_id, live_tasks, now)
@@ -188,6 +244,8 @@ class Reconciler:
             "graceUntil": self.grace_until,
             "lastPass": self.last_pass,
             "mismatch": {k: self.plan.counts.get(k, 0) for k in MISMATCH_KINDS},
+            "watched": len(self.plan.watch),  # missing for less than missing_after: not counted yet
+            "orphansTrusted": self.orphans_trusted,
             "mismatches": [{"key": k, "nodeId": n, "since": self.first_seen.get(k)}
                            for k, n in sorted(self.plan.mismatches.items())],
             "proposed": [{**a.to_api(), "approved": a.id in self.approved, "outcome": self._outcome.get(a.id)}

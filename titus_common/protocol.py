@@ -170,6 +170,11 @@ class TaskAssignment(_Msg):
 class SyncResponse(_Msg):
     launch: Annotated[list[TaskAssignment], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
     kill: Annotated[list[_Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
+    # Containers the agent reported as unknown that the scheduler's reconciliation decided to kill
+    # (orphans past `orphan_kill_after`); the agent kills one only while it still matches no task.
+    kill_containers: Annotated[
+        list[Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ID)]], Field(max_length=MAX_TASKS_PER_NODE)
+    ] = Field(default_factory=list)
     # Playbook actions to run (redelivered until the agent reports their result; it runs each id once).
     remediate: Annotated[list[RemediationOrder], Field(max_length=32)] = Field(default_factory=list)
     heartbeat_interval_seconds: float = 5.0

@@ -1,6 +1,6 @@
-"""The 12,000-container incident as a test (issue 14), on a real agent and engine, 8 running containers.
+"""The 12,000-container incident as a test (issue 14), on a real agent and engine, 20 running containers.
 
-One cell for the module: a service job A (6 tasks) and B (2), a verified backup of the store taken
+One cell for the module: a service job A (18 tasks) and B (2), a verified backup of the store taken
 while they run. Each case breaks the control plane the way the talk's did, then checks that
 
 - the engine itself saw no titus container die, be killed or stopped (its own events, not the
@@ -10,12 +10,15 @@ while they run. Each case breaks the control plane the way the talk's did, then 
 - after the operator's recovery (restore the backup, approve, unfreeze — or the cut healing) the cell
   converges with the very same containers (same ids, same start times) and no task started twice.
 
+The last case turns orphan kills on (`--orphan-kill-after`) and checks that exactly the orphans die.
+
 Short timeouts via flags keep it fast. Run it under the engine lock:
 `flock /tmp/titus-engine.lock python -m pytest -q tests/integration/test_incident.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -30,10 +33,12 @@ from typing import Any
 import docker
 import pytest
 
-from tests.harness import Platform, Proc, wait_for
+from tests.harness import IMAGE, Platform, Proc, wait_for
 
 FLAGS = ("--heartbeat-interval", "1", "--disconnect-after", "3", "--lost-after", "6",
-         "--reconcile-interval", "0.5", "--reconcile-grace", "3", "--missing-lost-after", "3", "--job-disruption-window", "5")
+         "--reconcile-interval", "0.5", "--reconcile-grace", "3", "--missing-after", "2", "--missing-lost-after", "3",
+         "--job-disruption-window", "5")
+A, B = 18, 2  # 20 running containers
 
 
 class Cell:
@@ -51,8 +56,8 @@ class Cell:
     def flags(self) -> list[str]:
         return [*FLAGS, "--page-command", f"tee -a {self.pages}"]
 
-    def start(self) -> None:
-        self.p.start_scheduler(*self.flags())
+    def start(self, *extra: str) -> None:
+        self.p.start_scheduler(*self.flags(), *extra)
 
     def stop(self) -> None:
         assert self.p.scheduler is not None
@@ -96,11 +101,14 @@ class Cell:
 
     def kills_since(self, since_ns: int) -> list[str]:
         """die/kill/stop events of this agent's task containers since `since_ns`, from the engine."""
+        return [f"{action} {task}" for action, task in self.kill_events(since_ns)]
+
+    def kill_events(self, since_ns: int) -> list[tuple[str, str]]:
         events = self.p.engine.events(
             since=since_ns // 1_000_000_000 - 1, until=int(time.time()) + 1, decode=True,
             filters={"type": "container", "label": f"titus.agent={self.p.node_id}"},
         )
-        return [f"{e['Action']} {e['Actor']['Attributes'].get('titus.task_id')}" for e in events
+        return [(str(e["Action"]), str(e["Actor"]["Attributes"].get("titus.task_id"))) for e in events
                 if e.get("Action") in ("die", "kill", "stop") and int(e.get("timeNano", 0)) >= since_ns]
 
     def starts_per_task(self) -> Counter[str]:
@@ -134,14 +142,15 @@ def cell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
     try:
         c.start()
         p.start_agent()
-        c.jobs["A"] = p.submit("sleep 3600", count=6, service=True, killGraceSeconds=1)
-        c.jobs["B"] = p.submit("sleep 3600", count=2, service=True, killGraceSeconds=1)
-        wait_for(lambda: len(p.started(c.jobs["A"])) == 6 and len(p.started(c.jobs["B"])) == 2, 90, "8 Started")
+        c.jobs["A"] = p.submit("sleep 3600", count=A, service=True, killGraceSeconds=1)
+        c.jobs["B"] = p.submit("sleep 3600", count=B, service=True, killGraceSeconds=1)
+        wait_for(lambda: len(p.started(c.jobs["A"])) == A and len(p.started(c.jobs["B"])) == B, 180,
+                 f"{A + B} Started")
         c.converged()
         c.base = Path(c.cli("backup", "--db", str(c.db), "--out", str(c.backups))["snapshot"])
         assert c.cli("restore-test", str(c.base))["ok"]
         c.baseline = c.running()
-        assert len(c.baseline) == 8
+        assert len(c.baseline) == A + B
         yield c
     finally:
         p.close()
@@ -152,9 +161,11 @@ def test_empty_store_freezes_and_pages(cell: Cell) -> None:
     cell.stop()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{cell.db}{suffix}").unlink(missing_ok=True)
-    cell.start()
+    cell.start("--orphan-kill-after", "1")  # even with orphan kills on: a mass of orphans freezes
     wait_for(lambda: cell.reconcile()["frozen"], 30, "frozen")
-    assert cell.reconcile()["mismatch"]["unknownTask"] == 8
+    assert cell.reconcile()["mismatch"]["unknownTask"] == A + B
+    wait_for(lambda: sum(a["kind"] == "killOrphanTask" for a in cell.reconcile()["proposed"]) == A + B, 30,
+             "every orphan proposed (the dry run), none killed")
     wait_for(lambda: cell.paged() > pages, 10, "paged")
     cell.p.api("POST", "/v1/admin/reconcile/unfreeze", {}, expect=200)  # a person tries: it freezes again
     wait_for(lambda: cell.reconcile()["frozen"], 30, "frozen again")
@@ -198,7 +209,7 @@ def test_every_agent_cut_off_freezes_then_heals(cell: Cell) -> None:
     agent.p.send_signal(signal.SIGSTOP)  # a control-plane network cut: the agent hears and says nothing
     try:
         wait_for(lambda: cell.reconcile()["frozen"], 40, "frozen on the silent host")
-        assert cell.reconcile()["mismatch"]["disconnected"] == 8
+        assert cell.reconcile()["mismatch"]["disconnected"] == A + B
         wait_for(lambda: cell.paged() > pages, 10, "paged")
         assert all(t["state"] == "Started" for j in cell.jobs.values() for t in cell.p.tasks(j))
     finally:
@@ -215,11 +226,12 @@ def test_every_agent_cut_off_freezes_then_heals(cell: Cell) -> None:
 def test_store_restored_from_an_older_snapshot(cell: Cell) -> None:
     p = cell.p
     # After the backup the world moved on: B was killed, C started.
+    old_b = {t["id"] for t in p.tasks(cell.jobs["B"])}
     p.api("POST", f"/v1/jobs/{cell.jobs['B']}/kill", expect=202)
     p.wait_job_finished(cell.jobs["B"], timeout=60)
-    c = p.submit("sleep 3600", count=2, service=True, killGraceSeconds=1)
+    c = cell.jobs["C"] = p.submit("sleep 3600", count=2, service=True, killGraceSeconds=1)
     wait_for(lambda: len(p.started(c)) == 2, 60, "C Started")
-    wait_for(lambda: len(p.containers()) == 8, 30, "B's containers gone")
+    wait_for(lambda: len(p.containers()) == A + B, 30, "B's containers gone")
     before = cell.running()
     since, pages = time.time_ns(), cell.paged()
     cell.stop()
@@ -233,12 +245,49 @@ def test_store_restored_from_an_older_snapshot(cell: Cell) -> None:
     wait_for(lambda: len([a for a in cell.reconcile()["proposed"] if a["kind"] == "declareLost"]) == 2, 30,
              "2 proposed")
     p.api("POST", "/v1/admin/reconcile/approve", {"all": True}, expect=200)
-    wait_for(lambda: len(p.started(cell.jobs["B"])) == 2, 60, "B replaced and Started")
+    # (its old tasks read Started until the approval takes effect: wait for the replacements)
+    wait_for(lambda: len([t for t in p.started(cell.jobs["B"]) if t["id"] not in old_b]) == 2, 60,
+             "B replaced and Started")
+    wait_for(lambda: len(cell.running()) == A + B + 2, 30, "B's replacements' containers running")
     # The operator unfreezes once only the orphans are left (the agent has reported B's new tasks).
     wait_for(lambda: cell.reconcile()["mismatch"] == {**r["mismatch"], "missing": 0}, 30, "only orphans left")
     p.api("POST", "/v1/admin/reconcile/unfreeze", {}, expect=200)
     cell.converged(unknown=2)  # C's containers: orphans, reported, never killed
     after = cell.running()
     assert set(before) <= set(after) and all(after[k] == v for k, v in before.items())
-    assert len(after) == 10
+    assert len(after) == A + B + 2
     assert cell.kills_since(since) == []
+
+
+def test_orphans_are_killed_after_their_age_when_enabled(cell: Cell) -> None:
+    """C's tasks are orphans since the older snapshot came back: with `--orphan-kill-after` they are
+    killed (the agent's runners, told by the scheduler), then a container nobody knows is (the agent,
+    told by the scheduler), each through the kill path — and nothing else dies."""
+    p = cell.p
+    # C is unknown to the restored store: its task ids are what the agent reports and nobody knows
+    orphans = {m["key"].split(":", 1)[1] for m in cell.reconcile()["mismatches"] if m["key"].startswith("unknownTask:")}
+    assert len(orphans) == 2 and cell.reconcile()["mismatch"]["unknownTask"] == 2
+    keep = {k: v for k, v in cell.running().items()
+            if p.engine.containers.get(k).labels.get("titus.task_id") not in orphans}
+    assert len(keep) == A + B
+    since = time.time_ns()
+    cell.stop()
+    cell.start("--orphan-kill-after", "2")
+    wait_for(lambda: len(p.containers()) == A + B, 60, "C's orphaned containers killed")
+    foreign = p.engine.containers.run(IMAGE, ["sleep", "3600"], detach=True,
+                                      labels={"titus.agent": p.node_id, "titus.task_id": "foreign-1"})
+    try:
+        assert p.agent is not None
+        p.agent.stop()  # a restarted agent lists the foreign container at once (else within 30 s)
+        p.start_agent()
+        wait_for(lambda: not any(c.id == foreign.id for c in p.engine.containers.list(all=True)), 60,
+                 "the unknown container killed and removed")
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            foreign.remove(force=True)
+    cell.converged()
+    assert cell.running() == keep
+    killed = {task for _, task in cell.kill_events(since)}
+    assert killed == orphans | {"foreign-1"}, killed
+    executed = [e for e in cell.reconcile()["audit"] if e["event"] == "action.executed"]
+    assert {e["kind"] for e in executed} <= {"killOrphanTask", "killOrphanContainer"}

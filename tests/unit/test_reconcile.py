@@ -19,7 +19,8 @@ from scheduler.reconciler import Reconciler
 from titus_common.states import TaskState as S
 
 NOW = 10_000.0
-CFG = SchedulerConfig(lost_after=600, missing_lost_after=60)
+CFG = SchedulerConfig(lost_after=600, missing_lost_after=60, missing_after=30)
+ORPHANS = SchedulerConfig(lost_after=600, missing_lost_after=60, missing_after=30, orphan_kill_after=300)
 
 
 def t(i: str, state: S = S.STARTED, since: float = NOW - 10, job: str = "j") -> TaskObs:
@@ -44,11 +45,30 @@ class Case:
     actions: list[tuple[ActionKind, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     freeze: bool = False
+    config: SchedulerConfig = CFG
+    watched: int = 0
 
+
+def started(k: int) -> tuple[TaskObs, ...]:
+    return tuple(t(f"r{i}", since=NOW - 1) for i in range(k))
+
+
+OLD = NOW - 1000  # a first sighting long ago
 
 CASES = [
     Case("all agree", cell(n((t("a"),), frozenset({"a"})))),
-    Case("missing, just seen: counted, no action", cell(n((t("a"),), frozenset())), counts={"missing": 1}),
+    Case("missing, just seen: watched, not counted, no action", cell(n((t("a"),), frozenset())), watched=1),
+    Case("missing for less than missing_after: not counted", cell(n((t("a"),), frozenset())),
+         first_seen={"missing:a": NOW - 29}, watched=1),
+    Case("missing for missing_after: counted, no action yet", cell(n((t("a"),), frozenset())),
+         first_seen={"missing:a": NOW - 30}, counts={"missing": 1}),
+    Case("12 replacements just placed, not in the agent's last report: no mismatch, no freeze",
+         cell(n(started(12), frozenset())), watched=12),
+    Case("12 replacements unreported for missing_after: a mass mismatch",
+         cell(n(started(12), frozenset())), first_seen={f"missing:r{i}": NOW - 30 for i in range(12)},
+         counts={"missing": 12}, freeze=True),
+    Case("a StartInitiated task just entered, unreported: not missing",
+         cell(n((t("a", S.START_INITIATED, NOW - 1),), frozenset())), watched=1),
     Case("missing past missing_lost_after: declare lost",
          cell(n((t("a"),), frozenset())), first_seen={"missing:a": NOW - 61},
          actions=[(ActionKind.DECLARE_LOST, "a")], counts={"missing": 1}),
@@ -60,6 +80,24 @@ CASES = [
     Case("unknown task on an agent: reported only", cell(n((), frozenset({"x"}))), counts={"unknownTask": 1}),
     Case("unknown container: reported only", cell(n((), frozenset(), unknown=("c1",))),
          counts={"unknownContainer": 1}),
+    Case("orphans with orphan_kill_after 0: never killed, however old",
+         cell(n((), frozenset({"x"}), unknown=("c1",))), first_seen={"unknownTask:x": OLD, "unknownContainer:c1": OLD},
+         counts={"unknownTask": 1, "unknownContainer": 1}),
+    Case("orphans younger than orphan_kill_after: reported only",
+         cell(n((), frozenset({"x"}), unknown=("c1",))),
+         first_seen={"unknownTask:x": NOW - 299, "unknownContainer:c1": NOW - 299},
+         counts={"unknownTask": 1, "unknownContainer": 1}, config=ORPHANS),
+    Case("orphans past orphan_kill_after: kill them",
+         cell(n((), frozenset({"x"}), unknown=("c1",))), first_seen={"unknownTask:x": OLD, "unknownContainer:c1": OLD},
+         actions=[(ActionKind.KILL_ORPHAN_TASK, "x"), (ActionKind.KILL_ORPHAN_CONTAINER, "c1")],
+         counts={"unknownTask": 1, "unknownContainer": 1}, config=ORPHANS),
+    Case("orphans in a silent host's stale last report: not counted, not killed",
+         cell(n((), frozenset({"x"}), unknown=("c1",), ready=False, silent=30)),
+         first_seen={"unknownTask:x": OLD, "unknownContainer:c1": OLD}, config=ORPHANS),
+    Case("a mass of old orphans (an empty store): proposed, but a freeze",
+         cell(n((), frozenset(f"x{i}" for i in range(8)))), first_seen={f"unknownTask:x{i}": OLD for i in range(8)},
+         actions=[(ActionKind.KILL_ORPHAN_TASK, f"x{i}") for i in range(8)], counts={"unknownTask": 8},
+         freeze=True, config=ORPHANS),
     Case("Launched 5 min, not on its agent: retry as crashed",
          cell(n((t("a", S.LAUNCHED, NOW - 301),), frozenset())),
          actions=[(ActionKind.RETRY_STUCK, "a")], counts={"stuck": 1}),
@@ -88,10 +126,11 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_decide(case: Case) -> None:
-    plan = decide(case.view, case.first_seen, CFG, NOW)
+    plan = decide(case.view, case.first_seen, case.config, NOW)
     assert [(a.kind, a.task_id) for a in plan.actions] == case.actions
     assert dict(plan.counts) == case.counts
     assert (plan.freeze is not None) is case.freeze
+    assert len(plan.watch) == case.watched
 
 
 def test_token_bucket_refills_and_never_mints_on_a_clock_step_back() -> None:
