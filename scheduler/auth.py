@@ -77,21 +77,36 @@ class Refused(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+@dataclass(frozen=True)
+class _Peer:
+    org: str
+    cn: str
+    serial: str
+
+
 # The verified peer certificate of each TLS connection, decoded once per connection (kept-alive
-# connections carry many requests); revocation is still checked per request.
-_PEERS: weakref.WeakKeyDictionary[ssl.SSLObject, dict[str, Any]] = weakref.WeakKeyDictionary()
+# connections carry many requests). Revocation and currency are still checked on every request,
+# from the trust store's in-memory sets (updated at once on revoke), never from SQLite.
+_PEERS: weakref.WeakKeyDictionary[ssl.SSLObject, _Peer | None] = weakref.WeakKeyDictionary()
 
 
-def _peer(request: web.Request) -> dict[str, Any] | None:
+def _peer(request: web.Request) -> _Peer | None:
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     if ssl_object is None:
         return None
-    cert = _PEERS.get(ssl_object)
-    if cert is None:
-        cert = ssl_object.getpeercert() or {}
-        _PEERS[ssl_object] = cert
-    return cert or None
+    try:
+        return _PEERS[ssl_object]
+    except KeyError:
+        pass
+    cert = ssl_object.getpeercert() or {}
+    peer: _Peer | None = None
+    if cert:
+        subject = {k: v for rdn in cert.get("subject", ()) for k, v in rdn}
+        peer = _Peer(str(subject.get("organizationName", "")), str(subject.get("commonName", "")),
+                     format(int(str(cert.get("serialNumber", "0")), 16), "x"))
+    _PEERS[ssl_object] = peer
+    return peer
 
 
 def identify(request: web.Request, auth: Auth) -> Identity:
@@ -100,9 +115,7 @@ def identify(request: web.Request, auth: Auth) -> Identity:
     if peer is not None and header:
         raise Refused(401, "two_credentials", "give a client certificate or a bearer token, not both")
     if peer is not None:
-        subject = {k: v for rdn in peer.get("subject", ()) for k, v in rdn}
-        org, cn = str(subject.get("organizationName", "")), str(subject.get("commonName", ""))
-        serial = format(int(str(peer.get("serialNumber", "0")), 16), "x")
+        org, cn, serial = peer.org, peer.cn, peer.serial
         if auth.store.revoked(serial):
             raise Refused(401, "revoked", f"certificate {serial} ({cn}) is revoked")
         if org == NODE_ORG:
