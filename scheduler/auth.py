@@ -26,6 +26,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from scheduler.authstore import ROLES, AuthStore, TokenRefused
+from scheduler.bootstrap_limit import BootstrapLimiter, BootstrapLimits
+from titus_common.clientlog import ClientErrorLog
 from titus_common.iam_policy import IamPolicy
 from titus_common.pki import NODE_ORG, OPERATOR_ORG
 
@@ -56,13 +58,18 @@ class Auth:
     """The trust state the middleware and the trust routes share."""
 
     def __init__(self, store: AuthStore, iam: IamPolicy, registry: CollectorRegistry, *, insecure: bool = False,
-                 node_cert_ttl: float = 86400.0) -> None:
+                 node_cert_ttl: float = 86400.0, bootstrap_limits: BootstrapLimits | None = None) -> None:
         self.store = store
         self.iam = iam
         self.insecure = insecure
         self.node_cert_ttl = node_cert_ttl
         self.refused = Counter("titus_scheduler_auth_refused", "Calls refused by authentication or authorization",
                                ["reason"], registry=registry)
+        self.bootstrap_limiter = BootstrapLimiter(bootstrap_limits or BootstrapLimits())
+        # Bootstrap refusals (bad tokens, bad CSRs, 429s) come from callers without credentials:
+        # each is counted in `refused`, and logged at most once a minute per (source, reason).
+        self.bootstrap_errors = ClientErrorLog(log, count=lambda reason: self.refused.labels(reason).inc(),
+                                               what="bootstrap from")
         self.audited = Counter("titus_scheduler_audit_events", "Mutating calls written to the audit log",
                                ["kind", "outcome"], registry=registry)
 
