@@ -129,7 +129,8 @@ def main() -> int:
           f"plain p50 {r['plain_sync_p50_ms']:.2f} ms p99 {r['plain_sync_p99_ms']:.2f} ms")
     print(f"submit ({submits} each, sequential): TLS {r['submit_rps']:.0f}/s, plain {r['plain_submit_rps']:.0f}/s")
     print(f"RESULT api tls_sync_p99_ms={r['tls_sync_p99_ms']:.2f} plain_sync_p99_ms={r['plain_sync_p99_ms']:.2f} "
-          f"tls_overhead_ratio={ratio:.2f} submit_rps={r['submit_rps']:.0f}")
+          f"tls_overhead_ratio={ratio:.2f} submit_rps={r['submit_rps']:.0f} "
+          f"tls_p50_ratio={r['tls_sync_p50_ms'] / r['plain_sync_p50_ms']:.2f} plain_submit_rps={r['plain_submit_rps']:.0f}")
     return 0
 
 
