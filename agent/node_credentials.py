@@ -38,12 +38,35 @@ class NodeCredentials:
         self.key_file = pki_dir / "node.key"
         self.cert_file = pki_dir / "node.crt"
         self.rotations = 0
+        # The parsed certificate, keyed by the file's (inode, mtime, size): every call to the
+        # scheduler asks valid()/should_rotate(), and re-reading and re-parsing the PEM each time
+        # was a measurable part of a kept-alive sync (bench/api.py).
+        self._parsed: tuple[tuple[int, int, int], x509.Certificate] | None = None
 
     def certificate(self) -> x509.Certificate | None:
         try:
-            return x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+            st = self.cert_file.stat()
+        except OSError:
+            self._parsed = None
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._parsed is not None and self._parsed[0] == stamp:
+            return self._parsed[1]
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
         except (OSError, ValueError):
             return None
+        self._parsed = (stamp, cert)
+        return cert
+
+    def current(self, now: dt.datetime | None = None) -> bool:
+        """A valid certificate that needs no rotation yet: the common case, decided without I/O
+        beyond two stat calls."""
+        cert = self.certificate()
+        if cert is None or not self.key_file.exists():
+            return False
+        left = remaining(cert, now or self.clock())
+        return left > 0 and left >= lifetime(cert) * ROTATE_AT
 
     def valid(self, now: dt.datetime | None = None) -> bool:
         cert = self.certificate()

@@ -66,8 +66,8 @@ class SchedulerClient:
 
     async def _credentials(self) -> None:
         creds = self.credentials
-        if creds is None:
-            return
+        if creds is None or creds.current():
+            return  # the common case: no lock, no file read
         async with self._lock:
             if not creds.valid():
                 try:

@@ -63,7 +63,7 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = Proc("scheduler", [sys.executable, "-m", "scheduler.main", "--listen", f"127.0.0.1:{port}",
-                                  "--db", f"{d}/s.db", "--log-level", "WARNING"], Path(d) / "scheduler.log")
+                                  "--db", f"{d}/s.db", "--log-level", "WARNING", "--insecure"], Path(d) / "scheduler.log")
         try:
             wait_for(lambda: _ok(f"{url}/healthz"), 15, "scheduler /healthz")
             assert proc.p.pid is not None

@@ -1,6 +1,8 @@
 """`titus-fleetsim`: run simulated hosts against a real titus-scheduler and, optionally, a burst.
 
     titus-fleetsim --scheduler http://127.0.0.1:7100 --hosts 300 --burst 1000 --mode pack --time-scale 0.01
+    titus-fleetsim --scheduler https://127.0.0.1:7100 --ca pki/ca.crt --cert pki/admin.crt --key pki/admin.key \
+        --bootstrap-token-file TOKEN ...   # TLS: TOKEN from `titusctl admin token create --nodes 'sim-*' --uses N`
 
 Registers the hosts, waits until the scheduler lists them all Ready, switches the mode if asked,
 submits the burst (jobs of `--job-size` tasks, images from the hosts' pool), waits until every task is
@@ -13,13 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import ssl
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
 from fleetsim.sim import Fleet, LaunchModel
+from fleetsim.trust import FleetTrust
 
 
 @dataclass
@@ -43,12 +49,23 @@ async def _wait(pred_coro: object, timeout: float, what: str) -> None:
 
 
 async def run_burst(base: str, hosts: int, burst: int, job_size: int = 10, mode: str | None = None,
-                    model: LaunchModel | None = None, seed: int = 0, timeout: float = 300.0) -> BurstResult:
-    fleet = Fleet(base, hosts, model or LaunchModel(time_scale=0.01), seed=seed, wait_seconds=5.0)
+                    model: LaunchModel | None = None, seed: int = 0, timeout: float = 300.0,
+                    trust: FleetTrust | None = None) -> BurstResult:
+    """`trust`: for an https scheduler (each simulated host bootstraps its certificate; the burst
+    uses the operator's credentials)."""
+    fleet = Fleet(base, hosts, model or LaunchModel(time_scale=0.01), seed=seed, wait_seconds=5.0, trust=trust)
     stop = asyncio.Event()
     runner = asyncio.create_task(fleet.run(stop))
+    operator: ssl.SSLContext | bool = trust.operator_ssl() if trust is not None else True
+    headers = trust.operator_headers() if trust is not None else {}
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=operator)) as http:
+            async def bootstrapped() -> bool:
+                if runner.done():
+                    runner.result()  # a bootstrap refused: say why, now
+                return fleet.ready.is_set()
+            await _wait(bootstrapped, timeout, f"{hosts} hosts bootstrapped")
+
             async def all_ready() -> bool:
                 async with http.get(f"{base}/v1/nodes") as r:
                     nodes = (await r.json())["nodes"]
@@ -84,7 +101,7 @@ async def run_burst(base: str, hosts: int, burst: int, job_size: int = 10, mode:
             took = time.monotonic() - t0
     finally:
         stop.set()
-        await runner
+        await asyncio.gather(runner, return_exceptions=True)  # a bootstrap refusal was raised above
     lat = sorted(fleet.stats.sync_latency)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else 0.0
     return BurstResult(hosts, burst, took, burst / took, p99, fleet.stats.errors)
@@ -99,13 +116,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mode", choices=("spread", "pack"))
     p.add_argument("--time-scale", type=float, default=0.01, help="wall seconds per launch-model second")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ca", type=Path, help="the cell CA (https scheduler)")
+    p.add_argument("--cert", type=Path, help="operator client certificate (or --token-file)")
+    p.add_argument("--key", type=Path, help="its key")
+    p.add_argument("--token-file", type=Path, help="operator bearer token (or --cert/--key)")
+    p.add_argument("--bootstrap-token-file", type=Path, help="bootstrap token for nodes 'sim-*' with --uses ≥ --hosts")
     a = p.parse_args(argv)
     if a.hosts < 1 or a.burst < 0 or a.job_size < 1 or a.time_scale <= 0:
         p.error("--hosts, --job-size ≥ 1, --burst ≥ 0, --time-scale > 0")
-    r = asyncio.run(run_burst(a.scheduler, a.hosts, a.burst, a.job_size, a.mode, LaunchModel(time_scale=a.time_scale), a.seed))
+    https = a.scheduler.startswith("https:")
+    if https and (a.ca is None or a.bootstrap_token_file is None or (a.cert is None and a.token_file is None)):
+        p.error("an https scheduler needs --ca, --bootstrap-token-file and --cert/--key or --token-file")
+    with tempfile.TemporaryDirectory(prefix="titus-fleetsim-") as keys:
+        trust = None
+        if https:
+            trust = FleetTrust(a.ca, Path(keys), _read(p, a.bootstrap_token_file), a.cert, a.key,
+                               _read(p, a.token_file) if a.token_file else None)
+        r = asyncio.run(run_burst(a.scheduler, a.hosts, a.burst, a.job_size, a.mode,
+                                  LaunchModel(time_scale=a.time_scale), a.seed, trust=trust))
     print(f"RESULT fleetsim hosts={r.hosts} burst={r.burst} all_started_s={r.all_started_s:.2f} e2e_pps={r.e2e_pps:.0f}"
           f" sync_p99_ms={r.sync_p99_ms:.0f} errors={r.errors}")
     sys.exit(0)
+
+
+def _read(p: argparse.ArgumentParser, path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        p.error(f"{path}: {e.strerror or e}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Simulated agents over HTTP. Each agent: a long-poll `sync` loop (heartbeat + work) and an
+"""Simulated agents over HTTP or TLS (fleetsim/trust.py: each bootstraps its node certificate). Each agent: a long-poll `sync` loop (heartbeat + work) and an
 `updates` report per transition; a launch takes `LaunchModel` time (scaled by `time_scale` to wall
 time): base + image pull when the image is not cached on the host (then it is) + network setup when
 the host has no task yet (cold network). Tasks then run until killed (or for `run_seconds`)."""
@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 
+from fleetsim.trust import FleetTrust, bootstrap_node
 from titus_common.protocol import (
     CapacityReport, NodeReport, SyncResponse, TaskAssignment, TaskUpdate, UpdatesRequest, images_digest,
 )
@@ -58,6 +60,7 @@ class SimAgent:
         self.stamps: dict[str, dict[TaskState, float]] = {}
         self._slots = asyncio.Semaphore(fleet.model.concurrent)
         self._jobs: set[asyncio.Task[None]] = set()
+        self.ssl: ssl.SSLContext | bool = True  # its node certificate, over TLS
 
     def report(self, want_images: bool) -> NodeReport:
         refs = sorted(self.images)
@@ -130,21 +133,38 @@ class Fleet:
     """`hosts` simulated agents against the scheduler at `base_url`."""
 
     def __init__(self, base_url: str, hosts: int, model: LaunchModel, seed: int = 0, cpus: float = 64,
-                 wait_seconds: float = 10.0, images: int = 50) -> None:
+                 wait_seconds: float = 10.0, images: int = 50, trust: FleetTrust | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.model = model
+        self.trust = trust
         self.wait_seconds = wait_seconds
         self.stats = Stats()
         rng = random.Random(seed)
         pool = [f"registry.sim/app{i}:1" for i in range(images)]
         self.agents = [SimAgent(self, f"sim-{i:05d}", cpus, "abc"[i % 3], rng.sample(pool, min(8, len(pool))))
                        for i in range(hosts)]
+        self._by_id = {a.id: a for a in self.agents}
         self._session: aiohttp.ClientSession | None = None
+        self.ready = asyncio.Event()  # every host has its credentials and syncs
+
+    async def _bootstrap(self, session: aiohttp.ClientSession) -> None:
+        """Each host its own certificate, a few at a time (as hosts booting together would)."""
+        trust = self.trust
+        if trust is None or not self.base.startswith("https:"):
+            return
+        gate = asyncio.Semaphore(8)
+
+        async def one(agent: SimAgent) -> None:
+            async with gate:
+                agent.ssl = await bootstrap_node(session, self.base, trust, agent.id)
+        failed = [e for e in await asyncio.gather(*(one(a) for a in self.agents), return_exceptions=True) if e]
+        if failed:
+            raise failed[0]
 
     async def sync(self, agent: SimAgent, report: NodeReport) -> SyncResponse:
         assert self._session is not None
         body = {"node": report.model_dump(mode="json", by_alias=True, exclude_none=True), "waitSeconds": self.wait_seconds}
-        async with self._session.post(f"{self.base}/v1/nodes/{agent.id}/sync", json=body) as r:
+        async with self._session.post(f"{self.base}/v1/nodes/{agent.id}/sync", json=body, ssl=agent.ssl) as r:
             if r.status != 200:
                 raise ValueError(f"sync HTTP {r.status}: {(await r.text())[:200]}")
             return SyncResponse.model_validate(await r.json())
@@ -152,9 +172,10 @@ class Fleet:
     async def update(self, node_id: str, u: TaskUpdate) -> None:
         assert self._session is not None
         body = UpdatesRequest(updates=[u]).model_dump(mode="json", by_alias=True, exclude_none=True)
+        ctx = self._by_id[node_id].ssl
         for _ in range(5):
             try:
-                async with self._session.post(f"{self.base}/v1/nodes/{node_id}/updates", json=body) as r:
+                async with self._session.post(f"{self.base}/v1/nodes/{node_id}/updates", json=body, ssl=ctx) as r:
                     if r.status == 200:
                         return
             except aiohttp.ClientError:
@@ -166,6 +187,8 @@ class Fleet:
         timeout = aiohttp.ClientTimeout(total=self.wait_seconds + 30)
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
             self._session = session
+            await self._bootstrap(session)
+            self.ready.set()
             agents = [asyncio.create_task(a.run(stop)) for a in self.agents]
             await stop.wait()
             for t in agents:

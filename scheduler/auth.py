@@ -26,6 +26,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from scheduler.authstore import ROLES, AuthStore, TokenRefused
+from scheduler.bootstrap_limit import BootstrapLimiter, BootstrapLimits
+from titus_common.clientlog import ClientErrorLog
 from titus_common.iam_policy import IamPolicy
 from titus_common.pki import NODE_ORG, OPERATOR_ORG
 
@@ -56,13 +58,18 @@ class Auth:
     """The trust state the middleware and the trust routes share."""
 
     def __init__(self, store: AuthStore, iam: IamPolicy, registry: CollectorRegistry, *, insecure: bool = False,
-                 node_cert_ttl: float = 86400.0) -> None:
+                 node_cert_ttl: float = 86400.0, bootstrap_limits: BootstrapLimits | None = None) -> None:
         self.store = store
         self.iam = iam
         self.insecure = insecure
         self.node_cert_ttl = node_cert_ttl
         self.refused = Counter("titus_scheduler_auth_refused", "Calls refused by authentication or authorization",
                                ["reason"], registry=registry)
+        self.bootstrap_limiter = BootstrapLimiter(bootstrap_limits or BootstrapLimits())
+        # Bootstrap refusals (bad tokens, bad CSRs, 429s) come from callers without credentials:
+        # each is counted in `refused`, and logged at most once a minute per (source, reason).
+        self.bootstrap_errors = ClientErrorLog(log, count=lambda reason: self.refused.labels(reason).inc(),
+                                               what="bootstrap from")
         self.audited = Counter("titus_scheduler_audit_events", "Mutating calls written to the audit log",
                                ["kind", "outcome"], registry=registry)
 
@@ -77,21 +84,36 @@ class Refused(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+@dataclass(frozen=True)
+class _Peer:
+    org: str
+    cn: str
+    serial: str
+
+
 # The verified peer certificate of each TLS connection, decoded once per connection (kept-alive
-# connections carry many requests); revocation is still checked per request.
-_PEERS: weakref.WeakKeyDictionary[ssl.SSLObject, dict[str, Any]] = weakref.WeakKeyDictionary()
+# connections carry many requests). Revocation and currency are still checked on every request,
+# from the trust store's in-memory sets (updated at once on revoke), never from SQLite.
+_PEERS: weakref.WeakKeyDictionary[ssl.SSLObject, _Peer | None] = weakref.WeakKeyDictionary()
 
 
-def _peer(request: web.Request) -> dict[str, Any] | None:
+def _peer(request: web.Request) -> _Peer | None:
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     if ssl_object is None:
         return None
-    cert = _PEERS.get(ssl_object)
-    if cert is None:
-        cert = ssl_object.getpeercert() or {}
-        _PEERS[ssl_object] = cert
-    return cert or None
+    try:
+        return _PEERS[ssl_object]
+    except KeyError:
+        pass
+    cert = ssl_object.getpeercert() or {}
+    peer: _Peer | None = None
+    if cert:
+        subject = {k: v for rdn in cert.get("subject", ()) for k, v in rdn}
+        peer = _Peer(str(subject.get("organizationName", "")), str(subject.get("commonName", "")),
+                     format(int(str(cert.get("serialNumber", "0")), 16), "x"))
+    _PEERS[ssl_object] = peer
+    return peer
 
 
 def identify(request: web.Request, auth: Auth) -> Identity:
@@ -100,9 +122,7 @@ def identify(request: web.Request, auth: Auth) -> Identity:
     if peer is not None and header:
         raise Refused(401, "two_credentials", "give a client certificate or a bearer token, not both")
     if peer is not None:
-        subject = {k: v for rdn in peer.get("subject", ()) for k, v in rdn}
-        org, cn = str(subject.get("organizationName", "")), str(subject.get("commonName", ""))
-        serial = format(int(str(peer.get("serialNumber", "0")), 16), "x")
+        org, cn, serial = peer.org, peer.cn, peer.serial
         if auth.store.revoked(serial):
             raise Refused(401, "revoked", f"certificate {serial} ({cn}) is revoked")
         if org == NODE_ORG:

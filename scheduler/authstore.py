@@ -41,7 +41,11 @@ class AuthStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout=5000")
         self.db.execute("PRAGMA journal_mode=WAL")
+        # As the scheduler's store: a commit survives a process crash without an fsync on the event
+        # loop per audited call (a power cut may lose the last audit rows, never corrupts the file).
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, digest TEXT NOT NULL, kind TEXT NOT NULL,
@@ -58,6 +62,9 @@ class AuthStore:
         self._revoked = {r[0] for r in self.db.execute("SELECT serial FROM revoked")}
         # serial → node id of every unrevoked node certificate: checked per request, from memory.
         self._current = dict(self.db.execute("SELECT serial, node_id FROM node_certs WHERE revoked = 0").fetchall())
+        # SHA-256 of a presented operator token → its record: a bearer call needs no SQLite read
+        # (operator tokens are never changed once written; expiry is checked on every call).
+        self._operators: dict[str, Token] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -88,7 +95,17 @@ class AuthStore:
         return token
 
     def operator(self, presented: str, now: float | None = None) -> Token:
-        return self._lookup(presented, "operator", time.time() if now is None else now)
+        now = time.time() if now is None else now
+        key = _digest(presented)
+        token = self._operators.get(key)
+        if token is None:
+            token = self._lookup(presented, "operator", now)
+            if len(self._operators) >= 1024:
+                self._operators.clear()
+            self._operators[key] = token
+        if token.expires_at <= now:
+            raise TokenRefused(f"operator token {token.id} expired")
+        return token
 
     def use_bootstrap(self, presented: str, node_id: str, now: float | None = None, *, spend: bool = True) -> Token:
         """Spend one use of a bootstrap token for `node_id` (only check it with `spend=False`);

@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from scheduler import integrity
+from scheduler.backup_trust import TrustPart, copy_trust, restore_trust, trust_snapshot_path, verify_trust
 from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import FirstFit
@@ -39,6 +40,7 @@ __all__ = [
     "Counts",
     "Manifest",
     "RestoreRefused",
+    "Restored",
     "Verification",
     "manifest_path",
     "prune",
@@ -73,6 +75,9 @@ class Manifest(BaseModel):
     counts: Counts
     sha256: str
     bytes: int
+    # The trust store beside it (scheduler/backup_trust.py); None: the scheduler had none, or a
+    # snapshot taken before trust was part of backups.
+    trust: TrustPart | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ def snapshot(db: Path, out_dir: Path, now: float | None = None) -> Path:
     name = PREFIX + time.strftime("%Y%m%dT%H%M%S", time.gmtime(at)) + f"{int(at * 1e6) % 1_000_000:06d}Z.db"
     final = out_dir / name
     partial = final.with_suffix(".partial")
+    trust_partial = trust_snapshot_path(final).with_suffix(".auth-partial")
     try:
         src = sqlite3.connect(db)
         try:
@@ -134,11 +140,18 @@ def snapshot(db: Path, out_dir: Path, now: float | None = None) -> Path:
                 dst.close()
         finally:
             src.close()
+        trust_counts = copy_trust(db, trust_partial)
     except sqlite3.Error as e:
         partial.unlink(missing_ok=True)
+        trust_partial.unlink(missing_ok=True)
         raise StoreCorrupt(f"{db}: backup failed: {e}") from None
+    trust = None
+    if trust_counts is not None:
+        trust = TrustPart(snapshot=trust_snapshot_path(final).name, sha256=_sha256(trust_partial),
+                          bytes=trust_partial.stat().st_size, counts=trust_counts)
+        trust_partial.rename(trust_snapshot_path(final))
     manifest = Manifest(snapshot=name, created_at=at, source=str(db), schema_version=version, counts=counts,
-                        sha256=_sha256(partial), bytes=partial.stat().st_size)
+                        sha256=_sha256(partial), bytes=partial.stat().st_size, trust=trust)
     partial.rename(final)
     tmp = manifest_path(final).with_suffix(".partial")
     tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
@@ -156,6 +169,7 @@ def prune(out_dir: Path, keep: int) -> list[Path]:
     old = snapshots(out_dir)[:-keep] if keep > 0 else []
     for p in old:
         p.unlink(missing_ok=True)
+        trust_snapshot_path(p).unlink(missing_ok=True)
         manifest_path(p).unlink(missing_ok=True)
     return old
 
@@ -187,9 +201,24 @@ def verify(snap: Path) -> Verification:
         copy = Path(scratch) / "store.db"
         shutil.copyfile(snap, copy)
         problems += _verify_copy(copy, manifest)
+        if manifest.trust is not None:
+            problems += _verify_trust_file(snap, manifest.trust, Path(scratch))
     if problems:
         raise StoreCorrupt(f"{snap}: restore test FAILED: {'; '.join(problems)}")
     return Verification(snap, manifest, time.monotonic() - started)
+
+
+def _verify_trust_file(snap: Path, part: TrustPart, scratch: Path) -> list[str]:
+    path = snap.with_name(part.snapshot)
+    if not path.is_file():
+        return [f"the trust store {part.snapshot} named in the manifest is missing"]
+    digest = _sha256(path)
+    if digest != part.sha256:
+        return [f"trust store {part.snapshot}: checksum {digest[:12]}… differs from the manifest's "
+                f"{part.sha256[:12]}… (the file changed after it was taken)"]
+    copy = scratch / "store.db.auth"
+    shutil.copyfile(path, copy)
+    return verify_trust(copy, part)
 
 
 def _verify_copy(copy: Path, manifest: Manifest) -> list[str]:
@@ -241,10 +270,26 @@ def _holds_data(db: Path) -> bool:
         return True  # something we cannot read is still something not to overwrite
 
 
-def restore(snap: Path, db: Path, force: bool = False) -> Path | None:
-    """Verify `snap`, then make it the store at `db`. A store holding data is only replaced with
-    `force`, and then kept beside it as `<db>.before-restore-<time>`, which is returned."""
-    verify(snap)
+@dataclass(frozen=True)
+class Restored:
+    previous: Path | None  # the store it replaced, kept beside it
+    trust: bool  # the snapshot's trust store was restored too
+    trust_previous: Path | None  # the trust store it replaced, kept beside it (and merged from)
+    trust_note: str | None  # why that merge could not be done
+
+    def to_json(self, db: Path, snap: Path) -> dict[str, object]:
+        return {"restored": str(db), "from": str(snap), "previous": str(self.previous) if self.previous else None,
+                "trust": self.trust, "trustPrevious": str(self.trust_previous) if self.trust_previous else None,
+                "trustNote": self.trust_note}
+
+
+def restore(snap: Path, db: Path, force: bool = False) -> Restored:
+    """Verify `snap`, then make it the store at `db`, and its trust store `<db>.auth` (an existing
+    one is kept beside it as `<db>.auth.before-restore-<time>`, and what only grows is merged from
+    it: scheduler/backup_trust.py). A store holding data is only replaced with `force`, and then
+    kept beside it as `<db>.before-restore-<time>`."""
+    manifest = verify(snap).manifest
+    stamp = f".before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     aside: Path | None = None
     if _holds_data(db):
         if not force:
@@ -252,7 +297,7 @@ def restore(snap: Path, db: Path, force: bool = False) -> Path | None:
                 f"{db} holds a store already; stop its scheduler and pass --force to replace it "
                 "(the old one is kept beside it)"
             )
-        aside = db.with_name(f"{db.name}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        aside = db.with_name(db.name + stamp)
         db.rename(aside)
     db.parent.mkdir(parents=True, exist_ok=True)
     for suffix in ("-wal", "-shm"):
@@ -262,7 +307,9 @@ def restore(snap: Path, db: Path, force: bool = False) -> Path | None:
     tmp = db.with_name(db.name + ".restoring")
     shutil.copyfile(snap, tmp)
     tmp.rename(db)
-    return aside
+    trust_aside, note = (restore_trust(snap.with_name(manifest.trust.snapshot), db, stamp)
+                         if manifest.trust is not None else (None, None))
+    return Restored(aside, manifest.trust is not None, trust_aside, note)
 
 
 def manifest_json(snap: Path) -> str:

@@ -3,6 +3,7 @@
     titus-scheduler backup [--db PATH] --out DIR [--keep N]     an online snapshot (+ manifest)
     titus-scheduler restore-test SNAPSHOT                      load it into a scratch scheduler, verify
     titus-scheduler restore SNAPSHOT --db PATH [--force]       verify, then make it the store
+                                                               (and its trust store <db>.auth)
 
 Each prints one JSON line on stdout on success; a failure is one line on stderr,
 `titus-scheduler <command>: …`, and the exit code of its kind (titus_common/errors.py): 2 usage or a
@@ -60,8 +61,10 @@ def run(argv: list[str]) -> dict[str, object]:
                 "pruned": [str(p) for p in pruned]}
     if args.command == "restore-test":
         return backup.verify(args.snapshot).to_json()
-    aside = backup.restore(args.snapshot, args.db, force=args.force)
-    return {"restored": str(args.db), "from": str(args.snapshot), "previous": str(aside) if aside else None}
+    restored = backup.restore(args.snapshot, args.db, force=args.force)
+    if restored.trust_note:
+        log.warning("restore: %s", restored.trust_note)
+    return restored.to_json(args.db, args.snapshot)
 
 
 def main(argv: list[str]) -> int:

@@ -147,6 +147,12 @@ class ServiceConfig(BaseModel):
     insecure: bool = False
     iam_policy: Path | None = None
     node_cert_ttl: Annotated[float, Field(ge=30, le=30 * 86400)] = 86400.0
+    # POST /v1/bootstrap's token buckets (scheduler/bootstrap_limit.py): the cell's, and each source
+    # address's; a refused call gets 429 with Retry-After.
+    bootstrap_rate: Annotated[float, Field(gt=0, le=10_000)] = 20.0
+    bootstrap_burst: Annotated[int, Field(ge=1, le=100_000)] = 200
+    bootstrap_source_rate: Annotated[float, Field(gt=0, le=10_000)] = 1.0
+    bootstrap_source_burst: Annotated[int, Field(ge=1, le=100_000)] = 10
     scheduler: SchedulerConfig = SchedulerConfig()
 
     @field_validator("log_level")

@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain HTTP, no authentication (local development only; warns at every start)")
     p.add_argument("--iam-policy", type=Path, metavar="PATH", help="IAM role grants checked at submit (docs/trust.md)")
     p.add_argument("--node-cert-ttl", type=float, metavar="SECONDS", help="node certificates' lifetime (default 86400)")
+    for flag, number, what in (("bootstrap-rate", float, "bootstraps a second for the cell"),
+                               ("bootstrap-burst", int, "bootstraps at once for the cell"),
+                               ("bootstrap-source-rate", float, "bootstraps a second from one address"),
+                               ("bootstrap-source-burst", int, "bootstraps at once from one address")):
+        default = ServiceConfig.model_fields[flag.replace("-", "_")].default
+        p.add_argument(f"--{flag}", type=number, help=f"{what}; past it 429 (default {default})")
     for key in SCHEDULER_KEYS:
         field = SchedulerConfig.model_fields[key]
         kind: type = {int: int, "int": int, str: str, "str": str}.get(field.annotation, float)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from scheduler.auth import Auth
 from scheduler.authstore import AuthStore, auth_db_path
+from scheduler.bootstrap_limit import BootstrapLimits
 from scheduler.config import ServiceConfig
 from titus_common.iam_policy import load_iam_policy
 from scheduler.store import StoreCorrupt
@@ -49,5 +50,8 @@ def build_trust(config: ServiceConfig, registry: CollectorRegistry) -> Trust:
         store = AuthStore(auth_db_path(config.db))
     except (sqlite3.Error, OSError) as e:  # the store's own exit code
         raise StoreCorrupt(f"{auth_db_path(config.db)}: {e}") from None
-    auth = Auth(store, iam, registry, insecure=config.insecure, node_cert_ttl=config.node_cert_ttl)
+    limits = BootstrapLimits(config.bootstrap_rate, config.bootstrap_burst, config.bootstrap_source_rate,
+                             config.bootstrap_source_burst)
+    auth = Auth(store, iam, registry, insecure=config.insecure, node_cert_ttl=config.node_cert_ttl,
+                bootstrap_limits=limits)
     return Trust(auth, ca, context)

@@ -7,6 +7,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from scheduler.auth import AUTH_KEY, IDENTITY_KEY
 from scheduler.authstore import ROLES, Token, TokenRefused
+from scheduler.bootstrap_limit import retry_after
 from scheduler.tls import CA
 from titus_common.protocol import ID_PATTERN
 
@@ -69,15 +71,18 @@ async def _parse(request: web.Request, model: type[_Body]) -> Any:
                                  content_type="application/json") from None
 
 
-def _issue(request: web.Request, csr: str, node_id: str | None) -> tuple[str, dict[str, Any]] | web.Response:
+Refuse = Callable[[str, str], object]  # (reason, detail): counted (and, for bootstrap, logged)
+
+
+def _issue(request: web.Request, csr: str, node_id: str | None, refuse: Refuse) -> tuple[str, dict[str, Any]] | web.Response:
     auth, ca = request.app[AUTH_KEY], request.app[CA_KEY]
     try:
         cn, signed = ca.sign_csr(csr.encode(), auth.node_cert_ttl)
     except ValueError as e:
-        auth.refused.labels("bad_csr").inc()
+        refuse("bad_csr", str(e))
         return _error(400, f"csr: {e}", "csr")
     if not NODE_ID.match(cn) or (node_id is not None and cn != node_id):
-        auth.refused.labels("csr_subject").inc()
+        refuse("csr_subject", f"CN {cn!r}")
         return _error(403, f"csr: subject CN {cn!r} is not {'node ' + node_id if node_id else 'a valid node id'}", "csr")
     return cn, {"certificate": signed.pem.decode(), "serial": signed.serial, "notAfter": signed.not_after,
                 "_serial": signed.serial}
@@ -86,20 +91,33 @@ def _issue(request: web.Request, csr: str, node_id: str | None) -> tuple[str, di
 async def bootstrap(request: web.Request) -> web.Response:
     """A new node: one use of a bootstrap token + a CSR (its key stays on the host) → its certificate."""
     auth = request.app[AUTH_KEY]
+    source = request.remote or "unknown"
+
+    def refuse(reason: str, detail: str) -> None:
+        auth.bootstrap_errors.report(source, reason, detail)
+
+    limited = auth.bootstrap_limiter.admit(source)  # before any parsing or signature check
+    if limited is not None:
+        bucket, wait = limited
+        refuse(f"bootstrap_rate_{bucket}", f"over the {bucket}'s bootstrap rate")
+        response = _error(429, f"too many bootstraps from {'this address' if bucket == 'source' else 'the cell'}; "
+                               f"retry in {retry_after(wait)} s")
+        response.headers["Retry-After"] = retry_after(wait)
+        return response
     req = await _parse(request, BootstrapRequest)
-    issued = _issue(request, req.csr, None)
+    issued = _issue(request, req.csr, None, refuse)
     if isinstance(issued, web.Response):
         return issued
     node_id, doc = issued
     try:
         auth.store.use_bootstrap(req.token, node_id, spend=False)
         if auth.store.live_certs(node_id):
-            auth.refused.labels("node_taken").inc()
+            refuse("node_taken", f"node {node_id}")
             return _error(409, f"node {node_id} already has a live certificate; an admin must revoke it first "
                                f"(titusctl admin node revoke {node_id})")
         auth.store.use_bootstrap(req.token, node_id)
     except TokenRefused as e:
-        auth.refused.labels("bootstrap_token").inc()
+        refuse("bootstrap_token", str(e))
         return _error(401, str(e), "token")
     auth.store.record_cert(node_id, doc.pop("_serial"), doc["notAfter"])
     return web.json_response(doc, status=201)
@@ -111,7 +129,7 @@ async def rotate(request: web.Request) -> web.Response:
     auth = request.app[AUTH_KEY]
     node_id = request.match_info["node_id"]
     req = await _parse(request, RotateRequest)
-    issued = _issue(request, req.csr, node_id)
+    issued = _issue(request, req.csr, node_id, lambda reason, _: auth.refused.labels(reason).inc())
     if isinstance(issued, web.Response):
         return issued
     _, doc = issued

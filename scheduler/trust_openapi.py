@@ -58,7 +58,10 @@ def trust_paths() -> dict[str, Any]:
             "security": [], "requestBody": _body("BootstrapRequest"),
             "responses": {"201": issued, "400": _AUTH_ERRORS["403"] | {"description": "Bad CSR"},
                           "401": _AUTH_ERRORS["401"], "403": _AUTH_ERRORS["403"],
-                          "409": {"description": "The node id has a live certificate"}}}},
+                          "409": {"description": "The node id has a live certificate"},
+                          "429": {"description": "Over the per-address or the cell's bootstrap rate",
+                                  "headers": {"Retry-After": {"description": "Seconds", "schema": {"type": "integer"}}},
+                                  "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}}}}},
         "/v1/nodes/{node_id}/certificate": {"post": {
             "summary": "Rotate: a new CSR, authenticated by the node's current certificate",
             "security": NODE, "parameters": [node_id], "requestBody": _body("RotateRequest"),
