@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from titus_common.errors import TitusError
 
-__all__ = ["BadMode", "Conflict", "NotFound"]
+__all__ = ["BadMode", "BadRequest", "Conflict", "NotFound"]
 
 
 class NotFound(TitusError, LookupError):
@@ -17,3 +17,7 @@ class BadMode(TitusError, ValueError):
 
 class Conflict(TitusError, ValueError):
     """The request contradicts what exists, e.g. a reused idempotency key (the API answers 409)."""
+
+
+class BadRequest(TitusError, ValueError):
+    """A request the scheduler refuses as invalid, e.g. a malformed job attribute (the API answers 400)."""
