@@ -18,7 +18,7 @@ from titus_common.protocol import HealthStatus
 
 __all__ = [
     "CORDONED", "TOLERATE_ATTRIBUTE", "able_nodes", "is_degraded", "node_taints", "node_views",
-    "posture_problem", "tolerates", "waiting_reason",
+    "posture_problem", "tolerates", "untolerated", "waiting_reason",
 ]
 
 CORDONED = "cordoned"
@@ -60,11 +60,16 @@ def node_views(
     return list(views.values())
 
 
-def tolerates(job: JobRecord, node: NodeView) -> bool:
-    if not node.taints:
-        return True
+def untolerated(job: JobRecord, taints: Mapping[str, str]) -> list[str]:
+    """The host's taints the job does not tolerate, sorted (a cordon is never tolerated)."""
+    if not taints:
+        return []
     tolerated = {t.strip() for t in job.spec.attributes.get(TOLERATE_ATTRIBUTE, "").split(",") if t.strip()}
-    return all(k != CORDONED and k in tolerated for k in node.taints)
+    return sorted(k for k in taints if k == CORDONED or k not in tolerated)
+
+
+def tolerates(job: JobRecord, node: NodeView) -> bool:
+    return not untolerated(job, node.taints)
 
 
 def posture_problem(job: JobRecord, node: NodeView, policy: SecurityPolicy) -> str | None:

@@ -39,7 +39,8 @@ class HostInput:
     images: frozenset[str] = frozenset()
     free_ips: int | None = None
     warm: dict[str, int] = field(default_factory=dict)  # security-group set → free IPs on its ENI
-    bad: bool = False  # failed health: never chosen
+    bad: bool = False  # never chosen (per-job taint tolerations are caller masks: passes.py)
+    degraded: bool = False  # a degraded health check: the fitness term `degradedHost`
     tasks: int = 0
     job_tasks: dict[str, int] = field(default_factory=dict)  # job id → its tasks on this host
 
@@ -89,6 +90,7 @@ class HostTable:
         self.free_disk = np.array([h.free_disk_mib for h in hosts], dtype=np.float64)
         self.free_ips = np.array([np.inf if h.free_ips is None else h.free_ips for h in hosts], dtype=np.float64)
         self.bad = np.array([h.bad for h in hosts], dtype=np.bool_)
+        self.degraded = np.array([1.0 if h.degraded else 0.0 for h in hosts], dtype=np.float64)
         self.tasks = np.array([h.tasks for h in hosts], dtype=np.float64)
         self.max_tasks = float(max_tasks_per_host)
         self.zones = sorted({h.labels.get("zone", "") for h in hosts})
@@ -205,6 +207,7 @@ class Engine:
             img if img is not None else 0.0,
             (warm >= 1).astype(np.float64) if warm is not None else 0.0,
             cap,
+            table.degraded if table.degraded.any() else 0.0,
         )
         terms.update(self._soft(table, c, on_host, soft_cap, zone_min))
         total = table.jitter.copy()
