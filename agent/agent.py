@@ -26,6 +26,7 @@ from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.host.base import HostResource, LiveTasks
 from agent.host.cpuset_apply import CpuResource
 from agent.host.health import HealthResource, default_checks, kernel_log_signals
+from agent.host.health_sources import HostSources, host_checks
 from agent.host.metadata import MetadataResource
 from agent.host.network import NetworkResource, lost_message
 from agent.host.security import HostSecurity, SecurityResource, load_security_policy
@@ -91,9 +92,13 @@ class Agent:
             self._build(lambda: MetadataResource(config, metrics))
             if self.network is not None and config.imds_enabled else None
         )
+        self.unknown_containers: list[str] = []
+        sources = HostSources(metrics.network_leaks_removed, lambda: len(self.unknown_containers),
+                              lambda: client.skew, self.network, self.metadata, client.credentials)
         self.health = (
             self._build(lambda: HealthResource(config, docker, metrics,
-                                               default_checks(config, docker, self._event_stream_connected),
+                                               [*default_checks(config, docker, self._event_stream_connected),
+                                                *host_checks(config, sources)],
                                                kernel_log_signals(config, metrics)))
             if config.health_enabled else None
         )
@@ -115,7 +120,6 @@ class Agent:
         self.runners: dict[str, TaskRunner] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._give_back: asyncio.TimerHandle | None = None
-        self.unknown_containers: list[str] = []
         self.last_sync_ok: float | None = None
         self._report_wanted = asyncio.Event()
         self.image_cache = ImageCacheReport()  # cached images for placement affinity (agent/imagecache.py)

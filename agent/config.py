@@ -143,6 +143,11 @@ class AgentConfig(BaseModel):
     # More filesystems to watch besides the engine root and the state dir (e.g. a log or data dir).
     health_data_dirs: list[AnyPath] = Field(default_factory=list)
     health_pressure_seconds: float = 15.0
+    # The host-state checks (health/checks/{clock,leaks,credentials,network}.py; docs/health.md).
+    health_clock_seconds: float = 60.0
+    health_leaks_seconds: float = 60.0
+    health_credentials_seconds: float = 300.0
+    health_network_seconds: float = 30.0
     # The remediation action `restart-engine` runs this (e.g. ["systemctl", "restart", "docker"]);
     # empty: the action is refused.
     health_engine_restart_command: list[str] = Field(default_factory=list)
@@ -203,7 +208,8 @@ class AgentConfig(BaseModel):
 
     @field_validator("cpuset_check_seconds", "network_acquire_timeout_seconds", "network_gc_seconds",
                      "health_engine_seconds", "health_scratch_budget_seconds", "health_registry_seconds",
-                     "health_disk_seconds", "health_pressure_seconds")
+                     "health_disk_seconds", "health_pressure_seconds", "health_clock_seconds",
+                     "health_leaks_seconds", "health_credentials_seconds", "health_network_seconds")
     @classmethod
     def _period(cls, value: float) -> float:
         return _positive(value)
