@@ -25,7 +25,7 @@ from agent.config import AgentConfig
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.host.base import HostResource, LiveTasks
 from agent.host.cpuset_apply import CpuResource
-from agent.host.health import HealthResource, default_checks, kernel_log_signals
+from agent.host.health import HealthResource, default_checks, journal_log_signals, kernel_log_signals
 from agent.host.health_sources import HostSources, host_checks
 from agent.host.metadata import MetadataResource
 from agent.host.network import NetworkResource, lost_message
@@ -99,7 +99,8 @@ class Agent:
             self._build(lambda: HealthResource(config, docker, metrics,
                                                [*default_checks(config, docker, self._event_stream_connected),
                                                 *host_checks(config, sources)],
-                                               kernel_log_signals(config, metrics)))
+                                               kernel_log_signals(config, metrics),
+                                               journal_log_signals(config, metrics)))
             if config.health_enabled else None
         )
         self.remediator = Remediator(

@@ -155,6 +155,10 @@ class AgentConfig(BaseModel):
     # (None: the shipped health/rules/kernel-monitor.json).
     health_kmsg_enabled: bool = True
     health_log_rules: AnyPath | None = None
+    # Journal log signals (systemd-python; health/journal.py) with NPD docker-monitor.json-style rules
+    # (None: the shipped health/rules/docker-monitor.json, dockerd's entries).
+    health_journal_enabled: bool = True
+    health_journal_rules: AnyPath | None = None
 
     # ---- checks (each error names its key; titus_common/config.py adds where the value came from)
 
