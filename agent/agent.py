@@ -27,6 +27,7 @@ from agent.host.base import HostResource, LiveTasks
 from agent.host.cpuset_apply import CpuResource
 from agent.host.health import HealthResource, default_checks, journal_log_signals, kernel_log_signals
 from agent.host.health_sources import HostSources, host_checks
+from agent.host.imagegc import ImageGcResource
 from agent.host.metadata import MetadataResource
 from agent.host.network import NetworkResource, lost_message
 from agent.host.security import HostSecurity, SecurityResource, load_security_policy
@@ -103,13 +104,14 @@ class Agent:
                                                journal_log_signals(config, metrics)))
             if config.health_enabled else None
         )
+        self.image_gc = ImageGcResource(config, docker, metrics) if config.image_gc_enabled else None
         self.remediator = Remediator(
             {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine},
             after=self.health.monitor.recheck if self.health is not None else None,
         )
         self.resources: list[HostResource] = [
             r for r in (self.cpus, SecurityResource(self.security, docker, config.require_userns),
-                        self.network, self.metadata, self.health) if r is not None
+                        self.network, self.metadata, self.health, self.image_gc) if r is not None
         ]
         self.pipeline = pipeline or launch_pipeline(
             metrics, self.security, always_pull=config.always_pull,
@@ -383,7 +385,11 @@ class Agent:
             await self.docker.remove(str(c["Id"]))
         if self.health is not None:
             await self.health.gc(self.tasks())
-        return f"removed {len(gone)} exited container(s) of finished tasks"
+        images = ""
+        if self.image_gc is not None:  # every image no task uses or is about to (agent/imagegc.py)
+            p = await self.image_gc.run(self.tasks(), force=True)
+            images = f", {len(p.images)} unused image(s) ({sum(i.size for i in p.images) / 2**20:.0f} MiB)"
+        return f"removed {len(gone)} exited container(s) of finished tasks{images}"
 
     async def _network_gc(self) -> str:
         if self.network is None:
