@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from scheduler import drain, integrity, lifecycle, liveness, remediation, retries
+from scheduler.quality import QualityTracker
 from scheduler.audit import AuditLog
 from scheduler.pending import PendingBook
 from scheduler.placing import PlacementLoop
@@ -74,6 +75,7 @@ class Scheduler:
         self.retention = Retention(self.config.finished_job_retention)
         # Every kill or declared-lost the control plane decides on its own asks it (docs/reconcile.md).
         self.reconciler = Reconciler(self.config, clock(), audit or AuditLog(), metrics.registry)
+        self.quality = QualityTracker(self.config)  # hosts whose launches crash more than peers'
         self.draining = Drainer(self)  # `titusctl node drain`: moves tasks off under budgets (drain.py)
         snap = store.load()
         integrity.check(snap, getattr(store, "path", "the store"))  # refuses a self-contradicting store
@@ -331,6 +333,8 @@ class Scheduler:
     def _finish(
         self, task: TaskRecord, reason: FinishReason, message: str, at: float, exit_code: int | None = None
     ) -> None:
+        if task.node_id and (reason is FinishReason.CRASHED or TaskState.STARTED.value in task.timestamps):
+            self.quality.record(task.node_id, reason is FinishReason.CRASHED, at)
         lifecycle.finish(task, reason, message, at, exit_code)
         self.placing.forget(task.id)
         if task.node_id:
@@ -437,6 +441,14 @@ class Scheduler:
         changed_nodes.extend(n for n in plan.changed if n not in changed_nodes)
         for node_id in plan.ordered:
             self._deliveries.wake(node_id)
+        quality = self.quality.evaluate(self.nodes.values(), now)
+        for node_id in (*quality.quarantined, *quality.lifted):
+            liveness.refresh_taints(self.nodes[node_id])
+            if self.nodes[node_id] not in changed_nodes:
+                changed_nodes.append(self.nodes[node_id])
+        if quality.changed:
+            self.metrics.quality_quarantines.inc(len(quality.quarantined))
+            self._unpark()
         if changed_nodes:
             self.store.commit(nodes=changed_nodes)
         self.draining.run_pass()

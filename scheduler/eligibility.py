@@ -17,11 +17,12 @@ from security.profiles import SecurityPolicy
 from titus_common.protocol import HealthStatus
 
 __all__ = [
-    "CORDONED", "TOLERATE_ATTRIBUTE", "able_nodes", "is_degraded", "node_taints", "node_views",
+    "CORDONED", "QUALITY", "TOLERATE_ATTRIBUTE", "able_nodes", "is_degraded", "node_taints", "node_views",
     "posture_problem", "tolerates", "untolerated", "waiting_reason",
 ]
 
 CORDONED = "cordoned"
+QUALITY = "quality"  # the quality tracker's quarantine (scheduler/quality.py)
 # A job attribute: comma-separated health taints the job may run despite ("health.registry").
 TOLERATE_ATTRIBUTE = "titus.health.tolerate"
 
@@ -34,6 +35,8 @@ def node_taints(node: NodeRecord) -> dict[str, str]:
     for c in node.health or []:
         if c.status is HealthStatus.FAILED:
             taints[f"health.{c.check}"] = f"{c.reason}: {c.message}" if c.message else c.reason
+    if node.quarantined_until is not None:
+        taints[QUALITY] = f"QualityQuarantine: {node.quarantine_reason}"
     return taints
 
 

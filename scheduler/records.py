@@ -135,5 +135,8 @@ class NodeRecord(_Record):
     # The remediation order the host is running (its "ordered" history entry), None when idle.
     remediation: RemediationEntry | None = None
     remediation_history: list[RemediationEntry] = Field(default_factory=list)  # newest last, bounded
+    # The quality tracker's quarantine (scheduler/quality.py): the taint `quality` until then.
+    quarantined_until: float | None = None
+    quarantine_reason: str = ""
     # A drain: cordoned, and its tasks moved off under the disruption budgets (None: no drain).
     drain: DrainState | None = None
