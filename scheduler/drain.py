@@ -102,11 +102,22 @@ def plan(
     }
     live: Counter[str] = Counter()
     moving: Counter[str] = Counter()
+    by_index: dict[str, dict[int, list[TaskRecord]]] = {}  # job → index → live tasks (one scan per job)
+
+    def covers_of(t: TaskRecord) -> list[TaskRecord]:
+        index = by_index.get(t.job_id)
+        if index is None:
+            index = by_index[t.job_id] = {}
+            for x in job_tasks(t.job_id):
+                if not x.state.terminal:
+                    index.setdefault(x.index, []).append(x)
+            live[t.job_id] = sum(len(v) for v in index.values())
+        return [x for x in index.get(t.index, ()) if x.id != t.id]
+
     for tasks in on.values():
         for t in tasks:
-            if t.job_id not in live:
-                live[t.job_id] = sum(1 for x in job_tasks(t.job_id) if not x.state.terminal)
-            if t.kill_requested or (t.replaced_by is not None and covering(t, job_tasks(t.job_id))):
+            covers = covers_of(t)
+            if t.kill_requested or (t.replaced_by is not None and covers):
                 moving[t.job_id] += 1
     for n in nodes:
         assert n.drain is not None
@@ -122,7 +133,7 @@ def plan(
             elif job.state is not JobState.ACCEPTED:
                 out.phases[t.id] = "its job is being killed"
             elif job.spec.batch is None:
-                covers = covering(t, job_tasks(t.job_id))
+                covers = covers_of(t)
                 started = [c for c in covers if c.state is TaskState.STARTED and c.node_id != n.id]
                 if started:
                     out.steps.append(Step(StepKind.KILL, t.id, t.job_id, n.id,
