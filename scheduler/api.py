@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from scheduler import admin_api
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
-from scheduler.auth import AUTH_KEY, Auth, auth_middleware
+from scheduler.auth import AUTH_KEY, IDENTITY_KEY, Auth, auth_middleware
 from scheduler.core import BadMode, BadRequest, Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.tls import CA
@@ -223,7 +223,11 @@ async def drain_node(request: web.Request) -> web.Response:
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
                                  or not 0 <= deadline <= 7 * 86400):
         raise ApiError(400, "batchDeadlineSeconds: a number of seconds between 0 and 604800")
-    actor = request.headers.get("X-Titus-Actor", "") or "operator"
+    # The authenticated identity when there is one (the audit's "by"), else what the client says.
+    who = request.get(IDENTITY_KEY)
+    known = str(who) if who is not None and who.kind != "anonymous" else ""
+    claimed = request.headers.get("X-Titus-Actor", "")
+    actor = f"{known} ({claimed})" if known and claimed else (known or claimed or "operator")
     s.draining.start(request.match_info["node_id"], reason, actor, None if deadline is None else float(deadline))
     return _json(s.draining.status(request.match_info["node_id"]))
 
