@@ -25,7 +25,9 @@ from agent.config import AgentConfig
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.host.base import HostResource, LiveTasks
 from agent.host.cpuset_apply import CpuResource
-from agent.host.health import HealthResource, default_checks, kernel_log_signals
+from agent.host.health import HealthResource, default_checks, journal_log_signals, kernel_log_signals
+from agent.host.health_sources import HostSources, host_checks
+from agent.host.imagegc import ImageGcResource
 from agent.host.metadata import MetadataResource
 from agent.host.network import NetworkResource, lost_message
 from agent.host.security import HostSecurity, SecurityResource, load_security_policy
@@ -92,19 +94,25 @@ class Agent:
             self._build(lambda: MetadataResource(config, metrics))
             if self.network is not None and config.imds_enabled else None
         )
+        self.unknown_containers: list[str] = []
+        sources = HostSources(metrics.network_leaks_removed, lambda: len(self.unknown_containers),
+                              lambda: client.skew, self.network, self.metadata, client.credentials)
         self.health = (
             self._build(lambda: HealthResource(config, docker, metrics,
-                                               default_checks(config, docker, self._event_stream_connected),
-                                               kernel_log_signals(config, metrics)))
+                                               [*default_checks(config, docker, self._event_stream_connected),
+                                                *host_checks(config, sources)],
+                                               kernel_log_signals(config, metrics),
+                                               journal_log_signals(config, metrics)))
             if config.health_enabled else None
         )
+        self.image_gc = ImageGcResource(config, docker, metrics) if config.image_gc_enabled else None
         self.remediator = Remediator(
             {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine},
             after=self.health.monitor.recheck if self.health is not None else None,
         )
         self.resources: list[HostResource] = [
             r for r in (self.cpus, SecurityResource(self.security, docker, config.require_userns),
-                        self.network, self.metadata, self.health) if r is not None
+                        self.network, self.metadata, self.health, self.image_gc) if r is not None
         ]
         self.pipeline = pipeline or launch_pipeline(
             metrics, self.security, always_pull=config.always_pull,
@@ -116,7 +124,6 @@ class Agent:
         self.runners: dict[str, TaskRunner] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._give_back: asyncio.TimerHandle | None = None
-        self.unknown_containers: list[str] = []
         self._orphan_kills: set[asyncio.Task[None]] = set()
         self.last_sync_ok: float | None = None
         self._report_wanted = asyncio.Event()
@@ -391,7 +398,11 @@ class Agent:
             await self.docker.remove(str(c["Id"]))
         if self.health is not None:
             await self.health.gc(self.tasks())
-        return f"removed {len(gone)} exited container(s) of finished tasks"
+        images = ""
+        if self.image_gc is not None:  # every image no task uses or is about to (agent/imagegc.py)
+            p = await self.image_gc.run(self.tasks(), force=True)
+            images = f", {len(p.images)} unused image(s) ({sum(i.size for i in p.images) / 2**20:.0f} MiB)"
+        return f"removed {len(gone)} exited container(s) of finished tasks{images}"
 
     async def _network_gc(self) -> str:
         if self.network is None:

@@ -143,6 +143,11 @@ class AgentConfig(BaseModel):
     # More filesystems to watch besides the engine root and the state dir (e.g. a log or data dir).
     health_data_dirs: list[AnyPath] = Field(default_factory=list)
     health_pressure_seconds: float = 15.0
+    # The host-state checks (health/checks/{clock,leaks,credentials,network}.py; docs/health.md).
+    health_clock_seconds: float = 60.0
+    health_leaks_seconds: float = 60.0
+    health_credentials_seconds: float = 300.0
+    health_network_seconds: float = 30.0
     # The remediation action `restart-engine` runs this (e.g. ["systemctl", "restart", "docker"]);
     # empty: the action is refused.
     health_engine_restart_command: list[str] = Field(default_factory=list)
@@ -150,6 +155,20 @@ class AgentConfig(BaseModel):
     # (None: the shipped health/rules/kernel-monitor.json).
     health_kmsg_enabled: bool = True
     health_log_rules: AnyPath | None = None
+    # Image and container GC (agent/imagegc.py): disk high/low thresholds of the engine's filesystem,
+    # the age rule (0: off), checked every GC round (network_gc_seconds), the age rule every
+    # image_gc_seconds.
+    image_gc_enabled: bool = True
+    image_gc_high_pct: float = 85.0
+    image_gc_low_pct: float = 80.0
+    image_gc_unused_age_seconds: float = 3600.0
+    image_gc_max_per_cycle: int = 5
+    image_gc_seconds: float = 1800.0
+    container_retention_seconds: float = 3600.0
+    # Journal log signals (systemd-python; health/journal.py) with NPD docker-monitor.json-style rules
+    # (None: the shipped health/rules/docker-monitor.json, dockerd's entries).
+    health_journal_enabled: bool = True
+    health_journal_rules: AnyPath | None = None
 
     # ---- checks (each error names its key; titus_common/config.py adds where the value came from)
 
@@ -196,19 +215,22 @@ class AgentConfig(BaseModel):
             raise ValueError(f"must be in (0, 30], got {value!r}")
         return value
 
-    @field_validator("cpus", "memory_mib", "disk_mib", "cpuset_rebalance_seconds", "cpuset_rebalance_max_moves")
+    @field_validator("cpus", "memory_mib", "disk_mib", "cpuset_rebalance_seconds", "cpuset_rebalance_max_moves",
+                     "image_gc_unused_age_seconds", "container_retention_seconds")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         return _positive(value, zero_ok=True)
 
     @field_validator("cpuset_check_seconds", "network_acquire_timeout_seconds", "network_gc_seconds",
                      "health_engine_seconds", "health_scratch_budget_seconds", "health_registry_seconds",
-                     "health_disk_seconds", "health_pressure_seconds")
+                     "health_disk_seconds", "health_pressure_seconds", "health_clock_seconds",
+                     "health_leaks_seconds", "health_credentials_seconds", "health_network_seconds",
+                     "image_gc_seconds")
     @classmethod
     def _period(cls, value: float) -> float:
         return _positive(value)
 
-    @field_validator("health_disk_degraded_pct", "health_disk_failed_pct")
+    @field_validator("health_disk_degraded_pct", "health_disk_failed_pct", "image_gc_high_pct", "image_gc_low_pct")
     @classmethod
     def _pct(cls, value: float) -> float:
         if not 0 < value <= 100:
@@ -291,6 +313,15 @@ class AgentConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _image_gc(self) -> AgentConfig:
+        if self.image_gc_low_pct >= self.image_gc_high_pct:
+            raise ValueError(f"image_gc_low_pct ({self.image_gc_low_pct:g}) must be below image_gc_high_pct "
+                             f"({self.image_gc_high_pct:g})")
+        if self.image_gc_max_per_cycle < 1:
+            raise ValueError("image_gc_max_per_cycle must be at least 1")
+        return self
+
+    @model_validator(mode="after")
     def _trust(self) -> AgentConfig:
         if self.scheduler_url.startswith("https://") and self.scheduler_ca_file is None:
             raise ValueError("an https scheduler_url needs scheduler_ca_file (the cell CA, docs/trust.md)")
@@ -370,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-health", dest="health_enabled", action="store_false", default=None,
                    help="run no host health checks (the heartbeat then carries none)")
     p.add_argument("--health-engine-seconds", type=float, help="period of the engine check (default 30)")
+    p.add_argument("--no-image-gc", dest="image_gc_enabled", action="store_false", default=None,
+                   help="no routine image and exited-container GC (docs/health.md)")
+    p.add_argument("--image-gc-high-pct", type=float,
+                   help="engine filesystem use that starts image GC (default 85; it stops at --image-gc-low-pct)")
+    p.add_argument("--image-gc-low-pct", type=float, help="image GC's target use (default 80)")
     p.add_argument("--health-log-rules", type=Path,
                    help="kernel log rules in node-problem-detector kernel-monitor.json format (default: shipped)")
     p.add_argument("--health-data-dir", dest="health_data_dirs", type=Path, action="append",

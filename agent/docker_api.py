@@ -142,6 +142,15 @@ class Docker:
         refs = {r for img in images for r in (img.get("RepoTags") or []) + (img.get("RepoDigests") or [])}
         return sorted(r for r in refs if not r.startswith("<none>"))
 
+    async def images(self, label: str | None = None) -> list[dict[str, Any]]:
+        """The engine's images (Id, RepoTags, RepoDigests, Size, Created), optionally those with a label."""
+        filters = {"label": [label]} if label else None
+        return list(await self.call(self._api.images, filters=filters))
+
+    async def remove_image(self, image_id: str) -> None:
+        """Remove an image by id (never forced: the engine refuses one a container uses, 409)."""
+        await self.call(self._api.remove_image, image_id, force=False, noprune=False)
+
     async def list_labelled(self, agent_id: str) -> list[dict[str, Any]]:
         return await self.list_containers(f"{LABEL_AGENT}={agent_id}")
 

@@ -160,6 +160,14 @@ class AgentMetrics:
         self.cpuset_update_failures = Counter(
             "titus_agent_cpuset_update_failures", "cpuset writes the engine refused or missed (retried)", registry=r
         )
+        self.image_gc_images_removed = Counter(
+            "titus_agent_image_gc_images_removed", "Images removed by image GC, by trigger (pressure, age, prune)",
+            ["trigger"], registry=r)
+        self.image_gc_bytes_reclaimed = Counter(
+            "titus_agent_image_gc_bytes_reclaimed", "Bytes of images removed by image GC (the engine's Size; "
+            "shared layers make it an upper bound)", registry=r)
+        self.image_gc_containers_removed = Counter(
+            "titus_agent_image_gc_containers_removed", "Exited containers of finished tasks removed", registry=r)
         self.network_leaks_removed = Counter(
             "titus_agent_network_leaks_removed",
             "Leaked network objects removed by the GC (links, rules, namespaces, ENIs, sandboxes)", ["kind"],

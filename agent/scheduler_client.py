@@ -5,7 +5,9 @@ before expiry, both before the call that needs them."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
+import time
 from typing import Any, TypeVar
 
 import aiohttp
@@ -42,6 +44,9 @@ class SchedulerClient:
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
         self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}
+        # How far this host's clock is ahead of the scheduler's, from the last answer's HTTP Date
+        # (whole seconds: ±0.5 s plus the network's latency); None until one is seen. The clock check.
+        self.skew: float | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -95,6 +100,7 @@ class SchedulerClient:
         try:
             async with self._http().post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 text = await r.text()
+                self._note_date(r.headers.get("Date"), time.time())
                 if r.status != ok:
                     raise SchedulerUnavailable(f"{path}: HTTP {r.status}: {text[:300]}")
         except (aiohttp.ClientError, TimeoutError) as e:
@@ -104,6 +110,15 @@ class SchedulerClient:
         except ValidationError as e:
             # A scheduler answer we cannot read is not acted on at all.
             raise SchedulerUnavailable(f"{path}: unreadable answer: {e.errors()[0]['msg']}") from None
+
+    def _note_date(self, header: str | None, received: float) -> None:
+        if not header:
+            return
+        try:
+            sent = email.utils.parsedate_to_datetime(header).timestamp()
+        except (TypeError, ValueError):
+            return
+        self.skew = received - (sent + 0.5)  # Date truncates to the second: the middle of it
 
     async def _post(self, path: str, body: dict[str, Any], model: type[M], timeout: float) -> M:
         await self._credentials()

@@ -1,7 +1,8 @@
 """Kernel and journal log signals: a rule engine whose rule files are node-problem-detector's
 `kernel-monitor.json` format (`source`, `conditions[{type, reason, message}]`, `rules[{type:
 temporary|permanent, condition, reason, pattern}]`; other keys such as `plugin`, `logPath`,
-`lookback`, `bufferSize` are accepted and ignored).
+`lookback`, `bufferSize` are accepted and ignored; a journald file's `pluginConfig.source`, as NPD's
+docker-monitor.json has, names the `SYSLOG_IDENTIFIER` its lines come from).
 
 Matching as NPD: a rule's `pattern` must match a suffix of the log line (`re.search(pattern + r"\\Z")`);
 NPD matches over a buffer of `bufferSize` lines, here each line alone (multi-line patterns are not
@@ -32,10 +33,11 @@ from health.model import Observation, degraded, failed, ok
 from titus_common.errors import ConfigError
 from titus_common.protocol import EvidenceValue
 
-__all__ = ["LogRule", "LogRules", "LogSignals", "MAX_LINE", "SHIPPED_RULES", "load_rules"]
+__all__ = ["LogRule", "LogRules", "LogSignals", "MAX_LINE", "SHIPPED_JOURNAL_RULES", "SHIPPED_RULES", "load_rules"]
 
 MAX_LINE = 1024
 SHIPPED_RULES = Path(__file__).with_name("rules") / "kernel-monitor.json"
+SHIPPED_JOURNAL_RULES = Path(__file__).with_name("rules") / "docker-monitor.json"
 _CAMEL = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 
 
@@ -52,6 +54,7 @@ class LogRules:
     source: str
     conditions: Mapping[str, str]  # condition type → its healthy reason
     rules: tuple[LogRule, ...]
+    identifiers: tuple[str, ...] = ()  # journald: only entries of these SYSLOG_IDENTIFIERs
 
 
 def _rules_from(doc: Any, where: str) -> LogRules:
@@ -82,7 +85,11 @@ def _rules_from(doc: Any, where: str) -> LogRules:
         if kind == "permanent" and condition not in conditions:
             raise ConfigError(f"{at}: permanent rule's condition {condition!r} is not declared in `conditions`")
         rules.append(LogRule(kind, reason, regex, str(condition)))
-    return LogRules(str(doc.get("source") or where), conditions, tuple(rules))
+    plugin = doc.get("pluginConfig") or {}
+    source = plugin.get("source") if isinstance(plugin, dict) else None
+    if source is not None and not (isinstance(source, str) and source):
+        raise ConfigError(f"{where}: pluginConfig.source must be a non-empty string")
+    return LogRules(str(doc.get("source") or where), conditions, tuple(rules), (source,) if source else ())
 
 
 def load_rules(path: Path) -> LogRules:

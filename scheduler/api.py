@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from scheduler import admin_api
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
-from scheduler.auth import AUTH_KEY, Auth, auth_middleware
+from scheduler.auth import AUTH_KEY, IDENTITY_KEY, Auth, auth_middleware
 from scheduler.core import BadRequest, Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.tls import CA
@@ -64,7 +64,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": {"message": str(e)}}, status=404)
     except Conflict as e:
         return _json({"error": {"message": str(e)}}, status=409)
-    except BadRequest as e:  # an unknown scheduling mode or capacity group
+    except BadRequest as e:  # an unknown scheduling mode or capacity group, a malformed attribute
         return _json({"error": {"message": str(e)}}, status=400)
 
 
@@ -210,6 +210,33 @@ async def cordon_node(request: web.Request) -> web.Response:
     return _json(s.set_cordon(request.match_info["node_id"], True, reason).to_api())
 
 
+async def drain_node(request: web.Request) -> web.Response:
+    """Cordon the host and move its tasks off under the disruption budgets (scheduler/drain.py)."""
+    s = request.app[SCHEDULER_KEY]
+    raw = await request.read()
+    doc = _body_json(raw) if raw.strip() else {}
+    if not isinstance(doc, dict) or set(doc) - {"reason", "batchDeadlineSeconds"}:
+        raise ApiError(400, 'expected {"reason": "…", "batchDeadlineSeconds": N} (both optional)')
+    reason, deadline = doc.get("reason", ""), doc.get("batchDeadlineSeconds")
+    if not isinstance(reason, str) or len(reason) > 256:
+        raise ApiError(400, "reason: a string of at most 256 characters")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                                 or not 0 <= deadline <= 7 * 86400):
+        raise ApiError(400, "batchDeadlineSeconds: a number of seconds between 0 and 604800")
+    # The authenticated identity when there is one (the audit's "by"), else what the client says.
+    who = request.get(IDENTITY_KEY)
+    known = str(who) if who is not None and who.kind != "anonymous" else ""
+    claimed = request.headers.get("X-Titus-Actor", "")
+    actor = f"{known} ({claimed})" if known and claimed else (known or claimed or "operator")
+    s.draining.start(request.match_info["node_id"], reason, actor, None if deadline is None else float(deadline))
+    return _json(s.draining.status(request.match_info["node_id"]))
+
+
+async def drain_status(request: web.Request) -> web.Response:
+    s = request.app[SCHEDULER_KEY]
+    return _json(s.draining.status(request.match_info["node_id"]))
+
+
 async def uncordon_node(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
     return _json(s.set_cordon(request.match_info["node_id"], False).to_api())
@@ -325,6 +352,8 @@ def make_app(
     app.router.add_get("/v1/nodes/{node_id}", get_node)
     app.router.add_post("/v1/nodes/{node_id}/cordon", cordon_node)
     app.router.add_post("/v1/nodes/{node_id}/uncordon", uncordon_node)
+    app.router.add_post("/v1/nodes/{node_id}/drain", drain_node)
+    app.router.add_get("/v1/nodes/{node_id}/drain", drain_status)
     app.router.add_post("/v1/nodes/{node_id}/sync", node_sync)
     app.router.add_post("/v1/nodes/{node_id}/updates", node_updates)
     admin_api.add_routes(app, scheduler.reconciler, scheduler.clock)

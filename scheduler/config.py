@@ -94,6 +94,17 @@ class SchedulerConfig(BaseModel):
     # At least this fraction of Ready hosts (and 2 hosts) failing at once is a fleet problem, not a
     # host problem: no remediation and no drain, an operator alert instead.
     remediation_freeze_fraction: Annotated[float, Field(gt=0, le=1)] = 0.3
+    # The host quality tracker (scheduler/quality.py; docs/health.md).
+    quality_enabled: bool = True
+    quality_window: Annotated[float, Field(gt=0)] = 3600.0
+    quality_min_launches: Annotated[int, Field(ge=1)] = 5
+    quality_min_crashes: Annotated[int, Field(ge=1)] = 3
+    quality_factor: Annotated[float, Field(ge=1)] = 3.0
+    quality_margin: Annotated[float, Field(ge=0, le=1)] = 0.2
+    quality_quarantine_seconds: Annotated[float, Field(gt=0)] = 1800.0
+    # A drain lets batch tasks finish for this long, then evicts them (`titusctl node drain
+    # --batch-deadline` overrides it per drain; scheduler/drain.py).
+    drain_batch_deadline: Annotated[float, Field(ge=0)] = 3600.0
     # Placement (docs/scheduling.md): the mode at start (switch live with `titusctl admin
     # scheduling-mode`), the tie-break seed, and one job's per-host cap when it sets none.
     scheduling_mode: Literal["spread", "pack"] = "spread"

@@ -14,13 +14,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import integrity, lifecycle, liveness, remediation, retries
+from scheduler import drain, integrity, lifecycle, liveness, remediation, retries
+from scheduler.quality import QualityTracker
 from scheduler.audit import AuditLog
 from scheduler.clockstep import ClockStep
 from scheduler.pending import PendingBook
 from scheduler.placing import PlacementLoop
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
+from scheduler.draining import Drainer
 from scheduler.engine import Engine
 from scheduler.capacity import Groups
 from scheduler.errors import BadMode, BadRequest, Conflict, NotFound
@@ -83,6 +85,8 @@ class Scheduler:
         self.retention = Retention(self.config.finished_job_retention)
         # Every kill or declared-lost the control plane decides on its own asks it (docs/reconcile.md).
         self.reconciler = Reconciler(self.config, clock(), audit or AuditLog(), metrics.registry)
+        self.quality = QualityTracker(self.config)  # hosts whose launches crash more than peers'
+        self.draining = Drainer(self)  # `titusctl node drain`: moves tasks off under budgets (drain.py)
         snap = store.load()
         integrity.check(snap, getattr(store, "path", "the store"))  # refuses a self-contradicting store
         self.reconciler.orphans_trusted = bool(snap.jobs or snap.nodes)
@@ -120,6 +124,10 @@ class Scheduler:
     def submit(self, spec: JobSpec) -> tuple[JobRecord, bool]:
         """Create a job and its tasks. Returns (job, created); a repeated idempotency key with the
         same spec returns the existing job, with a different spec it is a Conflict."""
+        try:
+            drain.parse_budget(spec.attributes)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
         key = spec.idempotency_key
         if key and key in self._by_idempotency_key:
             existing = self.job(self._by_idempotency_key[key])
@@ -233,13 +241,17 @@ class Scheduler:
         self._remember(new_tasks)
         return node
 
-    def set_cordon(self, node_id: str, cordoned: bool, reason: str = "") -> NodeRecord:
-        """Keep new work off a host, or let it take work again (an operator's `node cordon|drain`)."""
+    def set_cordon(self, node_id: str, cordoned: bool, reason: str = "", commit: bool = True) -> NodeRecord:
+        """Keep new work off a host, or let it take work again (an operator's `node cordon|drain`).
+        Lifting a cordon stops the host's drain (its replacements not yet taken over are cancelled)."""
         node = self.nodes.get(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}")
-        liveness.set_cordon(node, cordoned, reason, self.clock())
-        self.store.commit(nodes=[node])
+        now = self.clock()
+        tasks, jobs = ([], []) if cordoned else self.draining.stop(node, now)
+        liveness.set_cordon(node, cordoned, reason, now)
+        if commit:
+            self.store.commit(nodes=[node], tasks=tasks, jobs=jobs)
         self._unpark()
         return node
 
@@ -347,6 +359,8 @@ class Scheduler:
     def _finish(
         self, task: TaskRecord, reason: FinishReason, message: str, at: float, exit_code: int | None = None
     ) -> None:
+        if task.node_id and (reason is FinishReason.CRASHED or TaskState.STARTED.value in task.timestamps):
+            self.quality.record(task.node_id, reason is FinishReason.CRASHED, at)
         lifecycle.finish(task, reason, message, at, exit_code)
         self.placing.forget(task.id)
         if task.node_id:
@@ -363,9 +377,12 @@ class Scheduler:
         now = self.clock()
         reason = task.reason
         assert reason is not None
-        if job.state is not JobState.ACCEPTED:
+        if job.state is not JobState.ACCEPTED or task.replaced_by is not None:
+            # (replaced_by already set: a drain started its replacement before it ended)
             self._maybe_finish_job(job)
             return []
+        if task.evicted:  # a drain evicted it: replaced elsewhere at once, its counters unchanged
+            return [lifecycle.replacement(job, task, retries.Replace(0.0, lifecycle.counters(task)), now)]
         batch_retry = job.spec.batch.retry_policy if job.spec.batch is not None else None
         decision = retries.decide(reason, lifecycle.ran_seconds(task), lifecycle.counters(task), batch_retry, self.config)
         if isinstance(decision, retries.Settle):
@@ -450,8 +467,17 @@ class Scheduler:
         changed_nodes.extend(n for n in plan.changed if n not in changed_nodes)
         for node_id in plan.ordered:
             self._deliveries.wake(node_id)
+        quality = self.quality.evaluate(self.nodes.values(), now)
+        for node_id in (*quality.quarantined, *quality.lifted):
+            liveness.refresh_taints(self.nodes[node_id])
+            if self.nodes[node_id] not in changed_nodes:
+                changed_nodes.append(self.nodes[node_id])
+        if quality.changed:
+            self.metrics.quality_quarantines.inc(len(quality.quarantined))
+            self._unpark()
         if changed_nodes:
             self.store.commit(nodes=changed_nodes)
+        self.draining.run_pass()
 
     # ---- reconciliation (scheduler/reconcile.py is the policy) ---------------------------------
 

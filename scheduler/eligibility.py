@@ -17,11 +17,12 @@ from security.profiles import SecurityPolicy
 from titus_common.protocol import HealthStatus
 
 __all__ = [
-    "CORDONED", "TOLERATE_ATTRIBUTE", "able_nodes", "is_degraded", "node_taints", "node_views",
-    "posture_problem", "tolerates", "waiting_reason",
+    "CORDONED", "QUALITY", "TOLERATE_ATTRIBUTE", "able_nodes", "is_degraded", "node_taints", "node_views",
+    "posture_problem", "tolerates", "untolerated", "waiting_reason",
 ]
 
 CORDONED = "cordoned"
+QUALITY = "quality"  # the quality tracker's quarantine (scheduler/quality.py)
 # A job attribute: comma-separated health taints the job may run despite ("health.registry").
 TOLERATE_ATTRIBUTE = "titus.health.tolerate"
 
@@ -34,6 +35,8 @@ def node_taints(node: NodeRecord) -> dict[str, str]:
     for c in node.health or []:
         if c.status is HealthStatus.FAILED:
             taints[f"health.{c.check}"] = f"{c.reason}: {c.message}" if c.message else c.reason
+    if node.quarantined_until is not None:
+        taints[QUALITY] = f"QualityQuarantine: {node.quarantine_reason}"
     return taints
 
 
@@ -60,11 +63,16 @@ def node_views(
     return list(views.values())
 
 
-def tolerates(job: JobRecord, node: NodeView) -> bool:
-    if not node.taints:
-        return True
+def untolerated(job: JobRecord, taints: Mapping[str, str]) -> list[str]:
+    """The host's taints the job does not tolerate, sorted (a cordon is never tolerated)."""
+    if not taints:
+        return []
     tolerated = {t.strip() for t in job.spec.attributes.get(TOLERATE_ATTRIBUTE, "").split(",") if t.strip()}
-    return all(k != CORDONED and k in tolerated for k in node.taints)
+    return sorted(k for k in taints if k == CORDONED or k not in tolerated)
+
+
+def tolerates(job: JobRecord, node: NodeView) -> bool:
+    return not untolerated(job, node.taints)
 
 
 def posture_problem(job: JobRecord, node: NodeView, policy: SecurityPolicy) -> str | None:

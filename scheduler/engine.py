@@ -40,7 +40,8 @@ class HostInput:
     images: frozenset[str] = frozenset()
     free_ips: int | None = None
     warm: dict[str, int] = field(default_factory=dict)  # security-group set → free IPs on its ENI
-    bad: bool = False  # failed health: never chosen
+    bad: bool = False  # never chosen (per-job taint tolerations are caller masks: passes.py)
+    degraded: bool = False  # a degraded health check: the fitness term `degradedHost`
     tasks: int = 0
     job_tasks: dict[str, int] = field(default_factory=dict)  # job id → its tasks on this host
 
@@ -97,6 +98,7 @@ class HostTable:
         self.free_disk = np.array([h.free_disk_mib for h in hosts], dtype=np.float64)
         self.free_ips = np.array([np.inf if h.free_ips is None else h.free_ips for h in hosts], dtype=np.float64)
         self.bad = np.array([h.bad for h in hosts], dtype=np.bool_)
+        self.degraded = np.array([1.0 if h.degraded else 0.0 for h in hosts], dtype=np.float64)
         self.tasks = np.array([h.tasks for h in hosts], dtype=np.float64)
         self.max_tasks = float(max_tasks_per_host)
         self.zones = sorted({h.labels.get("zone", "") for h in hosts})
@@ -221,7 +223,8 @@ class Engine:
         def terms_all() -> dict[str, F]:
             util = utilisation(table.free_frac, table.inv_cpu, table.inv_mem, r0.cpu, r0.memory_mib)
             t = score(self.mode, util, on_host, 0.0, img if img is not None else 0.0,
-                      (warm >= 1).astype(np.float64) if warm is not None else 0.0, cap)
+                      (warm >= 1).astype(np.float64) if warm is not None else 0.0, cap,
+                      table.degraded if table.degraded.any() else 0.0)
             del t["zoneBalance"]  # added per task: it moves as the job's zone spread does
             out = {k: v if isinstance(v, np.ndarray) else np.full(n, v, dtype=np.float64) for k, v in t.items()}
             if has_soft:
@@ -235,7 +238,8 @@ class Engine:
             util = utilisation(float(table.free_frac[i]), float(table.inv_cpu[i]), float(table.inv_mem[i]),
                                r0.cpu, r0.memory_mib)
             t = score(self.mode, util, float(on_host[i]), 0.0, float(img[i]) if img is not None else 0.0,
-                      (1.0 if warm[i] >= 1 else 0.0) if warm is not None else 0.0, cap)
+                      (1.0 if warm[i] >= 1 else 0.0) if warm is not None else 0.0, cap,
+                      float(table.degraded[i]))
             del t["zoneBalance"]
             out = {k: float(v) for k, v in t.items()}
             if has_soft:

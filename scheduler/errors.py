@@ -12,7 +12,8 @@ class NotFound(TitusError, LookupError):
 
 
 class BadRequest(TitusError, ValueError):
-    """The request is well-formed but names something that does not exist or is not allowed (400)."""
+    """A request the scheduler refuses as invalid: an unknown capacity group, a malformed job
+    attribute (the API answers 400)."""
 
 
 class BadMode(BadRequest):
@@ -21,3 +22,4 @@ class BadMode(BadRequest):
 
 class Conflict(TitusError, ValueError):
     """The request contradicts what exists, e.g. a reused idempotency key (the API answers 409)."""
+

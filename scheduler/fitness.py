@@ -12,7 +12,12 @@ For a task of demand (c, m) on host h, with capacity (C, M) and free (Fc, Fm) be
     net_h   1 if h has an ENI with the job's security-group set and a free IP on it (warm network)
     cap_j   the job's per-host cap (engine default 8 in pack)
 
-Scores are in [-w_anti, 1]; the engine adds a seeded per-host tie-break below 1e-6, so equal scores
+Both modes then subtract `DEGRADED_PENALTY · deg_h` (term `degradedHost`), deg_h = 1 when a health
+check of h is degraded (docs/health.md): 1.0 is the whole range of the other terms, so a degraded
+host is chosen only when no healthy host fits (FirstFit's order: degraded last), short of soft
+constraints (each −0.5) pushing healthy hosts below it.
+
+Scores are in [-w_anti − 1, 1]; the engine adds a seeded per-host tie-break below 1e-6, so equal scores
 resolve the same way whatever the host order.
 """
 
@@ -25,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Mode", "Weights", "WEIGHTS", "score"]
+__all__ = ["DEGRADED_PENALTY", "Mode", "Weights", "WEIGHTS", "score"]
 
 F = npt.NDArray[np.float64]
 FF = TypeVar("FF", npt.NDArray[np.float64], float)  # every host's array, or one host's float
@@ -46,6 +51,8 @@ class Weights:
     anti: float
 
 
+DEGRADED_PENALTY = 1.0
+
 WEIGHTS: dict[Mode, Weights] = {
     Mode.SPREAD: Weights(res=0.45, job=0.35, zone=0.2, img=0.0, net=0.0, anti=0.0),
     Mode.PACK: Weights(res=0.3, job=0.0, zone=0.15, img=0.35, net=0.2, anti=0.02),
@@ -60,17 +67,21 @@ def utilisation(free_frac: FF, inv_cpu: FF, inv_mem: FF, cpu: float, mem: float)
 
 
 def score(
-    mode: Mode, util: F | float, job_on_host: F | float, zone_min: F | float, img: F | float, net: F | float, cap: float
+    mode: Mode, util: F | float, job_on_host: F | float, zone_min: F | float, img: F | float, net: F | float, cap: float,
+    degraded: F | float = 0.0,
 ) -> dict[str, F | float]:
     """Each weighted term, by name (their sum is the score; the breakdown explains a choice)."""
     w = WEIGHTS[mode]
+    health: dict[str, F | float] = {"degradedHost": -DEGRADED_PENALTY * degraded}
     if mode is Mode.SPREAD:
         return {
             "resources": w.res * (1.0 - util),
             "jobSpread": w.job / (1.0 + job_on_host),
             "zoneBalance": w.zone * zone_min,
+            **health,
         }
     return {
+        **health,
         "resources": w.res * util,
         "cachedImage": w.img * img,
         "warmNetwork": w.net * net,

@@ -4,7 +4,7 @@ every problem found (up to ten) — a missing task row must never look like a ta
 
 Checks: each job's `tasksCreated` equals the task rows it has (a deleted or extra row); each task's
 `replacedBy` names an existing task of the same job and index; at most one live task per job
-index; every active task's host is a known node; a finished job has no live task.
+index (a drain's move in flight — a live task whose `replacedBy` is live — counts once); every active task's host is a known node; a finished job has no live task.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def problems(snap: Snapshot) -> list[str]:
             elif r.job_id != t.job_id or r.index != t.index:
                 found.append(f"task {t.id} was replaced by {r.id} of another job or index")
         if not t.state.terminal:
-            live[(t.job_id, t.index)] += 1
+            r = tasks.get(t.replaced_by) if t.replaced_by is not None else None
+            if r is None or r.state.terminal:  # a drain's move in flight counts once (scheduler/drain.py)
+                live[(t.job_id, t.index)] += 1
             if t.state.active and t.node_id is not None and t.node_id not in nodes:
                 found.append(f"task {t.id} is {t.state.value} on host {t.node_id}, which is not in the store")
             job = jobs.get(t.job_id)

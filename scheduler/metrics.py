@@ -131,6 +131,13 @@ class SchedulerMetrics:
         self.remediation_drains = Counter(
             "titus_scheduler_remediation_drains", "Hosts drained by remediation", registry=self.registry
         )
+        self.quality_quarantines = Counter(
+            "titus_scheduler_quality_quarantines", "Hosts quarantined by the quality tracker", registry=self.registry,
+        )
+        self.drain_kills = Counter(
+            "titus_scheduler_drain_kills", "Tasks a drain killed: kill (service, after its replacement started) "
+            "or evict (batch, past the deadline)", ["kind"], registry=self.registry,
+        )
         self.remediation_frozen = Gauge(
             "titus_scheduler_remediation_frozen",
             "1 while remediation is frozen because many hosts fail at once (an operator alert)",

@@ -154,6 +154,22 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _reply("Node", _ref("NodeRecord")), **_ERRORS},
             }
         },
+        "/v1/nodes/{node_id}/drain": {
+            "post": {
+                "summary": "Cordon the host and move its tasks off: service tasks replaced elsewhere first, then "
+                           "killed; batch tasks finish until the deadline, then evicted; per-job disruption budgets "
+                           "and the kill path's rate (docs/health.md). Uncordon stops it",
+                "parameters": [node_id],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"reason": {"type": "string", "maxLength": 256},
+                                   "batchDeadlineSeconds": {"type": "number", "minimum": 0, "maximum": 604800}}}}}},
+                "responses": {"200": _reply("Drain status", {"type": "object"}), **_ERRORS},
+            },
+            "get": {"summary": "The host's drain: state, and each remaining task's phase",
+                    "parameters": [node_id],
+                    "responses": {"200": _reply("Drain status", {"type": "object"}), **_ERRORS}},
+        },
         "/v1/nodes/{node_id}/uncordon": {
             "post": {"summary": "The host takes new work again (health taints still apply)",
                      "parameters": [node_id],

@@ -27,6 +27,8 @@ def build_table(
     seed: int,
     unhealthy: Callable[[NodeRecord], bool] | None = None,
 ) -> tuple[HostTable, list[NodeRecord]]:
+    """Ready hosts as the engine's table. Taints are per-job masks (`plan`), not `bad`; a host with
+    a degraded check gets the fitness penalty."""
     ready = sorted((n for n in nodes if n.status is NodeStatus.READY), key=lambda n: n.id)
     hosts: list[HostInput] = []
     for n in ready:
@@ -35,7 +37,7 @@ def build_table(
             n.id, n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib,
             n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib,
             labels=n.labels, images=f.images, free_ips=f.free_ips, warm=dict(f.warm),
-            bad=bool(unhealthy and unhealthy(n)),
+            bad=bool(unhealthy and unhealthy(n)), degraded=eligibility.is_degraded(n),
         )
         for t in tasks_on(n.id):
             r = jobs[t.job_id].spec.container.resources
@@ -70,6 +72,18 @@ def _posture_masks(
     return list(out.items())
 
 
+def _taint_masks(table: HostTable, ready: list[NodeRecord], job: JobRecord) -> list[tuple[str, B]]:
+    """Taints as a hard filter, with the job's tolerations: one mask per distinct set of taints the
+    job does not tolerate (reason `taint health.engine, …`)."""
+    out: dict[str, B] = {}
+    for n in ready:
+        left = eligibility.untolerated(job, n.taints)
+        if left:
+            m = out.setdefault(f"taint {', '.join(left)}", np.ones(len(table), dtype=np.bool_))
+            m[table.index[n.id]] = False
+    return list(out.items())
+
+
 def _tagged(image: str) -> str:
     """The reference as the engine lists it: a bare name means `:latest`."""
     m = IMAGE_REFERENCE.match(image)
@@ -95,7 +109,8 @@ def plan(
     jobs: Mapping[str, JobRecord], policy: SecurityPolicy, on_pass: OnPass | None = None,
 ) -> list[Decision]:
     """Place `pending` in order; `on_pass` (the decision trace) sees the inputs and the choices."""
-    masks = {j: _posture_masks(table, ready, jobs[j], policy) for j in {t.job_id for t in pending}}
+    masks = {j: [*_taint_masks(table, ready, jobs[j]), *_posture_masks(table, ready, jobs[j], policy)]
+             for j in {t.job_id for t in pending}}
     requests = [request_for(t, jobs[t.job_id]) for t in pending]
     decisions = engine.place_all(table, requests, masks)
     if on_pass is not None:  # table.inputs are as the pass started: `take` changes the arrays only

@@ -111,11 +111,10 @@ class PlacementLoop:
         return sum(n.capacity.cpus for n in ready), float(sum(n.capacity.memory_mib for n in ready))
 
     def _engine_pass(self, engine: Engine, pending: list[TaskRecord], now: float) -> int:
-        # A host with a taint (a failed health check, a cordon) takes no new work in the engine path:
-        # job tolerations of health taints apply to the FirstFit path only (eligibility.tolerates).
+        # A host with a taint (a failed health check, a cordon) the job does not tolerate takes none
+        # of its tasks (per-job masks in passes.plan); a degraded host is penalised (fitness).
         s = self._s
-        table, ready = passes.build_table(s.nodes.values(), s.node_tasks, s.jobs, s.facts, engine.seed,
-                                          unhealthy=lambda n: bool(n.taints))
+        table, ready = passes.build_table(s.nodes.values(), s.node_tasks, s.jobs, s.facts, engine.seed)
         placed: list[TaskRecord] = []
         waiting: list[TaskRecord] = []
         on_pass = None
@@ -132,7 +131,8 @@ class PlacementLoop:
                 self.pending.note(t.id, engine_pending_reason(d.reasons, len(ready)))
                 t.placement_failures = d.reasons
                 why = passes.waiting_message(d, len(ready))
-                if ready and all(n.taints for n in ready):  # say which taints, as the FirstFit path does
+                job = s.jobs[t.job_id]
+                if ready and all(eligibility.untolerated(job, n.taints) for n in ready):  # as FirstFit says
                     shown = "; ".join(f"{n.id}: " + ", ".join(f"{k} ({v})" for k, v in sorted(n.taints.items()))
                                       for n in ready[:3])
                     why = f"waiting: no Ready host takes new work: {shown}"[:1000]

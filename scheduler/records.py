@@ -59,7 +59,11 @@ class TaskRecord(_Record):
     kill_requested: bool = False
     # A kill the control plane sent (a stuck-state timeout) ends the task as this, not `killed`.
     finish_as: FinishReason | None = None
+    # The task that took over this one's index. Set before the task ends when a drain started the
+    # replacement first (scheduler/drain.py): ending this one then starts no other.
     replaced_by: str | None = None
+    # Evicted by a drain (a batch task past the drain's deadline): replaced at once, counters kept.
+    evicted: bool = False
     # Why no host took it at the last placement pass: (reason, hosts), most hosts first.
     placement_failures: list[tuple[str, int]] = Field(default_factory=list)
 
@@ -93,6 +97,18 @@ class RemediationEntry(_Record):
     message: str = ""
 
 
+class DrainState(_Record):
+    """A drain in progress or done (`titusctl node drain`; scheduler/drain.py)."""
+
+    started_at: float
+    by: str = ""
+    reason: str = ""
+    batch_deadline: float  # batch tasks still running then are evicted (killed, replaced elsewhere)
+    finished_at: float | None = None  # no task left on the host
+    moved: int = 0  # service tasks replaced elsewhere, then killed here
+    evicted: int = 0  # batch tasks killed at the deadline
+
+
 class NodeRecord(_Record):
     id: str
     capacity: Capacity
@@ -119,3 +135,8 @@ class NodeRecord(_Record):
     # The remediation order the host is running (its "ordered" history entry), None when idle.
     remediation: RemediationEntry | None = None
     remediation_history: list[RemediationEntry] = Field(default_factory=list)  # newest last, bounded
+    # The quality tracker's quarantine (scheduler/quality.py): the taint `quality` until then.
+    quarantined_until: float | None = None
+    quarantine_reason: str = ""
+    # A drain: cordoned, and its tasks moved off under the disruption budgets (None: no drain).
+    drain: DrainState | None = None

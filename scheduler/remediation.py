@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from scheduler import liveness
 from scheduler.config import SchedulerConfig
-from scheduler.records import NodeRecord, NodeStatus, RemediationEntry
+from scheduler.records import DrainState, NodeRecord, NodeStatus, RemediationEntry
 from titus_common.protocol import HealthCondition, HealthStatus, RemediationOrder, RemediationResult
 
 __all__ = ["PLAYBOOKS", "Plan", "apply_results", "order_for", "plan"]
@@ -107,11 +107,15 @@ def _cooling(node: NodeRecord, config: SchedulerConfig, now: float) -> bool:
                for e in node.remediation_history[-3:])
 
 
-def _drain(node: NodeRecord, cond: HealthCondition, why: str, now: float) -> None:
+def _drain(node: NodeRecord, cond: HealthCondition, why: str, config: SchedulerConfig, now: float) -> None:
+    """Cordon, and move the host's tasks off (`draining.Drainer` runs the drain it records)."""
     action = PLAYBOOKS[cond.check]
     _log(node, RemediationEntry(at=now, check=cond.check, reason=cond.reason, action=action,
                                 outcome="drained", message=why))
-    liveness.set_cordon(node, True, f"drained by remediation: {cond.check} {cond.reason} ({why})", now)
+    reason = f"drained by remediation: {cond.check} {cond.reason} ({why})"
+    liveness.set_cordon(node, True, reason, now)
+    node.drain = DrainState(started_at=now, by="remediation", reason=reason,
+                            batch_deadline=now + config.drain_batch_deadline)
 
 
 def plan(nodes: Iterable[NodeRecord], config: SchedulerConfig, now: float) -> Plan:
@@ -137,9 +141,10 @@ def plan(nodes: Iterable[NodeRecord], config: SchedulerConfig, now: float) -> Pl
         if cond is None or n.remediation is not None or n.cordoned or _cooling(n, config, now):
             continue
         if _failures_in_a_row(n) >= config.remediation_failures_before_drain:
-            _drain(n, cond, f"{_failures_in_a_row(n)} failed actions in a row", now)
+            _drain(n, cond, f"{_failures_in_a_row(n)} failed actions in a row", config, now)
         elif _actions_last_hour(n, now) >= config.remediation_actions_per_hour:
-            _drain(n, cond, f"still failing after {config.remediation_actions_per_hour} actions this hour", now)
+            _drain(n, cond, f"still failing after {config.remediation_actions_per_hour} actions this hour", config,
+                   now)
         elif _unsupported_recently(n, PLAYBOOKS[cond.check], now):
             continue
         elif budget > 0:

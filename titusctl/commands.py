@@ -26,6 +26,7 @@ from titusctl.client import (
 from titusctl.render import (
     cpu_map,
     describe,
+    drain_rows,
     doctor_text,
     fleet_health_rows,
     history_rows,
@@ -188,13 +189,25 @@ def cmd_node_health(api: Api, args: argparse.Namespace) -> int:
 
 
 def cmd_node_cordon(api: Api, args: argparse.Namespace) -> int:
-    reason = args.reason or ("drained by an operator" if args.verb == "drain" else "cordoned by an operator")
+    reason = args.reason or "cordoned by an operator"
     node = api.call("POST", f"/v1/nodes/{args.node}/cordon", {"reason": reason})
-    text = f"node {node['id']}: takes no new work ({reason})"
-    if args.verb == "drain":
-        # Honest about what a drain does today: evacuation within budgets is not implemented.
-        text += "; its tasks keep running (moving them within disruption budgets is not implemented yet)"
-    emit(args, node, text)
+    emit(args, node, f"node {node['id']}: takes no new work ({reason})")
+    return EXIT_OK
+
+
+def cmd_node_drain(api: Api, args: argparse.Namespace) -> int:
+    """Cordon and move the tasks off (service: replaced elsewhere first; batch: until the deadline)."""
+    body: dict[str, object] = {"reason": args.reason or "drained by an operator"}
+    if args.batch_deadline is not None:
+        body["batchDeadlineSeconds"] = args.batch_deadline
+    doc = api.call("POST", f"/v1/nodes/{args.node}/drain", body, headers={"X-Titus-Actor": getpass.getuser()})
+    emit(args, doc, drain_rows(doc))
+    return EXIT_OK
+
+
+def cmd_node_drain_status(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("GET", f"/v1/nodes/{args.node}/drain")
+    emit(args, doc, drain_rows(doc))
     return EXIT_OK
 
 

@@ -18,6 +18,8 @@ from titusctl.commands import (
     cmd_job_submit,
     cmd_kill,
     cmd_node_cordon,
+    cmd_node_drain,
+    cmd_node_drain_status,
     cmd_node_cpus,
     cmd_node_doctor,
     cmd_node_health,
@@ -112,15 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     nhist.set_defaults(fn=cmd_node_history)
     node_verbs: tuple[tuple[str, Callable[[Api, argparse.Namespace], int], str], ...] = (
         ("cordon", cmd_node_cordon, "no new work on the host; its tasks stay"),
-        ("drain", cmd_node_cordon, "no new work on the host (task evacuation is not implemented yet)"),
-        ("uncordon", cmd_node_uncordon, "the host takes new work again (health taints still apply)"),
+        ("drain", cmd_node_drain, "cordon, then move the host's tasks off under disruption budgets"),
+        ("drain-status", cmd_node_drain_status, "a drain's progress: each task left and what it waits for"),
+        ("uncordon", cmd_node_uncordon, "the host takes new work again (stops a drain; health taints still apply)"),
         ("undrain", cmd_node_uncordon, "the same as uncordon"),
     )
     for verb, verb_fn, what in node_verbs:
         nv = node.add_parser(verb, help=what)
         nv.add_argument("node")
-        if verb_fn is cmd_node_cordon:
+        if verb_fn in (cmd_node_cordon, cmd_node_drain):
             nv.add_argument("--reason", default="", help="why (shown on the node and in `node doctor`)")
+        if verb_fn is cmd_node_drain:
+            nv.add_argument("--batch-deadline", type=float, default=None, metavar="SECONDS",
+                            help="batch tasks may finish for this long, then are evicted (default: the scheduler's)")
         nv.set_defaults(fn=verb_fn)
     sm = admin_verbs.add_parser("scheduling-mode", help="show or switch the placement mode live (spread normally, pack in a failover)")
     sm.add_argument("mode", nargs="?", choices=("spread", "pack", "auto"),

@@ -90,6 +90,19 @@ def history_rows(history: list[dict[str, Any]]) -> str:
     return table(rows, ["AGO", "CHECK", "REASON", "ACTION", "OUTCOME", "MESSAGE"]) if rows else "no remediation"
 
 
+def drain_rows(doc: dict[str, Any]) -> str:
+    """A host's drain: its state and counts, then each task left on it with its phase."""
+    d = doc.get("drain")
+    if d is None:
+        return f"node {doc['nodeId']}: no drain" + (" (cordoned)" if doc.get("cordoned") else "")
+    head = (f"node {doc['nodeId']}: {doc['state']} (by {d.get('by') or '?'}, {_ago(d.get('startedAt'))} ago: "
+            f"{d.get('reason', '')}); moved {d.get('moved', 0)}, evicted {d.get('evicted', 0)}, "
+            f"{len(doc['remaining'])} task(s) left")
+    rows = [[t["taskId"], t["jobId"][:8], str(t["index"]), t["kind"], t["state"], t["phase"][:70]]
+            for t in doc["remaining"]]
+    return head + ("\n" + table(rows, ["TASK", "JOB", "INDEX", "KIND", "STATE", "PHASE"]) if rows else "")
+
+
 def describe(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2)
 

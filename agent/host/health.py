@@ -23,12 +23,14 @@ from health.checks.disk import DiskCheck
 from health.checks.engine import EngineCheck
 from health.checks.pressure import PressureCheck
 from health.checks.registry import RegistryCheck
+from health.journal import JournalReader
 from health.kmsg import KmsgReader
-from health.logsignal import SHIPPED_RULES, LogSignals, load_rules
+from health.logsignal import SHIPPED_JOURNAL_RULES, SHIPPED_RULES, LogSignals, load_rules
 from titus_common.errors import ConfigError
 from titus_common.protocol import HealthCondition, HealthStatus
 
-__all__ = ["DockerProbe", "HealthResource", "LABEL_HEALTH", "default_checks"]
+__all__ = ["DockerProbe", "HealthResource", "LABEL_HEALTH", "default_checks", "journal_log_signals",
+           "kernel_log_signals"]
 
 log = logging.getLogger("titus.agent.health")
 
@@ -94,17 +96,31 @@ def kernel_log_signals(config: AgentConfig, metrics: AgentMetrics) -> LogSignals
     return LogSignals(rules, on_hit=lambda reason: metrics.log_rule_hits.labels(rule=reason).inc())
 
 
+def journal_log_signals(config: AgentConfig, metrics: AgentMetrics) -> LogSignals | None:
+    """The journal log check (`journal-log`), or None when off. A bad rules file refuses the start."""
+    if not config.health_journal_enabled:
+        return None
+    rules = load_rules(config.health_journal_rules or SHIPPED_JOURNAL_RULES)
+    return LogSignals(rules, name="journal-log",
+                      on_hit=lambda reason: metrics.log_rule_hits.labels(rule=reason).inc())
+
+
 class HealthResource:
     name = "health"
 
     def __init__(self, config: AgentConfig, docker: Docker, metrics: AgentMetrics,
-                 checks: Sequence[Check], signals: LogSignals | None = None) -> None:
+                 checks: Sequence[Check], signals: LogSignals | None = None,
+                 journal: LogSignals | None = None, journal_path: Path | None = None) -> None:
         self.config = config
         self.docker = docker
         self.metrics = metrics
         self.signals = signals
+        self.journal = journal
+        self.journal_path = journal_path  # None: the system journal
         self._reader: KmsgReader | None = None
-        self.monitor = HealthMonitor([*checks, *([signals] if signals is not None else [])], on_result=self._observed)
+        self._journal_reader: JournalReader | None = None
+        logs = [s for s in (signals, journal) if s is not None]
+        self.monitor = HealthMonitor([*checks, *logs], on_result=self._observed)
         metrics.bind_health(self.monitor.conditions)
 
     def _observed(self, cond: HealthCondition, prev: HealthCondition | None) -> None:
@@ -124,6 +140,14 @@ class HealthResource:
             except OSError as e:
                 self.signals.source_error = f"cannot read {reader.path}: {e.strerror or e}"
                 log.warning("kernel log signals off: %s", self.signals.source_error)
+        if self.journal is not None:
+            jreader = JournalReader(self.journal.feed, self.journal.rules.identifiers, self.journal_path)
+            try:
+                jreader.start()
+                self._journal_reader = jreader
+            except OSError as e:
+                self.journal.source_error = f"journal: {e}"
+                log.warning("journal log signals off: %s", self.journal.source_error)
         self.monitor.start()
 
     async def reconcile(self, tasks: LiveTasks) -> None:
@@ -147,4 +171,7 @@ class HealthResource:
         if self._reader is not None:
             self._reader.stop()
             self._reader = None
+        if self._journal_reader is not None:
+            self._journal_reader.stop()
+            self._journal_reader = None
         await self.monitor.stop()

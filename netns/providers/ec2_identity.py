@@ -26,6 +26,7 @@ __all__ = [
     "imds_hardening_warnings",
     "instance_limits",
     "read_identity",
+    "read_instance_role",
     "region_hostname_suffix",
 ]
 
@@ -127,6 +128,30 @@ def read_identity(endpoint: str = DEFAULT_IMDS_ENDPOINT, timeout_s: float = 2.0)
         primary_eni=imds.get(f"{base}/interface-id"),
         macs=macs,
     )
+
+
+def read_instance_role(endpoint: str = DEFAULT_IMDS_ENDPOINT, timeout_s: float = 2.0) -> str:
+    """The instance's IAM role as its IMDSv2 names it, "" when it has none (HTTP 404), after
+    checking IMDS serves that role's credentials (`Code` Success); IdentityUnavailable otherwise."""
+    imds = _Imds(endpoint, timeout_s)
+    imds.login()
+    try:
+        listing = imds.get("meta-data/iam/security-credentials/")
+    except IdentityUnavailable as e:
+        if "HTTP 404" in str(e):
+            return ""
+        raise
+    role = listing.split()[0].strip("/") if listing.split() else ""
+    if not role:
+        return ""
+    try:
+        doc: Any = json.loads(imds.get(f"meta-data/iam/security-credentials/{role}"))
+    except ValueError:
+        raise IdentityUnavailable(f"IMDS credentials of role {role}: not JSON") from None
+    if not isinstance(doc, dict) or doc.get("Code") != "Success":
+        code = doc.get("Code") if isinstance(doc, dict) else "?"
+        raise IdentityUnavailable(f"IMDS credentials of role {role}: Code {code}")
+    return role
 
 
 def _ec2_error(operation: str, e: Exception) -> IdentityUnavailable:

@@ -14,8 +14,9 @@ from typing import Any
 
 class FakeImds:
     def __init__(self, client: Any, instance_id: str, account_id: str = "123456789012",
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", role: str | None = None) -> None:
         self.client = client
+        self.role = role  # the instance's IAM role (None: it has none)
         self.instance_id = instance_id
         self.account_id = account_id
         self.tokens: set[str] = set()
@@ -79,6 +80,14 @@ class FakeImds:
         return [dict(e) for e in doc["NetworkInterfaces"]]
 
     def answer(self, path: str) -> str | None:
+        creds = "meta-data/iam/security-credentials/"
+        if path.startswith(creds):
+            if self.role is None:
+                return None
+            if path == creds:
+                return self.role
+            return json.dumps({"Code": "Success", "AccessKeyId": "ASIAFAKE", "SecretAccessKey": "x", "Token": "t",
+                               "Expiration": "2099-01-01T00:00:00Z"}) if path == creds + self.role else None
         inst = self._instance()
         az = inst["Placement"]["AvailabilityZone"]
         enis = {e["MacAddress"].lower(): e for e in self._enis()}

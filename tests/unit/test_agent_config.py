@@ -163,9 +163,22 @@ DEFAULTS: dict[str, Any] = {
     "health_disk_failed_pct": 95.0,
     "health_data_dirs": [],
     "health_pressure_seconds": 15.0,
+    "health_clock_seconds": 60.0,
+    "health_leaks_seconds": 60.0,
+    "health_credentials_seconds": 300.0,
+    "health_network_seconds": 30.0,
     "health_engine_restart_command": [],
     "health_kmsg_enabled": True,
     "health_log_rules": None,
+    "image_gc_enabled": True,
+    "image_gc_high_pct": 85.0,
+    "image_gc_low_pct": 80.0,
+    "image_gc_unused_age_seconds": 3600.0,
+    "image_gc_max_per_cycle": 5,
+    "image_gc_seconds": 1800.0,
+    "container_retention_seconds": 3600.0,
+    "health_journal_enabled": True,
+    "health_journal_rules": None,
 }
 
 

@@ -68,7 +68,12 @@ def test_node_health_verbs(scheduler_url: str, capsys: pytest.CaptureFixture[str
     assert doc["nodes"][0]["taints"]["cordoned"] == "bad disk"
     code, out = run("node", "uncordon", "h1")
     assert (code, out) == (0, "node h1: cordon lifted; still tainted: health.engine")
-    code, out = run("node", "drain", "h1")
-    assert code == 0 and "not implemented yet" in out
+    code, out = run("node", "drain", "h1", "--reason", "kernel upgrade", "--batch-deadline", "60")
+    assert code == 0 and out.startswith("node h1: drained (by ") and "kernel upgrade" in out, out
+    doc = json.loads(run("-o", "json", "node", "drain-status", "h1")[1])
+    assert doc["state"] == "drained" and doc["drain"]["batchDeadline"] - doc["drain"]["startedAt"] == 60
+    code, out = run("node", "uncordon", "h1")
+    assert code == 0 and run("node", "drain-status", "h1")[1] == "node h1: no drain"
+    assert run("node", "drain", "h1", "--batch-deadline", "-1")[0] != 0
     assert run("node", "cordon", "nope")[0] == 1
     assert run("node", "history", "h1") == (0, "no remediation")

@@ -1,0 +1,133 @@
+"""What the network, imds, leaks, clock and credentials checks (health/checks/) read from this
+agent: plain facts gathered on the check's own thread (health/blocking.py), never the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
+
+from agent.config import AgentConfig
+from agent.host.metadata import MetadataResource
+from agent.host.network import NetworkResource
+from agent.node_credentials import NodeCredentials
+from health import Check
+from health.checks.clock import ClockCheck
+from health.checks.credentials import CredentialFacts, CredentialsCheck
+from health.checks.leaks import LeaksCheck
+from health.checks.network import MetadataCheck, MetadataFacts, NetworkCheck, NetworkFacts
+from netns.errors import ProviderUnavailable
+from netns.providers.ec2_identity import read_instance_role
+
+__all__ = ["HostSources", "credential_facts", "host_checks", "leaks_removed", "metadata_facts", "network_facts"]
+
+log = logging.getLogger("titus.agent.health")
+
+LEAKS_METRIC = "titus_agent_network_leaks_removed_total"
+TASK_ROLE_FAILURES = 3
+
+
+@dataclass
+class HostSources:
+    """The agent's parts the host checks read (None: that part is off on this agent)."""
+
+    leaks: Counter  # titus_agent_network_leaks_removed{kind}
+    unknown_containers: Callable[[], int]
+    skew: Callable[[], float | None]
+    network: NetworkResource | None = None
+    metadata: MetadataResource | None = None
+    credentials: NodeCredentials | None = None
+
+
+def _ip_forward(proc: Path = Path("/proc")) -> bool | None:
+    try:
+        return (proc / "sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+def network_facts(config: AgentConfig, network: NetworkResource) -> NetworkFacts:
+    """On the event loop: the pool's in-memory state, and one /proc/sys read."""
+    snap: dict[str, Any] = network.snapshot()
+    enis = snap.get("enis") or []
+    counts = snap.get("counts") or {}
+    backoff = snap.get("provider_backoff")
+    return NetworkFacts(
+        provider=config.network_provider, ip_forward=_ip_forward(),
+        provider_errors={str(k): str(v) for k, v in (snap.get("errors") or {}).items()},
+        provider_backoff_s=float(backoff) if isinstance(backoff, (int, float)) else 0.0,
+        enis=len(enis), free_ips=int(counts.get("free", 0)),
+    )
+
+
+def metadata_facts(metadata: MetadataResource) -> MetadataFacts:
+    pinned = metadata.host.path.pinned()
+    try:
+        served = metadata.host.service.snapshot(timeout=3.0)
+    except Exception as e:  # RuntimeError (not started), TimeoutError (its loop is stuck), …
+        return MetadataFacts(pinned, False, error=f"{type(e).__name__}: {e}"[:200])
+    return MetadataFacts(pinned, True, tasks=len(served))
+
+
+def leaks_removed(counter: Counter) -> dict[str, float]:
+    """The counter's totals by kind (its own lock: safe from any thread)."""
+    out: dict[str, float] = {}
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name == LEAKS_METRIC:
+                out[sample.labels.get("kind", "?")] = float(sample.value)
+    return out
+
+
+def credential_facts(config: AgentConfig, sources: HostSources) -> CredentialFacts:
+    before = after = None
+    if sources.credentials is not None:
+        cert = sources.credentials.certificate()
+        if cert is not None:
+            before, after = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+    role: str | None = None
+    role_error = ""
+    aws = config.network_provider == "aws"
+    if aws:
+        try:
+            role = read_instance_role(config.aws_imds_endpoint)
+        except ProviderUnavailable as e:
+            role_error = str(e)[:200]
+    roles = failing = 0
+    first = ""
+    if sources.metadata is not None:
+        try:
+            served = sources.metadata.host.service.snapshot(timeout=3.0)
+        except Exception:  # the imds check reports a service that does not answer
+            served = {}
+        for task in served.values():
+            creds = task.get("credentials") or {}
+            if not task.get("role_arn"):
+                continue
+            roles += 1
+            if int(creds.get("failures") or 0) >= TASK_ROLE_FAILURES:
+                failing += 1
+                err = creds.get("last_error") or {}
+                first = first or f"{err.get('code', '?')}: {err.get('message', '')}"[:160]
+    return CredentialFacts(before, after, aws, role, role_error, roles, failing, first)
+
+
+def host_checks(config: AgentConfig, sources: HostSources) -> list[Check]:
+    """The checks of the host's own state beyond the engine, registry, disk and pressure."""
+    checks: list[Check] = [
+        ClockCheck(sources.skew, period=config.health_clock_seconds),
+        LeaksCheck(lambda: leaks_removed(sources.leaks), sources.unknown_containers,
+                   period=config.health_leaks_seconds),
+        CredentialsCheck(lambda: credential_facts(config, sources), period=config.health_credentials_seconds),
+    ]
+    network, metadata = sources.network, sources.metadata
+    if network is not None:
+        checks.append(NetworkCheck(lambda: network_facts(config, network), period=config.health_network_seconds))
+    if metadata is not None:
+        checks.append(MetadataCheck(lambda: metadata_facts(metadata), period=config.health_network_seconds))
+    return checks
