@@ -5,7 +5,8 @@ and the decisions it applies — what replaces an ended task (`retries`, `lifecy
 (`liveness`), which hosts may take a job (`eligibility`) and which one does (`placement`) — its
 in-memory bookkeeping (`index`, `delivery`), its records and their store (`records`, `store`), its
 configuration (`config`), metrics (`metrics`) and the process (`main`). Reconciliation (`reconcile` the
-policy, `reconciler` the component, `killpath` its brakes, `audit`, `admin_api`; docs/reconcile.md)
+policy, `reconciler` the component, `killpath` its brakes, `clockstep` its guard against wall-clock
+steps, `audit`, `admin_api`; docs/reconcile.md)
 the start-up integrity check (`integrity`), queue age (`pending`) and backups (`backup`,
 `backup_cli`, `backup_schedule`).
 
@@ -20,6 +21,7 @@ __all__ = [
     "backup",
     "backup_cli",
     "backup_schedule",
+    "clockstep",
     "config",
     "core",
     "delivery",

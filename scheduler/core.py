@@ -518,18 +518,20 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """The control loop: place when something changed or a delayed task falls due; check hosts."""
-        next_node_check = next_reconcile = 0.0
+        next_node_check = next_reconcile = -1e18
+        # The loop's own timers are monotonic: a wall-clock step back must not stall them.
+        tick = self._steps.monotonic if self._steps is not None else self.clock
         while not stop.is_set():
             self._schedule_wanted.clear()
-            now = self.clock()
-            if now >= next_node_check:
+            now, t = self.clock(), tick()
+            if t >= next_node_check:
                 self.check_nodes()
-                next_node_check = now + 1.0
+                next_node_check = t + 1.0
             if self.retention.due(now):
                 self.retention.evict(self, now)
-            if now >= next_reconcile:
+            if t >= next_reconcile:
                 self.reconcile()
-                next_reconcile = now + self.config.reconcile_interval
+                next_reconcile = t + self.config.reconcile_interval
             self.schedule_pass()
             due = self.next_due()
             timeout = 1.0 if due is None else max(0.01, min(1.0, due - self.clock()))
