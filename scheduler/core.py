@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import integrity, lifecycle, liveness, remediation, retries
+from scheduler import integrity, lifecycle, liveness, provenance, remediation, retries
 from scheduler.audit import AuditLog
 from scheduler.pending import PendingBook
 from scheduler.placing import PlacementLoop
@@ -29,6 +29,7 @@ from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
 from scheduler.reconcile import ActionKind
 from scheduler.reconciler import Reconciler, cell_view
+from scheduler.registry import Lookup, Registry
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
 from scheduler.retention import Retention
 from scheduler.store import Store
@@ -52,8 +53,11 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         security_policy: SecurityPolicy | None = None,
         audit: AuditLog | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.store = store
+        # Where image tags are resolved to digests (scheduler/provenance.py); None: never asked.
+        self.registry = registry
         self.metrics = metrics
         self.config = config if config is not None else SchedulerConfig()
         self.clock = clock
@@ -96,9 +100,10 @@ class Scheduler:
 
     # ---- jobs -------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> tuple[JobRecord, bool]:
+    def submit(self, spec: JobSpec, image: Lookup | None = None) -> tuple[JobRecord, bool]:
         """Create a job and its tasks. Returns (job, created); a repeated idempotency key with the
-        same spec returns the existing job, with a different spec it is a Conflict."""
+        same spec returns the existing job, with a different spec it is a Conflict. `image`: what the
+        registry said the tag points at (the API asks it off the event loop before calling this)."""
         key = spec.idempotency_key
         if key and key in self._by_idempotency_key:
             existing = self.job(self._by_idempotency_key[key])
@@ -107,6 +112,7 @@ class Scheduler:
             return existing, False
         now = self.clock()
         job = JobRecord(id=lifecycle.new_id(), spec=spec, created_at=now)
+        provenance.pin_at_submit(job, image, now)
         tasks = [lifecycle.new_task(job, index, now) for index in range(spec.task_count)]
         self.store.commit(jobs=[job], tasks=tasks)
         self.jobs[job.id] = job
@@ -286,6 +292,8 @@ class Scheduler:
             newly_started = TaskState.STARTED.value not in task.timestamps and TaskState.STARTED in u.timestamps
             if lifecycle.merge_report(task, u):
                 self._deliveries.forget(task.id)
+            if provenance.pin_from_report(self.jobs[task.job_id], task, u.image_digest):
+                jobs[task.job_id] = self.jobs[task.job_id]
             if newly_started:
                 self.metrics.observe_started(task)
             if u.state is TaskState.FINISHED:
@@ -299,6 +307,25 @@ class Scheduler:
             self.store.commit(jobs=jobs.values(), tasks=[*touched.values(), *new_tasks])
             self._remember(new_tasks)
         return accepted
+
+    def note_tag_digests(self, lookups: dict[str, Lookup], now: float) -> None:
+        """What the periodic tag check found (scheduler/provenance.py): record it on the jobs using
+        each reference; a lookup without an answer changes nothing."""
+        changed = []
+        for job in self.jobs.values():
+            lookup = lookups.get(job.spec.container.image)
+            if lookup is None:
+                continue
+            self.metrics.registry_lookups.labels(outcome="ok" if lookup.digest else "error").inc()
+            if lookup.digest is None:
+                continue
+            if lookup.digest != job.tag_digest and job.image_digest not in (None, lookup.digest):
+                log.warning("image tag %s moved to %s; the job stays pinned to %s", job.spec.container.image,
+                            lookup.digest, job.image_digest, extra={"job_id": job.id})
+            job.tag_digest, job.tag_checked_at = lookup.digest, now
+            changed.append(job)
+        if changed:
+            self.store.commit(jobs=changed)
 
     def _remember(self, new_tasks: list[TaskRecord]) -> None:
         for t in new_tasks:

@@ -162,6 +162,11 @@ class TaskAssignment(_Msg):
     # assignments from before they were sent: the scheduler's submit-time check is then the gate).
     owner: str | None = None
     app_name: str | None = None
+    # Image provenance (docs/provenance.md): the manifest digest the job is pinned to (the agent pulls
+    # and runs name@digest; None: not resolved yet, the agent resolves the tag and reports what it ran)
+    # and the job's source./build. attributes, for the container's labels and the task's metadata.
+    image_digest: Annotated[str, Strict(), Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    provenance: Annotated[dict[Label, Label], Field(max_length=8)] = Field(default_factory=dict)
 
 
 class SyncResponse(_Msg):
@@ -183,6 +188,8 @@ class TaskUpdate(_Msg):
     message: Text = ""
     exit_code: Annotated[Int, Field(ge=-(1 << 31), le=(1 << 32) - 1)] | None = None
     container_id: Annotated[str, Strict(), Field(min_length=1, max_length=128)] | None = None
+    # The image manifest digest the container runs (None: the agent could not tell, e.g. a local-only image).
+    image_digest: Annotated[str, Strict(), Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
 
 
 class UpdatesRequest(_Msg):
