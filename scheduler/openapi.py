@@ -13,6 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from scheduler.pending import PendingReason
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
+from titus_common.provenance import PROVENANCE_KEYS
 from scheduler.trust_openapi import SECURITY_SCHEMES, secure, trust_paths, trust_schemas
 from titus_common.states import TaskState
 from titus_common.jobspec import JobSpec
@@ -68,6 +69,28 @@ def openapi_document() -> dict[str, Any]:
         "description": "Why the task is still Accepted (no host fits, none Ready, posture, back-off); "
         "null once placed",
     }
+    # Image provenance (scheduler/provenance.py, docs/provenance.md), computed from the job and task.
+    schemas["Provenance"] = {
+        "type": "object",
+        "description": "The image a job runs and where it came from: the pinned manifest digest (every "
+        "launch pulls name@digest), who pinned it, the tag's digest at the last registry check, and the "
+        "job's source.commit / source.repo / build.id / build.url attributes",
+        "properties": {
+            "image": {"type": "string"},
+            "imageDigest": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "pinnedBy": {"anyOf": [{"type": "string", "enum": ["reference", "submit", "launch"]}, {"type": "null"}]},
+            "resolveError": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "tagDigest": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "tagCheckedAt": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+            "taskImageDigest": {"anyOf": [{"type": "string"}, {"type": "null"}],
+                                "description": "tasks only: the digest the agent ran"},
+            "tagMoved": {"type": "boolean", "description": "tasks only: the task is live and its job's tag "
+                         "now points at another digest than the one it runs"},
+            **{k: {"type": "string"} for k in PROVENANCE_KEYS},
+        },
+    }
+    schemas["TaskRecord"]["properties"]["provenance"] = _ref("Provenance")
+    schemas["TaskRecord"]["properties"]["tagMoved"] = {"type": "boolean", "description": "= provenance.tagMoved"}
     schemas["Error"] = {
         "type": "object",
         "properties": {
@@ -214,6 +237,7 @@ def openapi_document() -> dict[str, Any]:
         "description": "When every finished task failed the same way before starting: that reason "
                        "(scheduler/startfailure.py); null otherwise",
     }
+    job["properties"]["provenance"] = _ref("Provenance")
     job["required"] = [*job.get("required", []), "taskCounts", "crashLooping"]
     schemas["Job"] = job
     paths.update(trust_paths())  # docs/trust.md

@@ -77,8 +77,7 @@ class ImageStep:
             raise StepError(f"image {ref} is built for {os_name}/{arch}; this host runs linux/{self.host_arch}",
                             FinishReason.FAILED)
         digest = a.image_digest or repo_digest(image, a.container.image)
-        mine = ctx.resources(self.name)
-        mine.update(image_id=image["Id"], ref=ref, digest=digest)
+        ctx.resources(self.name)["image_id"] = image["Id"]
         ctx.record.outputs.image = ImageOutput(ref=ref, digest=digest, image_id=str(image["Id"]))
         ctx.save()
 
