@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from agent import __version__
+from agent import __version__, taskstats
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.config import AgentConfig
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
@@ -113,6 +113,7 @@ class Agent:
         )
         self.capacity = host_capacity(config)
         self.runners: dict[str, TaskRunner] = {}
+        self._stats_replies: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._give_back: asyncio.TimerHandle | None = None
         self.unknown_containers: list[str] = []
@@ -307,6 +308,11 @@ class Agent:
                 self.kill(task_id)
             for order in resp.remediate:
                 self.remediator.submit(order)
+            for request in resp.stats:  # `titusctl task stats`: answered beside the loop (agent/taskstats.py)
+                runner = self.runners.get(request.task_id)
+                self._stats_replies.add(reply := asyncio.create_task(taskstats.reply(
+                    self.client, self.docker, self.config.cgroup_root, request, runner.record if runner else None)))
+                reply.add_done_callback(self._stats_replies.discard)
 
     async def _report_loop(self) -> None:
         backoff = Backoff(0.2, 10.0)

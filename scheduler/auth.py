@@ -35,7 +35,8 @@ log = logging.getLogger("titus.scheduler.auth")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PUBLIC = {("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/metrics"), ("POST", "/v1/bootstrap")}
-NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate)$")
+NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate|stats)$")
+TASK_STATS = re.compile(r"^/v1/tasks/(?P<id>[^/]+)/stats$")
 KILL = re.compile(r"^/v1/(?P<kind>jobs|tasks)/(?P<id>[^/]+)/kill$")
 NODE_OPS = re.compile(r"^/v1/nodes/[^/]+/(cordon|uncordon|drain|undrain|reconcile)$")
 
@@ -157,6 +158,13 @@ async def authorize(request: web.Request, who: Identity, auth: Auth) -> None:
         raise Refused(401, "no_credentials", "credentials required: a client certificate or a bearer token")
     if node_call is not None:
         raise Refused(403, "not_a_node", f"only node {node_call['node']}'s certificate may call {path}")
+    stats = TASK_STATS.match(path) if method == "GET" else None
+    if stats is not None and who.role == "submitter":
+        # A task's processes and usage are its owner's (scheduler/taskstats.py).
+        owner = _job_owner(request, "tasks", stats["id"])
+        if owner is not None and owner != who.owner:
+            raise Refused(403, "other_owner", f"submitter {who.name} may read stats only of owner {who.owner!r}'s tasks")
+        return
     if who.role == "admin" or method == "GET" and not path.startswith("/v1/admin/"):
         return
     kill = KILL.match(path) if method == "POST" else None

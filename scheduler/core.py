@@ -33,6 +33,7 @@ from scheduler.registry import Lookup, Registry
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
 from scheduler.retention import Retention
 from scheduler.store import Store
+from scheduler.taskstats import StatsRelay
 from security.profiles import SecurityPolicy, default_policy
 from titus_common.jobspec import JobSpec
 from titus_common.protocol import NodeReport, SyncResponse, TaskUpdate
@@ -69,6 +70,7 @@ class Scheduler:
         self.nodes: dict[str, NodeRecord] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._deliveries = Deliveries(self.config.redeliver_after)
+        self.stats = StatsRelay(self._deliveries.wake)  # `titusctl task stats` (scheduler/taskstats.py)
         self._schedule_wanted = asyncio.Event()
         self.placing = PlacementLoop(self, placer)
         self._want_images: dict[str, bool] = {}
@@ -238,6 +240,7 @@ class Scheduler:
         order = remediation.order_for(node) if node is not None else None
         if order is not None:
             resp.remediate.append(order)
+        resp.stats = self.stats.take(node_id)
         for t in self.node_tasks(node_id):
             if not self._deliveries.due(t.id, now):
                 continue
@@ -258,7 +261,7 @@ class Scheduler:
             event.clear()
             resp = self.work_for(report.id)
             remaining = deadline - self.clock()
-            if resp.launch or resp.kill or remaining <= 0:
+            if resp.launch or resp.kill or resp.stats or remaining <= 0:
                 return resp
             try:
                 await asyncio.wait_for(event.wait(), timeout=remaining)

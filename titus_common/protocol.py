@@ -169,6 +169,36 @@ class TaskAssignment(_Msg):
     provenance: Annotated[dict[Label, Label], Field(max_length=8)] = Field(default_factory=dict)
 
 
+class StatsRequest(_Msg):
+    """A user asked for a running task's usage (`titusctl task stats`): the agent answers it with a
+    `StatsReport` to `POST /v1/nodes/{id}/stats` (one-shot; an unanswered request times out)."""
+
+    id: Id
+    task_id: Id
+
+
+MAX_STATS_BYTES = 256 * 1024
+
+
+class StatsReport(_Msg):
+    id: Id
+    task_id: Id
+    # agent/taskstats.py's document (cpu, memory, pids, cpuset, network, processes); None with `error`.
+    stats: dict[str, Any] | None = None
+    error: Text = ""
+
+    @field_validator("stats")
+    @classmethod
+    def _stats_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and len(json.dumps(v)) > MAX_STATS_BYTES:
+            raise ValueError(f"stats are larger than {MAX_STATS_BYTES} bytes of JSON")
+        return v
+
+
+class StatsReportRequest(_Msg):
+    reports: Annotated[list[StatsReport], Field(max_length=64)]
+
+
 class SyncResponse(_Msg):
     launch: Annotated[list[TaskAssignment], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
     kill: Annotated[list[_Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
@@ -177,6 +207,8 @@ class SyncResponse(_Msg):
     heartbeat_interval_seconds: float = 5.0
     # The scheduler does not know the image list behind the digest: send `cached_images` next time.
     send_cached_images: bool = False
+    # Usage reads of running tasks to answer now (StatsRequest).
+    stats: Annotated[list[StatsRequest], Field(max_length=64)] = Field(default_factory=list)
 
 
 class TaskUpdate(_Msg):
