@@ -2,10 +2,10 @@
 
 - identity: a verified client certificate (O=titus:nodes → node CN; O=titus:operators:<role> →
   operator CN) or `Authorization: Bearer <token>` (an operator token from the auth store);
-- nodes may only call /v1/nodes/<their own id>/{sync,updates,certificate}, with a certificate that
-  is their current one and not on the deny list (checked per request);
+- nodes may only call /v1/nodes/<their own id>/{sync,updates,certificate,stats}, with a certificate
+  that is their current one and not on the deny list (checked per request);
 - roles: admin (everything), operator (reads; kill jobs/tasks; node cordon/drain), submitter (reads;
-  submit and kill jobs of its own owner);
+  submit and kill jobs of its own owner; a task's stats only for its own owner's tasks);
 - every job submit is checked against the IAM role policy (scheduler/iam_policy.py);
 - every mutating call is written to the audit log and counted.
 Refusals: 401 (no or unusable credentials) / 403 (not allowed), the message naming what is missing.

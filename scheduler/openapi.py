@@ -17,7 +17,7 @@ from titus_common.provenance import PROVENANCE_KEYS
 from scheduler.trust_openapi import SECURITY_SCHEMES, secure, trust_paths, trust_schemas
 from titus_common.states import TaskState
 from titus_common.jobspec import JobSpec
-from titus_common.protocol import SyncRequest, SyncResponse, UpdatesRequest, UpdatesResponse
+from titus_common.protocol import StatsReportRequest, SyncRequest, SyncResponse, UpdatesRequest, UpdatesResponse
 
 _REF = "#/components/schemas/{model}"
 
@@ -57,7 +57,7 @@ def openapi_document() -> dict[str, Any]:
         [
             (m, "validation")
             for m in (JobSpec, JobRecord, TaskRecord, NodeRecord, SyncRequest, SyncResponse, UpdatesRequest,
-                      UpdatesResponse)
+                      UpdatesResponse, StatsReportRequest)
         ],
         by_alias=True,
         ref_template=_REF,
@@ -158,6 +158,16 @@ def openapi_document() -> dict[str, Any]:
             "post": {"summary": "Kill one task (a service job replaces it)", "parameters": [task_id],
                      "responses": {"202": _reply("Kill initiated", _ref("TaskRecord")), **_ERRORS}},
         },
+        "/v1/tasks/{task_id}/stats": {
+            "get": {"summary": "A running task's usage from its agent (CPU, throttling, memory, pids, cpuset, "
+                               "network, processes; docs/provenance.md), relayed over the agent's sync; a "
+                               "submitter only for its own owner's tasks",
+                    "parameters": [task_id],
+                    "responses": {"200": _reply("The task's usage (agent/taskstats.py's document)", {"type": "object"}),
+                                  "409": _reply("The task is not running", _ref("Error")),
+                                  "502": _reply("The agent could not read it", _ref("Error")),
+                                  "504": _reply("The agent did not answer in time", _ref("Error")), **_ERRORS}},
+        },
         "/v1/nodes": {
             "get": {"summary": "List agents",
                     "responses": {"200": _reply("Nodes", _list_of("nodes", "NodeRecord"))}},
@@ -196,6 +206,14 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [node_id],
                 "requestBody": _json_body("UpdatesRequest"),
                 "responses": {"200": _reply("Updates taken", _ref("UpdatesResponse")), **_ERRORS},
+            }
+        },
+        "/v1/nodes/{node_id}/stats": {
+            "post": {
+                "summary": "Agent answers stats requests it got in its sync (SyncResponse.stats)",
+                "parameters": [node_id],
+                "requestBody": _json_body("StatsReportRequest"),
+                "responses": {"200": _reply("Answers taken", _ref("UpdatesResponse")), **_ERRORS},
             }
         },
         "/v1/admin/reconcile": {

@@ -102,6 +102,7 @@ class TagWatcher:
                 ref = job.spec.container.image
                 last = max(self._checked.get(ref, -1e18), job.tag_checked_at or -1e18)
                 refs[ref] = min(refs.get(ref, last), last)
+        self._checked = {r: t for r, t in self._checked.items() if r in refs}  # forget finished jobs' images
         due = sorted((last, ref) for ref, last in refs.items() if now - last >= self.interval)
         return [ref for _, ref in due[: self.per_pass]]
 

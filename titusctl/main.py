@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--memory", type=int, default=256, help="MiB")
     s.add_argument("--disk", type=int, default=1024, help="MiB")
     s.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    s.add_argument("--attribute", action="append", default=[], metavar="KEY=VALUE",
+                   help="a job attribute, e.g. source.commit=<sha>, source.repo, build.id, build.url (docs/provenance.md)")
     s.add_argument("--retries", type=int, default=0)
     s.add_argument("--runtime-limit", type=float, help="seconds (batch)")
     s.add_argument("--iam-role")

@@ -219,3 +219,23 @@ def test_a_digest_reference_is_pinned_by_itself(tmp_path: Path) -> None:
     assert (job.image_digest, job.image_pinned_by) == (d, "reference")
     watcher = TagWatcher(s, Registry(), interval=0, per_pass=4, clock=s.clock)
     assert watcher.due(s.jobs.values(), s.clock()) == []  # nothing to watch: a digest cannot move
+
+
+# ---- titusctl ------------------------------------------------------------------------------------
+
+def test_titusctl_attributes_and_describe_summary() -> None:
+    from titusctl.commands import job_spec_from_args
+    from titusctl.main import build_parser
+    from titusctl.render import describe
+
+    args = build_parser().parse_args(["job", "submit", "--image", "b", "--attribute", f"source.commit={COMMIT}",
+                                      "--attribute", "build.id=ci#1"])
+    assert job_spec_from_args(args)["attributes"] == {"source.commit": COMMIT, "build.id": "ci#1"}
+    d1, d2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    text = describe({"id": "t", "provenance": {"image": "r:1", "imageDigest": d1, "pinnedBy": "submit",
+                                               "taskImageDigest": d1, "tagDigest": d2, "tagMoved": True, **GOOD}})
+    assert f"pinned   {d1} (by submit)" in text and f"TAG MOVED: the tag now points at {d2}" in text
+    assert f"source   {GOOD['source.repo']} @ {COMMIT}" in text
+    quiet = describe({"id": "t", "provenance": {"image": "r:1", "imageDigest": None, "resolveError": "down",
+                                                "taskImageDigest": None, "tagMoved": False}})
+    assert "pinned   not yet (down)" in quiet and "TAG MOVED" not in quiet
