@@ -239,3 +239,15 @@ def test_titusctl_attributes_and_describe_summary() -> None:
     quiet = describe({"id": "t", "provenance": {"image": "r:1", "imageDigest": None, "resolveError": "down",
                                                 "taskImageDigest": None, "tagMoved": False}})
     assert "pinned   not yet (down)" in quiet and "TAG MOVED" not in quiet
+
+
+def test_placement_locality_looks_for_the_pinned_digest(tmp_path: Path) -> None:
+    from scheduler.passes import request_for
+
+    d = "sha256:" + "e" * 64
+    s = Scheduler(SQLiteStore(tmp_path / "s.db"), FirstFit(), SchedulerMetrics())
+    job, _ = s.submit(parse_job_spec(job_doc("127.0.0.1:5000/a/b:1")), Lookup(d))
+    (task,) = s.job_tasks(job.id)
+    assert request_for(task, job).image == f"127.0.0.1:5000/a/b@{d}"  # as the engine lists RepoDigests
+    unpinned, _ = s.submit(parse_job_spec(job_doc("127.0.0.1:5000/a/b")), Lookup(None, "down"))
+    assert request_for(s.job_tasks(unpinned.id)[0], unpinned).image == "127.0.0.1:5000/a/b:latest"
