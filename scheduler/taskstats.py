@@ -88,8 +88,9 @@ def add_routes(app: web.Application, relay_of: Callable[[web.Request], tuple[Any
             return _error(504, f"the agent of {task.node_id} did not answer within {relay.timeout:g}s")
         if report.stats is None:
             return _error(502, f"the agent could not read the task's usage: {report.error}")
-        return web.json_response({"taskId": task_id, "nodeId": task.node_id,
-                                  "roundTripSeconds": round(time.time() - started, 3), **report.stats})
+        # The agent's document, then what the scheduler vouches for (an agent cannot restate those).
+        return web.json_response({**report.stats, "taskId": task_id, "nodeId": task.node_id,
+                                  "roundTripSeconds": round(time.time() - started, 3)})
 
     async def node_stats(request: web.Request) -> web.Response:
         _, relay = relay_of(request)

@@ -16,6 +16,16 @@ REGISTRY = "127.0.0.1:5000"
 BASE = f"http://{REGISTRY}"
 
 
+def require() -> None:
+    """Fail (not skip) with how to get the registry when it is not there, as the integration tests do."""
+    import pytest
+
+    try:
+        requests.get(f"{BASE}/v2/", timeout=2).raise_for_status()
+    except requests.RequestException as e:
+        pytest.fail(f"local registry not reachable on {REGISTRY} ({e}); run scripts/setup-host.sh")
+
+
 def _blob(repo: str, data: bytes) -> str:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     r = requests.post(f"{BASE}/v2/{repo}/blobs/uploads/", timeout=10)

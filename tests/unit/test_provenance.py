@@ -42,6 +42,7 @@ def job_doc(image: str, **attributes: str) -> dict[str, Any]:
 @pytest.fixture
 def repo() -> Iterator[tuple[str, list[str]]]:
     """A repository this test owns, and the digests pushed into it (deleted afterwards)."""
+    reg.require()
     name, pushed = reg.owned_repo("i19-unit"), []
     try:
         yield name, pushed
