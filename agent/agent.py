@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from agent import __version__
+from agent import __version__, taskstats
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.config import AgentConfig
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
@@ -122,6 +122,7 @@ class Agent:
         )
         self.capacity = host_capacity(config)
         self.runners: dict[str, TaskRunner] = {}
+        self._stats_replies: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._give_back: asyncio.TimerHandle | None = None
         self._orphan_kills: set[asyncio.Task[None]] = set()
@@ -327,6 +328,11 @@ class Agent:
                 job.add_done_callback(self._orphan_kills.discard)
             for order in resp.remediate:
                 self.remediator.submit(order)
+            for request in resp.stats:  # `titusctl task stats`: answered beside the loop (agent/taskstats.py)
+                runner = self.runners.get(request.task_id)
+                self._stats_replies.add(reply := asyncio.create_task(taskstats.reply(
+                    self.client, self.docker, self.config.cgroup_root, request, runner.record if runner else None)))
+                reply.add_done_callback(self._stats_replies.discard)
 
     async def _report_loop(self) -> None:
         backoff = Backoff(0.2, 10.0)

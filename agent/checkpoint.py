@@ -35,6 +35,18 @@ class NetworkOutput(BaseModel):
     sandbox_id: str = ""  # set only by agents that still held the namespace in a sandbox container
 
 
+class ImageOutput(BaseModel):
+    """What the image step ran the task from (docs/provenance.md): the reference given to the engine
+    (name@digest when the job is pinned), the manifest digest (None: a local-only image has none)
+    and the engine's image id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ref: str
+    digest: str | None = None
+    image_id: str = ""
+
+
 class TaskOutputs(BaseModel):
     """Typed outputs of launch steps, read by later steps and by the agent. A step reads another
     step's output here, never that step's raw `resources` entry."""
@@ -42,6 +54,7 @@ class TaskOutputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     network: NetworkOutput | None = None
+    image: ImageOutput | None = None
     # When the container step saw the container start (the task's Started time).
     container_started_at: float | None = None
 
@@ -110,6 +123,7 @@ class TaskCheckpoint(BaseModel):
             message=self.message if len(self.message) <= MAX_MESSAGE else self.message[: MAX_MESSAGE - 1] + "…",
             exit_code=self.exit_code,
             container_id=self.container_id,
+            image_digest=self.outputs.image.digest if self.outputs.image is not None else None,
         )
 
 

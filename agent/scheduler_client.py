@@ -19,6 +19,8 @@ from titus_common.protocol import (
     NodeReport,
     SyncRequest,
     SyncResponse,
+    StatsReport,
+    StatsReportRequest,
     TaskUpdate,
     UpdatesRequest,
     UpdatesResponse,
@@ -133,6 +135,11 @@ class SchedulerClient:
     async def updates(self, updates: list[TaskUpdate]) -> UpdatesResponse:
         req = UpdatesRequest(updates=updates)
         return await self._post("updates", req.model_dump(mode="json", by_alias=True), UpdatesResponse, 30)
+
+    async def stats(self, reports: list[StatsReport]) -> UpdatesResponse:
+        """Answers to `SyncResponse.stats` (`titusctl task stats`); `accepted`: the request ids taken."""
+        req = StatsReportRequest(reports=reports)
+        return await self._post("stats", req.model_dump(mode="json", by_alias=True), UpdatesResponse, 15)
 
     async def close(self) -> None:
         for task, session in list(self._retiring.items()):

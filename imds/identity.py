@@ -20,3 +20,6 @@ class TaskIdentity:
     account_id: str
     v1_allowed: bool = False  # serve GETs without an IMDSv2 token (per job, off by default)
     ecs_token: str = field(default="", repr=False)  # bearer secret of the ECS-style endpoint
+    # Image provenance (docs/provenance.md), served at /latest/meta-data/titus/provenance: image,
+    # imageDigest and the job's source./build. attributes, as (key, value) pairs.
+    provenance: tuple[tuple[str, str], ...] = ()

@@ -112,6 +112,11 @@ def render_static(identity: TaskIdentity, role: RoleArn | None, added_at: float)
     listing = ["hostname", "instance-id", "instance-type", "local-hostname", "local-ipv4", "mac", "placement/"]
     if role is not None:
         listing.insert(1, "iam/")
+    if i.provenance:
+        listing.append("titus/")
+        # The task's own image provenance (docs/provenance.md): what it runs, from which build.
+        put((META + "titus", META + "titus/"), "listing", "provenance")
+        put((META + "titus/provenance",), "provenance", dict(i.provenance), "application/json")
     put((META[:-1], META), "listing", "\n".join(listing))
     put((META + "instance-id",), "meta", i.instance_id)
     put((META + "instance-type",), "meta", i.instance_type)

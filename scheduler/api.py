@@ -11,13 +11,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from scheduler import admin_api
+from scheduler import admin_api, taskstats
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
 from scheduler.auth import AUTH_KEY, IDENTITY_KEY, Auth, auth_middleware
 from scheduler.core import BadRequest, Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.tls import CA
 from scheduler.trust_api import CA_KEY, add_trust_routes
+from scheduler.provenance import provenance_view
 from scheduler.records import JobRecord, JobState, TaskRecord
 from scheduler.startfailure import start_failure
 from titus_common.clientlog import ClientErrorLog
@@ -98,6 +99,7 @@ def job_view(s: Scheduler, job: JobRecord) -> dict[str, Any]:
     doc["taskCounts"] = counts
     doc["crashLooping"] = s.crash_looping(job)
     doc["startFailure"] = start_failure(tasks)
+    doc["provenance"] = provenance_view(job)
     return doc
 
 
@@ -105,6 +107,10 @@ def task_view(task: TaskRecord, s: Scheduler | None = None) -> dict[str, Any]:
     doc = task.to_api()
     if s is not None:  # why an Accepted task waits (scheduler/pending.py); null once placed
         doc["pendingReason"] = s.pending_reason(task)
+        job = s.jobs.get(task.job_id)  # a job past retention (finished) shows its provenance on the job
+        if job is not None:
+            doc["provenance"] = provenance_view(job, task)
+            doc["tagMoved"] = doc["provenance"]["tagMoved"]
     return doc
 
 
@@ -132,7 +138,10 @@ async def submit_job(request: web.Request) -> web.Response:
     problems = validate_security_request(spec, request.app[SECURITY_POLICY_KEY])
     if problems:
         raise ApiError(400, "invalid job", problems)
-    job, created = s.submit(spec)
+    # The tag's digest, asked of the registry on a thread with a timeout; no answer: the agent's
+    # first launch pins it (scheduler/provenance.py).
+    image = await s.registry.lookup(spec.container.image) if s.registry is not None else None
+    job, created = s.submit(spec, image)
     return _json(job_view(s, job), status=201 if created else 200)
 
 
@@ -357,6 +366,7 @@ def make_app(
     app.router.add_post("/v1/nodes/{node_id}/sync", node_sync)
     app.router.add_post("/v1/nodes/{node_id}/updates", node_updates)
     admin_api.add_routes(app, scheduler.reconciler, scheduler.clock)
+    taskstats.add_routes(app, lambda r: (r.app[SCHEDULER_KEY], r.app[SCHEDULER_KEY].stats))
     app.router.add_get("/v1/admin/scheduling-mode", get_scheduling_mode)
     app.router.add_put("/v1/admin/scheduling-mode", set_scheduling_mode)
     return app

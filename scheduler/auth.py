@@ -2,10 +2,10 @@
 
 - identity: a verified client certificate (O=titus:nodes → node CN; O=titus:operators:<role> →
   operator CN) or `Authorization: Bearer <token>` (an operator token from the auth store);
-- nodes may only call /v1/nodes/<their own id>/{sync,updates,certificate}, with a certificate that
-  is their current one and not on the deny list (checked per request);
+- nodes may only call /v1/nodes/<their own id>/{sync,updates,certificate,stats}, with a certificate
+  that is their current one and not on the deny list (checked per request);
 - roles: admin (everything), operator (reads; kill jobs/tasks; node cordon/drain), submitter (reads;
-  submit and kill jobs of its own owner);
+  submit and kill jobs of its own owner; a task's stats only for its own owner's tasks);
 - every job submit is checked against the IAM role policy (scheduler/iam_policy.py);
 - every mutating call is written to the audit log and counted.
 Refusals: 401 (no or unusable credentials) / 403 (not allowed), the message naming what is missing.
@@ -37,7 +37,8 @@ log = logging.getLogger("titus.scheduler.auth")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PUBLIC = {("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/metrics"), ("POST", "/v1/bootstrap")}
-NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate)$")
+NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate|stats)$")
+TASK_STATS = re.compile(r"^/v1/tasks/(?P<id>[^/]+)/stats$")
 KILL = re.compile(r"^/v1/(?P<kind>jobs|tasks)/(?P<id>[^/]+)/kill$")
 NODE_OPS = re.compile(r"^/v1/nodes/[^/]+/(cordon|uncordon|drain|undrain|reconcile)$")
 
@@ -177,6 +178,13 @@ async def authorize(request: web.Request, who: Identity, auth: Auth) -> None:
         raise Refused(401, "no_credentials", "credentials required: a client certificate or a bearer token")
     if node_call is not None:
         raise Refused(403, "not_a_node", f"only node {node_call['node']}'s certificate may call {path}")
+    stats = TASK_STATS.match(path) if method == "GET" else None
+    if stats is not None and who.role == "submitter":
+        # A task's processes and usage are its owner's (scheduler/taskstats.py).
+        owner = _job_owner(request, "tasks", stats["id"])
+        if owner is not None and owner != who.owner:
+            raise Refused(403, "other_owner", f"submitter {who.name} may read stats only of owner {who.owner!r}'s tasks")
+        return
     if who.role == "admin" or method == "GET" and not path.startswith("/v1/admin/"):
         return
     kill = KILL.match(path) if method == "POST" else None

@@ -110,6 +110,12 @@ class SchedulerConfig(BaseModel):
     scheduling_mode: Literal["spread", "pack"] = "spread"
     placement_seed: Annotated[int, Field(ge=0)] = 0
     job_cap_per_host: Annotated[int, Field(ge=1, le=1000)] = 8
+    # Image provenance (docs/provenance.md): a registry lookup's timeout (at submit and in the tag
+    # check); how often each running job's tag is checked for having moved (0: never), at most this
+    # many lookups per pass.
+    registry_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    tag_check_interval: Annotated[float, Field(ge=0)] = 300.0
+    tag_checks_per_pass: Annotated[int, Field(ge=1, le=1000)] = 16
     # The automatic switch on a burst (scheduler/automode.py): pack once this many due tasks wait
     # for `auto_mode_hold` seconds, spread again at or below `auto_spread_queue_depth`. 0: off.
     auto_pack_queue_depth: Annotated[int, Field(ge=0)] = 0

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import drain, integrity, lifecycle, liveness, remediation, retries
+from scheduler import drain, integrity, lifecycle, liveness, provenance, remediation, retries
 from scheduler.quality import QualityTracker
 from scheduler.audit import AuditLog
 from scheduler.clockstep import ClockStep
@@ -33,9 +33,11 @@ from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
 from scheduler.reconcile import ActionKind
 from scheduler.reconciler import Reconciler, cell_view
+from scheduler.registry import Lookup, Registry
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
 from scheduler.retention import Retention
 from scheduler.store import Store
+from scheduler.taskstats import StatsRelay
 from security.profiles import SecurityPolicy, default_policy
 from titus_common.jobspec import JobSpec
 from titus_common.protocol import NodeReport, SyncResponse, TaskUpdate
@@ -57,8 +59,11 @@ class Scheduler:
         security_policy: SecurityPolicy | None = None,
         audit: AuditLog | None = None,
         monotonic: Callable[[], float] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.store = store
+        # Where image tags are resolved to digests (scheduler/provenance.py); None: never asked.
+        self.registry = registry
         self.metrics = metrics
         self.config = config if config is not None else SchedulerConfig()
         # Every reading of the wall clock first checks it against the monotonic one (a test's fake
@@ -76,6 +81,7 @@ class Scheduler:
         self.nodes: dict[str, NodeRecord] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._deliveries = Deliveries(self.config.redeliver_after)
+        self.stats = StatsRelay(self._deliveries.wake)  # `titusctl task stats` (scheduler/taskstats.py)
         self._schedule_wanted = asyncio.Event()
         self.capacity = Groups(self.config.capacity_groups)  # admission limits, tiers, fair share
         self.placing = PlacementLoop(self, placer)
@@ -121,9 +127,10 @@ class Scheduler:
 
     # ---- jobs -------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> tuple[JobRecord, bool]:
+    def submit(self, spec: JobSpec, image: Lookup | None = None) -> tuple[JobRecord, bool]:
         """Create a job and its tasks. Returns (job, created); a repeated idempotency key with the
-        same spec returns the existing job, with a different spec it is a Conflict."""
+        same spec returns the existing job, with a different spec it is a Conflict. `image`: what the
+        registry said the tag points at (the API asks it off the event loop before calling this)."""
         try:
             drain.parse_budget(spec.attributes)
         except ValueError as e:
@@ -137,6 +144,7 @@ class Scheduler:
         self.capacity.admit(spec, self.jobs.values())  # an unknown group or one over its limit: refused
         now = self.clock()
         job = JobRecord(id=lifecycle.new_id(), spec=spec, created_at=now)
+        provenance.pin_at_submit(job, image, now)
         tasks = [lifecycle.new_task(job, index, now) for index in range(spec.task_count)]
         self.store.commit(jobs=[job], tasks=tasks)
         self.jobs[job.id] = job
@@ -266,6 +274,7 @@ class Scheduler:
         order = remediation.order_for(node) if node is not None else None
         if order is not None:
             resp.remediate.append(order)
+        resp.stats = self.stats.take(node_id)
         for t in self.node_tasks(node_id):
             if not self._deliveries.due(t.id, now):
                 continue
@@ -290,7 +299,7 @@ class Scheduler:
             event.clear()
             resp = self.work_for(report.id)
             remaining = deadline - self.clock()
-            if resp.launch or resp.kill or resp.kill_containers or remaining <= 0:
+            if resp.launch or resp.kill or resp.kill_containers or resp.stats or remaining <= 0:
                 return resp
             try:
                 await asyncio.wait_for(event.wait(), timeout=remaining)
@@ -324,6 +333,8 @@ class Scheduler:
             newly_started = TaskState.STARTED.value not in task.timestamps and TaskState.STARTED in u.timestamps
             if lifecycle.merge_report(task, u):
                 self._deliveries.forget(task.id)
+            if provenance.pin_from_report(self.jobs[task.job_id], task, u.image_digest):
+                jobs[task.job_id] = self.jobs[task.job_id]
             if newly_started:
                 self.metrics.observe_started(task)
             if u.state is TaskState.FINISHED:
@@ -337,6 +348,25 @@ class Scheduler:
             self.store.commit(jobs=jobs.values(), tasks=[*touched.values(), *new_tasks])
             self._remember(new_tasks)
         return accepted
+
+    def note_tag_digests(self, lookups: dict[str, Lookup], now: float) -> None:
+        """What the periodic tag check found (scheduler/provenance.py): record it on the jobs using
+        each reference; a lookup without an answer changes nothing."""
+        changed = []
+        for job in self.jobs.values():
+            lookup = lookups.get(job.spec.container.image)
+            if lookup is None:
+                continue
+            self.metrics.registry_lookups.labels(outcome="ok" if lookup.digest else "error").inc()
+            if lookup.digest is None:
+                continue
+            if lookup.digest != job.tag_digest and job.image_digest not in (None, lookup.digest):
+                log.warning("image tag %s moved to %s; the job stays pinned to %s", job.spec.container.image,
+                            lookup.digest, job.image_digest, extra={"job_id": job.id})
+            job.tag_digest, job.tag_checked_at = lookup.digest, now
+            changed.append(job)
+        if changed:
+            self.store.commit(jobs=changed)
 
     def _remember(self, new_tasks: list[TaskRecord]) -> None:
         for t in new_tasks:

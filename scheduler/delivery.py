@@ -11,6 +11,7 @@ import asyncio
 
 from scheduler.records import JobRecord, TaskRecord
 from titus_common.protocol import TaskAssignment
+from titus_common.provenance import provenance_of
 from titus_common.states import TaskState
 
 __all__ = ["Deliveries", "assignment"]
@@ -27,6 +28,9 @@ def assignment(task: TaskRecord, job: JobRecord) -> TaskAssignment:
         accepted_at=task.timestamps[TaskState.ACCEPTED.value],
         owner=job.spec.owner,
         app_name=job.spec.app_name,
+        # Every launch of a pinned job runs the pinned digest (docs/provenance.md).
+        image_digest=job.image_digest,
+        provenance=provenance_of(job.spec.attributes),
     )
 
 

@@ -27,6 +27,8 @@ from scheduler.metrics import SchedulerMetrics
 from scheduler.engine import Engine
 from scheduler.fitness import Mode
 from scheduler import trust_cli
+from scheduler.provenance import TagWatcher
+from scheduler.registry import Registry
 from scheduler.trust import build_trust
 from scheduler.store import SQLiteStore, StoreCorrupt
 from security.profiles import SecurityPolicy, default_policy, load_policy
@@ -49,6 +51,9 @@ _HELP = {
     "service_failure_backoff_max": "longest back-off of a service task failing on its own",
     "streak_reset_after": "seconds Started after which an index's crash/failure streak resets",
     "crash_loop_threshold": "platform faults in a row that flag a job crash-looping",
+    "registry_timeout": "seconds a registry lookup of an image tag's digest may take (submit, tag check)",
+    "tag_check_interval": "seconds between checks that a running job's image tag has not moved (0: off)",
+    "tag_checks_per_pass": "at most this many registry lookups per tag-check pass",
 }
 
 
@@ -126,7 +131,8 @@ def _scheduler(config: ServiceConfig, policy: SecurityPolicy) -> Scheduler:
     try:
         c = config.scheduler
         engine = Engine(Mode(c.scheduling_mode), c.placement_seed, c.job_cap_per_host)
-        return Scheduler(store, engine, SchedulerMetrics(), c, security_policy=policy)
+        return Scheduler(store, engine, SchedulerMetrics(), c, security_policy=policy,
+                         registry=Registry(c.registry_timeout))
     except BaseException:
         store.close()
         raise
@@ -170,6 +176,10 @@ async def serve(config: ServiceConfig, argv: list[str] | None = None, notifier: 
         return line
 
     reload_on_sighup(notifier, reload)
+    c = config.scheduler
+    if scheduler.registry is not None and c.tag_check_interval > 0:
+        tags = TagWatcher(scheduler, scheduler.registry, c.tag_check_interval, c.tag_checks_per_pass, scheduler.clock)
+        control = asyncio.create_task(_both(control, tags.run(stop)))
     if config.backup_dir is not None:
         backups = BackupSchedule(config.db, config.backup_dir, config.backup_interval, config.backup_keep,
                                  scheduler.metrics.registry)

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from scheduler.pending import AGE_BUCKETS, PendingReason, age_buckets
+from scheduler.provenance import tag_moved
 from titus_common.states import TaskState
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ class _StateCollector(Collector):
                 if g.limit_cpu is not None:
                     cap.add_metric([name, "limit"], g.limit_cpu)
             yield cap
+        moved = GaugeMetricFamily("titus_scheduler_tasks_tag_moved",
+                                  "Live tasks whose job's image tag now points at another digest (docs/provenance.md)")
+        moved.add_metric([], sum(1 for t in s.tasks.values() if t.job_id in s.jobs and tag_moved(s.jobs[t.job_id], t)))
+        yield moved
         looping = sum(1 for j in s.jobs.values() if not j.state.value == "Finished" and s.crash_looping(j))
         mode = s.scheduling_mode
         if mode is not None:
@@ -142,6 +147,10 @@ class SchedulerMetrics:
             "titus_scheduler_remediation_frozen",
             "1 while remediation is frozen because many hosts fail at once (an operator alert)",
             registry=self.registry,
+        )
+        self.registry_lookups = Counter(
+            "titus_scheduler_registry_lookups", "Periodic image tag lookups in the registry, by outcome (ok, error)",
+            ["outcome"], registry=self.registry,
         )
         self.mode_switches = Counter(
             "titus_scheduler_scheduling_mode_switches", "Live switches of the placement mode, by new mode", ["mode"],

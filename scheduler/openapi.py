@@ -13,10 +13,11 @@ from pydantic.json_schema import models_json_schema
 
 from scheduler.pending import PendingReason
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
+from titus_common.provenance import PROVENANCE_KEYS
 from scheduler.trust_openapi import SECURITY_SCHEMES, secure, trust_paths, trust_schemas
 from titus_common.states import TaskState
 from titus_common.jobspec import JobSpec
-from titus_common.protocol import SyncRequest, SyncResponse, UpdatesRequest, UpdatesResponse
+from titus_common.protocol import StatsReportRequest, SyncRequest, SyncResponse, UpdatesRequest, UpdatesResponse
 
 _REF = "#/components/schemas/{model}"
 
@@ -56,7 +57,7 @@ def openapi_document() -> dict[str, Any]:
         [
             (m, "validation")
             for m in (JobSpec, JobRecord, TaskRecord, NodeRecord, SyncRequest, SyncResponse, UpdatesRequest,
-                      UpdatesResponse)
+                      UpdatesResponse, StatsReportRequest)
         ],
         by_alias=True,
         ref_template=_REF,
@@ -68,6 +69,28 @@ def openapi_document() -> dict[str, Any]:
         "description": "Why the task is still Accepted (no host fits, none Ready, posture, back-off); "
         "null once placed",
     }
+    # Image provenance (scheduler/provenance.py, docs/provenance.md), computed from the job and task.
+    schemas["Provenance"] = {
+        "type": "object",
+        "description": "The image a job runs and where it came from: the pinned manifest digest (every "
+        "launch pulls name@digest), who pinned it, the tag's digest at the last registry check, and the "
+        "job's source.commit / source.repo / build.id / build.url attributes",
+        "properties": {
+            "image": {"type": "string"},
+            "imageDigest": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "pinnedBy": {"anyOf": [{"type": "string", "enum": ["reference", "submit", "launch"]}, {"type": "null"}]},
+            "resolveError": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "tagDigest": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "tagCheckedAt": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+            "taskImageDigest": {"anyOf": [{"type": "string"}, {"type": "null"}],
+                                "description": "tasks only: the digest the agent ran"},
+            "tagMoved": {"type": "boolean", "description": "tasks only: the task is live and its job's tag "
+                         "now points at another digest than the one it runs"},
+            **{k: {"type": "string"} for k in PROVENANCE_KEYS},
+        },
+    }
+    schemas["TaskRecord"]["properties"]["provenance"] = _ref("Provenance")
+    schemas["TaskRecord"]["properties"]["tagMoved"] = {"type": "boolean", "description": "= provenance.tagMoved"}
     schemas["Error"] = {
         "type": "object",
         "properties": {
@@ -135,6 +158,16 @@ def openapi_document() -> dict[str, Any]:
             "post": {"summary": "Kill one task (a service job replaces it)", "parameters": [task_id],
                      "responses": {"202": _reply("Kill initiated", _ref("TaskRecord")), **_ERRORS}},
         },
+        "/v1/tasks/{task_id}/stats": {
+            "get": {"summary": "A running task's usage from its agent (CPU, throttling, memory, pids, cpuset, "
+                               "network, processes; docs/provenance.md), relayed over the agent's sync; a "
+                               "submitter only for its own owner's tasks",
+                    "parameters": [task_id],
+                    "responses": {"200": _reply("The task's usage (agent/taskstats.py's document)", {"type": "object"}),
+                                  "409": _reply("The task is not running", _ref("Error")),
+                                  "502": _reply("The agent could not read it", _ref("Error")),
+                                  "504": _reply("The agent did not answer in time", _ref("Error")), **_ERRORS}},
+        },
         "/v1/nodes": {
             "get": {"summary": "List agents",
                     "responses": {"200": _reply("Nodes", _list_of("nodes", "NodeRecord"))}},
@@ -191,6 +224,14 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _reply("Updates taken", _ref("UpdatesResponse")), **_ERRORS},
             }
         },
+        "/v1/nodes/{node_id}/stats": {
+            "post": {
+                "summary": "Agent answers stats requests it got in its sync (SyncResponse.stats)",
+                "parameters": [node_id],
+                "requestBody": _json_body("StatsReportRequest"),
+                "responses": {"200": _reply("Answers taken", _ref("UpdatesResponse")), **_ERRORS},
+            }
+        },
         "/v1/admin/reconcile": {
             "get": {"summary": "Reconciliation: the freeze, the mismatch, the proposed actions (dry run), "
                     "recent audit entries (docs/reconcile.md)", "responses": {"200": _reply("The state")}},
@@ -232,6 +273,7 @@ def openapi_document() -> dict[str, Any]:
         "description": "When every finished task failed the same way before starting: that reason "
                        "(scheduler/startfailure.py); null otherwise",
     }
+    job["properties"]["provenance"] = _ref("Provenance")
     job["required"] = [*job.get("required", []), "taskCounts", "crashLooping"]
     schemas["Job"] = job
     paths.update(trust_paths())  # docs/trust.md

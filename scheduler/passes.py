@@ -15,6 +15,7 @@ from scheduler.placement import NodeView
 from scheduler.records import JobRecord, NodeRecord, NodeStatus, TaskRecord
 from security.profiles import SecurityPolicy
 from titus_common.jobspec import IMAGE_REFERENCE
+from titus_common.provenance import digest_reference
 
 __all__ = ["build_table", "plan", "waiting_message"]
 
@@ -94,9 +95,11 @@ def _tagged(image: str) -> str:
 
 def request_for(task: TaskRecord, job: JobRecord) -> Request:
     c = job.spec.container
+    # A pinned job runs name@digest (docs/provenance.md): a host has it cached only with that digest.
+    image = digest_reference(c.image, job.image_digest) if job.image_digest else _tagged(c.image)
     return Request(
         task.id, job.id, c.resources.cpu, c.resources.memory_mib, c.resources.disk_mib,
-        image=_tagged(c.image), sg_key=sg_key(c.security_groups), constraints=job.spec.constraints,
+        image=image, sg_key=sg_key(c.security_groups), constraints=job.spec.constraints,
         job_tasks=job.spec.task_count,
     )
 

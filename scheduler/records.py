@@ -36,6 +36,15 @@ class JobRecord(_Record):
     index_results: dict[str, FinishReason] = Field(default_factory=dict)
     # Tasks created so far (the next task's sequence number).
     tasks_created: int = 0
+    # Image provenance (scheduler/provenance.py, docs/provenance.md): the manifest digest every launch
+    # of this job runs, who pinned it (reference: the job named a digest; submit: the registry at
+    # submit; launch: the first agent that ran it), and why it could not be resolved at submit.
+    image_digest: str | None = None
+    image_pinned_by: str = ""
+    image_resolve_error: str = ""
+    # What the job's tag pointed at in the registry at the last periodic check, and when.
+    tag_digest: str | None = None
+    tag_checked_at: float | None = None
 
 
 class TaskRecord(_Record):
@@ -64,6 +73,8 @@ class TaskRecord(_Record):
     replaced_by: str | None = None
     # Evicted by a drain (a batch task past the drain's deadline): replaced at once, counters kept.
     evicted: bool = False
+    # The image manifest digest the agent ran this task with (its report).
+    image_digest: str | None = None
     # Why no host took it at the last placement pass: (reason, hosts), most hosts first.
     placement_failures: list[tuple[str, int]] = Field(default_factory=list)
 

@@ -23,7 +23,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
 }
 OPERATOR: list[dict[str, list[str]]] = [{"operatorCertificate": []}, {"bearerToken": []}]
 NODE: list[dict[str, list[str]]] = [{"nodeCertificate": []}]
-NODE_CALLS = ("sync", "updates", "certificate")  # the routes a node certificate may call
+NODE_CALLS = ("sync", "updates", "certificate", "stats")  # the routes a node certificate may call
 PUBLIC_OPERATIONS = {("get", "/healthz"), ("get", "/metrics"), ("get", "/openapi.json"), ("post", "/v1/bootstrap")}
 _AUTH_ERRORS = {
     "401": {"description": "No, or no usable, credentials (unknown, expired, revoked)",

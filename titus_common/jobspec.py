@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from titus_common.constraints import ConstraintsSpec
+from titus_common.provenance import PROVENANCE_KEYS, check_provenance
 
 # Docker distribution reference grammar (distribution/reference/regexp.go), written out here
 # because the docker SDK's parser accepts almost anything.
@@ -307,7 +308,12 @@ class JobSpec(_Model):
     @field_validator("attributes")
     @classmethod
     def _attributes(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_label_map(v, "attributes")
+        _check_label_map(v, "attributes")
+        # Image provenance (titus_common/provenance.py); parse_job_spec names the attribute as the field.
+        problems = check_provenance(v)
+        if problems:
+            raise ValueError("; ".join(f"{key}: {message}" for key, message in problems))
+        return v
 
     @model_validator(mode="after")
     def _one_kind(self) -> JobSpec:
@@ -345,5 +351,13 @@ def parse_job_spec(data: Any) -> JobSpec:
         for err in e.errors(include_url=False):
             path = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
+            if path == "attributes" and msg.split(":", 1)[0] in PROVENANCE_KEYS:
+                for part in msg.split("; "):  # one problem per provenance attribute, named as the field
+                    key, sep, text = part.partition(": ")
+                    if sep and key in PROVENANCE_KEYS:
+                        problems.append((f"attributes.{key}", text))
+                    elif problems:
+                        problems[-1] = (problems[-1][0], f"{problems[-1][1]}; {part}")
+                continue
             problems.append((path, msg))
         raise SpecError(problems) from None

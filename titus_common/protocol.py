@@ -165,6 +165,41 @@ class TaskAssignment(_Msg):
     # assignments from before they were sent: the scheduler's submit-time check is then the gate).
     owner: str | None = None
     app_name: str | None = None
+    # Image provenance (docs/provenance.md): the manifest digest the job is pinned to (the agent pulls
+    # and runs name@digest; None: not resolved yet, the agent resolves the tag and reports what it ran)
+    # and the job's source./build. attributes, for the container's labels and the task's metadata.
+    image_digest: Annotated[str, Strict(), Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    provenance: Annotated[dict[Label, Label], Field(max_length=8)] = Field(default_factory=dict)
+
+
+class StatsRequest(_Msg):
+    """A user asked for a running task's usage (`titusctl task stats`): the agent answers it with a
+    `StatsReport` to `POST /v1/nodes/{id}/stats` (one-shot; an unanswered request times out)."""
+
+    id: Id
+    task_id: Id
+
+
+MAX_STATS_BYTES = 256 * 1024
+
+
+class StatsReport(_Msg):
+    id: Id
+    task_id: Id
+    # agent/taskstats.py's document (cpu, memory, pids, cpuset, network, processes); None with `error`.
+    stats: dict[str, Any] | None = None
+    error: Text = ""
+
+    @field_validator("stats")
+    @classmethod
+    def _stats_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and len(json.dumps(v)) > MAX_STATS_BYTES:
+            raise ValueError(f"stats are larger than {MAX_STATS_BYTES} bytes of JSON")
+        return v
+
+
+class StatsReportRequest(_Msg):
+    reports: Annotated[list[StatsReport], Field(max_length=64)]
 
 
 class SyncResponse(_Msg):
@@ -180,6 +215,8 @@ class SyncResponse(_Msg):
     heartbeat_interval_seconds: float = 5.0
     # The scheduler does not know the image list behind the digest: send `cached_images` next time.
     send_cached_images: bool = False
+    # Usage reads of running tasks to answer now (StatsRequest).
+    stats: Annotated[list[StatsRequest], Field(max_length=64)] = Field(default_factory=list)
 
 
 class TaskUpdate(_Msg):
@@ -191,6 +228,8 @@ class TaskUpdate(_Msg):
     message: Text = ""
     exit_code: Annotated[Int, Field(ge=-(1 << 31), le=(1 << 32) - 1)] | None = None
     container_id: Annotated[str, Strict(), Field(min_length=1, max_length=128)] | None = None
+    # The image manifest digest the container runs (None: the agent could not tell, e.g. a local-only image).
+    image_digest: Annotated[str, Strict(), Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
 
 
 class UpdatesRequest(_Msg):

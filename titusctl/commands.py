@@ -39,12 +39,12 @@ from titusctl.render import (
 )
 
 
-def _parse_env(items: list[str]) -> dict[str, str]:
+def _parse_env(items: list[str], flag: str = "--env") -> dict[str, str]:
     env = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise CliError(f"--env {item!r}: expected NAME=VALUE", EXIT_USAGE)
+            raise CliError(f"{flag} {item!r}: expected NAME=VALUE", EXIT_USAGE)
         env[name] = value
     return env
 
@@ -75,6 +75,8 @@ def job_spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.iam_role:
         container["iamRole"] = args.iam_role
     job: dict[str, Any] = {"appName": args.app, "owner": args.owner, "container": container}
+    if getattr(args, "attribute", None):
+        job["attributes"] = _parse_env(args.attribute, "--attribute")
     if args.service:
         job["service"] = {"desired": args.count}
     else:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from titusctl import admin, trust_admin
+from titusctl.stats import cmd_task_stats
 from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError, Credentials
 from titusctl.commands import (
     cmd_describe,
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--memory", type=int, default=256, help="MiB")
     s.add_argument("--disk", type=int, default=1024, help="MiB")
     s.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    s.add_argument("--attribute", action="append", default=[], metavar="KEY=VALUE",
+                   help="a job attribute, e.g. source.commit=<sha>, source.repo, build.id, build.url (docs/provenance.md)")
     s.add_argument("--retries", type=int, default=0)
     s.add_argument("--runtime-limit", type=float, help="seconds (batch)")
     s.add_argument("--iam-role")
@@ -88,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         c = task.add_parser(verb)
         c.add_argument("id")
         c.set_defaults(fn=fn)
+    ts = task.add_parser("stats", help="a running task's CPU, throttling, memory, pids, cpuset, network and "
+                                       "processes, from its agent (through the scheduler)")
+    ts.add_argument("id")
+    ts.set_defaults(fn=cmd_task_stats)
 
     node = sub.add_parser("node", help="hosts").add_subparsers(dest="verb", required=True)
     node.add_parser("list").set_defaults(fn=cmd_node_list)

@@ -104,7 +104,27 @@ def drain_rows(doc: dict[str, Any]) -> str:
 
 
 def describe(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2)
+    text = json.dumps(doc, indent=2)
+    prov = doc.get("provenance")
+    return f"{text}\n\n{provenance_text(prov)}" if isinstance(prov, dict) else text
+
+
+def provenance_text(p: dict[str, Any]) -> str:
+    """What a job or task runs and where it came from (docs/provenance.md); a moved tag stands out."""
+    pinned = p.get("imageDigest")
+    lines = [f"image    {p.get('image', '?')}",
+             f"pinned   {pinned} (by {p.get('pinnedBy')})" if pinned else
+             f"pinned   not yet ({p.get('resolveError') or 'resolved at first launch'})"]
+    if "taskImageDigest" in p:
+        lines.append(f"running  {p.get('taskImageDigest') or '-'}")
+    if p.get("source.repo") or p.get("source.commit"):
+        lines.append(f"source   {p.get('source.repo', '-')} @ {p.get('source.commit', '-')}")
+    if p.get("build.id") or p.get("build.url"):
+        lines.append(f"build    {p.get('build.id', '-')} {p.get('build.url', '')}".rstrip())
+    if p.get("tagMoved"):
+        lines.append(f"TAG MOVED: the tag now points at {p.get('tagDigest')}; this task runs "
+                     f"{p.get('taskImageDigest') or pinned} (new launches keep the pinned digest)")
+    return "\n".join(lines)
 
 
 def cpu_map(doc: dict[str, Any]) -> str:

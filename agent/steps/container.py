@@ -11,6 +11,7 @@ from security.hardening import audit_host_config
 from agent.exits import classify_start_refusal
 from agent.names import container_name
 from agent.steps.base import LaunchContext, StepError
+from titus_common.provenance import container_labels
 
 # Titus's value: high enough for any real program, stops a fork bomb. The security step's tighter
 # limit (hardening.DEFAULT_PIDS_LIMIT) arrives through ctx.host_config_options and wins.
@@ -84,8 +85,10 @@ class ContainerStep:
         problems = audit_host_config(host_config)
         if problems:
             raise StepError(f"container HostConfig fails the hardening audit: {'; '.join(problems)}")
+        image = ctx.record.outputs.image
         return {
-            "image": spec.image,
+            # The image step's reference: name@digest for a pinned job (docs/provenance.md).
+            "image": image.ref if image is not None else spec.image,
             "command": spec.command,
             "entrypoint": spec.entrypoint,
             "environment": {
@@ -103,6 +106,7 @@ class ContainerStep:
                 LABEL_JOB: a.job_id,
                 LABEL_INDEX: str(a.index),
                 LABEL_AGENT: ctx.node_id,
+                **container_labels(spec.image, image.digest if image is not None else a.image_digest, a.provenance),
             },
             "stop_signal": "SIGTERM",
             "host_config": host_config,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import platform
+from typing import Any
 
 from agent.docker_api import DockerError, DockerUnavailable
+from agent.checkpoint import ImageOutput
 from agent.steps.base import LaunchContext, StepError
+from titus_common.jobspec import image_name_without_tag
+from titus_common.provenance import digest_reference, is_digest, split_reference
 from titus_common.retry import Backoff
 from titus_common.states import FinishReason
 
@@ -21,6 +25,20 @@ _NOT_FOUND_MARKERS = ("not found", "manifest unknown", "does not exist", "reposi
 _GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
            "s390x": "s390x", "riscv64": "riscv64"}
 HOST_ARCH = _GOARCH.get(platform.machine(), platform.machine())
+
+
+def repo_digest(image: dict[str, Any], ref: str) -> str | None:
+    """The manifest digest the engine recorded for `ref`'s repository (RepoDigests, set by a pull or
+    a push); None for an image that never met a registry."""
+    _, _, _, named = split_reference(ref)
+    if named is not None and is_digest(named):
+        return named
+    want = image_name_without_tag(ref)
+    for entry in image.get("RepoDigests") or []:
+        name, _, digest = str(entry).partition("@")
+        if name == want and is_digest(digest):
+            return digest
+    return None
 
 
 class ImageStep:
@@ -39,7 +57,10 @@ class ImageStep:
         self.backoff = backoff
 
     async def setup(self, ctx: LaunchContext) -> None:
-        ref = ctx.record.assignment.container.image
+        a = ctx.record.assignment
+        # A job pinned to a digest runs exactly that manifest, whatever its tag points at now
+        # (docs/provenance.md); otherwise the tag as the host has it (or pulls it).
+        ref = digest_reference(a.container.image, a.image_digest) if a.image_digest else a.container.image
         try:
             image = None if self.always_pull else await ctx.docker.inspect_image(ref)
             if image is None:
@@ -55,7 +76,9 @@ class ImageStep:
             # as the user's error before a container exists.
             raise StepError(f"image {ref} is built for {os_name}/{arch}; this host runs linux/{self.host_arch}",
                             FinishReason.FAILED)
+        digest = a.image_digest or repo_digest(image, a.container.image)
         ctx.resources(self.name)["image_id"] = image["Id"]
+        ctx.record.outputs.image = ImageOutput(ref=ref, digest=digest, image_id=str(image["Id"]))
         ctx.save()
 
     async def _pull(self, ctx: LaunchContext, ref: str) -> None:

@@ -24,6 +24,7 @@ from imds.service import ECS_PATH
 from netns.errors import NetworkError
 from netns.providers.ec2_identity import region_hostname_suffix
 from netns.wiring import CONTAINER_IFNAME, iproute_in
+from titus_common.provenance import PROVENANCE_KEYS
 from titus_common.states import FinishReason
 
 log = logging.getLogger("titus.agent.imds")
@@ -43,6 +44,17 @@ def task_mac(netns_path: str) -> str:
     with iproute_in(netns_path) as ipr:
         links = ipr.link("get", ifname=CONTAINER_IFNAME)
     return str(links[0].get("IFLA_ADDRESS") or "00:00:00:00:00:00")
+
+
+def _provenance(ctx: LaunchContext) -> tuple[tuple[str, str], ...]:
+    """What the task may read of its own image provenance (the image step ran before this one)."""
+    a, image = ctx.record.assignment, ctx.record.outputs.image
+    doc = {"image": a.container.image}
+    digest = image.digest if image is not None else a.image_digest
+    if digest:
+        doc["imageDigest"] = digest
+    doc.update({k: v for k, v in a.provenance.items() if k in PROVENANCE_KEYS})
+    return tuple(doc.items())
 
 
 class ImdsStep:
@@ -135,6 +147,7 @@ class ImdsStep:
             account_id=account,
             v1_allowed=a.container.imds_v1_allowed,
             ecs_token=self.host.ecs_token(a.task_id),
+            provenance=_provenance(ctx),
         )
 
     async def teardown(self, ctx: LaunchContext) -> None:

@@ -148,20 +148,23 @@ def test_scheduler_restart_keeps_jobs_and_tasks(platform: Platform) -> None:
 
 
 def test_pull_from_registry(platform: Platform) -> None:
-    """A reference the host has never seen is pulled from the registry at launch."""
+    """A reference the host has never seen is pulled from the registry at launch — by the digest the
+    job was pinned to at submit (docs/provenance.md), so the host then holds name@digest."""
     p = platform
     fresh = f"127.0.0.1:5000/titus/pulltest-{p.node_id}:1"
     p.engine.images.get(IMAGE).tag(fresh)
     p.engine.images.push(fresh)
     p.engine.images.remove(fresh)  # only the tag goes; the shared test image stays
+    pinned = fresh
     try:
         job_id = p.submit("exit 0", image=fresh)
         p.wait_job_finished(job_id)
         assert only_task(p, job_id)["reason"] == "normal"
-        assert p.engine.images.get(fresh) is not None
+        pinned = fresh.rsplit(":", 1)[0] + "@" + p.job(job_id)["provenance"]["imageDigest"]
+        assert p.engine.images.get(pinned) is not None
     finally:
         wait_for(lambda: not p.containers(all=True), 10, "containers removed")
-        p.engine.images.remove(fresh)
+        p.engine.images.remove(pinned)
 
 
 def test_image_missing_from_registry_fails_without_looping(platform: Platform) -> None:
