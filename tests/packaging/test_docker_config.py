@@ -92,3 +92,45 @@ def test_purge_keeps_a_value_the_operator_changed_since(env: dict[str, str]) -> 
 def test_usage() -> None:
     proc = subprocess.run([sys.executable, str(TOOL)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_upgrade_keeps_what_the_operator_changed_or_deleted_since(env: dict[str, str]) -> None:
+    """The configure of N+1 after N: a key N added and the operator changed or removed since is not
+    put back or refused (the upgrade would fail half-configured); the file is not rewritten."""
+    path = Path(env["TITUS_DAEMON_JSON"])
+    assert run(env, "apply").returncode == 0
+    edited = {k: v for k, v in OURS.items() if k != "bridge"} | {"live-restore": False, "debug": True}
+    path.write_text(json.dumps(edited))
+    before = path.stat().st_mtime_ns
+    proc = run(env, "apply")
+    assert proc.returncode == 0, proc.stderr
+    assert "kept: bridge, live-restore" in proc.stdout
+    assert json.loads(path.read_text()) == edited and path.stat().st_mtime_ns == before
+
+
+def test_upgrade_adds_only_a_key_new_in_this_version(env: dict[str, str]) -> None:
+    """N added every key but bridge (simulated by the state N left); N+1 adds bridge, nothing else."""
+    path = Path(env["TITUS_DAEMON_JSON"])
+    state = Path(env["TITUS_DOCKER_CONFIG_STATE"])
+    older = {k: v for k, v in OURS.items() if k != "bridge"}
+    path.parent.mkdir()
+    state.parent.mkdir()
+    path.write_text(json.dumps({**older, "live-restore": False}))  # the operator turned it off since
+    state.write_text(json.dumps({"created": True, "added": older}))
+    assert run(env, "apply").returncode == 0
+    assert json.loads(path.read_text()) == {**OURS, "live-restore": False}
+    assert json.loads(state.read_text())["added"] == OURS
+    assert run(env, "purge").returncode == 0
+    assert json.loads(path.read_text()) == {"live-restore": False}
+
+
+def test_a_new_key_conflicting_on_upgrade_is_refused(env: dict[str, str]) -> None:
+    path = Path(env["TITUS_DAEMON_JSON"])
+    state = Path(env["TITUS_DOCKER_CONFIG_STATE"])
+    older = {k: v for k, v in OURS.items() if k != "bridge"}
+    path.parent.mkdir()
+    state.parent.mkdir()
+    path.write_text(json.dumps({**older, "bridge": "docker0"}))
+    state.write_text(json.dumps({"created": True, "added": older}))
+    proc = run(env, "apply")
+    assert proc.returncode == 1 and "'bridge'" in proc.stderr
