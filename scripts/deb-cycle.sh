@@ -23,7 +23,7 @@ MIRROR=${TITUS_MIRROR:-http://deb.debian.org/debian}
 
 cleanup() {
     umount "$ROOT/proc" 2>/dev/null || true
-    rm -rf --one-file-system "$ROOT" ${PREV:+"$PREV"}
+    rm -rf --one-file-system "$ROOT"
 }
 trap cleanup EXIT
 trap "exit 143" INT TERM
@@ -60,13 +60,7 @@ cp "$DEB" "$ROOT/tmp/pkg.deb"
 
 # N: the same package as an older version whose shipped agent.toml and scheduler.toml differ.
 VERSION=$(dpkg-deb -f "$DEB" Version)
-PREV=$(mktemp -d /var/tmp/titus-prev.XXXXXX)
-dpkg-deb -R "$DEB" "$PREV/pkg"
-sed -i "s/^Version: .*/Version: $VERSION~prev1/" "$PREV/pkg/DEBIAN/control"
-for f in agent.toml scheduler.toml; do echo "# as shipped by $VERSION~prev1" >> "$PREV/pkg/etc/titus/$f"; done
-(cd "$PREV/pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum > DEBIAN/md5sums)
-dpkg-deb -Znone -b "$PREV/pkg" "$ROOT/tmp/prev.deb" >/dev/null
-rm -rf "$PREV"
+bash scripts/deb-repack.sh "$DEB" "$VERSION~prev1" "$ROOT/tmp/prev.deb" "# as shipped by $VERSION~prev1"
 
 echo "deb-cycle: install $VERSION~prev1"
 in_root dpkg -i /tmp/prev.deb
@@ -80,8 +74,10 @@ python3 - "$ROOT/etc/docker/daemon.json" <<'PY' || fail "daemon.json"
 import json, sys
 d = json.load(open(sys.argv[1]))
 assert d == {"log-driver": "journald", "userns-remap": "default", "live-restore": True,
-             "iptables": False, "ip-masq": False, "bridge": "none"}, d
+             "iptables": False, "ip-masq": False, "bridge": "none",
+             "runtimes": {"titus": {"path": "/usr/lib/titus-node/titus-runc"}}}, d
 PY
+in_root /usr/lib/titus-node/titus-runc --version | grep -q '^runc version' || fail "the titus runtime does not run runc"
 
 echo "deb-cycle: upgrade $VERSION~prev1 -> $VERSION"
 echo 'log_level = "debug"   # the operator'"'"'s' >> "$ROOT/etc/titus/agent.toml"

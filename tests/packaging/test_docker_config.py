@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 
 TOOL = Path(__file__).resolve().parents[2] / "packaging" / "debian" / "titus-docker-config"
-OURS = {"userns-remap": "default", "live-restore": True, "iptables": False, "ip-masq": False, "bridge": "none"}
+RUNTIME = {"titus": {"path": "/usr/lib/titus-node/titus-runc"}}
+OURS = {"userns-remap": "default", "live-restore": True, "iptables": False, "ip-masq": False, "bridge": "none",
+        "runtimes": RUNTIME}
+# how the tool records what it added: one entry of a nested object under a dotted key
+FLAT = {**{k: v for k, v in OURS.items() if k != "runtimes"}, "runtimes.titus": RUNTIME["titus"]}
 
 
 @pytest.fixture
@@ -116,10 +120,10 @@ def test_upgrade_adds_only_a_key_new_in_this_version(env: dict[str, str]) -> Non
     path.parent.mkdir()
     state.parent.mkdir()
     path.write_text(json.dumps({**older, "live-restore": False}))  # the operator turned it off since
-    state.write_text(json.dumps({"created": True, "added": older}))
+    state.write_text(json.dumps({"created": True, "added": {k: v for k, v in FLAT.items() if k != "bridge"}}))
     assert run(env, "apply").returncode == 0
     assert json.loads(path.read_text()) == {**OURS, "live-restore": False}
-    assert json.loads(state.read_text())["added"] == OURS
+    assert json.loads(state.read_text())["added"] == FLAT
     assert run(env, "purge").returncode == 0
     assert json.loads(path.read_text()) == {"live-restore": False}
 
@@ -131,6 +135,47 @@ def test_a_new_key_conflicting_on_upgrade_is_refused(env: dict[str, str]) -> Non
     path.parent.mkdir()
     state.parent.mkdir()
     path.write_text(json.dumps({**older, "bridge": "docker0"}))
-    state.write_text(json.dumps({"created": True, "added": older}))
+    state.write_text(json.dumps({"created": True, "added": {k: v for k, v in FLAT.items() if k != "bridge"}}))
     proc = run(env, "apply")
     assert proc.returncode == 1 and "'bridge'" in proc.stderr
+
+
+def test_runtime_entry_beside_the_operators_runtimes(env: dict[str, str]) -> None:
+    """runtimes.titus is added next to other runtimes; purge removes only it."""
+    path = Path(env["TITUS_DAEMON_JSON"])
+    path.parent.mkdir()
+    nvidia = {"nvidia": {"path": "/usr/bin/nvidia-container-runtime"}}
+    path.write_text(json.dumps({"runtimes": nvidia}))
+    assert run(env, "apply").returncode == 0
+    assert json.loads(path.read_text())["runtimes"] == {**nvidia, **RUNTIME}
+    assert run(env, "purge").returncode == 0
+    assert json.loads(path.read_text()) == {"runtimes": nvidia}
+
+
+def test_upgrade_from_a_version_without_the_runtime_adds_it_and_purge_removes_it(env: dict[str, str]) -> None:
+    path = Path(env["TITUS_DAEMON_JSON"])
+    state = Path(env["TITUS_DOCKER_CONFIG_STATE"])
+    older = {k: v for k, v in FLAT.items() if k != "runtimes.titus"}
+    path.parent.mkdir()
+    state.parent.mkdir()
+    path.write_text(json.dumps(older))
+    state.write_text(json.dumps({"created": True, "added": older}))
+    proc = run(env, "apply")
+    assert proc.returncode == 0 and "added runtimes.titus;" in proc.stdout
+    assert json.loads(path.read_text()) == OURS
+    assert run(env, "purge").returncode == 0
+    assert not path.exists()  # created by the tool, nothing else left: runtimes {} went too
+
+
+@pytest.mark.parametrize("runtimes, message", [
+    ({"titus": {"path": "/usr/local/lib/titus/titus-runc"}}, "'runtimes.titus'"),
+    ("runc", "'runtimes' is not a JSON object"),
+])
+def test_a_conflicting_runtime_is_refused_untouched(env: dict[str, str], runtimes: object, message: str) -> None:
+    path = Path(env["TITUS_DAEMON_JSON"])
+    path.parent.mkdir()
+    original = json.dumps({"runtimes": runtimes})
+    path.write_text(original)
+    proc = run(env, "apply")
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert path.read_text() == original
