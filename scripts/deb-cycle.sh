@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make deb-cycle: a piuparts-style install N → upgrade to N+1 → reinstall → remove → purge cycle in
-# a clean Debian 12 tree. N+1 is dist/titus-node_*.deb; N is the same package repacked as version
+# a clean Debian 12 tree, after an install on a full disk that must fail cleanly. N+1 is dist/titus-node_*.deb; N is the same package repacked as version
 # VERSION~prev1 with different shipped conffiles (as if upstream changed them in N+1). Checks:
+#   full disk: dpkg -i onto a 16 MiB /opt fails (ENOSPC), the package is not installed, no file left
 #   install N: venv runs, conffiles, units, dockremap + subuid/subgid, daemon.json merged with the
 #              operator's key already there
 #   upgrade:   the operator's edited agent.toml kept (N+1's as .dpkg-dist), an unedited conffile
@@ -22,6 +23,7 @@ ROOT=$(mktemp -d /var/tmp/titus-cycle.XXXXXX)
 MIRROR=${TITUS_MIRROR:-http://deb.debian.org/debian}
 
 cleanup() {
+    umount "$ROOT/opt" 2>/dev/null || true
     umount "$ROOT/proc" 2>/dev/null || true
     rm -rf --one-file-system "$ROOT"
 }
@@ -61,6 +63,17 @@ cp "$DEB" "$ROOT/tmp/pkg.deb"
 # N: the same package as an older version whose shipped agent.toml and scheduler.toml differ.
 VERSION=$(dpkg-deb -f "$DEB" Version)
 bash scripts/deb-repack.sh "$DEB" "$VERSION~prev1" "$ROOT/tmp/prev.deb" "# as shipped by $VERSION~prev1"
+
+echo "deb-cycle: install on a full disk (16 MiB /opt): dpkg must fail and leave nothing behind"
+mount -t tmpfs -o size=16m titus-full "$ROOT/opt"
+if in_root dpkg -i /tmp/pkg.deb > "$ROOT/tmp/full.log" 2>&1; then umount "$ROOT/opt"; fail "dpkg -i succeeded on a full disk"; fi
+umount "$ROOT/opt"
+grep -q 'No space left on device' "$ROOT/tmp/full.log" || fail "full disk: not the expected error: $(tail -3 "$ROOT/tmp/full.log")"
+status=$(in_root dpkg-query -W -f '${db:Status-Status}' titus-node 2>/dev/null || true)
+[ -z "$status" ] || [ "$status" = not-installed ] || fail "full disk left titus-node in state '$status'"
+[ "$(snapshot)" = "$before" ] || { diff <(echo "$before") <(snapshot) >&2 || true; fail "full disk: the failed install left files"; }
+cmp -s <(echo '{"log-driver": "journald"}') "$ROOT/etc/docker/daemon.json" || fail "full disk: daemon.json touched"
+echo "deb-cycle: full disk refused cleanly: $(grep -m1 'No space left' "$ROOT/tmp/full.log")"
 
 echo "deb-cycle: install $VERSION~prev1"
 in_root dpkg -i /tmp/prev.deb
