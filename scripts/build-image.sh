@@ -39,6 +39,11 @@ mount -t proc proc "$TREE/proc"
 cp "$DEB" "$TREE/tmp/pkg.deb"
 chroot "$TREE" env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/pkg.deb >/dev/null
 rm -f "$TREE/tmp/pkg.deb"
+# The guest reaches no registry (its images are preloaded): no registry health check, else the
+# host is tainted health.registry and takes no work (an edited conffile, as an operator's would be).
+sed -i 's/^\[labels\]/# the VM image reaches no registry: images are preloaded\nhealth_registry_image = ""\n\n[labels]/' \
+    "$TREE/etc/titus/agent.toml"
+grep -q '^health_registry_image = ""' "$TREE/etc/titus/agent.toml"
 # One-host cell (docs/trust.md): the cell CA and a bootstrap token for the agent's node id, made
 # offline at bake time; the VM test's titusctl gets the CA and the admin certificate next to the
 # image. An AMI bake does neither: the CA stays on the control-plane host, the token comes in
