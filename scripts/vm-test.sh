@@ -57,13 +57,20 @@ s = socket.socket(socket.AF_UNIX); s.connect(sock)
 line = f"echo __B{n}__; {cmd}; echo __E{n}__ $?\n".encode()
 for i in range(0, len(line), 4):  # a 16-byte UART FIFO and a slow TCG guest: type, do not paste
     s.sendall(line[i:i + 4]); time.sleep(0.03)
-deadline = time.time() + 600
+# Read the guest's output from the socket itself: a client that does not drain it fills the socket
+# buffer and QEMU then blocks the guest's serial port (and its logfile) for good.
+s.settimeout(1.0)
+buf, deadline = b"", time.time() + 600
 while time.time() < deadline:
-    text = open(log, errors="replace").read().replace("\r", "")
+    try:
+        chunk = s.recv(65536)
+    except socket.timeout:
+        chunk = b""
+    buf += chunk
+    text = buf.decode(errors="replace").replace("\r", "")
     m = re.search(rf"^__B{n}__\n(.*?)^__E{n}__ (\d+)$", text, re.S | re.M)
     if m:
         sys.stdout.write(m.group(1)); sys.exit(int(m.group(2)))
-    time.sleep(0.5)
 sys.exit(124)
 PY
 }
@@ -99,7 +106,7 @@ before=$(cids)
 pids() { guest "docker inspect -f '{{.Id}} {{.State.Pid}}' \$(docker ps -q --filter label=titus.task_id) | sort"; }
 echo "vm-test: 3 service task containers running"
 adopted() {  # adopted N: the running agent re-adopted N containers at its start
-    guest "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:7101/metrics').read().decode())\"" \
+    guest "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:7101/metrics').read().decode())\" | grep '^titus_agent_adopted_total'" \
         | grep -q "^titus_agent_adopted_total $1"
 }
 
