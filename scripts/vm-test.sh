@@ -67,8 +67,9 @@ while time.time() < deadline:
     except socket.timeout:
         chunk = b""
     buf += chunk
-    text = buf.decode(errors="replace").replace("\r", "")
-    m = re.search(rf"^__B{n}__\n(.*?)^__E{n}__ (\d+)$", text, re.S | re.M)
+    # no CRs and no terminal escapes (bash's bracketed-paste toggles precede a command's first line)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.decode(errors="replace").replace("\r", ""))
+    m = re.search(rf"__B{n}__\n(.*?)__E{n}__ (\d+)\n", text, re.S)  # not the echoed "echo __B…__;"
     if m:
         sys.stdout.write(m.group(1)); sys.exit(int(m.group(2)))
 sys.exit(124)
