@@ -77,4 +77,4 @@ image:
 	bash scripts/build-image.sh
 
 vm-test:
-	flock /tmp/titus-engine.lock bash scripts/vm-test.sh
+	flock /tmp/titus-vm.lock bash scripts/vm-test.sh

@@ -15,17 +15,18 @@ OUT=dist/titus-node-host
 SIZE_MB=${TITUS_IMAGE_MB:-3072}
 [ -e "$BASE/.complete" ] || bash scripts/deb-cycle.sh
 
-if [ ! -e "$KCACHE/.complete" ]; then
+KPKGS="linux-image-amd64 systemd-sysv udev dbus kmod iptables apparmor"
+if [ "$(cat "$KCACHE/.complete" 2>/dev/null)" != "$KPKGS" ]; then
     rm -rf "$KCACHE"
     cp -a "$BASE" "$KCACHE"
     mount -t proc proc "$KCACHE/proc"
     trap 'umount "$KCACHE/proc" 2>/dev/null || true' EXIT
     chroot "$KCACHE" env DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends \
-        linux-image-amd64 systemd-sysv udev dbus kmod iptables >/dev/null
+        $KPKGS >/dev/null
     chroot "$KCACHE" apt-get clean
     umount "$KCACHE/proc"
     trap - EXIT
-    touch "$KCACHE/.complete"
+    echo "$KPKGS" > "$KCACHE/.complete"
 fi
 
 TREE=$(mktemp -d /var/tmp/titus-image.XXXXXX)
@@ -38,7 +39,28 @@ mount -t proc proc "$TREE/proc"
 cp "$DEB" "$TREE/tmp/pkg.deb"
 chroot "$TREE" env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/pkg.deb >/dev/null
 rm -f "$TREE/tmp/pkg.deb"
+# The guest reaches no registry (its images are preloaded): no registry health check, else the
+# host is tainted health.registry and takes no work (an edited conffile, as an operator's would be).
+sed -i 's/^\[labels\]/# the VM image reaches no registry: images are preloaded\nhealth_registry_image = ""\n\n[labels]/' \
+    "$TREE/etc/titus/agent.toml"
+grep -q '^health_registry_image = ""' "$TREE/etc/titus/agent.toml"
+# One-host cell (docs/trust.md): the cell CA and a bootstrap token for the agent's node id, made
+# offline at bake time; the VM test's titusctl gets the CA and the admin certificate next to the
+# image. An AMI bake does neither: the CA stays on the control-plane host, the token comes in
+# user-data.
+NODE_ID=vm-node
+chroot "$TREE" /opt/titus-node/venv/bin/titus-scheduler ca init --pki /var/lib/titus/pki >/dev/null
+chroot "$TREE" /opt/titus-node/venv/bin/titus-scheduler token create --db /var/lib/titus/scheduler.db \
+    --nodes "$NODE_ID" --ttl 30d > "$TREE/etc/titus/bootstrap.token"
+chmod 600 "$TREE/etc/titus/bootstrap.token"
+install -D -m 644 "$TREE/var/lib/titus/pki/ca.crt" "$TREE/etc/titus/pki/ca.crt"
+rm -rf "$OUT.pki" && mkdir -p "$OUT.pki"
+cp "$TREE"/var/lib/titus/pki/{ca.crt,admin.crt,admin.key} "$OUT.pki/"
 umount "$TREE/proc"
+# The VM's upgrade test: the same package as version N+1, installed over it inside the guest.
+VERSION=$(dpkg-deb -f "$DEB" Version)
+mkdir -p "$TREE/var/lib/titus-upgrade"
+bash scripts/deb-repack.sh "$DEB" "$VERSION+vmtest1" "$TREE/var/lib/titus-upgrade/titus-node.deb"
 
 # The host: name, root on the first partition, DHCP on every ethernet, the console on ttyS0 with
 # root logged in (the VM test drives it; an AMI bake replaces this with cloud-init and no console).
@@ -53,7 +75,7 @@ printf '[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-b
 # outside the guest (the VM test forwards them to the host's loopback).
 ln -sf /lib/systemd/system/titus-scheduler.service "$TREE/etc/systemd/system/multi-user.target.wants/titus-scheduler.service"
 printf 'TITUS_SCHEDULER_OPTS="--listen 0.0.0.0:7100"\n' > "$TREE/etc/default/titus-scheduler"
-printf 'TITUS_AGENT_OPTS="--listen 0.0.0.0:7101 --node-id vm-node"\n' > "$TREE/etc/default/titus-agent"
+printf 'TITUS_AGENT_OPTS="--listen 0.0.0.0:7101 --node-id %s"\n' "$NODE_ID" > "$TREE/etc/default/titus-agent"
 # The test image, loaded into the guest's engine at boot (the guest reaches no registry).
 IMAGE=${TITUS_TEST_IMAGE:-127.0.0.1:5000/titus/busybox:latest}
 mkdir -p "$TREE/var/lib/titus-preload"

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# make deb-cycle: a piuparts-style install → reinstall (upgrade path) → remove → purge cycle of
-# dist/titus-node_*.deb in a clean Debian 12 tree, checking after each step:
-#   install: venv runs, conffiles, units, dockremap + subuid/subgid, daemon.json merged with the
-#            operator's key already there; reinstall changes nothing
-#   remove:  conffiles and postinst's changes stay (only purge undoes them)
-#   purge:   the tree's file list is what it was before install, the operator's daemon.json key kept
+# make deb-cycle: a piuparts-style install N → upgrade to N+1 → reinstall → remove → purge cycle in
+# a clean Debian 12 tree, after an install on a full disk that must fail cleanly. N+1 is dist/titus-node_*.deb; N is the same package repacked as version
+# VERSION~prev1 with different shipped conffiles (as if upstream changed them in N+1). Checks:
+#   full disk: dpkg -i onto a 16 MiB /opt fails (ENOSPC), the package is not installed, no file left
+#   install N: venv runs, conffiles, units, dockremap + subuid/subgid, daemon.json merged with the
+#              operator's key already there
+#   upgrade:   the operator's edited agent.toml kept (N+1's as .dpkg-dist), an unedited conffile
+#              updated, daemon.json and the subordinate ranges not rewritten (the operator's later
+#              key kept), the agent restarted, the scheduler only try-restarted (never stopped), and the installed
+#              venv imports every module (scripts/venv-import-check.py)
+#   reinstall: a second configure changes nothing
+#   remove:    conffiles and postinst's changes stay (only purge undoes them)
+#   purge:     the tree's file list is what it was before install, the operator's daemon.json key kept
 # The base tree (debootstrap minbase + the package's dependencies) is cached in
 # /var/cache/titus-node/bookworm-deps (TITUS_CYCLE_CACHE) between runs.
 set -euo pipefail
@@ -16,6 +23,7 @@ ROOT=$(mktemp -d /var/tmp/titus-cycle.XXXXXX)
 MIRROR=${TITUS_MIRROR:-http://deb.debian.org/debian}
 
 cleanup() {
+    umount "$ROOT/opt" 2>/dev/null || true
     umount "$ROOT/proc" 2>/dev/null || true
     rm -rf --one-file-system "$ROOT"
 }
@@ -52,10 +60,23 @@ echo '{"log-driver": "journald"}' > "$ROOT/etc/docker/daemon.json"   # the opera
 before=$(snapshot)
 cp "$DEB" "$ROOT/tmp/pkg.deb"
 
-echo "deb-cycle: install"
-in_root dpkg -i /tmp/pkg.deb
-in_root /opt/titus-node/venv/bin/python -c 'import agent.main, scheduler.main, cpuset._cpuset_core, systemd.daemon' \
-    || fail "the venv cannot import the daemons, the C core or systemd-python"
+# N: the same package as an older version whose shipped agent.toml and scheduler.toml differ.
+VERSION=$(dpkg-deb -f "$DEB" Version)
+bash scripts/deb-repack.sh "$DEB" "$VERSION~prev1" "$ROOT/tmp/prev.deb" "# as shipped by $VERSION~prev1"
+
+echo "deb-cycle: install on a full disk (16 MiB /opt): dpkg must fail and leave nothing behind"
+mount -t tmpfs -o size=16m titus-full "$ROOT/opt"
+if in_root dpkg -i /tmp/pkg.deb > "$ROOT/tmp/full.log" 2>&1; then umount "$ROOT/opt"; fail "dpkg -i succeeded on a full disk"; fi
+umount "$ROOT/opt"
+grep -q 'No space left on device' "$ROOT/tmp/full.log" || fail "full disk: not the expected error: $(tail -3 "$ROOT/tmp/full.log")"
+status=$(in_root dpkg-query -W -f '${db:Status-Status}' titus-node 2>/dev/null || true)
+[ -z "$status" ] || [ "$status" = not-installed ] || fail "full disk left titus-node in state '$status'"
+[ "$(snapshot)" = "$before" ] || { diff <(echo "$before") <(snapshot) >&2 || true; fail "full disk: the failed install left files"; }
+cmp -s <(echo '{"log-driver": "journald"}') "$ROOT/etc/docker/daemon.json" || fail "full disk: daemon.json touched"
+echo "deb-cycle: full disk refused cleanly: $(grep -m1 'No space left' "$ROOT/tmp/full.log")"
+
+echo "deb-cycle: install $VERSION~prev1"
+in_root dpkg -i /tmp/prev.deb
 in_root titusctl --help >/dev/null || fail "titusctl"
 in_root /opt/titus-node/venv/bin/titus-scheduler --help >/dev/null || fail "titus-scheduler entry point"
 [ -L "$ROOT/etc/systemd/system/multi-user.target.wants/titus-agent.service" ] || fail "agent not enabled"
@@ -66,11 +87,42 @@ python3 - "$ROOT/etc/docker/daemon.json" <<'PY' || fail "daemon.json"
 import json, sys
 d = json.load(open(sys.argv[1]))
 assert d == {"log-driver": "journald", "userns-remap": "default", "live-restore": True,
-             "iptables": False, "ip-masq": False, "bridge": "none"}, d
+             "iptables": False, "ip-masq": False, "bridge": "none",
+             "runtimes": {"titus": {"path": "/usr/lib/titus-node/titus-runc"}}}, d
+PY
+in_root /usr/lib/titus-node/titus-runc --version | grep -q '^runc version' || fail "the titus runtime does not run runc"
+
+echo "deb-cycle: upgrade $VERSION~prev1 -> $VERSION"
+echo 'log_level = "debug"   # the operator'"'"'s' >> "$ROOT/etc/titus/agent.toml"
+operators_agent=$(md5sum < "$ROOT/etc/titus/agent.toml")
+python3 - "$ROOT/etc/docker/daemon.json" <<'PY'   # the operator adds a key after install
+import json, sys
+d = json.load(open(sys.argv[1])); d["debug"] = True
+open(sys.argv[1], "w").write(json.dumps(d, indent=2) + "\n")
 PY
 sum1=$(md5sum "$ROOT/etc/docker/daemon.json" "$ROOT/etc/subuid" "$ROOT/etc/subgid")
+# What the maintainer scripts ask systemd to do: a policy-rc.d that logs and denies (exit 101), and
+# /run/systemd/system so the debhelper snippets believe systemd is running.
+cp "$ROOT/usr/sbin/policy-rc.d" "$ROOT/tmp/policy-rc.d.orig"
+printf '#!/bin/sh\necho "$*" >> /tmp/invoked\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"
+mkdir -p "$ROOT/run/systemd/system"
+in_root dpkg -i --force-confdef --force-confold /tmp/pkg.deb
+rm -rf "$ROOT/run/systemd"
+cp "$ROOT/tmp/policy-rc.d.orig" "$ROOT/usr/sbin/policy-rc.d"
+[ "$(in_root dpkg-query -W -f '${Version}' titus-node)" = "$VERSION" ] || fail "not upgraded to $VERSION"
+[ "$(md5sum < "$ROOT/etc/titus/agent.toml")" = "$operators_agent" ] || fail "upgrade replaced the edited agent.toml"
+cmp -s "$ROOT/etc/titus/agent.toml.dpkg-dist" packaging/agent.toml || fail "no agent.toml.dpkg-dist with $VERSION's file"
+cmp -s "$ROOT/etc/titus/scheduler.toml" packaging/scheduler.toml || fail "the unedited scheduler.toml was not updated"
+[ "$(md5sum "$ROOT/etc/docker/daemon.json" "$ROOT/etc/subuid" "$ROOT/etc/subgid")" = "$sum1" ] \
+    || fail "the upgrade rewrote daemon.json or the subordinate ranges"
+grep -qx 'titus-agent.service restart' "$ROOT/tmp/invoked" || fail "the upgrade did not restart titus-agent ($(cat "$ROOT/tmp/invoked" 2>/dev/null))"
+[ "$(grep titus-scheduler "$ROOT/tmp/invoked")" = 'titus-scheduler.service try-restart' ] \
+    || fail "the scheduler must only be try-restarted (restarted where it runs): $(cat "$ROOT/tmp/invoked")"
+cp scripts/venv-import-check.py "$ROOT/tmp/import-check.py"
+in_root /opt/titus-node/venv/bin/python -I /tmp/import-check.py \
+    || fail "the installed venv cannot import every module (scripts/venv-import-check.py)"
 
-echo "deb-cycle: reinstall (upgrade path, postinst configure again)"
+echo "deb-cycle: reinstall (postinst configure again)"
 in_root dpkg -i /tmp/pkg.deb
 [ "$(md5sum "$ROOT/etc/docker/daemon.json" "$ROOT/etc/subuid" "$ROOT/etc/subgid")" = "$sum1" ] \
     || fail "a second configure changed daemon.json or the subordinate ranges"
@@ -87,6 +139,6 @@ if [ "$before" != "$after" ]; then
     diff <(echo "$before") <(echo "$after") >&2 || true
     fail "purge left the tree different from before install"
 fi
-python3 -c 'import json,sys; assert json.load(open(sys.argv[1])) == {"log-driver": "journald"}' "$ROOT/etc/docker/daemon.json" \
+python3 -c 'import json,sys; assert json.load(open(sys.argv[1])) == {"log-driver": "journald", "debug": True}' "$ROOT/etc/docker/daemon.json" \
     || fail "purge did not leave exactly the operator's daemon.json keys"
-echo "deb-cycle: install, reinstall, remove, purge: clean"
+echo "deb-cycle: install N, upgrade to N+1, reinstall, remove, purge: clean"

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # make vm-test: boot dist/titus-node-host.raw under QEMU (TCG: this host's /dev/kvm hangs guests),
 # systemd as PID 1, user networking restricted to two port forwards on the host's loopback, and
-# check from the host:
+# check from the host (titusctl over TLS with the image's one-host cell CA, dist/titus-node-host.pki):
 #   1. titus-agent reaches READY (Type=notify: ActiveState=active) — boot-to-READY is measured
-#   2. a batch job submitted with titusctl runs to `normal`; a service task runs
+#   2. a batch job submitted with titusctl runs to `normal`; a 3-task service job runs
 #   3. systemctl kill -s SIGSTOP titus-agent → the watchdog restarts it (measured) and it re-adopts
-#      the running container (same container id, task still Started)
-#   4. systemctl restart docker with live-restore keeps the task's container running (same id)
-# The guest is driven over its serial console (root autologin, test image only). Run it under the
-# engine lock: it takes both cores for minutes. Prints `RESULT vm …` at the end.
+#      the running containers (same container ids, titus_agent_adopted_total 3)
+#   4. systemctl restart docker with live-restore keeps the tasks' processes running (same ids and
+#      PIDs; the restart is measured)
+#   5. dpkg -i of the same package as version N+1 (baked in by make image) restarts the agent into
+#      N+1, which re-adopts the same 3 containers (measured)
+# The guest is driven over its serial console (root autologin, test image only). Run it under
+# /tmp/titus-vm.lock (the Makefile does): it takes both cores for minutes, not the host's engine.
+# Prints `RESULT vm …` at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,7 +23,7 @@ WORK=$(mktemp -d /var/tmp/titus-vm.XXXXXX)
 SOCK=$WORK/console.sock LOG=$WORK/console.log
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SPORT=$(free_port) APORT=$(free_port)
-export TITUS_SCHEDULER=http://127.0.0.1:$SPORT
+export TITUS_SCHEDULER=https://127.0.0.1:$SPORT TITUS_CA=$IMG.pki/ca.crt TITUS_CERT=$IMG.pki/admin.crt TITUS_KEY=$IMG.pki/admin.key
 QPID=
 cleanup() {
     [ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null || true
@@ -53,13 +57,21 @@ s = socket.socket(socket.AF_UNIX); s.connect(sock)
 line = f"echo __B{n}__; {cmd}; echo __E{n}__ $?\n".encode()
 for i in range(0, len(line), 4):  # a 16-byte UART FIFO and a slow TCG guest: type, do not paste
     s.sendall(line[i:i + 4]); time.sleep(0.03)
-deadline = time.time() + 600
+# Read the guest's output from the socket itself: a client that does not drain it fills the socket
+# buffer and QEMU then blocks the guest's serial port (and its logfile) for good.
+s.settimeout(1.0)
+buf, deadline = b"", time.time() + 600
 while time.time() < deadline:
-    text = open(log, errors="replace").read().replace("\r", "")
-    m = re.search(rf"^__B{n}__\n(.*?)^__E{n}__ (\d+)$", text, re.S | re.M)
+    try:
+        chunk = s.recv(65536)
+    except socket.timeout:
+        chunk = b""
+    buf += chunk
+    # no CRs and no terminal escapes (bash's bracketed-paste toggles precede a command's first line)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.decode(errors="replace").replace("\r", ""))
+    m = re.search(rf"__B{n}__\n(.*?)__E{n}__ (\d+)\n", text, re.S)  # not the echoed "echo __B…__;"
     if m:
         sys.stdout.write(m.group(1)); sys.exit(int(m.group(2)))
-    time.sleep(0.5)
 sys.exit(124)
 PY
 }
@@ -86,12 +98,18 @@ wait_for 300 "node Ready at the scheduler" bash -c "$PY -m titusctl.main node li
 "$PY" -m titusctl.main job submit --image "$IMAGE" --cmd 'echo hello from the vm' --wait >"$WORK/batch.out" 2>&1 \
     || { cat "$WORK/batch.out"; fail "batch job did not finish normal"; }
 echo "vm-test: batch job finished normal"
-"$PY" -m titusctl.main job submit --image "$IMAGE" --cmd 'sleep 36000' --service >/dev/null
-running_cid() { guest "docker ps -q --no-trunc --filter label=titus.task_id" | head -1; }
-cid_present() { [ -n "$(running_cid)" ]; }
-wait_for 600 "service task container" cid_present
-cid=$(running_cid)
-echo "vm-test: service task container $cid"
+"$PY" -m titusctl.main job submit --image "$IMAGE" --cmd 'sleep 36000' --service --count 3 \
+    --cpu 0.5 --memory 64 --disk 64 >/dev/null
+cids() { guest "docker ps -q --no-trunc --filter label=titus.task_id | sort"; }
+three_running() { [ "$(cids | wc -l)" = 3 ]; }
+wait_for 900 "3 service task containers" three_running
+before=$(cids)
+pids() { guest "docker inspect -f '{{.Id}} {{.State.Pid}}' \$(docker ps -q --filter label=titus.task_id) | sort"; }
+echo "vm-test: 3 service task containers running"
+adopted() {  # adopted N: the running agent re-adopted N containers at its start
+    guest "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:7101/metrics').read().decode())\" | grep '^titus_agent_adopted_total'" \
+        | grep -q "^titus_agent_adopted_total $1"
+}
 
 restarts() { guest 'systemctl show -p NRestarts --value titus-agent'; }
 r0=$(restarts)
@@ -101,13 +119,28 @@ restarted() { [ "$(restarts)" -gt "$r0" ] && agent_active; }
 wait_for 600 "watchdog restart" restarted
 wd=$(echo "$(now) - $t0" | bc)
 guest 'journalctl -u titus-agent --no-pager | grep -m1 -i watchdog' || true
-[ "$(running_cid)" = "$cid" ] || fail "container changed across the agent restart"
-adopted() { guest "curl -fsS http://127.0.0.1:7101/metrics 2>/dev/null || python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:7101/metrics').read().decode())\"" | grep -q '^titus_agent_adopted_total 1'; }
-wait_for 120 "re-adoption (titus_agent_adopted_total 1)" adopted
-echo "vm-test: watchdog restart ${wd}s after SIGSTOP, same container re-adopted"
+[ "$(cids)" = "$before" ] || fail "containers changed across the watchdog restart"
+wait_for 300 "re-adoption after the watchdog restart" adopted 3.0
+echo "vm-test: watchdog restart ${wd}s after SIGSTOP (WatchdogSec=30, RestartSec=2), same 3 containers re-adopted"
 
+p0=$(pids)
+t0=$(now)
 guest 'systemctl restart docker' >/dev/null
-[ "$(running_cid)" = "$cid" ] || fail "the task's container did not survive systemctl restart docker"
-echo "vm-test: container survived systemctl restart docker (live-restore)"
+dr=$(echo "$(now) - $t0" | bc)
+[ "$(pids)" = "$p0" ] || fail "the tasks' processes did not survive systemctl restart docker: $(pids) vs $p0"
+echo "vm-test: systemctl restart docker took ${dr}s; the 3 tasks' processes kept running (same ids and PIDs, live-restore)"
+
+old_pid=$(guest 'systemctl show -p MainPID --value titus-agent')
+t0=$(now)
+guest 'dpkg -i --force-confold /var/lib/titus-upgrade/titus-node.deb >/tmp/upgrade.log 2>&1' \
+    || fail "dpkg -i of N+1 failed: $(guest 'tail -5 /tmp/upgrade.log')"
+upgraded() { agent_active && [ "$(guest 'systemctl show -p MainPID --value titus-agent')" != "$old_pid" ]; }
+wait_for 600 "the agent restarted by the upgrade" upgraded
+wait_for 300 "re-adoption after the upgrade" adopted 3.0
+up=$(echo "$(now) - $t0" | bc)
+version=$(guest "dpkg-query -W -f '\${Version}' titus-node")
+[ "$(pids)" = "$p0" ] || fail "the tasks' processes changed across the upgrade"
+echo "vm-test: upgraded to $version in ${up}s (dpkg -i to re-adoption): same 3 containers and PIDs re-adopted"
+echo "vm-test: $(guest 'systemctl show -p StatusText --value titus-agent')"
 guest 'systemctl poweroff' >/dev/null || true
-echo "RESULT vm boot_to_ready_s=$ready watchdog_restart_s=$wd image_mb=$(( $(stat -c %s "$IMG.raw") / 1048576 ))"
+echo "RESULT vm boot_to_ready_s=$ready watchdog_restart_s=$wd docker_restart_s=$dr upgrade_readopt_s=$up image_mb=$(( $(stat -c %s "$IMG.raw") / 1048576 ))"
