@@ -2,7 +2,8 @@
 
 - identity: a verified client certificate (O=titus:nodes → node CN; O=titus:operators:<role> →
   operator CN) or `Authorization: Bearer <token>` (an operator token from the auth store);
-- nodes may only call /v1/nodes/<their own id>/{sync,updates,certificate}, with a certificate that
+- nodes may only call /v1/nodes/<their own id>/{sync,updates,certificate,tasks/<task>/identity}, with a
+  certificate that
   is their current one and not on the deny list (checked per request);
 - roles: admin (everything), operator (reads; kill jobs/tasks; node cordon/drain), submitter (reads;
   submit and kill jobs of its own owner);
@@ -35,7 +36,7 @@ log = logging.getLogger("titus.scheduler.auth")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PUBLIC = {("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/metrics"), ("POST", "/v1/bootstrap")}
-NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate)$")
+NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate|tasks/[^/]+/identity)$")
 KILL = re.compile(r"^/v1/(?P<kind>jobs|tasks)/(?P<id>[^/]+)/kill$")
 NODE_OPS = re.compile(r"^/v1/nodes/[^/]+/(cordon|uncordon|drain|undrain|reconcile)$")
 

@@ -112,6 +112,10 @@ class ServiceConfig(BaseModel):
     insecure: bool = False
     iam_policy: Path | None = None
     node_cert_ttl: Annotated[float, Field(ge=30, le=30 * 86400)] = 86400.0
+    # Workload identity (docs/identity.md): the cell's name (the SPIFFE trust domain of task
+    # identities) and the lifetime of a task's certificate (the agent rotates it with a third left).
+    cell: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$")] = "local"
+    workload_cert_ttl: Annotated[float, Field(ge=10, le=86400)] = 3600.0
     scheduler: SchedulerConfig = SchedulerConfig()
 
     @field_validator("log_level")

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain HTTP, no authentication (local development only; warns at every start)")
     p.add_argument("--iam-policy", type=Path, metavar="PATH", help="IAM role grants checked at submit (docs/trust.md)")
     p.add_argument("--node-cert-ttl", type=float, metavar="SECONDS", help="node certificates' lifetime (default 86400)")
+    p.add_argument("--cell", help="the cell's name: the trust domain of task identities (default local; docs/identity.md)")
+    p.add_argument("--workload-cert-ttl", type=float, metavar="SECONDS",
+                   help="task identity certificates' lifetime (default 3600)")
     for key in SCHEDULER_KEYS:
         field = SchedulerConfig.model_fields[key]
         kind: type = {int: int, "int": int, str: str, "str": str}.get(field.annotation, float)
@@ -143,7 +146,7 @@ async def serve(config: ServiceConfig, argv: list[str] | None = None, notifier: 
         stop = stop_on_signals()
         try:
             trust = build_trust(config, scheduler.metrics.registry)
-            runner = await serve_http(make_app(scheduler, policy, trust.auth, trust.ca), config.listen, trust.ssl)
+            runner = await serve_http(make_app(scheduler, policy, trust.auth, trust.ca, trust.workload), config.listen, trust.ssl)
         except BaseException:
             scheduler.store.close()
             raise

@@ -68,6 +68,11 @@ def openapi_document() -> dict[str, Any]:
         "description": "Why the task is still Accepted (no host fits, none Ready, posture, back-off); "
         "null once placed",
     }
+    schemas["TaskRecord"]["properties"]["workloadIdentity"] = {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": "The task's SPIFFE identity (spiffe://<cell>/app/<app>/job/<job>/task/<task>, "
+        "docs/identity.md); null without a cell CA",
+    }
     schemas["Error"] = {
         "type": "object",
         "properties": {
@@ -213,6 +218,11 @@ def openapi_document() -> dict[str, Any]:
         "anyOf": [{"type": "string"}, {"type": "null"}],
         "description": "When every finished task failed the same way before starting: that reason "
                        "(scheduler/startfailure.py); null otherwise",
+    }
+    job["properties"]["workloadIdentity"] = {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": "The identity prefix of the job's tasks (each gets + /task/<task id>), derived from "
+        "the cell, appName and job id (docs/identity.md); null without a cell CA",
     }
     job["required"] = [*job.get("required", []), "taskCounts", "crashLooping"]
     schemas["Job"] = job

@@ -17,6 +17,7 @@ from scheduler.config import ServiceConfig
 from titus_common.iam_policy import load_iam_policy
 from scheduler.store import StoreCorrupt
 from scheduler.tls import CA, server_context
+from scheduler.workload import WorkloadIssuer
 from titus_common.errors import ConfigError
 
 __all__ = ["Trust", "build_trust"]
@@ -29,6 +30,7 @@ class Trust:
     auth: Auth
     ca: CA | None
     ssl: ssl.SSLContext | None
+    workload: WorkloadIssuer | None = None  # task identities (docs/identity.md); None without a CA
 
 
 def build_trust(config: ServiceConfig, registry: CollectorRegistry) -> Trust:
@@ -50,4 +52,5 @@ def build_trust(config: ServiceConfig, registry: CollectorRegistry) -> Trust:
     except (sqlite3.Error, OSError) as e:  # the store's own exit code
         raise StoreCorrupt(f"{auth_db_path(config.db)}: {e}") from None
     auth = Auth(store, iam, registry, insecure=config.insecure, node_cert_ttl=config.node_cert_ttl)
-    return Trust(auth, ca, context)
+    workload = WorkloadIssuer(ca, config.cell, config.workload_cert_ttl, registry) if ca is not None else None
+    return Trust(auth, ca, context, workload)
