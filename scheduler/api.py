@@ -145,7 +145,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
     state = _query_state(request, JobState)
     jobs = [j for j in s.jobs.values() if state is None or j.state is state]
-    return _json({"jobs": [job_view(s, j, request.app.get(WORKLOAD_KEY)) for j in sorted(jobs, key=lambda j: j.created_at)]})
+    workload = request.app.get(WORKLOAD_KEY)
+    return _json({"jobs": [job_view(s, j, workload) for j in sorted(jobs, key=lambda j: j.created_at)]})
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -82,8 +82,8 @@ def verify_cert(cert: x509.Certificate, ca: x509.Certificate, now: dt.datetime) 
     except (ValueError, TypeError, InvalidSignature) as e:
         raise IdentityRefused(f"not issued by the cell CA: {e or type(e).__name__}") from None
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise IdentityRefused(f"certificate not valid at {now.isoformat()} (valid {cert.not_valid_before_utc.isoformat()}"
-                              f" .. {cert.not_valid_after_utc.isoformat()})")
+        raise IdentityRefused(f"certificate not valid at {now.isoformat()} (valid "
+                              f"{cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()})")
     return cert_spiffe_id(cert)
 
 

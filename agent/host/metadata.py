@@ -100,7 +100,9 @@ class HostMetadata:
         return account
 
 
-def host_metadata(config: AgentConfig, registry: CollectorRegistry, workload_jwt: WorkloadJwt | None = None) -> HostMetadata:
+def host_metadata(
+    config: AgentConfig, registry: CollectorRegistry, workload_jwt: WorkloadJwt | None = None
+) -> HostMetadata:
     """Refuses the start (ConfigError) on an unreadable token key or IAM role policy."""
     try:
         key = load_or_create_key(config.state_dir)

@@ -27,7 +27,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -249,6 +248,3 @@ class IdentityResource:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loop
             self._loop = None
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"rotations": self.identities.rotations}

@@ -87,7 +87,8 @@ def test_the_certificate_names_the_task_and_rotates_in_place(cell: Platform) -> 
     assert p.agent is not None
     p.agent.stop(signal.SIGKILL)
     p.start_agent()
-    again = wait_for(lambda: (c := cert_in(box)).serial_number != rotated.serial_number and c, 60, "rotation after restart")
+    again = wait_for(lambda: (c := cert_in(box)).serial_number != rotated.serial_number and c, 60,
+                     "rotation after restart")
     assert verify_cert(again, ca(p), dt.datetime.now(dt.UTC)) == expected
     box.reload()
     assert (box.attrs["State"]["StartedAt"], box.attrs["State"]["Pid"]) == (started_at, pid)

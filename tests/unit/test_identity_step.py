@@ -153,7 +153,8 @@ async def test_gc_and_teardown(ids: TaskIdentities, sched: Scheduler) -> None:
 async def test_the_step(ids: TaskIdentities, sched: Scheduler) -> None:
     rec = record()
     saved: list[dict[str, object]] = []
-    ctx = LaunchContext(rec, docker=None, node_id="n1", save=lambda: saved.append(dict(rec.resources.get("identity") or {})))  # type: ignore[arg-type]
+    ctx = LaunchContext(rec, docker=None, node_id="n1",  # type: ignore[arg-type]
+                        save=lambda: saved.append(dict(rec.resources.get("identity") or {})))
     step = IdentityStep(ids)
     await step.setup(ctx)
     assert saved[0] == {"dir": str(ids.dir("t1"))}  # the trail before anything is written
@@ -165,7 +166,8 @@ async def test_the_step(ids: TaskIdentities, sched: Scheduler) -> None:
     await step.teardown(ctx)
     await step.teardown(ctx)
     assert not ids.dir("t1").exists()
-    await IdentityStep(ids).teardown(LaunchContext(record("t9"), docker=None, node_id="n1", save=lambda: None))  # type: ignore[arg-type]
+    never = LaunchContext(record("t9"), docker=None, node_id="n1", save=lambda: None)  # type: ignore[arg-type]
+    await IdentityStep(ids).teardown(never)  # never set up: nothing to do
 
 
 async def test_the_step_crashes_when_the_scheduler_does_not_issue(ids: TaskIdentities, sched: Scheduler) -> None:
