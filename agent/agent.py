@@ -91,7 +91,7 @@ class Agent:
         # Task identities need the node's certificate: the scheduler issues them over it (docs/identity.md).
         self.identity = (
             IdentityResource(TaskIdentities(config.identity_dir or config.state_dir / "identity", self._issue_identity),
-                             self.tasks)
+                             self.tasks, metrics.registry)
             if config.identity_enabled and getattr(client, "credentials", None) is not None else None
         )
         self.metadata = (

@@ -31,6 +31,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import CollectorRegistry, Counter
 
 from agent.checkpoint import TaskCheckpoint
 from agent.host.base import LiveTasks, launching
@@ -45,6 +46,7 @@ RESOURCE_KEY = "identity"
 FILES = ("cert.pem", "key.pem", "bundle.pem")
 ROTATE_AT = 1 / 3  # of the lifetime left
 TICK_MIN, TICK_MAX = 1.0, 30.0
+RETRY = 5.0  # after a failed rotation (the certificate in place stays valid meanwhile)
 
 
 class IdentityUnavailable(Exception):
@@ -193,10 +195,13 @@ class IdentityResource:
 
     name = "identity"
 
-    def __init__(self, identities: TaskIdentities, tasks: Callable[[], LiveTasks]) -> None:
+    def __init__(self, identities: TaskIdentities, tasks: Callable[[], LiveTasks],
+                 registry: CollectorRegistry | None = None) -> None:
         self.identities = identities
         self._tasks = tasks
         self._loop: asyncio.Task[None] | None = None
+        self.rotations = Counter("titus_agent_identity_rotations", "Task certificate rotations by outcome",
+                                 ["outcome"], registry=registry if registry is not None else CollectorRegistry())
 
     async def start(self, records: Sequence[TaskCheckpoint]) -> None:
         self._loop = asyncio.create_task(self._rotate_loop(), name="identity-rotation")
@@ -204,6 +209,7 @@ class IdentityResource:
     async def rotate_due(self) -> float:
         """Rotate every certificate that is due; the seconds until the next one is."""
         next_due = TICK_MAX
+        failed: list[tuple[str, Exception]] = []
         for task_id, record in list(self._tasks().items()):
             if not holds_identity(record):
                 continue
@@ -213,9 +219,14 @@ class IdentityResource:
                 continue
             try:
                 await self.identities.ensure(task_id)
+                self.rotations.labels("ok").inc()
             except (IdentityUnavailable, OSError) as e:
-                log.warning("task identity rotation failed (retried): %s", e, extra={"task_id": task_id})
-                next_due = TICK_MIN
+                failed.append((task_id, e))
+                self.rotations.labels("failed").inc()
+        if failed:  # one line per round, not per task: a scheduler outage must not flood the log
+            log.warning("task identity rotation failed for %d task(s), retried in %.0fs; first: %s: %s",
+                        len(failed), RETRY, failed[0][0], failed[0][1])
+            next_due = min(next_due, RETRY)
         return max(TICK_MIN, next_due)
 
     async def _rotate_loop(self) -> None:

@@ -126,16 +126,19 @@ async def test_rotation_loop_rotates_running_tasks(ids: TaskIdentities, sched: S
     running = record("t1", TaskState.STARTED)
     running.resources["identity"] = {"spiffe_id": "x"}
     tasks = {"t1": running, "t2": record("t2", TaskState.STARTED)}  # t2 has no identity: left alone
-    resource = IdentityResource(ids, lambda: tasks)
+    registry = CollectorRegistry()
+    resource = IdentityResource(ids, lambda: tasks, registry)
     await ids.ensure("t1")
     before = serial(ids)
     assert await resource.rotate_due() > 1 and serial(ids) == before
     clock.now += dt.timedelta(seconds=45)
     sched.down = True  # a failed rotation keeps the old certificate and is retried soon
-    assert await resource.rotate_due() == 1.0 and serial(ids) == before
+    assert await resource.rotate_due() == 5.0 and serial(ids) == before
     sched.down = False
     await resource.rotate_due()
     assert serial(ids) != before and ids.current("t2") is None
+    assert registry.get_sample_value("titus_agent_identity_rotations_total", {"outcome": "failed"}) == 1
+    assert registry.get_sample_value("titus_agent_identity_rotations_total", {"outcome": "ok"}) == 1
 
 
 async def test_gc_and_teardown(ids: TaskIdentities, sched: Scheduler) -> None:
