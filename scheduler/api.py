@@ -107,7 +107,8 @@ def job_view(s: Scheduler, job: JobRecord, workload: WorkloadIssuer | None = Non
 def task_view(task: TaskRecord, s: Scheduler | None = None, workload: WorkloadIssuer | None = None) -> dict[str, Any]:
     doc = task.to_api()
     job = s.jobs.get(task.job_id) if s is not None else None
-    doc["workloadIdentity"] = workload.task_identity(job, task) if workload is not None and job is not None else None
+    prefix = workload.job_identity(job) if workload is not None and job is not None else None
+    doc["workloadIdentity"] = f"{prefix}/task/{task.id}" if prefix is not None else None
     if s is not None:  # why an Accepted task waits (scheduler/pending.py); null once placed
         doc["pendingReason"] = s.pending_reason(task)
     return doc

@@ -51,9 +51,13 @@ class WorkloadIssuer:
         self.issued = Counter("titus_scheduler_workload_certificates", "Task identity CSRs by outcome",
                               ["outcome"], registry=registry)
 
-    def job_identity(self, job: JobRecord) -> str:
-        """What the API states for a job: each task gets this + /task/<task id>."""
-        return spiffe_id(self.cell, job.spec.app_name, job.id)
+    def job_identity(self, job: JobRecord) -> str | None:
+        """What the API states for a job: each task gets this + /task/<task id> (None: the job's
+        names cannot form an identity; submit-time validation makes that unreachable today)."""
+        try:
+            return spiffe_id(self.cell, job.spec.app_name, job.id)
+        except IdentityRefused:
+            return None
 
     def task_identity(self, job: JobRecord, task: TaskRecord) -> str:
         return spiffe_id(self.cell, job.spec.app_name, job.id, task.id)
@@ -106,7 +110,10 @@ class WorkloadIssuer:
         job = s.jobs.get(task.job_id)
         if job is None:
             raise Refusal(403, "unknown_task", f"task {task_id} has no job")
-        identity = self.task_identity(job, task)
+        try:
+            identity = self.task_identity(job, task)
+        except IdentityRefused as e:
+            raise Refusal(403, "no_identity", f"task {task_id} cannot have an identity: {e}") from None
         try:
             cert = self.sign(csr.encode(), task_id, identity)
         except IdentityRefused as e:
