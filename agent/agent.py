@@ -31,6 +31,7 @@ from agent.host.imagegc import ImageGcResource
 from agent.host.metadata import MetadataResource
 from agent.host.network import NetworkResource, lost_message
 from agent.host.security import HostSecurity, SecurityResource, load_security_policy
+from agent.host.workload import IdentityResource, IdentityUnavailable, Issued, TaskIdentities
 from agent.imagecache import ImageCacheReport
 from agent.launch import launch_pipeline
 from agent.metrics import AgentMetrics
@@ -90,8 +91,15 @@ class Agent:
         self.network = (
             NetworkResource(config, docker, metrics, self._on_network_lost) if config.network_enabled else None
         )
+        # Task identities need the node's certificate: the scheduler issues them over it (docs/identity.md).
+        self.identity = (
+            IdentityResource(TaskIdentities(config.identity_dir or config.state_dir / "identity", self._issue_identity),
+                             self.tasks, metrics.registry)
+            if config.identity_enabled and getattr(client, "credentials", None) is not None else None
+        )
         self.metadata = (
-            self._build(lambda: MetadataResource(config, metrics))
+            self._build(lambda: MetadataResource(
+                config, metrics, self.identity.identities.jwt if self.identity is not None else None))
             if self.network is not None and config.imds_enabled else None
         )
         self.unknown_containers: list[str] = []
@@ -112,13 +120,14 @@ class Agent:
         )
         self.resources: list[HostResource] = [
             r for r in (self.cpus, SecurityResource(self.security, docker, config.require_userns),
-                        self.network, self.metadata, self.health, self.image_gc) if r is not None
+                        self.network, self.metadata, self.identity, self.health, self.image_gc) if r is not None
         ]
         self.pipeline = pipeline or launch_pipeline(
             metrics, self.security, always_pull=config.always_pull,
             cpus=self.cpus.applier if self.cpus is not None else None,
             network=self.network.tasks if self.network is not None else None,
             metadata=self.metadata.host if self.metadata is not None else None,
+            identity=self.identity.identities if self.identity is not None else None,
         )
         self.capacity = host_capacity(config)
         self.runners: dict[str, TaskRunner] = {}
@@ -136,6 +145,13 @@ class Agent:
         metrics.bind(lambda: [r.record.state for r in self.runners.values()], lambda: len(self.unknown_containers))
         if self.network is not None:
             metrics.bind_network(self.network.snapshot)
+
+    async def _issue_identity(self, task_id: str, csr: str) -> Issued:
+        try:
+            certificate, bundle = await self.client.task_identity(task_id, csr)
+        except SchedulerUnavailable as e:
+            raise IdentityUnavailable(str(e)) from None
+        return Issued(certificate, bundle)
 
     def _event_stream_connected(self) -> bool | None:
         return self._watcher.connected if self._watcher is not None else None

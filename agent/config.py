@@ -111,6 +111,11 @@ class AgentConfig(BaseModel):
     aws_subnet_id: str = ""
     aws_instance_id: str = ""
     aws_instance_type: str = ""
+    # Task identities (docs/identity.md): a certificate per task from the scheduler (needs an https
+    # scheduler_url: it is asked over the node's certificate); per-task directories under identity_dir
+    # (default <state_dir>/identity).
+    identity_enabled: bool = True
+    identity_dir: AnyPath | None = None
     # The metadata/credential proxy (imds/, agent/steps/imds.py; docs/imds.md): needs the network step.
     imds_enabled: bool = True
     # Where each task's ECS-endpoint bearer token is written (bind-mounted read-only into the task).
@@ -381,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let tasks reach the host's own ports and the scheduler (isolation is on by default)")
     p.add_argument("--network-allow-host-port", dest="network_allowed_host_tcp_ports", type=int, action="append",
                    metavar="PORT", help="a host TCP port tasks may reach despite isolation (repeatable)")
+    p.add_argument("--no-identity", dest="identity_enabled", action="store_false", default=None,
+                   help="no workload identity certificate for tasks (docs/identity.md)")
+    p.add_argument("--identity-dir", type=Path, help="where per-task identity directories are written")
     p.add_argument("--no-imds", dest="imds_enabled", action="store_false", default=None,
                    help="no metadata/credential proxy for tasks (169.254.169.254 unanswered)")
     p.add_argument("--imds-token-dir", type=Path, help="where per-task ECS-endpoint tokens are written")

@@ -38,6 +38,11 @@ class _Issued(BaseModel):
     certificate: str
 
 
+class _TaskIssued(BaseModel):
+    certificate: str
+    bundle: str
+
+
 class SchedulerClient:
     def __init__(self, base_url: str, node_id: str, credentials: NodeCredentials | None = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -140,6 +145,14 @@ class SchedulerClient:
         """Answers to `SyncResponse.stats` (`titusctl task stats`); `accepted`: the request ids taken."""
         req = StatsReportRequest(reports=reports)
         return await self._post("stats", req.model_dump(mode="json", by_alias=True), UpdatesResponse, 15)
+
+    async def task_identity(self, task_id: str, csr: str) -> tuple[str, str]:
+        """A task's identity certificate and the CA bundle, for a CSR of a key kept on this host
+        (docs/identity.md); SchedulerUnavailable when refused or unreachable."""
+        await self._credentials()
+        issued = await self._call(f"/v1/nodes/{self.node_id}/tasks/{task_id}/identity", {"csr": csr}, _TaskIssued,
+                                  30, 201)
+        return issued.certificate, issued.bundle
 
     async def close(self) -> None:
         for task, session in list(self._retiring.items()):

@@ -63,6 +63,12 @@ DENIED_PREFIXES = (
 
 IMDS = "imds"
 ECS = "ecs"
+# The task's workload-identity JWT (docs/identity.md): GET with `?audience=` (required), IMDSv2 token
+# as for every path. Answered by the agent's `workload_jwt(task id, audience)` for the task that owns the
+# socket the request came on, so another task's endpoint can only ever mint that task's own JWT.
+JWT_PATH = "/titus/v1/identity/jwt"
+# (task id, audience) -> the JWT; None: the task has no identity; ValueError: a bad audience.
+WorkloadJwt = Callable[[str, str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -189,8 +195,10 @@ class MetadataService:
         keepalive_timeout: float = 75.0,
         client_error_interval: float = DEFAULT_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
+        workload_jwt: WorkloadJwt | None = None,
     ) -> None:
         self._broker = credentials
+        self._workload_jwt = workload_jwt
         self._signer = TokenSigner(token_key)
         self._clock = clock
         self.metrics = ImdsMetrics(registry if registry is not None else CollectorRegistry())
@@ -372,6 +380,8 @@ class MetadataService:
                 if len(task.tokens) >= TOKEN_CACHE:
                     task.tokens.clear()
                 task.tokens[presented] = float(presented.split(".")[1])
+        if path == JWT_PATH:
+            return self._jwt(task, request)
         entry = task.static.get(path)
         if entry is not None:
             return self._reply(IMDS, entry.path_class, 200, entry.body, entry.content_type)
@@ -382,6 +392,20 @@ class MetadataService:
             return self._reply(IMDS, "cred", 200, creds.imds_body)
         cls = "denied" if path.startswith(DENIED_PREFIXES) or path.startswith(META + "iam") else "unknown"
         return self._error(IMDS, cls, 404)
+
+    def _jwt(self, task: _Task, request: web.BaseRequest) -> web.Response:
+        audiences = request.query.getall("audience", [])
+        if len(audiences) != 1 or not audiences[0]:
+            return self._reply(IMDS, "jwt", 400, b"exactly one non-empty audience= is required")
+        if self._workload_jwt is None:
+            return self._error(IMDS, "jwt", 404)
+        try:
+            token = self._workload_jwt(task.identity.task_id, audiences[0])
+        except ValueError as e:
+            return self._reply(IMDS, "jwt", 400, str(e).encode())
+        if token is None or task.closed:
+            return self._error(IMDS, "jwt", 404)
+        return self._reply(IMDS, "jwt", 200, token.encode(), "application/jwt")
 
     async def _handle_ecs(self, task: _Task, request: web.BaseRequest) -> web.StreamResponse:
         h = request.headers

@@ -19,6 +19,7 @@ from scheduler.openapi import openapi_document
 from scheduler.tls import CA
 from scheduler.trust_api import CA_KEY, add_trust_routes
 from scheduler.provenance import provenance_view
+from scheduler.workload import WORKLOAD_KEY, WorkloadIssuer, add_workload_routes
 from scheduler.records import JobRecord, JobState, TaskRecord
 from scheduler.startfailure import start_failure
 from titus_common.clientlog import ClientErrorLog
@@ -90,8 +91,10 @@ def _parse(model: type[M], data: Any) -> M:
         raise ApiError(400, "invalid request", problems) from None
 
 
-def job_view(s: Scheduler, job: JobRecord) -> dict[str, Any]:
+def job_view(s: Scheduler, job: JobRecord, workload: WorkloadIssuer | None = None) -> dict[str, Any]:
     doc = job.to_api()
+    # The identity the job's tasks may have (docs/identity.md): this + /task/<task id>; None without a CA.
+    doc["workloadIdentity"] = workload.job_identity(job) if workload is not None else None
     tasks = s.job_tasks(job.id)
     counts: dict[str, int] = {}
     for t in tasks:
@@ -103,8 +106,11 @@ def job_view(s: Scheduler, job: JobRecord) -> dict[str, Any]:
     return doc
 
 
-def task_view(task: TaskRecord, s: Scheduler | None = None) -> dict[str, Any]:
+def task_view(task: TaskRecord, s: Scheduler | None = None, workload: WorkloadIssuer | None = None) -> dict[str, Any]:
     doc = task.to_api()
+    job = s.jobs.get(task.job_id) if s is not None else None
+    prefix = workload.job_identity(job) if workload is not None and job is not None else None
+    doc["workloadIdentity"] = f"{prefix}/task/{task.id}" if prefix is not None else None
     if s is not None:  # why an Accepted task waits (scheduler/pending.py); null once placed
         doc["pendingReason"] = s.pending_reason(task)
         job = s.jobs.get(task.job_id)  # a job past retention (finished) shows its provenance on the job
@@ -142,24 +148,25 @@ async def submit_job(request: web.Request) -> web.Response:
     # first launch pins it (scheduler/provenance.py).
     image = await s.registry.lookup(spec.container.image) if s.registry is not None else None
     job, created = s.submit(spec, image)
-    return _json(job_view(s, job), status=201 if created else 200)
+    return _json(job_view(s, job, request.app.get(WORKLOAD_KEY)), status=201 if created else 200)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
     state = _query_state(request, JobState)
     jobs = [j for j in s.jobs.values() if state is None or j.state is state]
-    return _json({"jobs": [job_view(s, j) for j in sorted(jobs, key=lambda j: j.created_at)]})
+    workload = request.app.get(WORKLOAD_KEY)
+    return _json({"jobs": [job_view(s, j, workload) for j in sorted(jobs, key=lambda j: j.created_at)]})
 
 
 async def get_job(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
-    return _json(job_view(s, s.job(request.match_info["job_id"])))
+    return _json(job_view(s, s.job(request.match_info["job_id"]), request.app.get(WORKLOAD_KEY)))
 
 
 async def kill_job(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
-    return _json(job_view(s, s.kill_job(request.match_info["job_id"])), status=202)
+    return _json(job_view(s, s.kill_job(request.match_info["job_id"]), request.app.get(WORKLOAD_KEY)), status=202)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -175,17 +182,17 @@ async def list_tasks(request: web.Request) -> web.Response:
         if (state is None or t.state is state) and (node_id is None or t.node_id == node_id)
     ]
     tasks.sort(key=lambda t: t.timestamps.get(TaskState.ACCEPTED.value, 0.0))
-    return _json({"tasks": [task_view(t, s) for t in tasks]})
+    return _json({"tasks": [task_view(t, s, request.app.get(WORKLOAD_KEY)) for t in tasks]})
 
 
 async def get_task(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
-    return _json(task_view(s.task(request.match_info["task_id"]), s))
+    return _json(task_view(s.task(request.match_info["task_id"]), s, request.app.get(WORKLOAD_KEY)))
 
 
 async def kill_task(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
-    return _json(task_view(s.kill_task(request.match_info["task_id"]), s), status=202)
+    return _json(task_view(s.kill_task(request.match_info["task_id"]), s, request.app.get(WORKLOAD_KEY)), status=202)
 
 
 async def list_nodes(request: web.Request) -> web.Response:
@@ -327,7 +334,8 @@ async def _agent_protocol_errors(request: web.Request, handler: Handler) -> web.
 
 
 def make_app(
-    scheduler: Scheduler, security_policy: SecurityPolicy | None = None, auth: Auth | None = None, ca: CA | None = None
+    scheduler: Scheduler, security_policy: SecurityPolicy | None = None, auth: Auth | None = None, ca: CA | None = None,
+    workload: WorkloadIssuer | None = None,
 ) -> web.Application:
     """`security_policy`: the submit-time security check's policy (loaded once at start-up);
     None = the built-in default policy. `auth` (and `ca`, to sign node certificates): authentication,
@@ -345,6 +353,9 @@ def make_app(
         if ca is not None:
             app[CA_KEY] = ca
             add_trust_routes(app)
+        if workload is not None:  # task identities (docs/identity.md)
+            app[WORKLOAD_KEY] = workload
+            add_workload_routes(app, workload, scheduler)
     app[SCHEDULER_KEY] = scheduler
     app[SECURITY_POLICY_KEY] = security_policy or default_policy()
     app.router.add_get("/healthz", healthz)

@@ -2,8 +2,8 @@
 
 - identity: a verified client certificate (O=titus:nodes → node CN; O=titus:operators:<role> →
   operator CN) or `Authorization: Bearer <token>` (an operator token from the auth store);
-- nodes may only call /v1/nodes/<their own id>/{sync,updates,certificate,stats}, with a certificate
-  that is their current one and not on the deny list (checked per request);
+- nodes may only call /v1/nodes/<their own id>/{sync,updates,certificate,stats,tasks/<task>/identity},
+  with a certificate that is their current one and not on the deny list (checked per request);
 - roles: admin (everything), operator (reads; kill jobs/tasks; node cordon/drain), submitter (reads;
   submit and kill jobs of its own owner; a task's stats only for its own owner's tasks);
 - every job submit is checked against the IAM role policy (scheduler/iam_policy.py);
@@ -37,7 +37,7 @@ log = logging.getLogger("titus.scheduler.auth")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PUBLIC = {("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/metrics"), ("POST", "/v1/bootstrap")}
-NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate|stats)$")
+NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate|stats|tasks/[^/]+/identity)$")
 TASK_STATS = re.compile(r"^/v1/tasks/(?P<id>[^/]+)/stats$")
 KILL = re.compile(r"^/v1/(?P<kind>jobs|tasks)/(?P<id>[^/]+)/kill$")
 NODE_OPS = re.compile(r"^/v1/nodes/[^/]+/(cordon|uncordon|drain|undrain|reconcile)$")

@@ -170,6 +170,10 @@ class ServiceConfig(BaseModel):
     bootstrap_burst: Annotated[int, Field(ge=1, le=100_000)] = 200
     bootstrap_source_rate: Annotated[float, Field(gt=0, le=10_000)] = 1.0
     bootstrap_source_burst: Annotated[int, Field(ge=1, le=100_000)] = 10
+    # Workload identity (docs/identity.md): the cell's name (the SPIFFE trust domain of task
+    # identities) and the lifetime of a task's certificate (the agent rotates it with a third left).
+    cell: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$")] = "local"
+    workload_cert_ttl: Annotated[float, Field(ge=10, le=86400)] = 3600.0
     scheduler: SchedulerConfig = SchedulerConfig()
 
     @field_validator("log_level")

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                                ("bootstrap-source-burst", int, "bootstraps at once from one address")):
         default = ServiceConfig.model_fields[flag.replace("-", "_")].default
         p.add_argument(f"--{flag}", type=number, help=f"{what}; past it 429 (default {default})")
+    p.add_argument("--cell", help="the cell's name: the trust domain of task identities (default local; docs/identity.md)")
+    p.add_argument("--workload-cert-ttl", type=float, metavar="SECONDS",
+                   help="task identity certificates' lifetime (default 3600)")
     for key in SCHEDULER_KEYS:
         field = SchedulerConfig.model_fields[key]
         kind: type = {int: int, "int": int, str: str, "str": str}.get(field.annotation, float)
@@ -155,7 +158,7 @@ async def serve(config: ServiceConfig, argv: list[str] | None = None, notifier: 
         stop = stop_on_signals()
         try:
             trust = build_trust(config, scheduler.metrics.registry)
-            runner = await serve_http(make_app(scheduler, policy, trust.auth, trust.ca), config.listen, trust.ssl)
+            runner = await serve_http(make_app(scheduler, policy, trust.auth, trust.ca, trust.workload), config.listen, trust.ssl)
         except BaseException:
             scheduler.store.close()
             raise

@@ -91,6 +91,11 @@ def openapi_document() -> dict[str, Any]:
     }
     schemas["TaskRecord"]["properties"]["provenance"] = _ref("Provenance")
     schemas["TaskRecord"]["properties"]["tagMoved"] = {"type": "boolean", "description": "= provenance.tagMoved"}
+    schemas["TaskRecord"]["properties"]["workloadIdentity"] = {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": "The task's SPIFFE identity (spiffe://<cell>/app/<app>/job/<job>/task/<task>, "
+        "docs/identity.md); null without a cell CA",
+    }
     schemas["Error"] = {
         "type": "object",
         "properties": {
@@ -274,6 +279,11 @@ def openapi_document() -> dict[str, Any]:
                        "(scheduler/startfailure.py); null otherwise",
     }
     job["properties"]["provenance"] = _ref("Provenance")
+    job["properties"]["workloadIdentity"] = {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": "The identity prefix of the job's tasks (each gets + /task/<task id>), derived from "
+        "the cell, appName and job id (docs/identity.md); null without a cell CA",
+    }
     job["required"] = [*job.get("required", []), "taskCounts", "crashLooping"]
     schemas["Job"] = job
     paths.update(trust_paths())  # docs/trust.md

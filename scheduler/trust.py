@@ -18,6 +18,7 @@ from scheduler.config import ServiceConfig
 from titus_common.iam_policy import load_iam_policy
 from scheduler.store import StoreCorrupt
 from scheduler.tls import CA, server_context
+from scheduler.workload import WorkloadIssuer
 from titus_common.errors import ConfigError
 
 __all__ = ["Trust", "build_trust"]
@@ -30,6 +31,7 @@ class Trust:
     auth: Auth
     ca: CA | None
     ssl: ssl.SSLContext | None
+    workload: WorkloadIssuer | None = None  # task identities (docs/identity.md); None without a CA
 
 
 def build_trust(config: ServiceConfig, registry: CollectorRegistry) -> Trust:
@@ -54,4 +56,5 @@ def build_trust(config: ServiceConfig, registry: CollectorRegistry) -> Trust:
                              config.bootstrap_source_burst)
     auth = Auth(store, iam, registry, insecure=config.insecure, node_cert_ttl=config.node_cert_ttl,
                 bootstrap_limits=limits)
-    return Trust(auth, ca, context)
+    workload = WorkloadIssuer(ca, config.cell, config.workload_cert_ttl, registry) if ca is not None else None
+    return Trust(auth, ca, context, workload)

@@ -66,6 +66,25 @@ def trust_paths() -> dict[str, Any]:
             "summary": "Rotate: a new CSR, authenticated by the node's current certificate",
             "security": NODE, "parameters": [node_id], "requestBody": _body("RotateRequest"),
             "responses": {"201": issued, **_AUTH_ERRORS}}},
+        "/v1/nodes/{node_id}/tasks/{task_id}/identity": {"post": {
+            "summary": "A task's identity certificate (docs/identity.md): a CSR (O=titus:workloads, CN=<task id>, "
+                       "no extensions) for a task placed on this node; the scheduler sets the SPIFFE URI SAN",
+            "security": NODE, "parameters": [node_id, {"name": "task_id", "in": "path", "required": True,
+                                                        "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["csr"], "additionalProperties": False,
+                "properties": {"csr": {"type": "string", "minLength": 1, "maxLength": 16384}}}}}},
+            "responses": {"201": {"description": "The certificate, the CA bundle and the identity", "content": {
+                "application/json": {"schema": {"type": "object",
+                                                "required": ["certificate", "bundle", "spiffeId", "serial", "notAfter"],
+                                                "properties": {"certificate": {"type": "string"},
+                                                               "bundle": {"type": "string"},
+                                                               "spiffeId": {"type": "string"},
+                                                               "serial": {"type": "string"},
+                                                               "notAfter": {"type": "number"}}}}}},
+                          "400": {"description": "Bad request or CSR", "content": {"application/json": {
+                              "schema": {"$ref": _REF.format(model="Error")}}}},
+                          **_AUTH_ERRORS}}},
         "/v1/admin/tokens": {"post": {
             "summary": "Mint a bootstrap token (nodes pattern, uses, TTL) or an operator token (role)",
             "security": OPERATOR, "requestBody": _body("TokenRequest"),

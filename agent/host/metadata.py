@@ -23,7 +23,7 @@ from agent.config import AgentConfig
 from agent.host.base import LiveTasks, launching
 from agent.metrics import AgentMetrics
 from imds.credentials import CredentialBroker
-from imds.service import MetadataService
+from imds.service import MetadataService, WorkloadJwt
 from imds.thread import ServiceThread
 from netns.errors import NetworkError
 from netns.metadata import MetadataNetwork
@@ -100,14 +100,16 @@ class HostMetadata:
         return account
 
 
-def host_metadata(config: AgentConfig, registry: CollectorRegistry) -> HostMetadata:
+def host_metadata(
+    config: AgentConfig, registry: CollectorRegistry, workload_jwt: WorkloadJwt | None = None
+) -> HostMetadata:
     """Refuses the start (ConfigError) on an unreadable token key or IAM role policy."""
     try:
         key = load_or_create_key(config.state_dir)
     except (OSError, ValueError) as e:  # the token key file: refuse the start, with the cause
         raise ConfigError(f"metadata proxy: {e}") from None
     broker = CredentialBroker(endpoint_url=config.aws_sts_endpoint_url, region=config.aws_region)
-    service = MetadataService(broker, key, registry=registry)
+    service = MetadataService(broker, key, registry=registry, workload_jwt=workload_jwt)
     return HostMetadata(
         service=ServiceThread(service),
         path=MetadataNetwork(owner=config.node_id),
@@ -129,9 +131,9 @@ class MetadataResource:
 
     name = "imds"
 
-    def __init__(self, config: AgentConfig, metrics: AgentMetrics) -> None:
+    def __init__(self, config: AgentConfig, metrics: AgentMetrics, workload_jwt: WorkloadJwt | None = None) -> None:
         self.metrics = metrics
-        self.host = host_metadata(config, metrics.registry)
+        self.host = host_metadata(config, metrics.registry, workload_jwt)
 
     async def start(self, records: Sequence[TaskCheckpoint]) -> None:
         try:

@@ -142,6 +142,8 @@ DEFAULTS: dict[str, Any] = {
     "aws_subnet_id": "",
     "aws_instance_id": "",
     "aws_instance_type": "",
+    "identity_enabled": True,
+    "identity_dir": None,
     "imds_enabled": True,
     "imds_token_dir": Path("/run/titus-credentials"),
     "aws_sts_endpoint_url": None,

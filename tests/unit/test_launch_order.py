@@ -29,7 +29,7 @@ def test_the_pipeline_follows_the_declaration() -> None:
         host = None
 
     pipeline = launch_pipeline(AgentMetrics(), HostSecurity(default_policy()), cpus=Stub(), network=Stub(),  # type: ignore[arg-type]
-                               metadata=Stub())  # type: ignore[arg-type]
+                               metadata=Stub(), identity=Stub())  # type: ignore[arg-type]
     assert tuple(s.name for s in pipeline.steps) == LAUNCH_ORDER
     bare = launch_pipeline(AgentMetrics(), HostSecurity(default_policy()))
     assert tuple(s.name for s in bare.steps) == ("image", "security", "container")
