@@ -20,6 +20,7 @@ from scheduler.pending import PendingBook
 from scheduler.placing import PlacementLoop
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
+from scheduler.exec_relay import ExecRelay
 from scheduler.engine import Engine
 from scheduler.errors import BadMode, Conflict, NotFound
 from scheduler.fitness import Mode
@@ -65,6 +66,7 @@ class Scheduler:
         self.nodes: dict[str, NodeRecord] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._deliveries = Deliveries(self.config.redeliver_after)
+        self.execs = ExecRelay(self._deliveries.wake, clock)  # owners' exec sessions (docs/exec.md)
         self._schedule_wanted = asyncio.Event()
         self.placing = PlacementLoop(self, placer)
         self._want_images: dict[str, bool] = {}
@@ -241,6 +243,7 @@ class Scheduler:
             elif t.state is TaskState.KILL_INITIATED:
                 resp.kill.append(t.id)
                 self._deliveries.sent(t.id, now)
+        resp.exec_orders = self.execs.orders_for(node_id)
         return resp
 
     async def sync(self, report: NodeReport, wait_seconds: float) -> SyncResponse:
@@ -252,7 +255,7 @@ class Scheduler:
             event.clear()
             resp = self.work_for(report.id)
             remaining = deadline - self.clock()
-            if resp.launch or resp.kill or remaining <= 0:
+            if resp.launch or resp.kill or resp.exec_orders or remaining <= 0:
                 return resp
             try:
                 await asyncio.wait_for(event.wait(), timeout=remaining)

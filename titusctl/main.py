@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from titusctl import admin, trust_admin
+from titusctl.exec import add_verb as add_exec_verb
 from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError, Credentials
 from titusctl.commands import (
     cmd_describe,
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         c = task.add_parser(verb)
         c.add_argument("id")
         c.set_defaults(fn=fn)
+    add_exec_verb(task)  # docs/exec.md
 
     node = sub.add_parser("node", help="hosts").add_subparsers(dest="verb", required=True)
     node.add_parser("list").set_defaults(fn=cmd_node_list)
