@@ -17,6 +17,7 @@ import signal
 import ssl
 import sys
 import termios
+import threading
 import tty as ttymod
 from collections.abc import Callable
 from urllib.parse import quote, urlencode
@@ -122,26 +123,34 @@ def _send_resize(loop: asyncio.AbstractEventLoop, ws: aiohttp.ClientWebSocketRes
 
 def _attach_stdin(loop: asyncio.AbstractEventLoop, ws: aiohttp.ClientWebSocketResponse, fd: int,
                   tty: bool) -> Callable[[], None]:
-    """Forward stdin (raw mode on a terminal); end of input is sent as `{"eof": true}`."""
+    """Forward stdin (raw mode on a terminal) from a reader thread — stdin may be a file, a pipe or a
+    terminal, and epoll takes no regular files; end of input is sent as `{"eof": true}`."""
     saved = termios.tcgetattr(fd) if tty and os.isatty(fd) else None
     if saved is not None:
         ttymod.setraw(fd)
+    stopped = threading.Event()
 
-    def readable() -> None:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            data = b""
-        if data:
-            loop.create_task(ws.send_bytes(data))
-        else:
-            loop.remove_reader(fd)
-            loop.create_task(ws.send_str(json.dumps({"eof": True})))
+    def send(data: bytes) -> None:
+        if not ws.closed:
+            loop.create_task(ws.send_bytes(data) if data else ws.send_str(json.dumps({"eof": True})))
 
-    loop.add_reader(fd, readable)
+    def pump() -> None:
+        while not stopped.is_set():
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if stopped.is_set():
+                return
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(send, data)
+            if not data:
+                return
+
+    threading.Thread(target=pump, name="stdin", daemon=True).start()
 
     def undo() -> None:
-        loop.remove_reader(fd)
+        stopped.set()
         if saved is not None:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
