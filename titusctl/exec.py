@@ -152,7 +152,7 @@ def _attach_stdin(loop: asyncio.AbstractEventLoop, ws: aiohttp.ClientWebSocketRe
     def undo() -> None:
         stopped.set()
         if saved is not None:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            termios.tcsetattr(fd, termios.TCSANOW, saved)  # not DRAIN: never wait on the reader
 
     return undo
 
