@@ -23,6 +23,8 @@ from agent import __version__, taskstats
 from agent.checkpoint import CheckpointStore, TaskCheckpoint
 from agent.config import AgentConfig
 from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
+from agent.docker_exec import EngineExec
+from agent.exec_session import ExecSessions
 from agent.host.base import HostResource, LiveTasks
 from agent.host.cpuset_apply import CpuResource
 from agent.host.health import HealthResource, default_checks, journal_log_signals, kernel_log_signals
@@ -132,6 +134,8 @@ class Agent:
         self.capacity = host_capacity(config)
         self.runners: dict[str, TaskRunner] = {}
         self._stats_replies: set[asyncio.Task[None]] = set()
+        # Owners' exec sessions into running tasks (docs/exec.md).
+        self.execs = ExecSessions(EngineExec(docker.base_url, docker.api_version), client, self._running_container)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._give_back: asyncio.TimerHandle | None = None
         self._orphan_kills: set[asyncio.Task[None]] = set()
@@ -222,6 +226,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self.remediator.stop()
+        await self.execs.stop()
         await self._stop_resources()
         await self.client.close()
 
@@ -257,14 +262,23 @@ class Agent:
         log.info("task received", extra={"task_id": assignment.task_id, "job_id": assignment.job_id})
         self._add_runner(record)
 
+    def _running_container(self, task_id: str) -> str | None:
+        runner = self.runners.get(task_id)
+        if runner is None or runner.record.state is not TaskState.STARTED or runner.record.kill_requested:
+            return None
+        return runner.record.container_id
+
     def kill(self, task_id: str) -> None:
         runner = self.runners.get(task_id)
+        self.execs.close_task(task_id)
         if runner is not None:
             runner.request_kill()
             return
         log.warning("kill for a task this agent does not hold: %s", task_id, extra={"task_id": task_id})
 
     def _on_change(self, record: TaskCheckpoint) -> None:
+        if record.state is not TaskState.STARTED or record.kill_requested:
+            self.execs.close_task(record.task_id)
         self._report_wanted.set()
 
     def _on_container_event(self, task_id: str) -> None:
@@ -349,6 +363,8 @@ class Agent:
                 self._stats_replies.add(reply := asyncio.create_task(taskstats.reply(
                     self.client, self.docker, self.config.cgroup_root, request, runner.record if runner else None)))
                 reply.add_done_callback(self._stats_replies.discard)
+            for exec_order in resp.exec_orders:
+                self.execs.open(exec_order)
 
     async def _report_loop(self) -> None:
         backoff = Backoff(0.2, 10.0)

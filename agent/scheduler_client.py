@@ -54,6 +54,11 @@ class SchedulerClient:
         # How far this host's clock is ahead of the scheduler's, from the last answer's HTTP Date
         # (whole seconds: ±0.5 s plus the network's latency); None until one is seen. The clock check.
         self.skew: float | None = None
+        # Exec sessions' websockets (docs/exec.md), on their own session: a long interactive session
+        # never holds one of the sync's connections. A rotation starts a new one; old ones (and
+        # their open sessions) are closed only at close().
+        self._ws: aiohttp.ClientSession | None = None
+        self._old_ws: list[aiohttp.ClientSession] = []
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -66,6 +71,9 @@ class SchedulerClient:
     def _renew_session(self) -> None:
         """New connections with the new certificate; the old session finishes its in-flight calls."""
         old, self._session = self._session, None
+        if self._ws is not None:
+            self._old_ws.append(self._ws)
+            self._ws = None
         if old is not None:
             task = asyncio.create_task(self._close_later(old))
             self._retiring[task] = old
@@ -154,7 +162,24 @@ class SchedulerClient:
                                   30, 201)
         return issued.certificate, issued.bundle
 
+    async def exec_channel(self, session_id: str) -> aiohttp.ClientWebSocketResponse:
+        """The agent's end of an exec session: a websocket to the scheduler, with the node's certificate."""
+        await self._credentials()
+        if self._ws is None:
+            ssl_context = self.credentials.context() if self.credentials is not None else None
+            self._ws = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=ssl_context if ssl_context is not None else True)
+            )
+        url = f"{self.base_url}/v1/nodes/{self.node_id}/exec/{session_id}"
+        try:
+            return await self._ws.ws_connect(url, heartbeat=30.0, max_msg_size=1 << 20,
+                                             timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise SchedulerUnavailable(f"exec session {session_id}: {e!r}") from None
+
     async def close(self) -> None:
+        for ws_session in [*self._old_ws, *([self._ws] if self._ws is not None else [])]:
+            await ws_session.close()
         for task, session in list(self._retiring.items()):
             task.cancel()
             await session.close()

@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from scheduler import admin_api, taskstats
+from scheduler import admin_api
+from scheduler.exec_api import add_exec_routes
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
 from scheduler.auth import AUTH_KEY, IDENTITY_KEY, Auth, auth_middleware
 from scheduler.core import BadRequest, Conflict, NotFound, Scheduler
@@ -378,6 +380,7 @@ def make_app(
     app.router.add_post("/v1/nodes/{node_id}/updates", node_updates)
     admin_api.add_routes(app, scheduler.reconciler, scheduler.clock)
     taskstats.add_routes(app, lambda r: (r.app[SCHEDULER_KEY], r.app[SCHEDULER_KEY].stats))
+    add_exec_routes(app, scheduler)  # owners' exec into their tasks (docs/exec.md)
     app.router.add_get("/v1/admin/scheduling-mode", get_scheduling_mode)
     app.router.add_put("/v1/admin/scheduling-mode", set_scheduling_mode)
     return app

@@ -6,6 +6,8 @@
   with a certificate that is their current one and not on the deny list (checked per request);
 - roles: admin (everything), operator (reads; kill jobs/tasks; node cordon/drain), submitter (reads;
   submit and kill jobs of its own owner; a task's stats only for its own owner's tasks);
+- exec into a task (docs/exec.md): admin, or the submitter of the task's job's owner; only the task's
+  node may open an exec session's agent end (/v1/nodes/<its own id>/exec/<session>);
 - every job submit is checked against the IAM role policy (scheduler/iam_policy.py);
 - every mutating call is written to the audit log and counted.
 Refusals: 401 (no or unusable credentials) / 403 (not allowed), the message naming what is missing.
@@ -40,6 +42,9 @@ PUBLIC = {("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/metrics"), ("
 NODE_CALL = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/(?P<what>sync|updates|certificate|stats|tasks/[^/]+/identity)$")
 TASK_STATS = re.compile(r"^/v1/tasks/(?P<id>[^/]+)/stats$")
 KILL = re.compile(r"^/v1/(?P<kind>jobs|tasks)/(?P<id>[^/]+)/kill$")
+# Exec (docs/exec.md): an operator's websocket into a task, and the agent's end of the relay.
+EXEC = re.compile(r"^/v1/tasks/(?P<id>[^/]+)/exec$")
+NODE_EXEC = re.compile(r"^/v1/nodes/(?P<node>[^/]+)/exec/[^/]+$")
 NODE_OPS = re.compile(r"^/v1/nodes/[^/]+/(cordon|uncordon|drain|undrain|reconcile)$")
 
 
@@ -166,8 +171,13 @@ async def authorize(request: web.Request, who: Identity, auth: Auth) -> None:
     if (method, path) in PUBLIC or method == "HEAD" or auth.insecure:
         return  # --insecure: no identities, so nothing to authorize (agents sync without certificates)
     node_call = NODE_CALL.match(path)
+    node_exec = NODE_EXEC.match(path) if method == "GET" else None
+    if node_exec is not None and who.kind == "node":
+        node_call = node_exec  # the agent's end of an exec session: same scope as its own sync
+    elif who.kind == "node" and method != "POST":
+        node_call = None
     if who.kind == "node":
-        if method != "POST" or node_call is None:
+        if node_call is None:
             raise Refused(403, "node_scope", f"node {who.name} may only call its own /v1/nodes/{who.name}/…")
         if node_call["node"] != who.name:
             raise Refused(403, "wrong_node", f"certificate is for node {who.name}, not {node_call['node']}")
@@ -176,6 +186,7 @@ async def authorize(request: web.Request, who: Identity, auth: Auth) -> None:
         return
     if who.kind == "anonymous":
         raise Refused(401, "no_credentials", "credentials required: a client certificate or a bearer token")
+    node_call = node_call or NODE_EXEC.match(path)
     if node_call is not None:
         raise Refused(403, "not_a_node", f"only node {node_call['node']}'s certificate may call {path}")
     stats = TASK_STATS.match(path) if method == "GET" else None
@@ -184,6 +195,9 @@ async def authorize(request: web.Request, who: Identity, auth: Auth) -> None:
         owner = _job_owner(request, "tasks", stats["id"])
         if owner is not None and owner != who.owner:
             raise Refused(403, "other_owner", f"submitter {who.name} may read stats only of owner {who.owner!r}'s tasks")
+    exec_into = EXEC.match(path)
+    if exec_into is not None:
+        authorize_exec(request, who, exec_into["id"])
         return
     if who.role == "admin" or method == "GET" and not path.startswith("/v1/admin/"):
         return
@@ -205,6 +219,21 @@ async def authorize(request: web.Request, who: Identity, auth: Auth) -> None:
             return
     raise Refused(403, "role", f"role {who.role!r} may not {method} {path} (needs "
                                f"{'admin' if path.startswith('/v1/admin/') else 'operator or admin'})")
+
+
+def authorize_exec(request: web.Request, who: Identity, task_id: str) -> None:
+    """Into a container, never the host: admin, or a submitter whose owner is the task's job's owner
+    (the same grant that lets it submit and kill those jobs). The operator role runs hosts, not
+    containers. An unknown task passes on to the route's 404."""
+    if who.role == "admin":
+        return
+    owner = _job_owner(request, "tasks", task_id)
+    if owner is None:
+        return
+    if who.role == "submitter" and who.owner == owner:
+        return
+    raise Refused(403, "exec_grant", f"{who} may not exec into task {task_id}: that needs role admin, or role "
+                                     f"submitter with owner {owner!r} (the job's owner)")
 
 
 async def check_iam(request: web.Request, auth: Auth) -> None:
@@ -239,7 +268,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if e.reason == "iam_role":
             body["problems"] = [{"field": "container.iamRole", "message": e.message}]
         response = web.json_response({"error": body}, status=e.status)
-    if request.method not in ("GET", "HEAD") and not NODE_CALL.match(request.path):
+    refused_exec = response.status >= 400 and EXEC.match(request.path) is not None  # sessions: exec_api
+    if request.method not in ("GET", "HEAD") and not NODE_CALL.match(request.path) or refused_exec:
         outcome = "ok" if response.status < 400 else "refused"
         auth.store.audit(str(who), request.method, request.path, response.status)
         auth.audited.labels(who.kind if isinstance(who, Identity) else "unidentified", outcome).inc()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import secrets
 import sqlite3
 import time
@@ -59,6 +60,9 @@ class AuthStore:
               path TEXT NOT NULL, status INTEGER NOT NULL);
             """
         )
+        # An event's details (JSON; an exec session's task, command, duration, exit code: docs/exec.md).
+        if "detail" not in {r[1] for r in self.db.execute("PRAGMA table_info(audit)")}:
+            self.db.execute("ALTER TABLE audit ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
         self._revoked = {r[0] for r in self.db.execute("SELECT serial FROM revoked")}
         # serial → node id of every unrevoked node certificate: checked per request, from memory.
         self._current = dict(self.db.execute("SELECT serial, node_id FROM node_certs WHERE revoked = 0").fetchall())
@@ -154,13 +158,22 @@ class AuthStore:
 
     # ---- audit ----------------------------------------------------------------------------------
 
-    def audit(self, who: str, method: str, path: str, status: int, at: float | None = None) -> None:
-        self.db.execute("INSERT INTO audit VALUES (?,?,?,?,?)",
-                        (time.time() if at is None else at, who, method, path, status))
+    def audit(self, who: str, method: str, path: str, status: int, at: float | None = None,
+              detail: dict[str, object] | None = None) -> None:
+        self.db.execute("INSERT INTO audit (at, who, method, path, status, detail) VALUES (?,?,?,?,?,?)",
+                        (time.time() if at is None else at, who, method, path, status,
+                         json.dumps(detail, separators=(",", ":")) if detail else ""))
 
     def audit_log(self, limit: int = 1000) -> list[dict[str, object]]:
-        rows = self.db.execute("SELECT at, who, method, path, status FROM audit ORDER BY rowid DESC LIMIT ?", (limit,))
-        return [dict(zip(("at", "who", "method", "path", "status"), r, strict=True)) for r in rows]
+        rows = self.db.execute("SELECT at, who, method, path, status, detail FROM audit ORDER BY rowid DESC LIMIT ?",
+                               (limit,))
+        events: list[dict[str, object]] = []
+        for r in rows:
+            event: dict[str, object] = dict(zip(("at", "who", "method", "path", "status"), r[:5], strict=True))
+            if r[5]:
+                event["detail"] = json.loads(r[5])
+            events.append(event)
+        return events
 
 
 def auth_db_path(db: Path) -> Path:

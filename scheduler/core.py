@@ -23,6 +23,7 @@ from scheduler.placing import PlacementLoop
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
 from scheduler.draining import Drainer
+from scheduler.exec_relay import ExecRelay
 from scheduler.engine import Engine
 from scheduler.capacity import Groups
 from scheduler.errors import BadMode, BadRequest, Conflict, NotFound
@@ -82,6 +83,7 @@ class Scheduler:
         self._by_idempotency_key: dict[str, str] = {}
         self._deliveries = Deliveries(self.config.redeliver_after)
         self.stats = StatsRelay(self._deliveries.wake)  # `titusctl task stats` (scheduler/taskstats.py)
+        self.execs = ExecRelay(self._deliveries.wake, clock)  # owners' exec sessions (docs/exec.md)
         self._schedule_wanted = asyncio.Event()
         self.capacity = Groups(self.config.capacity_groups)  # admission limits, tiers, fair share
         self.placing = PlacementLoop(self, placer)
@@ -288,6 +290,7 @@ class Scheduler:
             if self._deliveries.due(f"orphan:{ident}", now):
                 (resp.kill_containers if container else resp.kill).append(ident)
                 self._deliveries.sent(f"orphan:{ident}", now)
+        resp.exec_orders = self.execs.orders_for(node_id)
         return resp
 
     async def sync(self, report: NodeReport, wait_seconds: float) -> SyncResponse:
@@ -299,7 +302,7 @@ class Scheduler:
             event.clear()
             resp = self.work_for(report.id)
             remaining = deadline - self.clock()
-            if resp.launch or resp.kill or resp.kill_containers or resp.stats or remaining <= 0:
+            if resp.launch or resp.kill or resp.kill_containers or resp.stats or resp.exec_orders or remaining <= 0:
                 return resp
             try:
                 await asyncio.wait_for(event.wait(), timeout=remaining)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from scheduler.exec_openapi import exec_paths
 from scheduler.pending import PendingReason
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
 from titus_common.provenance import PROVENANCE_KEYS
@@ -287,6 +288,7 @@ def openapi_document() -> dict[str, Any]:
     job["required"] = [*job.get("required", []), "taskCounts", "crashLooping"]
     schemas["Job"] = job
     paths.update(trust_paths())  # docs/trust.md
+    paths.update(exec_paths())  # docs/exec.md
     secure(paths)
     return {
         "openapi": "3.1.0",

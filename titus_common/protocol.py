@@ -202,6 +202,24 @@ class StatsReportRequest(_Msg):
     reports: Annotated[list[StatsReport], Field(max_length=64)]
 
 
+MAX_EXEC_ARGS = 256
+MAX_EXEC_BYTES = 64 * 1024
+
+
+class ExecOrder(_Msg):
+    """An owner's exec session into a task (docs/exec.md): the agent opens the session's websocket
+    (GET /v1/nodes/<id>/exec/<session>) and runs `command` in the task's container, confined as the task."""
+
+    session_id: Annotated[str, Strict(), Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    task_id: _Id
+    command: Annotated[list[Annotated[str, Strict(), Field(max_length=MAX_EXEC_BYTES)]],
+                       Field(min_length=1, max_length=MAX_EXEC_ARGS)]
+    tty: bool = False
+    stdin: bool = False
+    rows: Annotated[Int, Field(ge=0, le=1000)] = 0
+    cols: Annotated[Int, Field(ge=0, le=1000)] = 0
+
+
 class SyncResponse(_Msg):
     launch: Annotated[list[TaskAssignment], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
     kill: Annotated[list[_Id], Field(max_length=MAX_TASKS_PER_NODE)] = Field(default_factory=list)
@@ -217,6 +235,8 @@ class SyncResponse(_Msg):
     send_cached_images: bool = False
     # Usage reads of running tasks to answer now (StatsRequest).
     stats: Annotated[list[StatsRequest], Field(max_length=64)] = Field(default_factory=list)
+    # Exec sessions waiting for this agent to connect (docs/exec.md); redelivered until it does.
+    exec_orders: Annotated[list[ExecOrder], Field(max_length=64)] = Field(default_factory=list)
 
 
 class TaskUpdate(_Msg):

@@ -70,6 +70,7 @@ class Api:
         self.timeout = timeout
         self.http = requests.Session()
         creds = credentials or Credentials()
+        self.credentials = creds
         # Given per request: a session's `verify` loses to REQUESTS_CA_BUNDLE in the environment.
         self.verify: str | bool = str(creds.ca) if creds.ca is not None else True
         if creds.cert is not None and creds.key is not None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from titusctl import admin, trust_admin
 from titusctl.stats import cmd_task_stats
+from titusctl.exec import add_verb as add_exec_verb
 from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError, Credentials
 from titusctl.commands import (
     cmd_describe,
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "processes, from its agent (through the scheduler)")
     ts.add_argument("id")
     ts.set_defaults(fn=cmd_task_stats)
+    add_exec_verb(task)  # docs/exec.md
 
     node = sub.add_parser("node", help="hosts").add_subparsers(dest="verb", required=True)
     node.add_parser("list").set_defaults(fn=cmd_node_list)

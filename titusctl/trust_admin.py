@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from titusctl.client import EXIT_OK, EXIT_USAGE, Api, CliError
@@ -46,7 +47,8 @@ def cmd_node_revoke(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_audit(api: Api, args: argparse.Namespace) -> int:
     doc = api.call("GET", "/v1/admin/audit")
-    lines = [f"{e['at']:.3f} {e['who']} {e['method']} {e['path']} {e['status']}" for e in doc["events"]]
+    lines = [f"{e['at']:.3f} {e['who']} {e['method']} {e['path']} {e['status']}"
+             + (f" {json.dumps(e['detail'], separators=(',', ':'))}" if e.get("detail") else "") for e in doc["events"]]
     emit(args, doc, "\n".join(lines))
     return EXIT_OK
 
@@ -66,4 +68,4 @@ def add_verbs(admin: Any) -> None:
     r = node.add_parser("revoke", help="deny every certificate of a node, at once")
     r.add_argument("node")
     r.set_defaults(fn=cmd_node_revoke)
-    admin.add_parser("audit", help="the audit log of mutating calls").set_defaults(fn=cmd_audit)
+    admin.add_parser("audit", help="the audit log of mutating calls and exec sessions").set_defaults(fn=cmd_audit)

@@ -1,0 +1,134 @@
+"""Issue 19's exec benchmark: the round trip of a trivial command (`true`) through titusctl's client
+path (a new TLS websocket to the scheduler → the scheduler wakes the agent's long poll → the agent
+opens its websocket and runs the engine exec → exit code back) against `docker exec` on the same
+container, interleaved in one run on one real platform (tests/harness.py; scheduler, agent, engine).
+
+Measured per round, in this order: `docker exec CID true` (the CLI, as a person types it), the
+titusctl client path in-process (titusctl.exec.ExecClient, what `titusctl task exec` runs after
+Python has started), and the engine's exec API called in-process (create + start + inspect over
+the unix socket: the floor any exec path pays). `titusctl task exec` as a fresh process (Python
+start-up included) is sampled a few times and reported, not compared.
+
+    flock /tmp/titus-engine.lock python bench/exec.py            # 200 rounds
+    flock /tmp/titus-engine.lock python bench/exec.py --quick    # 30 rounds, under a minute
+
+Last line: `RESULT exec p50_ratio=… p99_ms=… …`; p50_ratio = titus client p50 / `docker exec` p50,
+p99_ms = the titus client path's p99. Goal: p50_ratio ≤ 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.docker_exec import EngineExec
+from tests.harness import Platform, wait_for
+from titusctl.client import Credentials
+from titusctl.exec import ExecClient
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _docker_cli(cid: str) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(["docker", "exec", cid, "true"], capture_output=True)
+    took = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    return took
+
+
+async def _engine_api(engine: EngineExec, cid: str) -> float:
+    t0 = time.perf_counter()
+    exec_id = await engine.create(cid, ["true"], tty=False, stdin=False)
+    stream = await engine.start(exec_id, False)
+    while (await stream.read())[1]:
+        pass
+    stream.close()
+    code = await engine.exit_code(exec_id)
+    took = time.perf_counter() - t0
+    assert code == 0
+    return took
+
+
+async def _rounds(p: Platform, client: ExecClient, task_id: str, cid: str, n: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"docker": [], "titus": [], "api": []}
+    engine = EngineExec(None)
+    loop = asyncio.get_running_loop()
+    async with client.session() as http:
+        assert await client.run(http, task_id, ["true"]) == 0  # warm: first TLS, first exec
+        for _ in range(n):
+            out["docker"].append(await loop.run_in_executor(None, _docker_cli, cid))
+            t0 = time.perf_counter()
+            code = await client.run(http, task_id, ["true"])
+            out["titus"].append(time.perf_counter() - t0)
+            assert code == 0
+            out["api"].append(await _engine_api(engine, cid))
+    await engine.close()
+    return out
+
+
+def _cli(p: Platform, token: str, task_id: str, n: int) -> list[float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TITUS_")}
+    env.update(TITUS_SCHEDULER=p.url, TITUS_CA=str(p.pki / "ca.crt"), TITUS_TOKEN=token, TITUS_PKI=str(p.tmp / "none"))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "titusctl.main", "task", "exec", task_id, "--", "true"],
+                           capture_output=True, env=env)
+        times.append(time.perf_counter() - t0)
+        assert r.returncode == 0, r.stderr
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="30 rounds (under a minute)")
+    ap.add_argument("--rounds", type=int)
+    args = ap.parse_args()
+    n = args.rounds or (30 if args.quick else 200)
+    p = Platform(Path(tempfile.mkdtemp(prefix="bench-exec-")), docker.from_env())
+    try:
+        p.start_scheduler("--log-level", "WARNING")
+        p.start_agent("--log-level", "WARNING")
+        token = p.api("POST", "/v1/admin/tokens", {"kind": "operator", "role": "submitter", "name": "bench",
+                                                   "owner": "tests", "ttlSeconds": 3600}, expect=201)["token"]
+        job = p.submit("sleep 3600", killGraceSeconds=1)
+        (task,) = wait_for(lambda: p.started(job), 60, "task Started")
+        cid = next(c.id for c in p.containers() if c.labels.get("titus.task_id") == task["id"])
+        client = ExecClient(p.url, Credentials(ca=p.pki / "ca.crt", token=token))
+        t0 = time.perf_counter()
+        r = asyncio.run(_rounds(p, client, task["id"], cid, n))
+        cli = _cli(p, token, task["id"], 3 if args.quick else 10)
+        wall = time.perf_counter() - t0
+    finally:
+        p.close()
+    ms = {k: [v * 1000 for v in vs] for k, vs in r.items()}
+    for name, what in (("docker", "docker exec (CLI)"), ("titus", "titusctl client path (scheduler relay + agent)"),
+                       ("api", "engine exec API in-process (floor)")):
+        v = ms[name]
+        print(f"{what:50s} p50 {statistics.median(v):7.1f} ms  p99 {_p(v, 0.99):7.1f} ms  n={len(v)}")
+    cli_ms = [v * 1000 for v in cli]
+    print(f"{'titusctl task exec as a new process (info)':50s} p50 {statistics.median(cli_ms):7.1f} ms  n={len(cli_ms)}")
+    print(f"{n} interleaved rounds in {wall:.1f}s")
+    ratio = statistics.median(ms["titus"]) / statistics.median(ms["docker"])
+    print(f"RESULT exec p50_ratio={ratio:.2f} p99_ms={_p(ms['titus'], 0.99):.1f} "
+          f"titus_p50_ms={statistics.median(ms['titus']):.1f} docker_p50_ms={statistics.median(ms['docker']):.1f} "
+          f"engine_api_p50_ms={statistics.median(ms['api']):.1f} cli_process_p50_ms={statistics.median(cli_ms):.1f}")
+
+
+if __name__ == "__main__":
+    main()
