@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from agent.agent import Agent
 from agent.config import AgentConfig, load_config
@@ -21,6 +22,8 @@ from titus_common.logs import setup_logging
 from titus_common.sdnotify import Notifier
 
 log = logging.getLogger("titus.agent")
+
+BLOCKING_WORKERS = 32
 
 
 def status_line(agent: Agent, now: float | None = None) -> str:
@@ -40,6 +43,12 @@ def status_line(agent: Agent, now: float | None = None) -> str:
 
 
 async def serve(config: AgentConfig, argv: list[str] | None = None, notifier: Notifier | None = None) -> int:
+    # asyncio.to_thread's pool (netlink, namespace preparation, pool and token files, metadata links):
+    # the default, cores + 4, queues a burst of launches behind each other on a small host although
+    # those calls mostly wait on the kernel. Threads are made on demand and reused.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=BLOCKING_WORKERS, thread_name_prefix="blocking")
+    )
     docker = Docker(config.docker_url)
     credentials = None
     if config.scheduler_url.startswith("https://") and config.scheduler_ca_file is not None:
