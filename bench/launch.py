@@ -110,8 +110,14 @@ def burst(p: Platform, engine: docker.DockerClient, n: int, label: str,
     long = ["sleep", "300"]
     with ThreadPoolExecutor(max_workers=n) as pool:
         titus = list(pool.map(lambda _: titus_launch(p, long), range(n)))
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        floor = list(pool.map(lambda _: floor_launch(engine, long, label, floor_hc), range(n)))
+    # A client whose connection pool holds every concurrent call (the SDK's default of 10 overflows
+    # at 50 threads, and urllib3 then fails a put back into a pool it is replacing).
+    wide = docker.from_env(max_pool_size=n)
+    try:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            floor = list(pool.map(lambda _: floor_launch(wide, long, label, floor_hc), range(n)))
+    finally:
+        wide.close()
     return titus, floor
 
 
