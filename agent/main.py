@@ -19,6 +19,7 @@ from agent.host.identity import resolve_aws_host
 from titus_common.daemon import apply_log_level, one_line, refuse_start, reload_on_sighup, serve_http, stop_on_signals
 from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
+from titus_common.memory import limit_arenas
 from titus_common.sdnotify import Notifier
 
 log = logging.getLogger("titus.agent")
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"titus-agent: bad configuration: {one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
     setup_logging("titus-agent", config.log_level)
+    limit_arenas()  # before the thread pools exist (issue 17: footprint at 100+ tasks)
     try:  # aws: this instance's identity (IMDSv2), limits and default groups, checked (blocking)
         config = resolve_aws_host(config)
     except TitusError as e:

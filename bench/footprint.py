@@ -6,7 +6,7 @@
     python bench/footprint.py --running  # agent at 0 / 100 / 250 running tasks, 60 s idle each
     python bench/footprint.py --running --quick   # the same, 20 s idle each
 
-`--running` (issue 17): tiny `sleep` tasks (0.01 CPU, 16 MiB) with networking, metadata, cpuset and
+`--running` (issue 17): tiny `sleep` tasks (0.01 CPU, 16 MiB memory and disk) with networking, metadata, cpuset and
 security on; at each level, once every task is Started, the agent is left idle and its RSS, CPU %
 of one core over the window (sync loop, event watcher, rebalance, GC, health checks), threads, open
 fds and sockets are read from /proc, with the scheduler's RSS. Last line `RESULT footprint
@@ -116,7 +116,7 @@ def running_footprint(quick: bool) -> int:
                 if level > running:
                     t0 = time.monotonic()
                     job = p.submit(["sleep", "3600"], count=level - running, killGraceSeconds=1,
-                                   resources={"cpu": 0.01, "memoryMiB": 16})
+                                   resources={"cpu": 0.01, "memoryMiB": 16, "diskMiB": 16})
                     jobs.append(job)
                     wait_for(lambda j=job, n=level - running: len(p.started(j)) == n, 900, f"{level} tasks Started")
                     print(f"{level - running} more tasks Started in {time.monotonic() - t0:.0f}s", flush=True)
