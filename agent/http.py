@@ -53,6 +53,11 @@ async def tasks(request: web.Request) -> web.Response:
     )
 
 
+async def steps(request: web.Request) -> web.Response:
+    """Launch step durations of the recent launches (agent/step_timings.py)."""
+    return web.json_response({"steps": request.app[AGENT_KEY].pipeline.timings.summary()})
+
+
 async def cpus(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     if agent.cpus is None:
@@ -98,6 +103,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/tasks", tasks)
+    app.router.add_get("/v1/steps", steps)
     app.router.add_get("/v1/cpus", cpus)
     app.router.add_get("/v1/net", net)
     app.router.add_get("/v1/imds", imds)

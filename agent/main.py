@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from agent.agent import Agent
 from agent.config import AgentConfig, load_config
@@ -18,9 +19,12 @@ from agent.host.identity import resolve_aws_host
 from titus_common.daemon import apply_log_level, one_line, refuse_start, reload_on_sighup, serve_http, stop_on_signals
 from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
+from titus_common.memory import limit_arenas
 from titus_common.sdnotify import Notifier
 
 log = logging.getLogger("titus.agent")
+
+BLOCKING_WORKERS = 32
 
 
 def status_line(agent: Agent, now: float | None = None) -> str:
@@ -40,6 +44,12 @@ def status_line(agent: Agent, now: float | None = None) -> str:
 
 
 async def serve(config: AgentConfig, argv: list[str] | None = None, notifier: Notifier | None = None) -> int:
+    # asyncio.to_thread's pool (netlink, namespace preparation, pool and token files, metadata links):
+    # the default, cores + 4, queues a burst of launches behind each other on a small host although
+    # those calls mostly wait on the kernel. Threads are made on demand and reused.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=BLOCKING_WORKERS, thread_name_prefix="blocking")
+    )
     docker = Docker(config.docker_url)
     credentials = None
     if config.scheduler_url.startswith("https://") and config.scheduler_ca_file is not None:
@@ -98,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"titus-agent: bad configuration: {one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
     setup_logging("titus-agent", config.log_level)
+    limit_arenas()  # before the thread pools exist (issue 17: footprint at 100+ tasks)
     try:  # aws: this instance's identity (IMDSv2), limits and default groups, checked (blocking)
         config = resolve_aws_host(config)
     except TitusError as e:

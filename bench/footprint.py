@@ -1,7 +1,17 @@
-"""Footprint: the scheduler's and the agent's RSS before and after a burst of work has ended.
+"""Footprint: the scheduler's and the agent's RSS before and after a burst of work has ended, or
+(`--running`) the agent's footprint while it holds 0, 100 and 250 running tasks.
 
     python bench/footprint.py            # 10,000-task job; agent: 20 tasks with the largest env allowed
     python bench/footprint.py --quick    # the same 10,000-task job; agent: 5 tasks
+    python bench/footprint.py --running  # agent at 0 / 100 / 250 running tasks, 60 s idle each
+    python bench/footprint.py --running --quick   # the same, 20 s idle each
+
+`--running` (issue 17): tiny `sleep` tasks (0.01 CPU, 16 MiB memory and disk) with networking, metadata, cpuset and
+security on; at each level, once every task is Started, the agent is left idle and its RSS, CPU %
+of one core over the window (sync loop, event watcher, rebalance, GC, health checks), threads, open
+fds and sockets are read from /proc, with the scheduler's RSS. Last line `RESULT footprint
+rss_mb_0=… rss_mb_100=… rss_mb_250=… idle_cpu_pct_0=… idle_cpu_pct_100=… idle_cpu_pct_250=…
+threads_250=… fds_250=… sched_rss_mb_250=…`.
 
 Scheduler: a 10,000-task job is submitted and killed (its tasks ask for more CPUs than the host has,
 so none is placed: this measures the control plane, not the engine), then its retention (5 s here)
@@ -75,10 +85,82 @@ def scheduler_job(p: Platform, size: int, pid: int | None = None) -> float:
     return peak
 
 
+def idle_figures(agent_pid: int, sched_pid: int, seconds: float) -> dict[str, float]:
+    """The agent over an idle window: CPU % of one core, then RSS, threads, fds, sockets at its end."""
+    proc = psutil.Process(agent_pid)
+    t0, c0 = time.monotonic(), proc.cpu_times()
+    time.sleep(seconds)
+    t1, c1 = time.monotonic(), proc.cpu_times()
+    cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0) * 100
+    return {"rss_mb": rss_mb(agent_pid), "idle_cpu_pct": cpu, "threads": float(proc.num_threads()),
+            "fds": float(proc.num_fds()), "sockets": float(len(proc.net_connections(kind="all"))),
+            "sched_rss_mb": rss_mb(sched_pid)}
+
+
+def running_footprint(quick: bool) -> int:
+    levels, idle = (0, 100, 250), (20.0 if quick else 60.0)
+    engine = docker.from_env()
+    figures: dict[int, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="titus-footprint-") as tmp:
+        p = Platform(Path(tmp), engine)
+        jobs: list[str] = []
+        try:
+            p.start_scheduler()
+            p.start_agent("--cpus", "4")  # the scheduler's count: 250 x 0.01 CPU fits; cpusets stay real
+            assert p.scheduler is not None and p.agent is not None
+            spid, apid = p.scheduler.p.pid, p.agent.p.pid
+            warm = p.submit(["true"])  # every launch code path once
+            p.wait_job_finished(warm, timeout=60)
+            running = 0
+            for level in levels:
+                if level > running:
+                    t0 = time.monotonic()
+                    job = p.submit(["sleep", "3600"], count=level - running, killGraceSeconds=1,
+                                   resources={"cpu": 0.01, "memoryMiB": 16, "diskMiB": 16})
+                    jobs.append(job)
+                    try:
+                        wait_for(lambda j=job, n=level - running: len(p.started(j)) == n, 300, f"{level} tasks Started")
+                    except AssertionError:
+                        # Today the scheduler places at most 120 tasks per host (scheduler/engine.py
+                        # HostTable max_tasks_per_host): a level above it is never reached.
+                        print(f"only {running + len(p.started(job))} tasks Started: stopping below {level}", flush=True)
+                        break
+                    print(f"{level - running} more tasks Started in {time.monotonic() - t0:.0f}s", flush=True)
+                    running = level
+                figures[level] = idle_figures(apid, spid, idle)
+                f = figures[level]
+                print(f"{level:>4} tasks: agent RSS {f['rss_mb']:.1f} MB, idle CPU {f['idle_cpu_pct']:.2f}% of a core "
+                      f"over {idle:.0f}s, {f['threads']:.0f} threads, {f['fds']:.0f} fds, {f['sockets']:.0f} sockets; "
+                      f"scheduler RSS {f['sched_rss_mb']:.1f} MB", flush=True)
+            for job in jobs:
+                p.api("POST", f"/v1/jobs/{job}/kill", expect=202)
+            for job in jobs:
+                p.wait_job_finished(job, timeout=600)
+        finally:
+            p.close()
+    top = max(figures)
+    if top:
+        per_task = (figures[top]["rss_mb"] - figures[0]["rss_mb"]) / top * 1000
+        print(f"agent RSS per running task: {per_task:.0f} kB (0 → {top})")
+    nan = {"rss_mb": float("nan"), "idle_cpu_pct": float("nan"), "threads": float("nan"), "fds": float("nan"),
+           "sockets": float("nan"), "sched_rss_mb": float("nan")}
+    got = {n: figures.get(n, nan) for n in levels}
+    print(
+        "RESULT footprint " + " ".join(f"rss_mb_{n}={got[n]['rss_mb']:.1f}" for n in levels) + " "
+        + " ".join(f"idle_cpu_pct_{n}={got[n]['idle_cpu_pct']:.2f}" for n in levels)
+        + f" threads_{top}={figures[top]['threads']:.0f} fds_{top}={figures[top]['fds']:.0f}"
+        f" sched_rss_mb_{top}={figures[top]['sched_rss_mb']:.1f}"
+    )
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="5 agent tasks instead of 20")
+    ap.add_argument("--quick", action="store_true", help="5 agent tasks instead of 20 (--running: 20 s idle windows)")
+    ap.add_argument("--running", action="store_true", help="the agent at 0, 100 and 250 running tasks")
     args = ap.parse_args()
+    if args.running:
+        return running_footprint(args.quick)
     agent_tasks = 5 if args.quick else 20
     engine = docker.from_env()
     with tempfile.TemporaryDirectory(prefix="titus-footprint-") as tmp:

@@ -1,18 +1,21 @@
 """Launch latency: submit → Started through titus (scheduler + agent), side by side with the floor —
-`docker run` of the same image and options (limits, seccomp profile, capabilities, masked paths,
-built by titus's own hardening code) through the docker SDK — in the same run.
+`docker create` + `start` of the same image and options (limits, seccomp profile, capabilities,
+masked paths, built by titus's own hardening code, no network) through the docker SDK — in the same run.
 
-    python bench/launch.py            # 30 sequential + a burst of 20, per side
-    python bench/launch.py --quick    # 10 sequential + a burst of 10 (under a minute)
+    python bench/launch.py            # 30 sequential, a burst of 20 and a burst of 50, per side
+    python bench/launch.py --quick    # 10 sequential, a burst of 10 and a burst of 50
 
-Sequential launches alternate titus and floor so machine noise hits both alike. The last line is
-`RESULT launch seq_p50_ratio=… burst_p50_ratio=… seq_p99_ms=… floor_seq_p99_ms=…`.
+Columns: titus with networking (and so metadata) off, to show the network's own cost, sequential
+against its own same-run floor samples; then titus with networking, metadata, cpuset and security on:
+sequential, a burst, and a burst of 50. Sequential launches alternate titus and floor so machine
+noise hits both alike. The agent's step durations (min / median / max, from `/v1/steps`) are printed
+for the networked agent. The last line is `RESULT launch seq_p50_ratio=… burst_p50_ratio=…
+burst50_p50_ratio=… nonet_seq_p50_ratio=… seq_p99_ms=… floor_seq_p99_ms=…`.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -32,7 +35,9 @@ from security.profiles import default_policy, resolve_security  # noqa: E402
 from tests.harness import IMAGE, Platform, wait_for  # noqa: E402
 from titus_common.jobspec import ContainerSpec, Resources  # noqa: E402
 
-CPU, MEMORY_MIB = 0.1, 64
+# Small enough that the bursts' 60 long tasks fit a 2-CPU host's capacity at once.
+CPU, MEMORY_MIB = 0.02, 64
+BURST50 = 50
 
 
 def pct(values: list[float], q: float) -> float:
@@ -44,7 +49,7 @@ def titus_launch(p: Platform, command: list[str]) -> float:
     """Seconds from the submit call to the task's Started timestamp (agent clock, same host)."""
     t0 = time.time()
     job_id = p.submit(command, resources={"cpu": CPU, "memoryMiB": MEMORY_MIB})
-    task = wait_for(lambda: next((t for t in p.tasks(job_id) if "Started" in t["timestamps"]), None), 60,
+    task = wait_for(lambda: next((t for t in p.tasks(job_id) if "Started" in t["timestamps"]), None), 300,
                     "Started")
     return float(task["timestamps"]["Started"]) - t0
 
@@ -84,15 +89,41 @@ def phase_breakdown(p: Platform, job_ids: list[str]) -> dict[str, float]:
     return {k: statistics.median(v) * 1000 for k, v in gaps.items() if v}
 
 
-def step_means(metrics: str) -> dict[str, float]:
-    sums = dict(re.findall(r'titus_agent_step_seconds_sum\{phase="setup",step="(\w+)"\} ([0-9.e+-]+)', metrics))
-    counts = dict(re.findall(r'titus_agent_step_seconds_count\{phase="setup",step="(\w+)"\} ([0-9.e+-]+)', metrics))
-    return {k: float(sums[k]) / float(counts[k]) * 1000 for k in sums if float(counts.get(k, 0))}
+def step_table(p: Platform) -> list[dict[str, Any]]:
+    """The agent's recent step durations (agent/step_timings.py), setup phase."""
+    rows = p.http.get(f"http://127.0.0.1:{p.agent_port}/v1/steps", timeout=5).json()["steps"]
+    return [r for r in rows if r["phase"] == "setup"]
+
+
+def sequential(p: Platform, engine: docker.DockerClient, n: int, label: str,
+               floor_hc: dict[str, Any]) -> tuple[list[float], list[float]]:
+    titus, floor = [], []
+    for _ in range(n):
+        titus.append(titus_launch(p, ["true"]))
+        floor.append(floor_launch(engine, ["true"], label, floor_hc))
+    return titus, floor
+
+
+def burst(p: Platform, engine: docker.DockerClient, n: int, label: str,
+          floor_hc: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """All launches at once; the containers stay up until the run ends."""
+    long = ["sleep", "300"]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        titus = list(pool.map(lambda _: titus_launch(p, long), range(n)))
+    # A client whose connection pool holds every concurrent call (the SDK's default of 10 overflows
+    # at 50 threads, and urllib3 then fails a put back into a pool it is replacing).
+    wide = docker.from_env(max_pool_size=n)
+    try:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            floor = list(pool.map(lambda _: floor_launch(wide, long, label, floor_hc), range(n)))
+    finally:
+        wide.close()
+    return titus, floor
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="10 sequential + burst of 10; ends within a minute")
+    ap.add_argument("--quick", action="store_true", help="10 sequential, burst of 10, burst of 50")
     ap.add_argument("--seq", type=int, default=30)
     ap.add_argument("--burst", type=int, default=20)
     args = ap.parse_args()
@@ -103,24 +134,22 @@ def main() -> None:
         p = Platform(Path(tmp), engine)
         try:
             p.start_scheduler()
-            p.start_agent()
             floor_hc = floor_host_config(engine)
-            short = ["true"]
-            titus_launch(p, short)  # warm-up: image present, code paths hot
-            floor_launch(engine, short, label, floor_hc)
-            seq_t, seq_f = [], []
-            for _ in range(seq_n):
-                seq_t.append(titus_launch(p, short))
-                seq_f.append(floor_launch(engine, short, label, floor_hc))
+            # Networking off first (its tasks end at once), then the same node with everything on.
+            p.start_agent("--no-network")
+            titus_launch(p, ["true"])  # warm-up: image present, code paths hot
+            floor_launch(engine, ["true"], label, floor_hc)
+            nonet_t, nonet_f = sequential(p, engine, seq_n, label, floor_hc)
+            assert p.agent is not None
+            p.agent.stop()
+            p.start_agent()
+            titus_launch(p, ["true"])
+            seq_t, seq_f = sequential(p, engine, seq_n, label, floor_hc)
             seq_jobs = [j["id"] for j in p.api("GET", "/v1/jobs")["jobs"]]
-            # The burst: all launches at once; containers stay up until measured.
-            long = ["sleep", "120"]
-            with ThreadPoolExecutor(max_workers=burst_n) as pool:
-                burst_t = list(pool.map(lambda _: titus_launch(p, long), range(burst_n)))
-            with ThreadPoolExecutor(max_workers=burst_n) as pool:
-                burst_f = list(pool.map(lambda _: floor_launch(engine, long, label, floor_hc), range(burst_n)))
+            burst_t, burst_f = burst(p, engine, burst_n, label, floor_hc)
+            burst50_t, burst50_f = burst(p, engine, BURST50, label, floor_hc)
             breakdown = phase_breakdown(p, seq_jobs)
-            steps = step_means(p.agent_metrics())
+            steps = step_table(p)
         finally:
             p.close()
             for c in engine.containers.list(all=True, filters={"label": f"titus.bench={label}"}):
@@ -130,16 +159,21 @@ def main() -> None:
         return (name, pct(t, 50) * 1000, pct(t, 99) * 1000, pct(f, 50) * 1000, pct(f, 99) * 1000,
                 pct(t, 50) / pct(f, 50))
 
-    rows = [row(f"sequential x{seq_n}", seq_t, seq_f), row(f"burst x{burst_n}", burst_t, burst_f)]
-    print(f"{'launches':<16} {'titus p50':>10} {'titus p99':>10} {'floor p50':>10} {'floor p99':>10} {'p50 ratio':>10}")
+    rows = [row(f"no-net seq x{seq_n}", nonet_t, nonet_f), row(f"sequential x{seq_n}", seq_t, seq_f),
+            row(f"burst x{burst_n}", burst_t, burst_f), row(f"burst x{BURST50}", burst50_t, burst50_f)]
+    print(f"{'launches':<18} {'titus p50':>10} {'titus p99':>10} {'floor p50':>10} {'floor p99':>10} {'p50 ratio':>10}")
     for name, tp50, tp99, fp50, fp99, ratio in rows:
-        print(f"{name:<16} {tp50:>8.0f}ms {tp99:>8.0f}ms {fp50:>8.0f}ms {fp99:>8.0f}ms {ratio:>9.2f}x")
+        print(f"{name:<18} {tp50:>8.0f}ms {tp99:>8.0f}ms {fp50:>8.0f}ms {fp99:>8.0f}ms {ratio:>9.2f}x")
     print("where titus spends a sequential launch (median ms): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items())
-          + " | agent steps (mean ms): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+          + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
+    print(f"agent setup steps, last {max((r['count'] for r in steps), default=0)} launches (ms):")
+    print(f"  {'step':<10} {'min':>8} {'median':>8} {'mean':>8} {'max':>8}")
+    for r in steps:
+        print(f"  {r['step']:<10} {r['minMs']:>8.1f} {r['medianMs']:>8.1f} {r['meanMs']:>8.1f} {r['maxMs']:>8.1f}")
+    nonet, seq, b, b50 = rows
     print(
-        f"RESULT launch seq_p50_ratio={rows[0][5]:.2f} burst_p50_ratio={rows[1][5]:.2f} "
-        f"seq_p99_ms={rows[0][2]:.0f} floor_seq_p99_ms={rows[0][4]:.0f}"
+        f"RESULT launch seq_p50_ratio={seq[5]:.2f} burst_p50_ratio={b[5]:.2f} burst50_p50_ratio={b50[5]:.2f} "
+        f"nonet_seq_p50_ratio={nonet[5]:.2f} seq_p99_ms={seq[2]:.0f} floor_seq_p99_ms={seq[4]:.0f}"
     )
 
 

@@ -76,6 +76,8 @@ class NetworkPool:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()  # replaced on every notify: waiters hold the old one
         self._save_lock = asyncio.Lock()
+        self._changes = 0  # bumped by every save() call; _saved: the last count a written file covers
+        self._saved = 0
         self._refiller: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -124,11 +126,21 @@ class NetworkPool:
             await asyncio.wait({task})
 
     async def save(self) -> None:
+        """Make the pool's state as of this call durable. Group commit: callers change the pool on the
+        loop and then call this, so a snapshot taken after their call covers their change; callers
+        that queued behind a write whose snapshot was taken after them return without a write of
+        their own (a burst of 50 acquires costs a few writes, not 50 in a row)."""
         if self.checkpoint_path is None:
             return
-        doc = self.pool.to_json()  # taken now, on the loop: the file never mixes two moments
+        self._changes += 1
+        mine = self._changes
         async with self._save_lock:
+            if self._saved >= mine:
+                return  # written by a save whose snapshot was taken after our change
+            covered = self._changes
+            doc = self.pool.to_json()  # taken now, on the loop: the file never mixes two moments
             await asyncio.to_thread(atomic_write_json, self.checkpoint_path, doc)
+            self._saved = covered
 
     # ---- what launches call ----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import ctypes.util
 import gc
 import logging
 
-__all__ = ["give_back"]
+__all__ = ["give_back", "limit_arenas"]
 
 log = logging.getLogger("titus.memory")
 
@@ -28,6 +28,24 @@ def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 
 _TRIM = _malloc_trim()
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_arenas(count: int = 2) -> bool:
+    """Cap glibc's malloc arenas (default 8 per core): a daemon whose thread pools grow in a burst
+    otherwise keeps one arena per busy thread, each holding freed pages at its own high-water mark
+    (the usual MALLOC_ARENA_MAX=2 of Python services). Call before the threads start. False on a
+    libc without mallopt (musl)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, count))
 
 
 def give_back() -> None:

@@ -76,6 +76,7 @@ class ImdsStep:
             raise StepError(f"no metadata link: {e.message}") from None
         ctx.save()
         identity = await self._identity(ctx, address)
+        mine["role_arn"] = identity.role_arn  # for the record's readers: written with the token file
         if identity.role_arn is not None:
             token_file = await asyncio.to_thread(self.host.write_token_file, ctx.task_id)
             mine["token_file"] = str(token_file)
@@ -84,9 +85,9 @@ class ImdsStep:
             ctx.environment["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = TOKEN_PATH_IN_TASK
         ctx.environment.setdefault("AWS_REGION", self.host.region)
         ctx.environment.setdefault("AWS_DEFAULT_REGION", self.host.region)
+        # No write after serving: nothing acquired since the last one (the listeners live in this
+        # process, readopt re-opens them); without a role, the next step's write carries role_arn.
         await self._serve(ctx, identity)
-        mine["role_arn"] = identity.role_arn
-        ctx.save()
 
     async def readopt(self, ctx: LaunchContext) -> None:
         mine = ctx.record.resources.get(self.name) or {}

@@ -43,8 +43,9 @@ class NetworkStep:
             raise StepError(
                 f"no network: {e.message}", FinishReason.CRASHED if e.platform_fault else FinishReason.FAILED
             ) from None
+        # Derived from what the wiring just wrote (lease, namespace path): not written on its own. A
+        # restart before the next step's write re-runs this step, which derives it again.
         ctx.record.outputs.network = NetworkOutput(address=str(mine["lease"]["address"]), netns_path=netns_path)
-        ctx.save()
         # The container keeps network_mode none (the engine makes it a namespace of its own); the
         # runtime swaps that for the prepared one, found through TITUS_NETNS (set by the container step).
         ctx.host_config_options["runtime"] = RUNTIME

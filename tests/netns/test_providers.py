@@ -262,3 +262,34 @@ async def test_aws_subnet_exhausted(moto_endpoint: str) -> None:
     assert all(4 <= int(a.rsplit(".", 1)[1]) <= 14 for a in got)
     with pytest.raises(SubnetExhausted):
         await p.assign_ips(eni.eni_id, 5)
+
+
+async def test_pool_saves_of_a_burst_are_group_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 acquires at once: each returns only once a write covering its lease is on disk, and they
+    share writes instead of queueing 30 in a row (netns/pool.py `save`)."""
+    import netns.pool as pool_module
+
+    writes: list[int] = []
+    real = pool_module.atomic_write_json
+
+    def counting(path: Path, doc: Any) -> None:
+        real(path, doc)
+        writes.append(len(json.dumps(doc)))
+
+    monkeypatch.setattr(pool_module, "atomic_write_json", counting)
+    provider = LocalProvider("a", LocalVpc("10.9.0.0/20"), "m5.8xlarge")
+    path = tmp_path / "ipam.json"
+    pool = NetworkPool(provider, pool_config(provider, default_security_groups=("sg-default",)), path,
+                       error_backoff_s=0.01)
+    await pool.start()
+    writes.clear()
+
+    async def acquire_and_check(i: int) -> str:
+        lease = await pool.acquire(f"t{i}", [])
+        assert lease.address in path.read_text()  # durable before acquire returned
+        return lease.address
+
+    addresses = await asyncio.gather(*(acquire_and_check(i) for i in range(30)))
+    assert len(set(addresses)) == 30
+    assert 1 <= len(writes) < 30, writes
+    await pool.close()

@@ -85,7 +85,8 @@ async def test_present_image_is_not_pulled(sleeps: RecordedSleeps) -> None:
     await ImageStep().setup(c.ctx)
     assert docker.calls == [("inspect_image", REF)]
     assert c.ctx.record.resources["image"] == {"image_id": IMAGE_ID}
-    assert c.saves >= 1 and sleeps.delays == []
+    # Nothing acquired, so no checkpoint write of its own: the next step's write carries the record.
+    assert c.saves == 0 and sleeps.delays == []
 
 
 async def test_absent_image_is_pulled_then_recorded(sleeps: RecordedSleeps) -> None:
@@ -94,7 +95,27 @@ async def test_absent_image_is_pulled_then_recorded(sleeps: RecordedSleeps) -> N
     await ImageStep().setup(c.ctx)
     assert docker.calls == [("inspect_image", REF), ("pull", REF), ("inspect_image", REF)]
     assert c.ctx.record.resources["image"] == {"image_id": IMAGE_ID}
-    assert c.saves >= 1 and sleeps.delays == []
+    assert c.saves == 0 and sleeps.delays == []
+
+
+async def test_an_image_found_present_is_not_asked_about_again_within_the_ttl(sleeps: RecordedSleeps) -> None:
+    docker = FakeDocker(present=True)
+    now = [100.0]
+    step = ImageStep(present_ttl=30.0, clock=lambda: now[0])
+    await step.setup(Ctx(docker).ctx)
+    now[0] += 29.0
+    second = Ctx(docker)
+    await step.setup(second.ctx)
+    assert docker.calls == [("inspect_image", REF)]  # the second launch made no engine call
+    assert second.ctx.record.resources["image"] == {"image_id": IMAGE_ID}
+    now[0] += 2.0  # past the TTL: asked again
+    await step.setup(Ctx(docker).ctx)
+    assert docker.calls == [("inspect_image", REF)] * 2
+    # always_pull never trusts the memory.
+    pulling = ImageStep(always_pull=True, clock=lambda: now[0])
+    await pulling.setup(Ctx(docker).ctx)
+    await pulling.setup(Ctx(docker).ctx)
+    assert docker.calls.count(("pull", REF)) == 2
 
 
 async def test_always_pull_pulls_a_present_image(sleeps: RecordedSleeps) -> None:

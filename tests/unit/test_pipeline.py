@@ -181,3 +181,48 @@ def test_step_names_must_be_distinct() -> None:
     with pytest.raises(ValueError, match="distinct names"):
         Pipeline([FakeStep("a", journal), FakeStep("b", journal), FakeStep("a", journal)], AgentMetrics())
     Pipeline([], AgentMetrics())  # an empty pipeline is fine
+
+
+async def test_recent_step_durations_are_summarised_per_step_and_phase() -> None:
+    journal: list[tuple[str, str]] = []
+    pipeline = Pipeline([FakeStep("a", journal), FakeStep("b", journal)], AgentMetrics())
+    for _ in range(3):
+        ctx = context()
+        await pipeline.setup(ctx)
+        await pipeline.teardown(ctx)
+    rows = {(r["step"], r["phase"]): r for r in pipeline.timings.summary()}
+    assert set(rows) == {("a", "setup"), ("b", "setup"), ("a", "teardown"), ("b", "teardown")}
+    for r in rows.values():
+        assert r["count"] == 3
+        assert 0 <= float(r["minMs"]) <= float(r["medianMs"]) <= float(r["maxMs"])
+
+
+def test_step_timings_keep_only_the_recent_launches() -> None:
+    from agent.step_timings import StepTimings
+
+    timings = StepTimings(recent=4)
+    for ms in (100, 1, 2, 3, 4):
+        timings.record("image", "setup", ms / 1000)
+    (row,) = timings.summary()
+    assert row["count"] == 4 and row["maxMs"] == 4.0 and row["minMs"] == 1.0
+
+
+async def test_the_test_hook_parks_a_launch_before_the_named_step(monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from agent.pipeline import STALL_ENV, STALL_MARKER
+
+    monkeypatch.setenv(STALL_ENV, "b")
+    journal: list[tuple[str, str]] = []
+    pipeline = Pipeline([FakeStep("a", journal), FakeStep("b", journal)], AgentMetrics())
+    caplog.set_level("WARNING", logger="titus.agent.pipeline")
+    launch = asyncio.create_task(pipeline.setup(context()))
+    while f"{STALL_MARKER} b" not in caplog.text:
+        await asyncio.sleep(0)
+    assert journal == [("setup", "a")] and not launch.done()
+    launch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await launch
+    monkeypatch.delenv(STALL_ENV)
+    assert Pipeline([FakeStep("a", journal)], AgentMetrics()).stall_before is None
