@@ -90,15 +90,7 @@ class CA:
     def sign_csr(self, csr_pem: bytes, ttl: float) -> tuple[str, Signed]:
         """A node CSR → (its CN, the client certificate). Refuses a CSR that is not self-signed
         by its key, not ECDSA P-256, or not in the nodes' organisation."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as e:
-            raise ValueError(f"not a PEM certificate request: {e}") from None
-        if not csr.is_signature_valid:
-            raise ValueError("the request's signature does not verify")
-        key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise ValueError("the request's key must be ECDSA P-256")
+        csr, key = load_p256_csr(csr_pem)
         cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         orgs = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
         if len(cns) != 1 or orgs != [NODE_ORG]:
@@ -158,3 +150,18 @@ def server_context(pki: Path) -> ssl.SSLContext:
         raise ConfigError(f"TLS files in {pki}: {e}") from None
     ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
+
+
+def load_p256_csr(csr_pem: bytes) -> tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey]:
+    """A certificate request and its key, checked: PEM, self-signed by its key, and that key ECDSA P-256 (node
+    and task requests alike); ValueError naming what is wrong."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as e:
+        raise ValueError(f"not a PEM certificate request: {e}") from None
+    if not csr.is_signature_valid:
+        raise ValueError("the request's signature does not verify")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ValueError("the request's key must be ECDSA P-256")
+    return csr, key

@@ -16,13 +16,12 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry, Counter
 
 from scheduler.core import Scheduler
 from scheduler.records import JobRecord, TaskRecord
-from scheduler.tls import CA
+from scheduler.tls import CA, load_p256_csr
 from titus_common.pki import CLOCK_SKEW
 from titus_common.states import TaskState
 from titus_common.workload import WORKLOAD_ORG, IdentityRefused, spiffe_id
@@ -65,15 +64,7 @@ class WorkloadIssuer:
     def sign(self, csr_pem: bytes, task_id: str, identity: str, now: dt.datetime | None = None) -> x509.Certificate:
         """The task's certificate for `identity`. IdentityRefused for a CSR naming anything else
         (another CN, or any SAN at all); ValueError for a CSR that is not a valid P-256 request."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as e:
-            raise ValueError(f"not a PEM certificate request: {e}") from None
-        if not csr.is_signature_valid:
-            raise ValueError("the request's signature does not verify")
-        key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise ValueError("the request's key must be ECDSA P-256")
+        csr, key = load_p256_csr(csr_pem)
         cns = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         orgs = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
         if cns != [task_id] or orgs != [WORKLOAD_ORG]:
