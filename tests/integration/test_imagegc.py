@@ -18,7 +18,8 @@ from agent.config import AgentConfig
 from agent.docker_api import LABEL_AGENT, LABEL_TASK, Docker
 from agent.host.imagegc import ImageGcResource
 from agent.metrics import AgentMetrics
-from titus_common.protocol import ContainerSpec, Resources, TaskAssignment
+from titus_common.jobspec import ContainerSpec, Resources
+from titus_common.protocol import TaskAssignment
 from titus_common.states import TaskState
 
 pytestmark = pytest.mark.integration
