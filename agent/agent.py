@@ -323,7 +323,7 @@ class Agent:
             cached_images=images,
             id=self.config.node_id,
             capacity=self.capacity,
-            labels=self.config.labels,
+            labels=self._labels(),
             agent_version=__version__,
             running=[tid for tid, r in self.runners.items() if not r.record.state.terminal],
             # The protocol bounds the list; an operator sees the first MAX_TASKS_PER_NODE of them.
@@ -332,6 +332,14 @@ class Agent:
             health=self.health.conditions() if self.health is not None else None,
             remediation_results=self.remediator.results(),
         )
+
+    def _labels(self) -> dict[str, str]:
+        """The configured labels, plus `instanceId` on EC2: the scheduler retires a host remediation
+        gave up on by terminating that instance (scheduler/retire.py)."""
+        c = self.config
+        if c.network_provider == "aws" and c.aws_instance_id and "instanceId" not in c.labels:
+            return {**c.labels, "instanceId": c.aws_instance_id}
+        return c.labels
 
     async def _sync_loop(self) -> None:
         backoff = Backoff(0.2, 10.0)

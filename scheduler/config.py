@@ -105,6 +105,11 @@ class SchedulerConfig(BaseModel):
     # A drain lets batch tasks finish for this long, then evicts them (`titusctl node drain
     # --batch-deadline` overrides it per drain; scheduler/drain.py).
     drain_batch_deadline: Annotated[float, Field(ge=0)] = 3600.0
+    # A host remediation drained, once empty, is retired (scheduler/retire.py): `local` marks it
+    # retired, `aws` terminates its instance (EC2 at the region/endpoint below), `none` leaves it.
+    retire_provider: Literal["none", "local", "aws"] = "local"
+    retire_aws_region: Annotated[str, Field(min_length=1, max_length=64)] = "us-east-1"
+    retire_aws_endpoint_url: Annotated[str, Field(max_length=1024)] = ""
     # Placement (docs/scheduling.md): the mode at start (switch live with `titusctl admin
     # scheduling-mode`), the tie-break seed, and one job's per-host cap when it sets none.
     scheduling_mode: Literal["spread", "pack"] = "spread"

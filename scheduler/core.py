@@ -23,6 +23,7 @@ from scheduler.placing import PlacementLoop
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries, assignment
 from scheduler.draining import Drainer
+from scheduler.retire import Retirer, make_ec2
 from scheduler.exec_relay import ExecRelay
 from scheduler.engine import Engine
 from scheduler.capacity import Groups
@@ -94,6 +95,9 @@ class Scheduler:
         # Every kill or declared-lost the control plane decides on its own asks it (docs/reconcile.md).
         self.reconciler = Reconciler(self.config, clock(), audit or AuditLog(), metrics.registry)
         self.quality = QualityTracker(self.config)  # hosts whose launches crash more than peers'
+        self.remediation_frozen = False  # the last remediation plan's fleet-wide freeze
+        self.retirer = Retirer(self, self.config.retire_provider, lambda: make_ec2(
+            self.config.retire_aws_region, self.config.retire_aws_endpoint_url))
         self.draining = Drainer(self)  # `titusctl node drain`: moves tasks off under budgets (drain.py)
         snap = store.load()
         integrity.check(snap, getattr(store, "path", "the store"))  # refuses a self-contradicting store
@@ -496,6 +500,7 @@ class Scheduler:
             if verdict.status_changed:
                 changed_nodes.append(verdict.node)
         plan = remediation.plan(self.nodes.values(), self.config, now)
+        self.remediation_frozen = plan.frozen
         self.metrics.note_remediation_plan(plan)
         changed_nodes.extend(n for n in plan.changed if n not in changed_nodes)
         for node_id in plan.ordered:
@@ -559,6 +564,7 @@ class Scheduler:
             now, t = self.clock(), tick()
             if t >= next_node_check:
                 self.check_nodes()
+                await self.retirer.run_pass()  # hosts remediation drained, once empty
                 next_node_check = t + 1.0
             if self.retention.due(now):
                 self.retention.evict(self, now)

@@ -110,6 +110,10 @@ class SchedulerMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.retirements = Counter(
+            "titus_scheduler_host_retirements", "Hosts retired after remediation's drain, by outcome",
+            ["outcome"], registry=self.registry,
+        )
         self.rejected_updates = Counter(
             "titus_scheduler_rejected_updates",
             "Task updates refused, not applied: for a task unknown or placed on another node",

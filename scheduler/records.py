@@ -118,6 +118,10 @@ class DrainState(_Record):
     finished_at: float | None = None  # no task left on the host
     moved: int = 0  # service tasks replaced elsewhere, then killed here
     evicted: int = 0  # batch tasks killed at the deadline
+    # Remediation's drains end in retirement (scheduler/retire.py): when, or the last failure.
+    retired_at: float | None = None
+    retire_error: str = ""
+    retire_error_at: float | None = None
 
 
 class NodeRecord(_Record):
