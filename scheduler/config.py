@@ -115,6 +115,8 @@ class SchedulerConfig(BaseModel):
     scheduling_mode: Literal["spread", "pack"] = "spread"
     placement_seed: Annotated[int, Field(ge=0)] = 0
     job_cap_per_host: Annotated[int, Field(ge=1, le=1000)] = 8
+    # At most this many tasks on one host (the engine's host task limit; its CPUs and IPs bind too).
+    host_task_limit: Annotated[int, Field(ge=1, le=4096)] = 120
     # Image provenance (docs/provenance.md): a registry lookup's timeout (at submit and in the tag
     # check); how often each running job's tag is checked for having moved (0: never), at most this
     # many lookups per pass.

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import sqlite3
 import sys
+import typing
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
@@ -98,9 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task identity certificates' lifetime (default 3600)")
     for key in SCHEDULER_KEYS:
         field = SchedulerConfig.model_fields[key]
-        kind: type = {int: int, "int": int, str: str, "str": str}.get(field.annotation, float)
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind,
-                       help=f"{_HELP.get(key, key)} (default {field.default})")
+        flag, ann, what = f"--{key.replace('_', '-')}", field.annotation, _HELP.get(key, key)
+        if typing.get_origin(ann) in (list, dict):
+            continue  # tables (capacity_groups): in the TOML file only
+        if typing.get_origin(ann) is typing.Literal:
+            p.add_argument(flag, dest=key, choices=typing.get_args(ann), help=f"{what} (default {field.default})")
+        elif ann is bool:
+            p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{what} (default {field.default})")
+        else:
+            kind: type = {int: int, str: str}.get(ann, float)  # type: ignore[arg-type]
+            p.add_argument(flag, dest=key, type=kind, help=f"{what} (default {field.default})")
     return p
 
 

@@ -27,6 +27,7 @@ def build_table(
     facts: HostFactsTable,
     seed: int,
     unhealthy: Callable[[NodeRecord], bool] | None = None,
+    max_tasks_per_host: int = 120,
 ) -> tuple[HostTable, list[NodeRecord]]:
     """Ready hosts as the engine's table. Taints are per-job masks (`plan`), not `bad`; a host with
     a degraded check gets the fitness penalty."""
@@ -52,7 +53,7 @@ def build_table(
         if h.free_ips is not None:
             h.free_ips = max(0, h.free_ips)
         hosts.append(h)
-    return HostTable(hosts, seed), ready
+    return HostTable(hosts, seed, max_tasks_per_host), ready
 
 
 def _posture_masks(

@@ -114,7 +114,8 @@ class PlacementLoop:
         # A host with a taint (a failed health check, a cordon) the job does not tolerate takes none
         # of its tasks (per-job masks in passes.plan); a degraded host is penalised (fitness).
         s = self._s
-        table, ready = passes.build_table(s.nodes.values(), s.node_tasks, s.jobs, s.facts, engine.seed)
+        table, ready = passes.build_table(s.nodes.values(), s.node_tasks, s.jobs, s.facts, engine.seed,
+                                          max_tasks_per_host=s.config.host_task_limit)
         placed: list[TaskRecord] = []
         waiting: list[TaskRecord] = []
         on_pass = None

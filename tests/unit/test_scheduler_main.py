@@ -166,3 +166,18 @@ def test_trust_commands(tmp_path: Path) -> None:
     assert made.returncode == 0 and "." in made.stdout.strip()
     both = start("token", "create", "--db", str(tmp_path / "s.db"), "--nodes", "i-*", "--role", "admin")
     assert both.returncode == 2 and "either --nodes" in both.stderr
+
+
+def test_choice_and_switch_flags_of_the_tunables() -> None:
+    """Literal tunables take their choices, booleans --x/--no-x (they used to parse as floats)."""
+    import pytest
+
+    from scheduler.main import load_config
+    from titus_common.errors import ConfigError
+
+    c = load_config(["--insecure", "--scheduling-mode", "pack", "--retire-provider", "aws",
+                     "--no-remediation-enabled", "--host-task-limit", "300"])
+    assert (c.scheduler.scheduling_mode, c.scheduler.retire_provider) == ("pack", "aws")
+    assert c.scheduler.remediation_enabled is False and c.scheduler.host_task_limit == 300
+    with pytest.raises(ConfigError, match="invalid choice"):
+        load_config(["--insecure", "--scheduling-mode", "binpack"])
