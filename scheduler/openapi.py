@@ -127,7 +127,9 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "201": _reply("Created", _ref("Job")),
                     "200": _reply("Already submitted with this idempotency key", _ref("Job")),
-                    "409": _reply("Idempotency key reused with another spec", _ref("Error")),
+                    "409": _reply("Idempotency key reused with another spec, or the job's capacity group "
+                                  "would go over its limit", _ref("Error")),
+                    "413": _reply("The body is larger than 4 MiB (text/plain from the HTTP layer)"),
                     **_ERRORS,
                 },
             },
@@ -263,6 +265,8 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object", "required": ["mode"], "additionalProperties": False,
                     "properties": {"mode": {"type": "string", "enum": ["spread", "pack", "auto"]}}}}}},
                 "responses": {"200": _reply("The new mode", {"type": "object", "properties": {"mode": {"type": "string"}}}),
+                              "409": _reply("`auto` while the automatic switch is off, or a placer without modes",
+                                            _ref("Error")),
                               **_ERRORS},
             },
         },

@@ -55,7 +55,8 @@ def scheduler(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
 def test_fuzzer_finds_no_server_error_and_no_schema_mismatch(scheduler: tuple[str, Path, str]) -> None:
     url, pki, token = scheduler
     proc = subprocess.run(
-        [SCHEMATHESIS, "run", f"{url}/openapi.json", "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+        [SCHEMATHESIS, "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+         "run", f"{url}/openapi.json", "--checks", "all", "--exclude-checks", "positive_data_acceptance",
          "--tls-verify", str(pki / "ca.crt"), "-H", f"Authorization: Bearer {token}", "--max-examples", "25",
          "--seed", "1", "--no-color"],
         capture_output=True, text=True, timeout=600,
