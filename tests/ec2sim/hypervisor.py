@@ -36,6 +36,7 @@ class Hypervisor:
         self.paused = False  # True: attachments are seen but never plugged (a link that never comes)
         self.plugged: dict[str, str] = {}  # eni id -> host link name
         self.errors: list[str] = []
+        self.seen: list[str] = []  # every ENI id ever seen attached, in order
         self._seen: dict[str, float] = {}
         self.vpc_routing = vpc_routing  # also play the VPC's routing in the fabric namespace
         self._routed: dict[str, set[str]] = {}
@@ -71,6 +72,8 @@ class Hypervisor:
                     and e["Attachment"].get("Status", "attached") == "attached"}
         now = time.monotonic()
         for eni_id, mac in attached.items():
+            if eni_id not in self._seen and eni_id not in self.seen:
+                self.seen.append(eni_id)
             self._seen.setdefault(eni_id, now)
             if eni_id not in self.plugged and not self.paused and now - self._seen[eni_id] >= self.delay_s:
                 name = self.link_name(eni_id)

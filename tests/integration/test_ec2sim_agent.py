@@ -33,7 +33,7 @@ import pytest
 import requests
 
 from netns.wiring import ENI_TABLE_BASE, RT_PROTO_TITUS, host_ifname
-from tests.ec2sim.hypervisor import Hypervisor
+from tests.ec2sim.hypervisor import Hypervisor, NetUtils
 from tests.ec2sim.imds import FakeImds
 from tests.harness import Platform, wait_for
 from tests.moto_server import moto_server
@@ -129,7 +129,7 @@ def sim(tmp_path: Path, engine: docker.DockerClient) -> Iterator[Sim]:
             ec2 = make_world(endpoint, subnet_cidr=SUBNET)
             make_namespaces(fab, inet)
             unmanaged = tmp_path / "networkd"
-            with FakeImds(ec2.client, ec2.instance_id) as imds, \
+            with FakeImds(ec2.client, ec2.instance_id, role="titus-agent-host") as imds, \
                     Hypervisor(ec2.client, ec2.instance_id, None, fab, delay_s=1.0, vpc_routing=True) as hv:
                 p = Platform(tmp_path, engine)
                 p.agent_env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -234,6 +234,23 @@ def test_agent_on_a_simulated_ec2_host(sim: Sim) -> None:
     assert wait_for(lambda: egress_source(sim, box), 20, "egress after the restart") == address
     assert link_facts(link) == {"up": True, "mtu": 9001}
 
+    # ec2-net-utils' damage on the re-adopted ENI: the task's address as a host alias on the ENI's
+    # link, then the ENI table flushed. The agent (its netlink watch or its reconcile) undoes both.
+    net_utils = NetUtils(None)
+    net_utils.add_aliases(link, [address])
+    wait_for(lambda: address not in run("ip", "-4", "addr", "show", "dev", link), 20, "the alias removed")
+    net_utils.flush_table(table)
+    try:
+        wait_for(lambda: f"default via 10.20.0.1 dev {link}" in run("ip", "-4", "route", "show", "table", str(table)),
+                 20, "the ENI table restored")
+    except AssertionError as e:
+        net = agent_net(p)
+        raise AssertionError(f"{e}; agent: eni_watch={net.get('eni_watch')} eni_drift={net.get('eni_drift')} "
+                             f"enis={[(x['eni_id'], x['device_index']) for x in net['enis']]}") from None
+    log = p.agent.log.read_text()
+    assert f"ENI {eni['NetworkInterfaceId']} had drifted (restored)" in log
+    assert wait_for(lambda: egress_source(sim, box), 20, "egress after the repairs") == address
+
     # Kill the task: no task link, rule or main-table route left (the ENI stays, warm).
     p.api("POST", f"/v1/jobs/{job}/kill", expect=202)
     p.wait_job_finished(job, timeout=60)
@@ -241,3 +258,34 @@ def test_agent_on_a_simulated_ec2_host(sim: Sim) -> None:
     wait_for(lambda: address not in run("ip", "-4", "rule", "show"), 15, "the task's rules removed")
     assert address not in run("ip", "-4", "route", "show", "table", "main")
     assert host_ifname(task["id"]) not in run("ip", "-o", "link", "show")
+
+
+def test_an_eni_whose_link_never_appears_crashes_the_launch_and_is_given_back(sim: Sim) -> None:
+    p, ec2 = sim.platform, sim.ec2
+    p.agent_env["TITUS_AGENT_NETWORK_ENI_LINK_TIMEOUT_SECONDS"] = "4"
+    sim.hv.paused = True  # attachments seen, links never plugged
+    sim.start_agent()
+    job = p.submit("sleep 600", service=True, count=1, killGraceSeconds=1)
+    (crashed,) = wait_for(lambda: [t for t in p.tasks(job) if t["reason"] == "crashed"][:1], 60, "a crashed attempt")
+    assert "attached but its link did not appear on this host within 4s" in crashed["message"], crashed
+    assert crashed["retriesUsed"] == 0  # the platform's fault
+    sim.hv.paused = False  # the hypervisor recovers: the retry gets a new ENI whose link comes
+    (task,) = wait_for(lambda: p.started(job), 60, "the retry Started")
+    (box,) = [c for c in p.containers() if c.labels.get("titus.task_id") == task["id"]
+              and c.labels.get("titus.role") != "sandbox"]
+    address = address_in(box)
+    assert wait_for(lambda: egress_source(sim, box), 20, "egress of the retry") == address
+    # The ENI whose link never came was condemned: detached and deleted in EC2 (no task held an
+    # address on it); the retry's address is on another one.
+    serving = next(e["eni_id"] for e in agent_net(p)["enis"] if address in {ip["address"] for ip in e["ips"]})
+    condemned = [e for e in sim.hv.seen if e != serving]
+    assert condemned, sim.hv.seen
+
+    def remaining() -> list[str]:
+        found = ec2.client.describe_network_interfaces()["NetworkInterfaces"]
+        return [e["NetworkInterfaceId"] for e in found if e["NetworkInterfaceId"] in condemned]
+
+    wait_for(lambda: not remaining(), 60, "the condemned ENIs deleted")
+    p.api("POST", f"/v1/jobs/{job}/kill", expect=202)
+    p.wait_job_finished(job, timeout=60)
+    wait_for(lambda: not p.containers(all=True), 30, "containers removed")
