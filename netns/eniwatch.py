@@ -11,16 +11,20 @@ not drift, so they do not trigger it again.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import select
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from netns.wiring import iproute_in
+from netns.wiring import enter_netns_fd
 
 __all__ = ["EniWatch", "Owned", "is_drift"]
 
@@ -67,6 +71,9 @@ class EniWatch:
         self._thread = threading.Thread(target=self._run, name="titus-eniwatch", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -74,19 +81,59 @@ class EniWatch:
             self._thread = None
 
     def _run(self) -> None:
+        # A raw netlink socket parsed with pyroute2's marshal, not `IPRoute.get()`: with pyroute2 0.9
+        # a select() on an IPRoute never became readable again after its first get(), so the watch went
+        # deaf after its first repair (found by tests/integration/test_ec2sim_agent.py).
         try:
-            with iproute_in(self.host_netns, groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE) as ipr:
-                while not self._stop.is_set():
-                    ready, _, _ = select.select([ipr], [], [], 0.5)  # wakes to notice stop()
-                    if not ready:
-                        continue
+            sock = event_socket(self.host_netns, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE)
+        except OSError as e:
+            log.warning("ENI netlink watch not started: %s; drift is repaired at the next reconcile only", e)
+            return
+        marshal = MarshalRtnl()
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([sock], [], [], 0.5)  # wakes to notice stop()
+                if not ready:
+                    continue
+                try:
+                    data = sock.recv(1 << 20)
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    drift = True  # events were lost: re-assert to be sure
+                else:
                     owned = self.owned()
                     drift = False
-                    for msg in ipr.get():
+                    for msg in marshal.parse(data):
                         self.events_seen += 1
                         drift = drift or is_drift(msg, owned)
-                    if drift:
-                        self.drift_events += 1
-                        self.on_drift()
+                if drift:
+                    self.drift_events += 1
+                    self.on_drift()
         except Exception as e:  # the periodic re-assertion still runs: degrade, do not crash the agent
             log.warning("ENI netlink watch stopped: %s; drift is repaired at the next reconcile only", e)
+        finally:
+            sock.close()
+
+
+def event_socket(netns_path: str | None, groups: int) -> socket.socket:
+    """A NETLINK_ROUTE socket subscribed to `groups`, opened in `netns_path` (None: this thread's)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY) if netns_path is not None else -1
+    try:
+        if netns_path is not None:
+            target = os.open(netns_path, os.O_RDONLY)
+            try:
+                enter_netns_fd(target)
+            finally:
+                os.close(target)
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        finally:
+            if netns_path is not None:
+                enter_netns_fd(own)
+    finally:
+        if own >= 0:
+            os.close(own)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind((0, groups))
+    return sock

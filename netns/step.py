@@ -15,6 +15,7 @@ False (unknown security group) -> `failed`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from netns.eniwatch import Owned
 from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, eni_table, iproute_in
 
 RECORD_VERSION = 1
+log = logging.getLogger("titus.netns.step")
 
 
 class HostEniByMac:
@@ -45,18 +47,27 @@ class HostEniByMac:
         self.mtu = mtu
         self.poll_s = poll_s
 
-    def __call__(self, eni: EniInfo) -> HostEni | None:
+    def find(self, eni: EniInfo) -> HostEni | None:
+        """The ENI's link if it is on the host now, else None: no wait."""
         if not eni.mac:
             return None  # the local provider's ENIs have no link: host routing only
+        with iproute_in(self.host_netns) as ipr:
+            for link in ipr.link("dump"):
+                if str(link.get("IFLA_ADDRESS", "")).lower() == eni.mac.lower():
+                    return HostEni(
+                        eni.device_index, str(link.get("IFLA_IFNAME")), eni.gateway, self.mtu, eni.mac.lower(),
+                        eni.primary_ip,
+                    )
+        return None
+
+    def __call__(self, eni: EniInfo) -> HostEni | None:
+        if not eni.mac:
+            return None
         deadline = time.monotonic() + self.timeout_s
         while True:
-            with iproute_in(self.host_netns) as ipr:
-                for link in ipr.link("dump"):
-                    if str(link.get("IFLA_ADDRESS", "")).lower() == eni.mac.lower():
-                        return HostEni(
-                            eni.device_index, str(link.get("IFLA_IFNAME")), eni.gateway, self.mtu, eni.mac.lower(),
-                            eni.primary_ip,
-                        )
+            found = self.find(eni)
+            if found is not None:
+                return found
             if time.monotonic() >= deadline:
                 raise NetworkError(
                     f"ENI {eni.eni_id} ({eni.mac}) attached but its link did not appear on this host "
@@ -104,7 +115,39 @@ class TaskNetworks:
             for task, r in records.items()
             if isinstance(r.get("lease"), dict) and "address" in r["lease"]
         }
-        return await self.pool.start(existing)
+        report = await self.pool.start(existing)
+        await self.own_present_links()
+        return report
+
+    async def own_present_links(self) -> list[str]:
+        """The pool's ENIs whose link is on the host but that this process does not own yet (after
+        a restart: the kept tasks' ENIs, the warm ones; a link that came after its launch gave up is
+        not taken: condemned ENIs are skipped): owned now as a launch owns them, so they are
+        re-asserted and watched. Without this a restarted agent left its ENIs to any network manager
+        until a new task landed on each. Returns their ids."""
+        finder = self.host_eni_for
+        if not isinstance(finder, HostEniByMac):
+            return []
+        owned: list[str] = []
+        for eni_id, eni in list(self.pool.enis.items()):
+            record = self.pool.pool.enis.get(eni_id)
+            if eni_id in self._eni_tables or record is None or record.condemned or record.deleting:
+                continue
+            try:
+                host_eni = await asyncio.to_thread(finder.find, eni)
+                if host_eni is not None:
+                    await self._own(eni, host_eni)
+                    owned.append(eni_id)
+            except NetworkError as e:  # e.g. unplugged meanwhile: a launch or the next round retries
+                log.warning("cannot own ENI %s's link yet: %s", eni_id, e.message)
+        return owned
+
+    async def _own(self, eni: EniInfo, host_eni: HostEni) -> None:
+        if self.unmanaged_dir is not None:
+            await asyncio.to_thread(unmanaged.mark_unmanaged, self.unmanaged_dir, eni.mac, eni.eni_id)
+        await asyncio.to_thread(self.wiring.ensure_eni_table, host_eni)
+        self._eni_tables[eni.eni_id] = host_eni
+        self._refresh_owned()
 
     async def setup(
         self,
@@ -131,11 +174,7 @@ class TaskNetworks:
                 await self.pool.condemn_eni(lease.eni_id, e.message)
                 raise
             if host_eni is not None:
-                if self.unmanaged_dir is not None:
-                    await asyncio.to_thread(unmanaged.mark_unmanaged, self.unmanaged_dir, eni.mac, eni.eni_id)
-                await asyncio.to_thread(self.wiring.ensure_eni_table, host_eni)
-                self._eni_tables[lease.eni_id] = host_eni
-                self._refresh_owned()
+                await self._own(eni, host_eni)
         spec = ContainerNetSpec(task_id, netns_path, lease.address, host_eni, self.mtu)
         record["wiring"] = await asyncio.to_thread(self.wiring.setup, spec)
         save()
@@ -152,6 +191,7 @@ class TaskNetworks:
         """Re-apply every known ENI's link settings and table (a network manager may have flushed
         them); returns and remembers what had drifted. ENIs no longer in the pool are forgotten."""
         drift: dict[str, list[str]] = {}
+        await self.own_present_links()  # a link that appeared since (e.g. after a restart)
         for eni_id, host_eni in list(self._eni_tables.items()):
             eni = self.pool.enis.get(eni_id)
             if eni is None:  # the pool deleted it: forget it, and its networkd file

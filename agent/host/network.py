@@ -203,6 +203,7 @@ class NetworkResource:
         self.tasks = tasks or task_networking(config)
         self.preflight_findings: list[preflight.Finding] = []
         self._watch: EniWatch | None = None
+        self._watch_repairs = 0
         self._watcher: asyncio.Task[None] | None = None
 
     def placement_facts(self) -> tuple[int, int, list[WarmNetwork]]:
@@ -219,6 +220,9 @@ class NetworkResource:
         doc = self.tasks.networks.snapshot()
         doc["preflight"] = [{"check": f.check, "refuse": f.refuse, "message": f.message}
                             for f in self.preflight_findings]
+        if self._watch is not None:  # aws: the netlink watch of the ENIs (netns/eniwatch.py)
+            doc["eni_watch"] = {"alive": self._watch.alive(), "events": self._watch.events_seen,
+                                "drift_events": self._watch.drift_events, "repairs": self._watch_repairs}
         return doc
 
     async def start(self, records: Sequence[TaskCheckpoint]) -> None:
@@ -262,6 +266,7 @@ class NetworkResource:
             while True:
                 await drifted.wait()
                 drifted.clear()
+                self._watch_repairs += 1
                 await self._reassert_enis()
                 await asyncio.sleep(MIN_REASSERT_INTERVAL_S)  # a flapping manager costs one repair a second
 

@@ -1,6 +1,7 @@
 """The simulated instance's "hypervisor": watches moto for ENIs attached to the instance and, after
 `delay_s`, hot-plugs a link with the ENI's MAC into the host namespace (one end of a veth whose other
-end sits in a fabric namespace, the VPC side); on detach it unplugs it. Plus `NetUtils`, what Amazon
+end sits in a fabric namespace, the VPC side; `host_ns=None`: the caller's own namespace, the real
+host for an agent-level run); on detach it unplugs it. Plus `NetUtils`, what Amazon
 Linux's ec2-net-utils does to hot-plugged ENIs: secondary IPs as host aliases, custom tables flushed.
 Uses `ip`: run under the engine lock."""
 
@@ -20,8 +21,14 @@ def ip(*args: str) -> None:
         raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
 
+def in_ns(ns: str | None) -> tuple[str, ...]:
+    """`ip` arguments that run a command in the named namespace; None: the caller's own (the real
+    host's, for an agent-level run that must reach loopback services)."""
+    return () if ns is None else ("-n", ns)
+
+
 class Hypervisor:
-    def __init__(self, client: Any, instance_id: str, host_ns: str, fabric_ns: str,
+    def __init__(self, client: Any, instance_id: str, host_ns: str | None, fabric_ns: str,
                  delay_s: float = 0.5, poll_s: float = 0.05, vpc_routing: bool = False) -> None:
         self.client, self.instance_id = client, instance_id
         self.host_ns, self.fabric_ns = host_ns, fabric_ns
@@ -29,6 +36,7 @@ class Hypervisor:
         self.paused = False  # True: attachments are seen but never plugged (a link that never comes)
         self.plugged: dict[str, str] = {}  # eni id -> host link name
         self.errors: list[str] = []
+        self.seen: list[str] = []  # every ENI id ever seen attached, in order
         self._seen: dict[str, float] = {}
         self.vpc_routing = vpc_routing  # also play the VPC's routing in the fabric namespace
         self._routed: dict[str, set[str]] = {}
@@ -64,10 +72,12 @@ class Hypervisor:
                     and e["Attachment"].get("Status", "attached") == "attached"}
         now = time.monotonic()
         for eni_id, mac in attached.items():
+            if eni_id not in self._seen and eni_id not in self.seen:
+                self.seen.append(eni_id)
             self._seen.setdefault(eni_id, now)
             if eni_id not in self.plugged and not self.paused and now - self._seen[eni_id] >= self.delay_s:
                 name = self.link_name(eni_id)
-                ip("-n", self.host_ns, "link", "add", name, "address", mac, "type", "veth",
+                ip(*in_ns(self.host_ns), "link", "add", name, "address", mac, "type", "veth",
                    "peer", "name", "f" + name[2:], "netns", self.fabric_ns)
                 ip("-n", self.fabric_ns, "link", "set", "f" + name[2:], "up")  # the VPC side is up
                 self.plugged[eni_id] = name
@@ -104,7 +114,7 @@ class Hypervisor:
         name = self.plugged.pop(eni_id)
         self._routed.pop(name, None)
         try:
-            ip("-n", self.host_ns, "link", "del", name)
+            ip(*in_ns(self.host_ns), "link", "del", name)
         except RuntimeError:
             pass  # already gone with its namespace
 
@@ -113,12 +123,12 @@ class NetUtils:
     """ec2-net-utils' behaviour, on demand: add an ENI's secondary IPs as /32 host aliases, flush a
     custom routing table."""
 
-    def __init__(self, host_ns: str) -> None:
+    def __init__(self, host_ns: str | None) -> None:
         self.host_ns = host_ns
 
     def add_aliases(self, link: str, addresses: list[str]) -> None:
         for address in addresses:
-            ip("-n", self.host_ns, "addr", "add", f"{address}/32", "dev", link)
+            ip(*in_ns(self.host_ns), "addr", "add", f"{address}/32", "dev", link)
 
     def flush_table(self, table: int) -> None:
-        ip("-n", self.host_ns, "route", "flush", "table", str(table))
+        ip(*in_ns(self.host_ns), "route", "flush", "table", str(table))
