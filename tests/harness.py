@@ -123,14 +123,15 @@ class Platform:
             self.tmp / "agent.log",
             self.agent_env,
         )
-        wait_for(lambda: self._answers(f"http://127.0.0.1:{self.agent_port}/healthz"), 20, "agent /healthz")
+        # This agent's own first sync answered (its API listens before its start is done, and the node
+        # may still be Ready from a previous agent): only then is it up.
+        wait_for(lambda: self._synced(f"http://127.0.0.1:{self.agent_port}/healthz"), 30, "agent's first sync")
         wait_for(lambda: (n := self.node()) is not None and n["status"] == "Ready", 20, "agent registration")
 
-    def _answers(self, url: str) -> bool:
+    def _synced(self, url: str) -> bool:
         try:
-            self.http.get(url, timeout=2)
-            return True
-        except requests.RequestException:
+            return self.http.get(url, timeout=2).json().get("scheduler") is True
+        except (requests.RequestException, ValueError):
             return False
 
     def _ok(self, url: str) -> bool:
