@@ -40,7 +40,9 @@ def exec_paths() -> dict[str, Any]:
             ],
             "responses": {
                 "101": {"description": "Switching to the websocket session"},
-                "400": {"description": "Bad command or flags, or not a websocket upgrade", **_ERROR},
+                # text/plain: a request line over 8 KiB (a long command) is refused by the HTTP layer.
+                "400": {"description": "Bad command or flags, or not a websocket upgrade",
+                        "content": {**_ERROR["content"], "text/plain": {"schema": {"type": "string"}}}},
                 "404": {"description": "No such task", **_ERROR},
                 "409": {"description": "The task is not running, or its host is cordoned or draining", **_ERROR},
                 "503": {"description": "The task's host is not Ready, or too many sessions are open", **_ERROR},

@@ -39,7 +39,10 @@ def _reply(description: str, schema: dict[str, Any] | None = None) -> dict[str, 
 
 
 _ERRORS = {
-    "400": _reply("Invalid request; `error.problems` names each bad field", _ref("Error")),
+    # JSON from the API; text/plain when the HTTP layer refuses the request before it is routed (a
+    # request line or header over 8 KiB, malformed HTTP).
+    "400": {"description": "Invalid request; `error.problems` names each bad field",
+            "content": {"application/json": {"schema": _ref("Error")}, "text/plain": {"schema": {"type": "string"}}}},
     "404": _reply("No such object", _ref("Error")),
 }
 
