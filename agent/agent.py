@@ -45,6 +45,7 @@ from agent.watcher import ContainerWatcher
 from security.profiles import default_policy
 from titus_common.errors import ConfigError, TitusError
 from titus_common.memory import give_back
+from titus_common.jobspec import MAX_LABELS
 from titus_common.protocol import MAX_TASKS_PER_NODE, CapacityReport, NodeReport, TaskAssignment, WarmNetwork
 from titus_common.retry import Backoff, retry_forever
 from titus_common.states import TaskState
@@ -337,8 +338,11 @@ class Agent:
         """The configured labels, plus `instanceId` on EC2: the scheduler retires a host remediation
         gave up on by terminating that instance (scheduler/retire.py)."""
         c = self.config
-        if c.network_provider == "aws" and c.aws_instance_id and "instanceId" not in c.labels:
-            return {**c.labels, "instanceId": c.aws_instance_id}
+        if c.network_provider == "aws" and c.aws_instance_id:  # the instance's own id, never a configured one
+            labels = {k: v for k, v in c.labels.items() if k != "instanceId"}
+            if len(labels) < MAX_LABELS:
+                return {**labels, "instanceId": c.aws_instance_id}
+            return labels
         return c.labels
 
     async def _sync_loop(self) -> None:

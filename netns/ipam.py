@@ -178,8 +178,11 @@ class IpPool:
     def counts(self, now: float, groups: SgKey | None = None) -> dict[str, int]:
         out = {"assigned": 0, "free": 0, "cooling": 0, "releasing": 0}
         for record in self.ips.values():
-            if groups is not None and self.enis[record.eni_id].security_groups != groups:
+            eni = self.enis[record.eni_id]
+            if groups is not None and eni.security_groups != groups:
                 continue
+            if eni.condemned and record.state is not IpState.ASSIGNED:
+                continue  # being given back: no spare, not cooling for reuse
             if record.state is IpState.ASSIGNED:
                 out["assigned"] += 1
             elif record.state is IpState.RELEASING:
@@ -468,13 +471,15 @@ class IpPool:
         what and when each IP was released. Anything uncertain is put to cooling, never handed out."""
         report = ReconcileReport()
         old_ips, old_tasks = self.ips, dict(self.by_task)
+        condemned = {e.eni_id for e in self.enis.values() if e.condemned}  # survives the restart
         claimed = {_check_ipv4(a): t for t, a in existing.items()}
         self.enis, self.ips, self.by_task = {}, {}, {}
         self.waiting.clear()
         self.creating.clear()
         self.limit_reached.clear()
         for snap in enis:
-            eni = EniRecord(snap.eni_id, snap.security_groups, snap.device_index, snap.created_at)
+            eni = EniRecord(snap.eni_id, snap.security_groups, snap.device_index, snap.created_at,
+                            condemned=snap.eni_id in condemned)
             self.enis[snap.eni_id] = eni
             for raw in snap.addresses:
                 address = _check_ipv4(raw)

@@ -2,7 +2,7 @@
 
 The seed's failover: normally spread; when a region fails over, thousands of tasks arrive at once
 and packing onto hosts that already cache the image and hold warm ENIs is what makes the burst fast.
-A queue of due Accepted tasks at or above `pack_at` for `hold_s` switches to pack; at or below
+A queue of Accepted tasks (placeable or not) at or above `pack_at` for `hold_s` switches to pack; at or below
 `spread_at` for `hold_s` switches back. The gap between the two thresholds and the hold time keep a
 queue that hovers around one threshold from flapping the mode. Pure: `decide` is fed the queue
 depth, the current mode and the time; the caller applies the switch. An operator's explicit switch
@@ -46,6 +46,10 @@ class AutoMode:
             self._want = None
             return want
         return None
+
+    def reset(self) -> None:
+        """Forget a hold in progress (the pin changed): the next condition starts its hold anew."""
+        self._want = None
 
     def describe(self) -> dict[str, object]:
         return {"enabled": self.pack_at > 0, "pinned": self.pinned, "packAtQueueDepth": self.pack_at,

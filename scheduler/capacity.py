@@ -84,10 +84,14 @@ class Groups:
             for owner in g.owners:
                 self._by_owner.setdefault(owner, g.name)
 
-    def group_of(self, spec: JobSpec) -> CapacityGroup:
+    def group_of(self, spec: JobSpec, strict: bool = False) -> CapacityGroup:
+        """The job's group. `strict` (admission): an unknown `capacityGroup` is refused. Otherwise
+        (a stored job whose group was removed from the config since) it draws from `default`."""
         if spec.capacity_group is not None:
             group = self.by_name.get(spec.capacity_group)
             if group is None:
+                if not strict:
+                    return self.by_name[DEFAULT]
                 raise UnknownGroup(f"capacityGroup: no capacity group {spec.capacity_group!r}; "
                                    f"known: {', '.join(sorted(self.by_name))}")
             return group
@@ -106,7 +110,7 @@ class Groups:
 
     def admit(self, spec: JobSpec, jobs: Iterable[JobRecord]) -> CapacityGroup:
         """The job's group, or OverLimit naming what it would exceed."""
-        group = self.group_of(spec)
+        group = self.group_of(spec, strict=True)
         if group.limit_cpu is None and group.limit_memory_mib is None:
             return group
         u = self.usage(j for j in jobs if self.group_of(j.spec).name == group.name)

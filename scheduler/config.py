@@ -123,7 +123,7 @@ class SchedulerConfig(BaseModel):
     registry_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
     tag_check_interval: Annotated[float, Field(ge=0)] = 300.0
     tag_checks_per_pass: Annotated[int, Field(ge=1, le=1000)] = 16
-    # The automatic switch on a burst (scheduler/automode.py): pack once this many due tasks wait
+    # The automatic switch on a burst (scheduler/automode.py): pack once this many Accepted tasks wait
     # for `auto_mode_hold` seconds, spread again at or below `auto_spread_queue_depth`. 0: off.
     auto_pack_queue_depth: Annotated[int, Field(ge=0)] = 0
     auto_spread_queue_depth: Annotated[int, Field(ge=0)] = 100

@@ -562,18 +562,23 @@ class Scheduler:
         while not stop.is_set():
             self._schedule_wanted.clear()
             now, t = self.clock(), tick()
-            if t >= next_node_check:
-                self.check_nodes()
-                await self.retirer.run_pass()  # hosts remediation drained, once empty
-                next_node_check = t + 1.0
-            if self.retention.due(now):
-                self.retention.evict(self, now)
-            if t >= next_reconcile:
-                self.reconcile()
-                next_reconcile = t + self.config.reconcile_interval
-            self.schedule_pass()
-            due = self.next_due()
-            timeout = 1.0 if due is None else max(0.01, min(1.0, due - self.clock()))
+            timeout = 1.0
+            try:
+                if t >= next_node_check:
+                    self.check_nodes()
+                    self.retirer.kick()  # hosts remediation drained, once empty; in the background
+                    next_node_check = t + 1.0
+                if self.retention.due(now):
+                    self.retention.evict(self, now)
+                if t >= next_reconcile:
+                    self.reconcile()
+                    next_reconcile = t + self.config.reconcile_interval
+                self.schedule_pass()
+                due = self.next_due()
+                timeout = 1.0 if due is None else max(0.01, min(1.0, due - self.clock()))
+            except Exception:  # a bug in one pass must not end the control loop while the API looks healthy
+                log.exception("control loop pass failed; retrying in 1s")
+                self.metrics.loop_errors.inc()
             try:
                 await asyncio.wait_for(self._schedule_wanted.wait(), timeout=timeout)
             except TimeoutError:

@@ -307,7 +307,8 @@ class Engine:
         filters.append(("host task limit", table.tasks >= table.max_tasks))
         filters.append(("not enough cpu", table.free_cpu < r.cpu - EPS))
         filters.append(("not enough memory", table.free_mem < r.memory_mib))
-        filters.append(("not enough disk", table.free_disk < r.disk_mib))
+        if r.disk_mib > 0:  # as the fit test: a task asking no disk is not refused for it
+            filters.append(("not enough disk", table.free_disk < r.disk_mib))
         filters.append(("no free IP", table.free_ips < 1))
         left = np.ones(len(table), dtype=np.bool_)
         out: list[tuple[str, int]] = []

@@ -110,6 +110,10 @@ class SchedulerMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.loop_errors = Counter(
+            "titus_scheduler_control_loop_errors", "Control-loop passes that raised (a bug: see the log)",
+            registry=self.registry,
+        )
         self.retirements = Counter(
             "titus_scheduler_host_retirements", "Hosts retired after remediation's drain, by outcome",
             ["outcome"], registry=self.registry,

@@ -54,7 +54,7 @@ class PlacementLoop:
         s = self._s
         now = s.clock()
         queue = s._index.pending
-        self._auto_switch(len(queue), now)
+        self._auto_switch(len(queue), self._tick())  # every Accepted task waiting, placeable or not
         if len(self.parked) == len(queue):  # parked ⊆ pending: all parked, O(1) when idle
             return 0
         pending = sorted(
@@ -119,7 +119,7 @@ class PlacementLoop:
         placed: list[TaskRecord] = []
         waiting: list[TaskRecord] = []
         on_pass = None
-        if self.trace is not None:
+        if self.trace is not None and not self.trace.failed:
             trace = self.trace
 
             def on_pass(table: HostTable, requests: list[Request], masks: dict[str, list[tuple[str, B]]],
@@ -182,6 +182,11 @@ class PlacementLoop:
     def mode(self) -> Mode | None:
         return self.placer.mode if isinstance(self.placer, Engine) else None
 
+    def _tick(self) -> float:
+        """Monotonic when the scheduler has it: a wall-clock step must not fake a held queue."""
+        steps = getattr(self._s, "_steps", None)
+        return steps.monotonic() if steps is not None else self._s.clock()
+
     def _auto_switch(self, depth: int, now: float) -> None:
         if isinstance(self.placer, Engine) and self.auto.enabled:
             new = self.auto.decide(depth, self.placer.mode, now)
@@ -197,6 +202,7 @@ class PlacementLoop:
             if not self.auto.pack_at:
                 raise Conflict("the automatic switch is off (auto_pack_queue_depth = 0)")
             self.auto.pinned = False
+            self.auto.reset()
             audit.info("scheduling mode handed to the automatic switch by %s", actor,
                        extra={"event": "scheduling_mode", "new": "auto", "actor": actor})
             self._s._schedule_wanted.set()
@@ -206,6 +212,7 @@ class PlacementLoop:
         except ValueError:
             raise BadMode(f"unknown scheduling mode {mode!r}; one of {', '.join(m.value for m in Mode)}, auto") from None
         self.auto.pinned = True
+        self.auto.reset()
         return self._switch(new, actor)
 
     def _switch(self, new: Mode, actor: str) -> Mode:

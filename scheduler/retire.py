@@ -37,8 +37,12 @@ Provider = Literal["none", "local", "aws"]
 
 def make_ec2(region: str, endpoint_url: str | None) -> Any:
     import boto3
+    from botocore.config import Config
 
-    return boto3.session.Session().client("ec2", region_name=region, endpoint_url=endpoint_url or None)
+    # Short timeouts, few retries: a retirement waits for the next round rather than for EC2.
+    config = Config(connect_timeout=5, read_timeout=20, retries={"total_max_attempts": 3, "mode": "standard"})
+    return boto3.session.Session().client("ec2", region_name=region, endpoint_url=endpoint_url or None,
+                                          config=config)
 
 
 class Retirer:
@@ -48,6 +52,19 @@ class Retirer:
         self._ec2_factory = ec2
         self._ec2: Any = None
         self._busy = False
+        self._task: asyncio.Task[int] | None = None
+
+    def kick(self) -> None:
+        """Run a pass in the background unless one is running: the control loop never waits on EC2."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._guarded(), name="retire")
+
+    async def _guarded(self) -> int:
+        try:
+            return await self.run_pass()
+        except Exception:
+            log.exception("retirement pass failed")
+            return 0
 
     def due(self, now: float) -> list[NodeRecord]:
         """Hosts to retire now (pure over the records)."""
@@ -83,8 +100,12 @@ class Retirer:
         instance = node.labels.get("instanceId", node.id if INSTANCE_ID.match(node.id) else "")
         error = ""
         if self.provider == "aws":
+            others = [n.id for n in self._s.nodes.values() if n.id != node.id
+                      and n.labels.get("instanceId", n.id) == instance]
             if not INSTANCE_ID.match(instance):
                 error = f"no EC2 instance id known for {node.id} (no instanceId label)"
+            elif others:
+                error = f"{instance} is also reported by {', '.join(sorted(others))}: not terminating an ambiguous instance"
             else:
                 try:
                     await asyncio.to_thread(self._terminate, instance)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
@@ -34,6 +35,7 @@ from titus_common.errors import ConfigError
 __all__ = ["CODE_VERSION", "TraceWriter", "main", "replay"]
 
 FORMAT = "titus-decision-trace/1"
+log = logging.getLogger("titus.scheduler.trace")
 
 
 def _code_version() -> str:
@@ -84,6 +86,12 @@ class TraceWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.passes = 0
+        self.failed = False
+        try:  # a path that cannot be written is a configuration error, said at start
+            with path.open("a"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"decision_trace: {path} cannot be written: {e.strerror or e}") from None
 
     def write(self, engine: Engine, table: HostTable, requests: list[Request],
               masks: Mapping[str, list[tuple[str, B]]], decisions: list[Decision], now: float) -> None:
@@ -95,8 +103,13 @@ class TraceWriter:
             "masks": {job: [[reason, _mask_doc(m)] for reason, m in ms] for job, ms in masks.items()},
             "decisions": [_decision_doc(d) for d in decisions],
         }
-        with self.path.open("a") as f:
-            f.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        except OSError as e:  # tracing is a debugging aid: it must never stop placement
+            log.error("decision trace %s cannot be written (%s): tracing is off until the next start", self.path, e)
+            self.failed = True
+            return
         self.passes += 1
 
 

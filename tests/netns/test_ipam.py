@@ -143,6 +143,7 @@ def test_a_condemned_eni_hands_nothing_out_and_is_given_back_when_its_tasks_are_
     a = pool.allocate("a", DEFAULT, 1.0)
     assert a is not None and a.eni_id == eni_id
     assert pool.condemn(eni_id) and not pool.condemn("eni-unknown")
+    assert pool.counts(1.0)["free"] == 0 and pool.counts(1.0)["assigned"] == 1  # no spares on it any more
     actions = pool.plan(1.0)
     # Free addresses go back at once; a new ENI is planned for the warm target; no delete while "a" holds one.
     assert any(isinstance(x, UnassignIps) and x.eni_id == eni_id and a.address not in x.addresses for x in actions)
@@ -158,7 +159,13 @@ def test_a_condemned_eni_hands_nothing_out_and_is_given_back_when_its_tasks_are_
     assert b is not None and b.eni_id == "eni-new"  # never from the condemned one
     pool.release("a", 3.0)  # the task that was on it ended (its cooling address is not waited for)
     doc = pool.to_json()
-    assert IpPool.from_json(pool.config, doc).enis[eni_id].condemned  # survives a restart
+    restored = IpPool.from_json(pool.config, doc)
+    assert restored.enis[eni_id].condemned  # survives a restart: the checkpoint...
+    snaps = [EniSnapshot(e.eni_id, e.security_groups, e.device_index, tuple(sorted(e.addresses)))
+             for e in pool.enis.values()]
+    restored.reconcile(snaps, {"a": a.address}, 3.0)
+    assert restored.enis[eni_id].condemned  # ...and the reconcile with the provider after it
+    assert all(r.eni_id != eni_id for r in (restored.allocate(f"x{i}", DEFAULT, 100.0) for i in range(3)) if r)
     cloud.settle(pool, 3.0)
     assert eni_id not in pool.enis and set(pool.enis) == {"eni-new"}
 

@@ -35,6 +35,16 @@ def test_hysteresis(steps: list[tuple[int, Mode, float]], expect: list[Mode | No
     assert [auto.decide(d, m, t) for d, m, t in steps] == expect
 
 
+def test_a_hold_does_not_survive_a_pin() -> None:
+    auto = AutoMode(pack_at=10, spread_at=1, hold_s=30)
+    assert auto.decide(50, S, 0) is None  # the hold starts
+    auto.pinned = True
+    auto.reset()
+    auto.pinned = False
+    assert auto.decide(50, S, 1000) is None  # a new hold, not the stale one
+    assert auto.decide(50, S, 1030) is P
+
+
 def test_off_and_pinned_never_switch() -> None:
     assert AutoMode(0, 0, 0).decide(10**6, S, 0) is None
     pinned = AutoMode(10, 1, 0, pinned=True)

@@ -46,7 +46,9 @@ def test_group_of(kw: dict[str, Any], group: str) -> None:
 
 def test_unknown_group_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(UnknownGroup, match="no capacity group 'gpu'; known: batch, default, ml, prod"):
-        GROUPS.group_of(job_spec(capacityGroup="gpu"))
+        GROUPS.group_of(job_spec(capacityGroup="gpu"), strict=True)
+    # A stored job whose group left the config since draws from default (placement never fails on it).
+    assert GROUPS.group_of(job_spec(capacityGroup="gpu")).name == "default"
 
 
 def record(s: Any, job_id: str = "j") -> JobRecord:

@@ -82,3 +82,16 @@ def test_a_trace_of_other_engine_code_is_refused(tmp_path: Path, capsys: pytest.
     assert main([str(trace)]) == 2 and "a replay with other code proves nothing" in capsys.readouterr().err
     trace.write_text("not json\n")
     assert main([str(trace)]) == 2
+
+
+def test_an_unwritable_trace_is_a_config_error_and_a_failing_one_stops_only_tracing(tmp_path: Path) -> None:
+    from scheduler.trace import TraceWriter
+
+    with pytest.raises(ConfigError, match="decision_trace: .* cannot be written"):
+        TraceWriter(tmp_path / "missing" / "trace.jsonl")
+    s, trace, _ = traced_cell(tmp_path)
+    trace.unlink()
+    trace.mkdir()  # writes fail from now on (a directory where the file was)
+    s.submit(spec(batch={"size": 2}))
+    assert s.schedule_pass() == 2  # placement goes on
+    assert s.placing.trace is not None and s.placing.trace.failed

@@ -90,3 +90,13 @@ def test_aws_terminates_the_instance_and_a_failure_is_retried_later(tmp_path: Pa
     assert asyncio.run(s.retirer.run_pass()) == 0  # in its back-off
     clock.now += RETRY_AFTER + 1
     assert asyncio.run(s.retirer.run_pass()) == 0 and len(audit_events(s)) == 3  # tried again, still refused
+
+
+def test_aws_refuses_an_instance_id_two_nodes_report(tmp_path: Path, moto: str) -> None:
+    s, _ = cell(tmp_path, provider="aws", endpoint=moto)
+    drained(s, "bad", instanceId="i-0123456789abcdef0")
+    node(s, "twin")
+    s.nodes["twin"].labels["instanceId"] = "i-0123456789abcdef0"
+    assert asyncio.run(s.retirer.run_pass()) == 0
+    d = s.nodes["bad"].drain
+    assert d is not None and d.retired_at is None and "also reported by twin" in d.retire_error
