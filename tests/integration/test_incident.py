@@ -265,8 +265,13 @@ def test_orphans_are_killed_after_their_age_when_enabled(cell: Cell) -> None:
     told by the scheduler), each through the kill path — and nothing else dies."""
     p = cell.p
     # C is unknown to the restored store: its task ids are what the agent reports and nobody knows
-    orphans = {m["key"].split(":", 1)[1] for m in cell.reconcile()["mismatches"] if m["key"].startswith("unknownTask:")}
-    assert len(orphans) == 2 and cell.reconcile()["mismatch"]["unknownTask"] == 2
+    # (on the scheduler's next reconciliation pass after the unfreeze: wait for it, not for a sleep)
+    def unknown() -> set[str] | None:
+        doc = cell.reconcile()
+        found = {m["key"].split(":", 1)[1] for m in doc["mismatches"] if m["key"].startswith("unknownTask:")}
+        return found if len(found) == 2 and doc["mismatch"]["unknownTask"] == 2 else None
+
+    orphans = wait_for(unknown, 30, "C's two tasks reported as unknown")
     keep = {k: v for k, v in cell.running().items()
             if p.engine.containers.get(k).labels.get("titus.task_id") not in orphans}
     assert len(keep) == A + B
