@@ -12,7 +12,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from scheduler import admin_api, taskstats
-from scheduler import admin_api
 from scheduler.exec_api import add_exec_routes
 from security.profiles import SecurityPolicy, default_policy, validate_security_request
 from scheduler.auth import AUTH_KEY, IDENTITY_KEY, Auth, auth_middleware

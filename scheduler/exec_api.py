@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
 
 from aiohttp import WSMsgType, web
 

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter
 from agent.checkpoint import TaskCheckpoint
 from agent.host.base import LiveTasks, launching
 from titus_common.pki import key_pem, lifetime, new_key, remaining
-from titus_common.workload import IdentityRefused, cert_spiffe_id, mint_jwt, task_csr
+from titus_common.workload import cert_spiffe_id, mint_jwt, task_csr
 
 __all__ = ["IdentityResource", "IdentityUnavailable", "Issued", "TaskIdentities"]
 
