@@ -3,8 +3,9 @@
 All mutation goes through `Scheduler`, on the event loop thread; each public operation commits its
 records to the store in one transaction before it touches the in-memory copy or answers. The
 decisions it applies live beside it: `retries` (what replaces an ended task), `liveness` (silent
-hosts), `placing` (the placement passes: `eligibility`, then the placer or engine); `index` and
-`delivery` hold its in-memory bookkeeping.
+hosts), `placing` (the placement passes: `eligibility`, then the placer or engine), `nodeproto`
+(what agents' syncs read and write), `control` (the control loop: host checks, reconciliation,
+placement); `index` and `delivery` hold its in-memory bookkeeping.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from scheduler import drain, integrity, lifecycle, liveness, provenance, remediation, retries
+from scheduler import drain, integrity, lifecycle, liveness, provenance, retries
 from scheduler.quality import QualityTracker
 from scheduler.audit import AuditLog
 from scheduler.clockstep import ClockStep
 from scheduler.pending import PendingBook
 from scheduler.placing import PlacementLoop
+from scheduler.nodeproto import NodeProtocol
+from scheduler.control import ControlLoop
 from scheduler.config import SchedulerConfig
-from scheduler.delivery import Deliveries, assignment
+from scheduler.delivery import Deliveries
 from scheduler.draining import Drainer
 from scheduler.retire import Retirer, make_ec2
 from scheduler.exec_relay import ExecRelay
@@ -33,8 +36,7 @@ from scheduler.hostfacts import HostFactsTable
 from scheduler.index import TaskIndex
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
-from scheduler.reconcile import ActionKind
-from scheduler.reconciler import Reconciler, cell_view
+from scheduler.reconciler import Reconciler
 from scheduler.registry import Lookup, Registry
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
 from scheduler.retention import Retention
@@ -88,7 +90,8 @@ class Scheduler:
         self._schedule_wanted = asyncio.Event()
         self.capacity = Groups(self.config.capacity_groups)  # admission limits, tiers, fair share
         self.placing = PlacementLoop(self, placer)
-        self._want_images: dict[str, bool] = {}
+        self.protocol = NodeProtocol(self)  # agents' heartbeats, syncs and reports (nodeproto.py)
+        self.control = ControlLoop(self)  # host checks, reconciliation, the loop (control.py)
         self.facts = HostFactsTable()  # cached images, free IPs, warm ENIs (scheduler/hostfacts.py)
         self._liveness = liveness.Liveness(self.config, clock())
         self.retention = Retention(self.config.finished_job_retention)
@@ -228,32 +231,7 @@ class Scheduler:
     # ---- agents -----------------------------------------------------------------------------
 
     def heartbeat(self, report: NodeReport) -> NodeRecord:
-        now = self.clock()
-        old = self.nodes.get(report.id)
-        before = None if old is None else (old.status, old.capacity, dict(old.labels), old.posture, dict(old.taints))
-        node = liveness.heartbeat(old, report, now)
-        facts_changed, self._want_images[report.id] = self.facts.update(report)
-        if facts_changed or before != (node.status, node.capacity, node.labels, node.posture, node.taints):
-            self._unpark()
-        running = set(report.running)
-        node.missing_tasks = liveness.missing_tasks(self.node_tasks(node.id), running)
-        if remediation.apply_results(node, report.remediation_results, now):
-            self.metrics.remediations.labels(outcome=node.remediation_history[-1].outcome).inc()
-        self.nodes[node.id] = node
-        self.reconciler.observe_report(node.id, running, report.unknown_containers)
-        # A kill already sent for a task the agent does not hold: nothing is left to kill.
-        gone = [
-            t for t in self.node_tasks(node.id)
-            if t.state is TaskState.KILL_INITIATED and self._deliveries.was_sent(t.id) and t.id not in running
-        ]
-        new_tasks: list[TaskRecord] = []
-        jobs: dict[str, JobRecord] = {}
-        for t in gone:
-            reason = t.finish_as or FinishReason.KILLED
-            new_tasks.extend(self._end(t, reason, t.message or "killed (the host no longer held it)", now, jobs))
-        self.store.commit(nodes=[node], tasks=[*gone, *new_tasks], jobs=jobs.values())
-        self._remember(new_tasks)
-        return node
+        return self.protocol.heartbeat(report)
 
     def set_cordon(self, node_id: str, cordoned: bool, reason: str = "", commit: bool = True) -> NodeRecord:
         """Keep new work off a host, or let it take work again (an operator's `node cordon|drain`).
@@ -270,91 +248,13 @@ class Scheduler:
         return node
 
     def work_for(self, node_id: str) -> SyncResponse:
-        """Launches and kills due for a node, not sent in the last `redeliver_after` seconds."""
-        now = self.clock()
-        resp = SyncResponse(
-            heartbeat_interval_seconds=self.config.heartbeat_interval,
-            send_cached_images=self._want_images.get(node_id, False),
-        )
-        node = self.nodes.get(node_id)
-        order = remediation.order_for(node) if node is not None else None
-        if order is not None:
-            resp.remediate.append(order)
-        resp.stats = self.stats.take(node_id)
-        for t in self.node_tasks(node_id):
-            if not self._deliveries.due(t.id, now):
-                continue
-            if t.state is TaskState.LAUNCHED and not t.kill_requested:
-                resp.launch.append(assignment(t, self.jobs[t.job_id]))
-                self._deliveries.sent(t.id, now)
-            elif t.state is TaskState.KILL_INITIATED:
-                resp.kill.append(t.id)
-                self._deliveries.sent(t.id, now)
-        for ident, container in self.reconciler.orphan_kills.get(node_id, {}).items():  # admitted orphan kills
-            if self._deliveries.due(f"orphan:{ident}", now):
-                (resp.kill_containers if container else resp.kill).append(ident)
-                self._deliveries.sent(f"orphan:{ident}", now)
-        resp.exec_orders = self.execs.orders_for(node_id)
-        return resp
+        return self.protocol.work_for(node_id)
 
     async def sync(self, report: NodeReport, wait_seconds: float) -> SyncResponse:
-        """Heartbeat, then wait (long-poll) until there is work for the node or the wait is over."""
-        self.heartbeat(report)
-        event = self._deliveries.event(report.id)
-        deadline = self.clock() + wait_seconds
-        while True:
-            event.clear()
-            resp = self.work_for(report.id)
-            remaining = deadline - self.clock()
-            if resp.launch or resp.kill or resp.kill_containers or resp.stats or resp.exec_orders or remaining <= 0:
-                return resp
-            try:
-                await asyncio.wait_for(event.wait(), timeout=remaining)
-            except TimeoutError:
-                pass
+        return await self.protocol.sync(report, wait_seconds)
 
     def apply_updates(self, node_id: str, updates: Iterable[TaskUpdate]) -> list[str]:
-        """Apply an agent's task reports. Returns the ids durably taken (applied or stale)."""
-        touched: dict[str, TaskRecord] = {}
-        jobs: dict[str, JobRecord] = {}
-        accepted: list[str] = []
-        new_tasks: list[TaskRecord] = []
-        for u in updates:
-            task = self.tasks.get(u.task_id)
-            if task is None:
-                log.warning("update for unknown task %s from %s ignored", u.task_id, node_id)
-                self.metrics.rejected_updates.labels("unknown_task").inc()
-                accepted.append(u.task_id)
-                continue
-            if task.node_id != node_id:
-                log.warning(
-                    "update for task %s from %s, but it is placed on %s: ignored",
-                    u.task_id, node_id, task.node_id, extra={"task_id": task.id, "job_id": task.job_id},
-                )
-                self.metrics.rejected_updates.labels("other_node").inc()
-                accepted.append(u.task_id)
-                continue
-            accepted.append(u.task_id)
-            if task.state.terminal:
-                continue  # a repeated report, or the task was already declared lost
-            newly_started = TaskState.STARTED.value not in task.timestamps and TaskState.STARTED in u.timestamps
-            if lifecycle.merge_report(task, u):
-                self._deliveries.forget(task.id)
-            if provenance.pin_from_report(self.jobs[task.job_id], task, u.image_digest):
-                jobs[task.job_id] = self.jobs[task.job_id]
-            if newly_started:
-                self.metrics.observe_started(task)
-            if u.state is TaskState.FINISHED:
-                at = u.timestamps.get(TaskState.FINISHED, self.clock())
-                reason, message = u.reason or FinishReason.CRASHED, u.message or "agent reported no reason"
-                if task.finish_as is not None:  # killed by a stuck-state timeout: ends as crashed
-                    reason, message = task.finish_as, task.message or message
-                new_tasks.extend(self._end(task, reason, message, at, jobs, exit_code=u.exit_code))
-            touched[task.id] = task
-        if touched:
-            self.store.commit(jobs=jobs.values(), tasks=[*touched.values(), *new_tasks])
-            self._remember(new_tasks)
-        return accepted
+        return self.protocol.apply_updates(node_id, updates)
 
     def note_tag_digests(self, lookups: dict[str, Lookup], now: float) -> None:
         """What the periodic tag check found (scheduler/provenance.py): record it on the jobs using
@@ -440,6 +340,9 @@ class Scheduler:
             job.finished_at = self.clock()
             log.info("job finished", extra={"job_id": job.id})
 
+    def _live(self, job_id: str) -> int:
+        return sum(1 for t in self.job_tasks(job_id) if not t.state.terminal)
+
     def crash_looping(self, job: JobRecord) -> bool:
         return any(
             retries.is_crash_looping(t.consecutive_crashes, self.config)
@@ -487,99 +390,14 @@ class Scheduler:
     def next_due(self) -> float | None:
         return self.placing.next_due()
 
-    # ---- host liveness ------------------------------------------------------------------------
+    # ---- host liveness, reconciliation and the control loop (scheduler/control.py) -----------
 
     def check_nodes(self) -> None:
-        """Disconnected after missed heartbeats, Lost after a long grace (`liveness`). The tasks of a
-        host silent past `lost_after` are declared lost by `reconcile`, under its freeze and budget —
-        a network partition must not turn into a mass kill."""
-        now = self.clock()
-        changed_nodes: list[NodeRecord] = []
-        for verdict in self._liveness.check(self.nodes.values(), self.node_tasks, now):
-            # Its tasks are declared lost by reconciliation, through the one kill path (freeze, budget).
-            if verdict.status_changed:
-                changed_nodes.append(verdict.node)
-        plan = remediation.plan(self.nodes.values(), self.config, now)
-        self.remediation_frozen = plan.frozen
-        self.metrics.note_remediation_plan(plan)
-        changed_nodes.extend(n for n in plan.changed if n not in changed_nodes)
-        for node_id in plan.ordered:
-            self._deliveries.wake(node_id)
-        quality = self.quality.evaluate(self.nodes.values(), now)
-        for node_id in (*quality.quarantined, *quality.lifted):
-            liveness.refresh_taints(self.nodes[node_id])
-            if self.nodes[node_id] not in changed_nodes:
-                changed_nodes.append(self.nodes[node_id])
-        if quality.changed:
-            self.metrics.quality_quarantines.inc(len(quality.quarantined))
-            self._unpark()
-        if changed_nodes:
-            self.store.commit(nodes=changed_nodes)
-        self.draining.run_pass()
-
-    # ---- reconciliation (scheduler/reconcile.py is the policy) ---------------------------------
-
-    def _live(self, job_id: str) -> int:
-        return sum(1 for t in self.job_tasks(job_id) if not t.state.terminal)
+        self.control.check_nodes()
 
     def reconcile(self) -> int:
         """One reconciliation pass; applies what the kill path admits. Returns how many were applied."""
-        now = self.clock()
-        admitted = self.reconciler.run_pass(cell_view(self, self.reconciler.reports, now), self._live, now)
-        changed: list[TaskRecord] = []
-        jobs: dict[str, JobRecord] = {}
-        for a in admitted:
-            if a.kind.orphan:  # sent to its agent with the next sync (work_for)
-                self.reconciler.queue_orphan_kill(a)
-                if a.node_id:
-                    self._deliveries.wake(a.node_id)
-                continue
-            t = self.tasks.get(a.task_id)
-            if t is None or t.state.terminal:
-                continue
-            if a.kind is ActionKind.DECLARE_LOST:
-                changed += [t, *self._end(t, FinishReason.LOST, a.reason, now, jobs)]
-            elif a.kind is ActionKind.RETRY_STUCK:
-                changed += [t, *self._end(t, FinishReason.CRASHED, a.reason, now, jobs)]
-            elif a.kind is ActionKind.KILL_STUCK:
-                t.finish_as, t.message = FinishReason.CRASHED, a.reason
-                self._request_kill(t)
-                changed.append(t)
-            else:  # RESEND_KILL: due for delivery again at once
-                self._deliveries.forget(t.id)
-                if t.node_id:
-                    self._deliveries.wake(t.node_id)
-        if changed:
-            self.store.commit(tasks=changed, jobs=jobs.values())
-            self._remember([t for t in changed if t.id not in self.tasks])
-        return len(admitted)
+        return self.control.reconcile()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """The control loop: place when something changed or a delayed task falls due; check hosts."""
-        next_node_check = next_reconcile = -1e18
-        # The loop's own timers are monotonic: a wall-clock step back must not stall them.
-        tick = self._steps.monotonic if self._steps is not None else self.clock
-        while not stop.is_set():
-            self._schedule_wanted.clear()
-            now, t = self.clock(), tick()
-            timeout = 1.0
-            try:
-                if t >= next_node_check:
-                    self.check_nodes()
-                    self.retirer.kick()  # hosts remediation drained, once empty; in the background
-                    next_node_check = t + 1.0
-                if self.retention.due(now):
-                    self.retention.evict(self, now)
-                if t >= next_reconcile:
-                    self.reconcile()
-                    next_reconcile = t + self.config.reconcile_interval
-                self.schedule_pass()
-                due = self.next_due()
-                timeout = 1.0 if due is None else max(0.01, min(1.0, due - self.clock()))
-            except Exception:  # a bug in one pass must not end the control loop while the API looks healthy
-                log.exception("control loop pass failed; retrying in 1s")
-                self.metrics.loop_errors.inc()
-            try:
-                await asyncio.wait_for(self._schedule_wanted.wait(), timeout=timeout)
-            except TimeoutError:
-                pass
+        await self.control.run(stop)
