@@ -230,6 +230,9 @@ class Agent:
         await self.execs.stop()
         await self._stop_resources()
         await self.client.close()
+        # Checkpoints saved last are made durable by the group sync; a clean stop waits for it.
+        if not await asyncio.to_thread(self.store.flush, 10.0):
+            log.warning("task checkpoints not yet on disk after 10 s (they are in the page cache)")
 
     async def _stop_resources(self) -> None:
         for resource in reversed(self._started):

@@ -15,11 +15,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from titus_common.errors import StateCorrupt
-from titus_common.files import atomic_write_bytes
+from titus_common.files import GroupSync, atomic_write_bytes, replace_bytes
 from titus_common.protocol import MAX_MESSAGE, TaskAssignment, TaskUpdate
 from titus_common.states import FinishReason, TaskState
 
 log = logging.getLogger("titus.agent.checkpoint")
+
+BOOT_ID_FILE = ".boot_id"
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def current_boot_id() -> str:
+    return BOOT_ID_PATH.read_text().strip()
+
 
 # 2: typed step outputs (`outputs`); a version-1 record gets them derived from its resources.
 CHECKPOINT_VERSION = 2
@@ -131,6 +139,9 @@ class CheckpointStore:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "tasks"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.sync = GroupSync(self.dir)
+        self._boot_file = self.dir / BOOT_ID_FILE
+        self.quarantined: list[Path] = []  # records torn by a power loss, set aside by load_all
 
     def _path(self, task_id: str) -> Path:
         if "/" in task_id or task_id.startswith("."):
@@ -138,7 +149,22 @@ class CheckpointStore:
         return self.dir / f"{task_id}.json"
 
     def save(self, record: TaskCheckpoint) -> None:
-        atomic_write_bytes(self._path(record.task_id), record.model_dump_json().encode())
+        """Written before returning (a kill -9 of the agent right after finds it), made durable
+        against power loss moments later by the group sync, off the agent's loop (docs/checkpoints.md)."""
+        path = self._path(record.task_id)
+        replace_bytes(path, record.model_dump_json().encode())
+        self.sync.written(path)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record saved so far is on disk (the agent's stop; tests)."""
+        return self.sync.flush(timeout)
+
+    def _rebooted(self) -> bool:
+        """The host booted since the records were written (by the boot id the last load left)."""
+        try:
+            return self._boot_file.read_text().strip() != current_boot_id()
+        except FileNotFoundError:
+            return False  # first start, or written by an agent that kept no boot id: be strict
 
     def delete(self, task_id: str) -> None:
         try:
@@ -149,10 +175,20 @@ class CheckpointStore:
     def load_all(self) -> list[TaskCheckpoint]:
         """Every record, or CheckpointCorrupt naming the file: the agent must not guess what it ran."""
         records = []
+        rebooted = self._rebooted()
         for path in sorted(self.dir.glob("*.json")):
             try:
                 record = TaskCheckpoint.model_validate_json(path.read_bytes())
             except (ValidationError, OSError, UnicodeDecodeError) as e:
+                if rebooted:
+                    # Saved moments before a power loss, before the group sync reached it: the task
+                    # died with the host; what it held is found by GC and the engine's labels.
+                    aside = path.with_suffix(".torn")
+                    path.replace(aside)
+                    self.quarantined.append(aside)
+                    log.error("checkpoint %s is unreadable after a reboot (%s): set aside as %s",
+                              path, str(e).splitlines()[0], aside.name)
+                    continue
                 raise CheckpointCorrupt(
                     f"checkpoint {path} cannot be read ({str(e).splitlines()[0]}); the agent will not start "
                     "without knowing what it ran. Inspect the file; move it aside to give up on that task."
@@ -165,4 +201,5 @@ class CheckpointStore:
         # Left-over temp files from a write interrupted by a crash are garbage by construction.
         for tmp in self.dir.glob(".*.json.*"):
             tmp.unlink(missing_ok=True)
+        atomic_write_bytes(self._boot_file, current_boot_id().encode())
         return records
