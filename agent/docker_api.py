@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,8 +21,11 @@ import docker.errors
 import requests.exceptions
 
 from titus_common.errors import ProviderError
+from titus_common.threads import ElasticThreadPool
 
 T = TypeVar("T")
+
+POOL_IDLE_SECONDS = 10.0
 
 LABEL_TASK = "titus.task_id"
 LABEL_JOB = "titus.job_id"
@@ -75,7 +77,8 @@ class Docker:
         self.base_url = base_url
         self.api_version = api_version
         self._api = docker.APIClient(**kwargs)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+        # Threads a burst made (a mass kill holds one per `stop` for its grace) leave once idle.
+        self.pool = ElasticThreadPool(workers, "docker", idle_seconds=POOL_IDLE_SECONDS)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
