@@ -126,7 +126,8 @@ def running_footprint(quick: bool) -> int:
                         print(f"only {running + len(p.started(job))} tasks Started: stopping below {level}", flush=True)
                         states = Counter((t["state"], str(t.get("reason"))) for t in p.tasks(job))
                         print(f"the job's tasks by state and reason: {dict(states)}", flush=True)
-                        print(f"node: {p.node()}", flush=True)
+                        node = p.node() or {}
+                        print(f"node taints: {node.get('taints')}", flush=True)
                         break
                     print(f"{level - running} more tasks Started in {time.monotonic() - t0:.0f}s", flush=True)
                     running = level
