@@ -71,7 +71,9 @@ def _translate(e: Exception) -> Exception:
 class Docker:
     def __init__(self, base_url: str | None = None, api_version: str = "1.41", workers: int = 64) -> None:
         # A fixed API version: "auto" would call the engine at construction and fail if it is down.
-        kwargs: dict[str, Any] = {"version": api_version, "timeout": 120}
+        # A connection per pool thread: the SDK's default of 10 makes every call beyond the tenth in a
+        # burst open a fresh connection and discard it (urllib3 "pool is full", logged per call).
+        kwargs: dict[str, Any] = {"version": api_version, "timeout": 120, "max_pool_size": workers}
         if base_url:
             kwargs["base_url"] = base_url
         self.base_url = base_url
