@@ -7,8 +7,10 @@ scheduler has acknowledged the task's Finished report, so no outcome is ever los
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,11 @@ class CheckpointStore:
         self.sync = GroupSync(self.dir)
         self._boot_file = self.dir / BOOT_ID_FILE
         self.quarantined: list[Path] = []  # records torn by a power loss, set aside by load_all
+        # Per task: the last version number handed out, the last one in place, a lock for writing.
+        self._locks_lock = threading.Lock()
+        self._seq: dict[str, int] = {}
+        self._written: dict[str, int] = {}
+        self._locks: dict[str, threading.Lock] = {}
 
     def _path(self, task_id: str) -> Path:
         if "/" in task_id or task_id.startswith("."):
@@ -150,9 +157,32 @@ class CheckpointStore:
 
     def save(self, record: TaskCheckpoint) -> None:
         """Written before returning (a kill -9 of the agent right after finds it), made durable
-        against power loss moments later by the group sync, off the agent's loop (docs/checkpoints.md)."""
-        path = self._path(record.task_id)
-        replace_bytes(path, record.model_dump_json().encode())
+        against power loss moments later by the group sync (docs/footprint.md, "Checkpoint writes")."""
+        self._write(*self._version(record))
+
+    async def save_async(self, record: TaskCheckpoint) -> None:
+        """`save` with the file work on a thread: the record is serialised now (this version, on the
+        caller's loop), and the call returns once the file is in place. Versions of one task land in
+        order whatever the threads do: a write older than the one in place is dropped."""
+        await asyncio.to_thread(self._write, *self._version(record))
+
+    def _version(self, record: TaskCheckpoint) -> tuple[str, int, bytes]:
+        task_id = record.task_id
+        self._path(task_id)  # an unsafe id is refused on the caller's side
+        with self._locks_lock:
+            seq = self._seq.get(task_id, 0) + 1
+            self._seq[task_id] = seq
+        return task_id, seq, record.model_dump_json().encode()
+
+    def _write(self, task_id: str, seq: int, data: bytes) -> None:
+        path = self._path(task_id)
+        with self._locks_lock:
+            lock = self._locks.setdefault(task_id, threading.Lock())
+        with lock:
+            if seq <= self._written.get(task_id, 0):
+                return  # a newer version of this record is already in place
+            replace_bytes(path, data)
+            self._written[task_id] = seq
         self.sync.written(path)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -167,6 +197,12 @@ class CheckpointStore:
             return False  # first start, or written by an agent that kept no boot id: be strict
 
     def delete(self, task_id: str) -> None:
+        # Only for a task whose runner has ended: every save_async of it has been awaited, so no
+        # write can land after the unlink (the per-task state goes too: nothing grows per task).
+        with self._locks_lock:
+            self._locks.pop(task_id, None)
+            self._written.pop(task_id, None)
+            self._seq.pop(task_id, None)
         try:
             os.unlink(self._path(task_id))
         except FileNotFoundError:

@@ -39,7 +39,7 @@ class TaskRunner:
         self.store = store
         self.metrics = metrics
         self.on_change = on_change
-        self.ctx = LaunchContext(record, docker, node_id, save=self.save)
+        self.ctx = LaunchContext(record, docker, node_id, save=self.save, save_async=self.save_async)
         self._wake = asyncio.Event()  # the container may have exited, or a kill arrived
         self._kill: asyncio.Task[None] | None = None
         self._log_extra = {"task_id": record.task_id, "job_id": record.job_id}
@@ -51,6 +51,10 @@ class TaskRunner:
 
     def save(self) -> None:
         self.store.save(self.record)
+
+    async def save_async(self) -> None:
+        """The same write, off the loop (steps' `ctx.commit()`); returns once the file is in place."""
+        await self.store.save_async(self.record)
 
     def _transition(self, state: TaskState, at: float | None = None) -> None:
         if not can_transition(self.record.state, state):

@@ -7,7 +7,7 @@ package's `__init__` first, so this module registers the package without running
 submodules then import as usual. The registered package keeps the full API: the first attribute it
 does not have (`from pyroute2 import NDB` anywhere in the process) runs the real `__init__` then,
 in place, so nothing else can tell the difference. Measured (docs/footprint.md): rtnetlink alone
-4.7 MB against 9.9 MB for the whole package.
+costs 4.7 MB of RSS, the whole package 9.9 MB.
 
 Everything in titus that talks netlink imports `IPRoute` and `NetlinkError` from here.
 """

@@ -1,3 +1,4 @@
+import asyncio
 import os
 import threading
 from pathlib import Path
@@ -152,3 +153,51 @@ def test_torn_record_after_a_reboot_is_set_aside(tmp_path: Path, monkeypatch: py
     assert [p.name for p in after.quarantined] == ["t9.torn"]
     assert records_dir(tmp_path) == ["t1.json", "t9.torn"]
     assert CheckpointStore(tmp_path).load_all() == [record("t1")]  # and the next start is clean
+
+
+def test_async_saves_land_in_order_whatever_the_threads_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save_async serialises the record when called; if an older version's write is slower than a
+    newer one's, the older is dropped, never written over the newer."""
+    store = CheckpointStore(tmp_path)
+    rec = record()
+    real = checkpoint.replace_bytes
+    gate = threading.Event()
+
+    def slow_first(path: Path, data: bytes, mode: int = 0o600) -> None:
+        if b"the old version" in data:
+            gate.wait(10)
+        real(path, data, mode)
+
+    monkeypatch.setattr(checkpoint, "replace_bytes", slow_first)
+
+    async def main() -> None:
+        rec.message = "the old version"
+        old = asyncio.ensure_future(store.save_async(rec))
+        await asyncio.sleep(0.05)  # the old version's write is parked in its thread
+        rec.message = "the new version"
+        store.save(rec)  # a newer version (sync) lands first
+        gate.set()
+        await old
+
+    asyncio.run(main())
+    assert store.load_all()[0].message == "the new version"
+
+
+def test_commit_runs_the_write_off_the_loop(tmp_path: Path) -> None:
+    from agent.steps.base import LaunchContext
+
+    store = CheckpointStore(tmp_path)
+    rec = record()
+    threads: list[str] = []
+    real_write = store._write
+
+    def spy(*args: object) -> None:
+        threads.append(threading.current_thread().name)
+        real_write(*args)  # type: ignore[arg-type]
+
+    store._write = spy  # type: ignore[method-assign]
+    ctx = LaunchContext(rec, docker=None, node_id="n1", save=lambda: store.save(rec),  # type: ignore[arg-type]
+                        save_async=lambda: store.save_async(rec))
+    asyncio.run(ctx.commit())
+    assert threads and threads[0] != "MainThread"
+    assert store.load_all() == [rec]
