@@ -57,13 +57,23 @@ class TaskRunner:
         await self.store.save_async(self.record)
 
     def _transition(self, state: TaskState, at: float | None = None) -> None:
+        if self._advance(state, at):
+            self.save()
+            self.on_change(self.record)
+
+    async def _transition_async(self, state: TaskState, at: float | None = None) -> None:
+        """`_transition` with the checkpoint written off the loop (the launch path's transitions)."""
+        if self._advance(state, at):
+            await self.save_async()
+            self.on_change(self.record)
+
+    def _advance(self, state: TaskState, at: float | None) -> bool:
         if not can_transition(self.record.state, state):
-            return
+            return False
         self.record.state = state
         self.record.timestamps.setdefault(state, at if at is not None else time.time())
         self.record.revision += 1
-        self.save()
-        self.on_change(self.record)
+        return True
 
     # ---- signals from the agent ---------------------------------------------------------------
 
@@ -119,7 +129,7 @@ class TaskRunner:
             await self._end(FinishReason.CRASHED, f"agent error: {e!r}")
 
     async def _launch(self) -> bool:
-        self._transition(TaskState.START_INITIATED)
+        await self._transition_async(TaskState.START_INITIATED)
         if self.record.kill_requested:
             await self._end(FinishReason.KILLED, "killed before it started")
             return False
@@ -129,7 +139,7 @@ class TaskRunner:
             await self._end(e.reason, e.message)
             return False
         started_at = self.record.outputs.container_started_at or time.time()
-        self._transition(TaskState.STARTED, at=started_at)
+        await self._transition_async(TaskState.STARTED, at=started_at)
         self.metrics.launch_latency.observe(max(0.0, started_at - self.record.assignment.accepted_at))
         log.info("task started", extra=self._log_extra)
         return True
