@@ -9,10 +9,11 @@ Rules every step follows:
 - `setup` is idempotent: after an agent restart it may run again for the same task and must find and
   reuse what it already made (name resources after the task id) rather than make a second one.
 - Before returning from `setup`, record what was acquired in `ctx.record.resources[step.name]` and
-  call `await ctx.commit()`, so a `kill -9` right after still leaves a trail for teardown and GC. Data that
-  is derived or only informational (nothing acquired since the last write) is recorded without a
-  write of its own: the next write carries it, and a restart re-runs the step (each write costs two
-  fsyncs on the agent's loop; docs/launch-netns.md).
+  call `await ctx.commit()` (it returns once the record is in place, written on a thread and made
+  durable by the group sync: docs/footprint.md), so a `kill -9` right after still leaves a trail
+  for teardown and GC. Data that is derived or only informational (nothing acquired since the last
+  write) is recorded without a write of its own: the next write carries it, and a restart re-runs
+  the step (docs/launch-netns.md).
 - `teardown` is safe after a partial setup, after no setup at all, and when repeated; it reads what
   to release from `ctx.record.resources`, never from the step's memory.
 - Errors leave as `StepError`, whose reason says whose fault it is: CRASHED (the platform; costs the
