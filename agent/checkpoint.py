@@ -20,9 +20,11 @@ from titus_common.errors import StateCorrupt
 from titus_common.files import GroupSync, atomic_write_bytes, replace_bytes
 from titus_common.protocol import MAX_MESSAGE, TaskAssignment, TaskUpdate
 from titus_common.states import FinishReason, TaskState
+from titus_common.threads import ElasticThreadPool
 
 log = logging.getLogger("titus.agent.checkpoint")
 
+WRITERS = 8  # threads writing checkpoints at once (different tasks; one task's writes are ordered)
 BOOT_ID_FILE = ".boot_id"
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
@@ -149,6 +151,9 @@ class CheckpointStore:
         self._seq: dict[str, int] = {}
         self._written: dict[str, int] = {}
         self._locks: dict[str, threading.Lock] = {}
+        # Threads of its own: under a burst the shared to_thread pool is full of netlink and namespace
+        # work, and a step's checkpoint write must not queue behind it.
+        self._pool = ElasticThreadPool(WRITERS, "checkpoint", idle_seconds=10.0, min_workers=1)
 
     def _path(self, task_id: str) -> Path:
         if "/" in task_id or task_id.startswith("."):
@@ -164,7 +169,7 @@ class CheckpointStore:
         """`save` with the file work on a thread: the record is serialised now (this version, on the
         caller's loop), and the call returns once the file is in place. Versions of one task land in
         order whatever the threads do: a write older than the one in place is dropped."""
-        await asyncio.to_thread(self._write, *self._version(record))
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._write, *self._version(record))
 
     def _version(self, record: TaskCheckpoint) -> tuple[str, int, bytes]:
         task_id = record.task_id
