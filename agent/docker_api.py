@@ -80,7 +80,7 @@ class Docker:
         self.api_version = api_version
         self._api = docker.APIClient(**kwargs)
         # Threads a burst made (a mass kill holds one per `stop` for its grace) leave once idle.
-        self.pool = ElasticThreadPool(workers, "docker", idle_seconds=POOL_IDLE_SECONDS)
+        self.pool = ElasticThreadPool(workers, "docker", idle_seconds=POOL_IDLE_SECONDS, min_workers=min(2, workers))
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
