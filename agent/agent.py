@@ -230,6 +230,9 @@ class Agent:
         await self.execs.stop()
         await self._stop_resources()
         await self.client.close()
+        # Checkpoints saved last are made durable by the group sync; a clean stop waits for it.
+        if not await asyncio.to_thread(self.store.flush, 10.0):
+            log.warning("task checkpoints not yet on disk after 10 s (they are in the page cache)")
 
     async def _stop_resources(self) -> None:
         for resource in reversed(self._started):
@@ -280,6 +283,10 @@ class Agent:
     def _on_change(self, record: TaskCheckpoint) -> None:
         if record.state is not TaskState.STARTED or record.kill_requested:
             self.execs.close_task(record.task_id)
+        if record.state is TaskState.STARTED:
+            # A launch's transients (engine answers, JSON bodies, a burst's thread stacks) are free
+            # now; without a give-back the heap stays at the burst's high-water mark.
+            self._schedule_give_back()
         self._report_wanted.set()
 
     def _on_container_event(self, task_id: str) -> None:
@@ -301,6 +308,10 @@ class Agent:
         self._running.pop(task_id, None)
         # A finished task's launch context, checkpoint and buffers are garbage now; once a burst of
         # them has ended, hand the freed heap back to the host (titus_common/memory.py).
+        self._schedule_give_back()
+
+    def _schedule_give_back(self) -> None:
+        """At most one give-back per GIVE_BACK_AFTER seconds, that long after the first cause."""
         if self._give_back is None:
             self._give_back = asyncio.get_running_loop().call_later(GIVE_BACK_AFTER, self._gave_back)
 

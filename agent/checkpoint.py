@@ -7,19 +7,31 @@ scheduler has acknowledged the task's Finished report, so no outcome is ever los
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from titus_common.errors import StateCorrupt
-from titus_common.files import atomic_write_bytes
+from titus_common.files import GroupSync, atomic_write_bytes, replace_bytes
 from titus_common.protocol import MAX_MESSAGE, TaskAssignment, TaskUpdate
 from titus_common.states import FinishReason, TaskState
+from titus_common.threads import ElasticThreadPool
 
 log = logging.getLogger("titus.agent.checkpoint")
+
+WRITERS = 8  # threads writing checkpoints at once (different tasks; one task's writes are ordered)
+BOOT_ID_FILE = ".boot_id"
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def current_boot_id() -> str:
+    return BOOT_ID_PATH.read_text().strip()
+
 
 # 2: typed step outputs (`outputs`); a version-1 record gets them derived from its resources.
 CHECKPOINT_VERSION = 2
@@ -131,6 +143,17 @@ class CheckpointStore:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "tasks"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.sync = GroupSync(self.dir)
+        self._boot_file = self.dir / BOOT_ID_FILE
+        self.quarantined: list[Path] = []  # records torn by a power loss, set aside by load_all
+        # Per task: the last version number handed out, the last one in place, a lock for writing.
+        self._locks_lock = threading.Lock()
+        self._seq: dict[str, int] = {}
+        self._written: dict[str, int] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        # Threads of its own: under a burst the shared to_thread pool is full of netlink and namespace
+        # work, and a step's checkpoint write must not queue behind it.
+        self._pool = ElasticThreadPool(WRITERS, "checkpoint", idle_seconds=10.0, min_workers=1)
 
     def _path(self, task_id: str) -> Path:
         if "/" in task_id or task_id.startswith("."):
@@ -138,9 +161,53 @@ class CheckpointStore:
         return self.dir / f"{task_id}.json"
 
     def save(self, record: TaskCheckpoint) -> None:
-        atomic_write_bytes(self._path(record.task_id), record.model_dump_json().encode())
+        """Written before returning (a kill -9 of the agent right after finds it), made durable
+        against power loss moments later by the group sync (docs/footprint.md, "Checkpoint writes")."""
+        self._write(*self._version(record))
+
+    async def save_async(self, record: TaskCheckpoint) -> None:
+        """`save` with the file work on a thread: the record is serialised now (this version, on the
+        caller's loop), and the call returns once the file is in place. Versions of one task land in
+        order whatever the threads do: a write older than the one in place is dropped."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._write, *self._version(record))
+
+    def _version(self, record: TaskCheckpoint) -> tuple[str, int, bytes]:
+        task_id = record.task_id
+        self._path(task_id)  # an unsafe id is refused on the caller's side
+        with self._locks_lock:
+            seq = self._seq.get(task_id, 0) + 1
+            self._seq[task_id] = seq
+        return task_id, seq, record.model_dump_json().encode()
+
+    def _write(self, task_id: str, seq: int, data: bytes) -> None:
+        path = self._path(task_id)
+        with self._locks_lock:
+            lock = self._locks.setdefault(task_id, threading.Lock())
+        with lock:
+            if seq <= self._written.get(task_id, 0):
+                return  # a newer version of this record is already in place
+            replace_bytes(path, data)
+            self._written[task_id] = seq
+        self.sync.written(path)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record saved so far is on disk (the agent's stop; tests)."""
+        return self.sync.flush(timeout)
+
+    def _rebooted(self) -> bool:
+        """The host booted since the records were written (by the boot id the last load left)."""
+        try:
+            return self._boot_file.read_text().strip() != current_boot_id()
+        except FileNotFoundError:
+            return False  # first start, or written by an agent that kept no boot id: be strict
 
     def delete(self, task_id: str) -> None:
+        # Only for a task whose runner has ended: every save_async of it has been awaited, so no
+        # write can land after the unlink (the per-task state goes too: nothing grows per task).
+        with self._locks_lock:
+            self._locks.pop(task_id, None)
+            self._written.pop(task_id, None)
+            self._seq.pop(task_id, None)
         try:
             os.unlink(self._path(task_id))
         except FileNotFoundError:
@@ -149,10 +216,20 @@ class CheckpointStore:
     def load_all(self) -> list[TaskCheckpoint]:
         """Every record, or CheckpointCorrupt naming the file: the agent must not guess what it ran."""
         records = []
+        rebooted = self._rebooted()
         for path in sorted(self.dir.glob("*.json")):
             try:
                 record = TaskCheckpoint.model_validate_json(path.read_bytes())
             except (ValidationError, OSError, UnicodeDecodeError) as e:
+                if rebooted:
+                    # Saved moments before a power loss, before the group sync reached it: the task
+                    # died with the host; what it held is found by GC and the engine's labels.
+                    aside = path.with_suffix(".torn")
+                    path.replace(aside)
+                    self.quarantined.append(aside)
+                    log.error("checkpoint %s is unreadable after a reboot (%s): set aside as %s",
+                              path, str(e).splitlines()[0], aside.name)
+                    continue
                 raise CheckpointCorrupt(
                     f"checkpoint {path} cannot be read ({str(e).splitlines()[0]}); the agent will not start "
                     "without knowing what it ran. Inspect the file; move it aside to give up on that task."
@@ -165,4 +242,5 @@ class CheckpointStore:
         # Left-over temp files from a write interrupted by a crash are garbage by construction.
         for tmp in self.dir.glob(".*.json.*"):
             tmp.unlink(missing_ok=True)
+        atomic_write_bytes(self._boot_file, current_boot_id().encode())
         return records

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,8 +21,11 @@ import docker.errors
 import requests.exceptions
 
 from titus_common.errors import ProviderError
+from titus_common.threads import ElasticThreadPool
 
 T = TypeVar("T")
+
+POOL_IDLE_SECONDS = 10.0
 
 LABEL_TASK = "titus.task_id"
 LABEL_JOB = "titus.job_id"
@@ -69,13 +71,16 @@ def _translate(e: Exception) -> Exception:
 class Docker:
     def __init__(self, base_url: str | None = None, api_version: str = "1.41", workers: int = 64) -> None:
         # A fixed API version: "auto" would call the engine at construction and fail if it is down.
-        kwargs: dict[str, Any] = {"version": api_version, "timeout": 120}
+        # A connection per pool thread: the SDK's default of 10 makes every call beyond the tenth in a
+        # burst open a fresh connection and discard it (urllib3 "pool is full", logged per call).
+        kwargs: dict[str, Any] = {"version": api_version, "timeout": 120, "max_pool_size": workers}
         if base_url:
             kwargs["base_url"] = base_url
         self.base_url = base_url
         self.api_version = api_version
         self._api = docker.APIClient(**kwargs)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+        # Threads a burst made (a mass kill holds one per `stop` for its grace) leave once idle.
+        self.pool = ElasticThreadPool(workers, "docker", idle_seconds=POOL_IDLE_SECONDS, min_workers=min(2, workers))
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

@@ -39,7 +39,7 @@ class TaskRunner:
         self.store = store
         self.metrics = metrics
         self.on_change = on_change
-        self.ctx = LaunchContext(record, docker, node_id, save=self.save)
+        self.ctx = LaunchContext(record, docker, node_id, save=self.save, save_async=self.save_async)
         self._wake = asyncio.Event()  # the container may have exited, or a kill arrived
         self._kill: asyncio.Task[None] | None = None
         self._log_extra = {"task_id": record.task_id, "job_id": record.job_id}
@@ -52,14 +52,28 @@ class TaskRunner:
     def save(self) -> None:
         self.store.save(self.record)
 
+    async def save_async(self) -> None:
+        """The same write, off the loop (steps' `ctx.commit()`); returns once the file is in place."""
+        await self.store.save_async(self.record)
+
     def _transition(self, state: TaskState, at: float | None = None) -> None:
+        if self._advance(state, at):
+            self.save()
+            self.on_change(self.record)
+
+    async def _transition_async(self, state: TaskState, at: float | None = None) -> None:
+        """`_transition` with the checkpoint written off the loop (the launch path's transitions)."""
+        if self._advance(state, at):
+            await self.save_async()
+            self.on_change(self.record)
+
+    def _advance(self, state: TaskState, at: float | None) -> bool:
         if not can_transition(self.record.state, state):
-            return
+            return False
         self.record.state = state
         self.record.timestamps.setdefault(state, at if at is not None else time.time())
         self.record.revision += 1
-        self.save()
-        self.on_change(self.record)
+        return True
 
     # ---- signals from the agent ---------------------------------------------------------------
 
@@ -115,7 +129,7 @@ class TaskRunner:
             await self._end(FinishReason.CRASHED, f"agent error: {e!r}")
 
     async def _launch(self) -> bool:
-        self._transition(TaskState.START_INITIATED)
+        await self._transition_async(TaskState.START_INITIATED)
         if self.record.kill_requested:
             await self._end(FinishReason.KILLED, "killed before it started")
             return False
@@ -125,7 +139,7 @@ class TaskRunner:
             await self._end(e.reason, e.message)
             return False
         started_at = self.record.outputs.container_started_at or time.time()
-        self._transition(TaskState.STARTED, at=started_at)
+        await self._transition_async(TaskState.STARTED, at=started_at)
         self.metrics.launch_latency.observe(max(0.0, started_at - self.record.assignment.accepted_at))
         log.info("task started", extra=self._log_extra)
         return True

@@ -31,6 +31,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import docker
@@ -105,7 +106,7 @@ def running_footprint(quick: bool) -> int:
         p = Platform(Path(tmp), engine)
         jobs: list[str] = []
         try:
-            p.start_scheduler()
+            p.start_scheduler("--host-task-limit", str(max(levels) + 20))  # the default places 120 a host
             p.start_agent("--cpus", "4")  # the scheduler's count: 250 x 0.01 CPU fits; cpusets stay real
             assert p.scheduler is not None and p.agent is not None
             spid, apid = p.scheduler.p.pid, p.agent.p.pid
@@ -121,9 +122,12 @@ def running_footprint(quick: bool) -> int:
                     try:
                         wait_for(lambda j=job, n=level - running: len(p.started(j)) == n, 300, f"{level} tasks Started")
                     except AssertionError:
-                        # Today the scheduler places at most 120 tasks per host (scheduler/engine.py
-                        # HostTable max_tasks_per_host): a level above it is never reached.
+                        # A level the host cannot reach (capacity, the scheduler's host_task_limit).
                         print(f"only {running + len(p.started(job))} tasks Started: stopping below {level}", flush=True)
+                        states = Counter((t["state"], str(t.get("reason"))) for t in p.tasks(job))
+                        print(f"the job's tasks by state and reason: {dict(states)}", flush=True)
+                        node = p.node() or {}
+                        print(f"node taints: {node.get('taints')}", flush=True)
                         break
                     print(f"{level - running} more tasks Started in {time.monotonic() - t0:.0f}s", flush=True)
                     running = level

@@ -21,9 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-
+from netns.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, MarshalRtnl
 from netns.wiring import enter_netns_fd
 
 __all__ = ["EniWatch", "Owned", "is_drift"]

@@ -47,8 +47,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from netns.rtnl import IPRoute, NetlinkError
 
 from netns.errors import WiringError
 from netns.wiring import (

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,13 @@ from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, eni_table,
 RECORD_VERSION = 1
 log = logging.getLogger("titus.netns.step")
 
+
+
+async def _saved(save: Callable[[], Awaitable[None] | None]) -> None:
+    """The caller's checkpoint write: a plain function, or one that returns what to await."""
+    pending = save()
+    if pending is not None:
+        await pending
 
 class HostEniByMac:
     """Finds an ENI's link on the host by its MAC (EC2 names them eth1, ens6… unpredictably). A
@@ -155,7 +162,7 @@ class TaskNetworks:
         netns_path: str,
         security_groups: list[str] | tuple[str, ...],
         record: dict[str, Any],
-        save: Callable[[], None],
+        save: Callable[[], Awaitable[None] | None],
     ) -> dict[str, Any]:
         """Give the task an IP and wire it into `netns_path`. Fills `record` (the step's resources
         in the task checkpoint) and calls `save` as soon as the IP is held, so teardown and GC find
@@ -163,7 +170,7 @@ class TaskNetworks:
         record["version"] = RECORD_VERSION
         lease = await self.pool.acquire(task_id, security_groups)
         record["lease"] = lease.to_json()
-        save()
+        await _saved(save)
         eni = self.pool.enis.get(lease.eni_id)
         host_eni = self._eni_tables.get(lease.eni_id)
         if host_eni is None and eni is not None:
@@ -177,7 +184,7 @@ class TaskNetworks:
                 await self._own(eni, host_eni)
         spec = ContainerNetSpec(task_id, netns_path, lease.address, host_eni, self.mtu)
         record["wiring"] = await asyncio.to_thread(self.wiring.setup, spec)
-        save()
+        await _saved(save)
         return record
 
     async def teardown(self, task_id: str, record: Mapping[str, Any]) -> None:

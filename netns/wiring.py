@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from netns.rtnl import IPRoute, NetlinkError
 
 from netns.errors import AddressConflict, WiringError
 

@@ -10,6 +10,7 @@
 #                     http://127.0.0.1:5000/v2/ does not answer
 #   4. test image     127.0.0.1:5000/titus/busybox:latest, built offline from
 #                     busybox-static, if the registry does not have it
+#   5. kernel keys    kernel.keys.maxkeys/maxbytes raised (> 200 containers per host)
 #
 # Idempotent: a second run finds everything in place and changes nothing.
 # Works without systemd as PID 1 (daemons are started with setsid/nohup).
@@ -385,12 +386,31 @@ PY
     summary runtime "titus registered by reload ($TITUS_RUNC)"
 }
 
+# Kernel keys: runc gives every container a session keyring, owned by the container's root. Under
+# --userns-remap every container's root is the same host uid, and the kernel's per-user quota for a
+# non-root uid (kernel.keys.maxkeys, default 200) then caps the host at 200 containers: the 201st
+# fails "unable to create session key: disk quota exceeded" (found by bench/footprint.py --running
+# at 250 tasks). Give remapped roots root's own quota.
+KEYS_SYSCTL=/etc/sysctl.d/90-titus-keys.conf
+setup_kernel_keys() {
+    local want_keys=1000000 want_bytes=25000000
+    if [ "$(sysctl -n kernel.keys.maxkeys)" -ge "$want_keys" ] && [ "$(sysctl -n kernel.keys.maxbytes)" -ge "$want_bytes" ]; then
+        summary keys "kernel.keys.maxkeys/maxbytes already >= $want_keys/$want_bytes"
+        return
+    fi
+    printf 'kernel.keys.maxkeys = %s\nkernel.keys.maxbytes = %s\n' "$want_keys" "$want_bytes" > "$KEYS_SYSCTL"
+    sysctl -q -w kernel.keys.maxkeys="$want_keys" kernel.keys.maxbytes="$want_bytes" \
+        || die "cannot raise kernel.keys.maxkeys (more than 200 containers per host need it)"
+    summary keys "kernel.keys.maxkeys=$want_keys maxbytes=$want_bytes ($KEYS_SYSCTL)"
+}
+
 # ---------------------------------------------------------------- main -----
 
 require_root
 mkdir -p "$LOG_DIR" "$RUN_DIR"
 setup_apt
 require_commands
+setup_kernel_keys
 setup_dockerd
 setup_titus_runtime
 setup_registry

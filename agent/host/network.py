@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,8 @@ class TaskNetworking:
         await asyncio.to_thread(prepared.remove, Path(netns_path))
 
     async def wire(
-        self, task_id: str, netns_path: str, groups: list[str], record: dict[str, Any], save: Callable[[], None]
+        self, task_id: str, netns_path: str, groups: list[str], record: dict[str, Any],
+        save: Callable[[], Awaitable[None] | None]
     ) -> None:
         await self.networks.setup(task_id, netns_path, groups, record, save)
 

@@ -9,10 +9,11 @@ Rules every step follows:
 - `setup` is idempotent: after an agent restart it may run again for the same task and must find and
   reuse what it already made (name resources after the task id) rather than make a second one.
 - Before returning from `setup`, record what was acquired in `ctx.record.resources[step.name]` and
-  call `ctx.save()`, so a `kill -9` right after still leaves a trail for teardown and GC. Data that
-  is derived or only informational (nothing acquired since the last write) is recorded without a
-  write of its own: the next write carries it, and a restart re-runs the step (each write costs two
-  fsyncs on the agent's loop; docs/launch-netns.md).
+  call `await ctx.commit()` (it returns once the record is in place, written on a thread and made
+  durable by the group sync: docs/footprint.md), so a `kill -9` right after still leaves a trail
+  for teardown and GC. Data that is derived or only informational (nothing acquired since the last
+  write) is recorded without a write of its own: the next write carries it, and a restart re-runs
+  the step (docs/launch-netns.md).
 - `teardown` is safe after a partial setup, after no setup at all, and when repeated; it reads what
   to release from `ctx.record.resources`, never from the step's memory.
 - Errors leave as `StepError`, whose reason says whose fault it is: CRASHED (the platform; costs the
@@ -29,7 +30,7 @@ Rules every step follows:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -51,6 +52,9 @@ class LaunchContext:
     docker: Docker
     node_id: str
     save: Callable[[], None]
+    # The same write off the agent's loop (the runner's; the disk can stall a write for ms under
+    # load); steps call `await ctx.commit()`. Without it `commit` falls back to `save`.
+    save_async: Callable[[], Awaitable[None]] | None = None
     # Accumulated arguments for the engine's container create call and its HostConfig.
     create_options: dict[str, Any] = field(default_factory=dict)
     host_config_options: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +67,13 @@ class LaunchContext:
     @property
     def task_id(self) -> str:
         return self.record.task_id
+
+    async def commit(self) -> None:
+        """Write the checkpoint and return once it is in place (a kill -9 right after finds it)."""
+        if self.save_async is not None:
+            await self.save_async()
+        else:
+            self.save()
 
     def resources(self, step: str) -> dict[str, Any]:
         return self.record.resources.setdefault(step, {})

@@ -30,7 +30,7 @@ class ContainerStep:
                 container_id, fresh = await self._create(ctx)
             mine["id"] = container_id
             ctx.record.container_id = container_id
-            ctx.save()
+            await ctx.commit()
             # Created just now by this call: it has not run, no inspect needed (one engine round trip
             # less per launch). Adopted after a restart (or a create conflict): ask the engine.
             running = False
@@ -53,7 +53,7 @@ class ContainerStep:
                     raise StepError(message, reason) from None
             mine["started_at"] = time.time()
             ctx.record.outputs.container_started_at = mine["started_at"]
-            ctx.save()
+            await ctx.commit()
         except DockerUnavailable as e:
             raise StepError(str(e)) from None
         except DockerError as e:

@@ -34,7 +34,7 @@ class CpusetStep:
             raise StepError(str(e)) from None
         mine.clear()
         mine.update(grant.to_record())
-        ctx.save()
+        await ctx.commit()
         cpus = self.host.cpuset_of(ctx.task_id)
         ctx.host_config_options["cpuset_cpus"] = cpus
         self.applier.created_with(ctx.task_id, cpus)
@@ -49,5 +49,5 @@ class CpusetStep:
             # Checkpointed first: after a kill -9 here, a restart must not hand these CPUs back to
             # this task while a new one may already hold them.
             mine["released"] = True
-            ctx.save()
+            await ctx.commit()
         self.host.release(ctx.task_id)  # idempotent; burst containers grow back through the loop

@@ -32,7 +32,7 @@ class IdentityStep:
         mine = ctx.resources(self.name)
         directory = self.identities.dir(ctx.task_id)
         mine["dir"] = str(directory)
-        ctx.save()  # a trail for teardown and GC before anything is written
+        await ctx.commit()  # a trail for teardown and GC before anything is written
         try:
             cert = await self.identities.ensure(ctx.task_id)
         except IdentityUnavailable as e:
@@ -40,7 +40,7 @@ class IdentityStep:
         except OSError as e:
             raise StepError(f"cannot write the task identity: {e}") from None
         mine["spiffe_id"] = cert_spiffe_id(cert)
-        ctx.save()
+        await ctx.commit()
         ctx.binds.append(f"{directory}:{MOUNT}:ro")
         ctx.environment.update({
             "TITUS_IDENTITY_DIR": MOUNT,

@@ -74,13 +74,13 @@ class ImdsStep:
             mine["link"] = await asyncio.to_thread(self.host.path.attach, ctx.task_id, netns_path, address)
         except NetworkError as e:
             raise StepError(f"no metadata link: {e.message}") from None
-        ctx.save()
+        await ctx.commit()
         identity = await self._identity(ctx, address)
         mine["role_arn"] = identity.role_arn  # for the record's readers: written with the token file
         if identity.role_arn is not None:
             token_file = await asyncio.to_thread(self.host.write_token_file, ctx.task_id)
             mine["token_file"] = str(token_file)
-            ctx.save()
+            await ctx.commit()
             ctx.binds.append(f"{token_file}:{TOKEN_PATH_IN_TASK}:ro")
             ctx.environment["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = TOKEN_PATH_IN_TASK
         ctx.environment.setdefault("AWS_REGION", self.host.region)

@@ -38,7 +38,7 @@ class NetworkStep:
         groups = list(ctx.record.assignment.container.security_groups)
         try:
             await self.host.prepare(netns_path)
-            await self.host.wire(ctx.task_id, netns_path, groups, mine, ctx.save)
+            await self.host.wire(ctx.task_id, netns_path, groups, mine, ctx.commit)
         except NetworkError as e:
             raise StepError(
                 f"no network: {e.message}", FinishReason.CRASHED if e.platform_fault else FinishReason.FAILED

@@ -56,7 +56,7 @@ class SecurityStep:
         else:
             mine.clear()
             mine.update(record)
-            ctx.save()
+            await ctx.commit()
         ctx.host_config_options.update(opts.host_config_kwargs)
         ctx.host_config_raw.update(opts.host_config_raw)
         for w in decision.warnings:

@@ -1,8 +1,11 @@
+import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
+from agent import checkpoint
 from agent.checkpoint import CheckpointCorrupt, CheckpointStore, TaskCheckpoint
 from titus_common.jobspec import ContainerSpec
 from titus_common.protocol import TaskAssignment
@@ -14,6 +17,10 @@ def record(task_id: str = "t1") -> TaskCheckpoint:
         task_id=task_id, job_id="j1", index=0, container=ContainerSpec(image="busybox"), accepted_at=1.0
     )
     return TaskCheckpoint(assignment=a, state=TaskState.STARTED, timestamps={TaskState.STARTED: 2.0})
+
+
+def records_dir(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "tasks").iterdir() if p.name != ".boot_id")
 
 
 def test_round_trip_and_delete(tmp_path: Path) -> None:
@@ -37,11 +44,11 @@ def _old_and_new(store: CheckpointStore) -> tuple[TaskCheckpoint, bytes, TaskChe
     return old, store._path("t1").read_bytes(), new
 
 
-@pytest.mark.parametrize("cut_at", ["fsync", "replace"])
+@pytest.mark.parametrize("cut_at", ["chmod", "replace"])
 def test_interrupted_write_leaves_the_old_version_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut_at: str
 ) -> None:
-    """A save that dies before its data is durable (fsync) or before it is put in place (rename)
+    """A save that dies after its data is written (chmod) or before it is put in place (rename)
     leaves the previous version byte for byte: a save that wrote the file in place would fail here."""
     store = CheckpointStore(tmp_path)
     old, old_bytes, new = _old_and_new(store)
@@ -55,7 +62,7 @@ def test_interrupted_write_leaves_the_old_version_intact(
     monkeypatch.undo()
     assert store._path("t1").read_bytes() == old_bytes
     assert store.load_all() == [old]  # nothing partial is read as valid
-    assert sorted(p.name for p in (tmp_path / "tasks").iterdir()) == ["t1.json"]
+    assert records_dir(tmp_path) == ["t1.json"]
     store.save(new)  # and the next save works
     assert store.load_all() == [new]
 
@@ -82,7 +89,7 @@ def test_leftover_of_a_killed_write_is_not_read_and_is_removed(
     torn.write_bytes(new.model_dump_json().encode()[: len(old_bytes) // 2])
     assert store.load_all() == [old]
     assert store._path("t1").read_bytes() == old_bytes
-    assert sorted(p.name for p in (tmp_path / "tasks").iterdir()) == ["t1.json"]  # the garbage went
+    assert records_dir(tmp_path) == ["t1.json"]  # the garbage went
 
 
 def test_corrupt_file_stops_the_agent(tmp_path: Path) -> None:
@@ -102,3 +109,95 @@ def test_file_name_must_match_task(tmp_path: Path) -> None:
 def test_unsafe_task_id_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         CheckpointStore(tmp_path).save(record("../escape"))
+
+
+def test_saves_are_made_durable_off_the_callers_thread_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save() never waits on the disk (it runs on the agent's loop); the group sync fsyncs every
+    record and the directory on its own thread, a burst in one round."""
+    store = CheckpointStore(tmp_path)
+    real_fsync = os.fsync
+    first_round = threading.Event()
+    fsyncs: list[str] = []
+
+    def held_fsync(fd: int) -> None:
+        fsyncs.append(threading.current_thread().name)
+        first_round.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    store.save(record("t0"))  # the first round starts and is held in its fsync
+    for i in range(1, 20):
+        store.save(record(f"t{i}"))  # no fsync on this thread: the saves do not wait
+    assert threading.current_thread().name not in fsyncs
+    first_round.set()
+    assert store.flush(timeout=10)
+    assert store.sync.rounds <= 3  # t0's round, then the other 19 together (one more at most)
+    assert set(fsyncs) == {"group-sync"}
+    assert len(store.load_all()) == 20
+
+
+def test_torn_record_after_a_reboot_is_set_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record saved just before a power loss may be torn; after the host rebooted it is set aside
+    (the task died with the host); without a reboot an unreadable record still stops the agent."""
+    store = CheckpointStore(tmp_path)
+    store.save(record("t1"))
+    assert store.load_all() == [record("t1")]  # leaves this boot's id
+    (tmp_path / "tasks" / "t9.json").write_bytes(b"")  # renamed into place, data never reached the disk
+    with pytest.raises(CheckpointCorrupt, match="t9.json cannot be read"):
+        CheckpointStore(tmp_path).load_all()  # same boot: not a power loss, never guess
+    monkeypatch.setattr(checkpoint, "current_boot_id", lambda: "another-boot")
+    after = CheckpointStore(tmp_path)
+    assert after.load_all() == [record("t1")]
+    assert [p.name for p in after.quarantined] == ["t9.torn"]
+    assert records_dir(tmp_path) == ["t1.json", "t9.torn"]
+    assert CheckpointStore(tmp_path).load_all() == [record("t1")]  # and the next start is clean
+
+
+def test_async_saves_land_in_order_whatever_the_threads_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save_async serialises the record when called; if an older version's write is slower than a
+    newer one's, the older is dropped, never written over the newer."""
+    store = CheckpointStore(tmp_path)
+    rec = record()
+    real = checkpoint.replace_bytes
+    gate = threading.Event()
+
+    def slow_first(path: Path, data: bytes, mode: int = 0o600) -> None:
+        if b"the old version" in data:
+            gate.wait(10)
+        real(path, data, mode)
+
+    monkeypatch.setattr(checkpoint, "replace_bytes", slow_first)
+
+    async def main() -> None:
+        rec.message = "the old version"
+        old = asyncio.ensure_future(store.save_async(rec))
+        await asyncio.sleep(0.05)  # the old version's write is parked in its thread
+        rec.message = "the new version"
+        store.save(rec)  # a newer version (sync) lands first
+        gate.set()
+        await old
+
+    asyncio.run(main())
+    assert store.load_all()[0].message == "the new version"
+
+
+def test_commit_runs_the_write_off_the_loop(tmp_path: Path) -> None:
+    from agent.steps.base import LaunchContext
+
+    store = CheckpointStore(tmp_path)
+    rec = record()
+    threads: list[str] = []
+    real_write = store._write
+
+    def spy(*args: object) -> None:
+        threads.append(threading.current_thread().name)
+        real_write(*args)  # type: ignore[arg-type]
+
+    store._write = spy  # type: ignore[method-assign]
+    ctx = LaunchContext(rec, docker=None, node_id="n1", save=lambda: store.save(rec),  # type: ignore[arg-type]
+                        save_async=lambda: store.save_async(rec))
+    asyncio.run(ctx.commit())
+    assert threads and threads[0].startswith("checkpoint_")  # its own pool, not the shared one
+    assert store.load_all() == [rec]

@@ -72,9 +72,9 @@ class FakeNetworks:
             raise self.fail
         self.setups.append((task_id, netns_path))
         rec["lease"] = {"address": "100.64.0.9"}
-        save()
+        await save()  # the step hands over ctx.commit
         rec["wiring"] = {"host_ifname": "tnabc"}
-        save()
+        await save()
         return rec
 
     async def teardown(self, task_id: str, rec: dict[str, Any]) -> None:
