@@ -147,14 +147,14 @@ class Platform:
         for c in self.containers(all=True):
             c.remove(force=True)
         # The engine health check's scratch containers, when a cut engine socket stopped their removal.
-        for c in self.engine.containers.list(all=True, filters={"label": f"titus.health={self.node_id}"}):
+        for c in self.engine.containers.list(all=True, ignore_removed=True, filters={"label": f"titus.health={self.node_id}"}):
             c.remove(force=True)
         self.remove_sandboxes()
 
     def remove_sandboxes(self) -> None:
         """The per-task network sandboxes (not labelled titus.agent: they are not tasks), then the
         policy rules their links left (a link goes with its namespace, a rule does not)."""
-        for c in self.engine.containers.list(all=True, filters={"label": f"titus.sandbox_agent={self.node_id}"}):
+        for c in self.engine.containers.list(all=True, ignore_removed=True, filters={"label": f"titus.sandbox_agent={self.node_id}"}):
             c.remove(force=True)
         Wiring(owner=self.node_id).gc(set())
         # The namespaces the agent prepared (docs/launch-netns.md): containers removed above, an
@@ -204,7 +204,7 @@ class Platform:
         return [t for t in self.tasks(job_id) if t["state"] == "Started"]
 
     def containers(self, all: bool = False) -> list[Any]:
-        return list(self.engine.containers.list(all=all, filters={"label": f"titus.agent={self.node_id}"}))
+        return list(self.engine.containers.list(all=all, ignore_removed=True, filters={"label": f"titus.agent={self.node_id}"}))
 
     def agent_metrics(self) -> str:
         return str(self.http.get(f"http://127.0.0.1:{self.agent_port}/metrics", timeout=5).text)
