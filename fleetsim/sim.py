@@ -46,6 +46,9 @@ class Stats:
     errors: int = 0
     first_started_at: float = 0.0
     last_started_at: float = 0.0
+    received: dict[str, float] = field(default_factory=dict)  # task id → monotonic time its launch arrived
+    started_at: dict[str, float] = field(default_factory=dict)  # task id → monotonic time it was Started
+    job_of: dict[str, str] = field(default_factory=dict)  # task id → its job
 
 
 class SimAgent:
@@ -91,6 +94,8 @@ class SimAgent:
             for a in resp.launch:
                 if a.task_id not in self.tasks:
                     self.tasks[a.task_id] = TaskState.LAUNCHED
+                    self.fleet.stats.received[a.task_id] = time.monotonic()
+                    self.fleet.stats.job_of[a.task_id] = a.job_id
                     job = asyncio.create_task(self._launch(a))
                     self._jobs.add(job)
                     job.add_done_callback(self._jobs.discard)
@@ -113,6 +118,7 @@ class SimAgent:
         self.stamps[a.task_id][TaskState.STARTED] = now
         st = self.fleet.stats
         st.started += 1
+        st.started_at[a.task_id] = time.monotonic()
         st.first_started_at = st.first_started_at or now
         st.last_started_at = now
         await self.fleet.update(self.id, TaskUpdate(task_id=a.task_id, state=TaskState.STARTED,
