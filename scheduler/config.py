@@ -136,6 +136,9 @@ class SchedulerConfig(BaseModel):
     decision_trace: Annotated[str, Field(max_length=4096)] = ""
     # Capacity groups (scheduler/capacity.py): `[[capacity_groups]]` tables in the TOML file.
     capacity_groups: list[CapacityGroup] = Field(default_factory=list, max_length=10_000)
+    # DRF hands a group a run of tasks while its dominant share stays within this much of the next
+    # group's (0: strictly task by task; docs/capacity-runs.md).
+    drf_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.01
 
     @model_validator(mode="after")
     def _capacity_group_names_unique(self) -> SchedulerConfig:

@@ -54,6 +54,7 @@ _HELP = {
     "crash_loop_threshold": "platform faults in a row that flag a job crash-looping",
     "registry_timeout": "seconds a registry lookup of an image tag's digest may take (submit, tag check)",
     "registry_reuse": "seconds submissions of one tag share a registry lookup (0: each asks)",
+    "drf_tolerance": "dominant-share slack within which DRF gives one capacity group a run of tasks (0: task by task)",
     "tag_check_interval": "seconds between checks that a running job's image tag has not moved (0: off)",
     "tag_checks_per_pass": "at most this many registry lookups per tag-check pass",
 }

@@ -67,7 +67,8 @@ class PlacementLoop:
         if not pending:
             return 0
         if len(s.capacity.by_name) > 1:  # capacity groups: critical tier first, DRF within a tier
-            pending = s.capacity.order(pending, s.jobs, self._placed_by_group(), self._cell_totals())
+            pending = s.capacity.order(pending, s.jobs, self._placed_by_group(), self._cell_totals(),
+                                       s.config.drf_tolerance)
         self.passes += 1
         began = time.perf_counter()
         placed = self._engine_pass(self.placer, pending, now) if isinstance(self.placer, Engine) \
