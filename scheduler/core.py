@@ -308,10 +308,13 @@ class Scheduler:
             remaining = deadline - self.clock()
             if resp.launch or resp.kill or resp.kill_containers or resp.stats or resp.exec_orders or remaining <= 0:
                 return resp
+            # Not `wait_for` (a task, a timer and a cancellation per long-poll: ~8 % of the scheduler's
+            # CPU at 7,000 hosts): the deadline sets the node's event, and the loop above re-checks.
+            timer = asyncio.get_running_loop().call_later(remaining, event.set)
             try:
-                await asyncio.wait_for(event.wait(), timeout=remaining)
-            except TimeoutError:
-                pass
+                await event.wait()
+            finally:
+                timer.cancel()
 
     def apply_updates(self, node_id: str, updates: Iterable[TaskUpdate]) -> list[str]:
         """Apply an agent's task reports. Returns the ids durably taken (applied or stale)."""
