@@ -48,6 +48,10 @@ from titus_common.states import FinishReason, TaskState
 __all__ = ["BadMode", "BadRequest", "Conflict", "NotFound", "Scheduler", "SchedulerConfig"]
 
 log = logging.getLogger("titus.scheduler")
+# What a heartbeat changes every time; a record differing only in these is not written again
+# before STORED_BEAT_EVERY seconds (Scheduler.heartbeat).
+_BEAT_ONLY = {"last_heartbeat"}
+STORED_BEAT_EVERY = 60.0
 
 
 class Scheduler:
@@ -86,6 +90,7 @@ class Scheduler:
         self.stats = StatsRelay(self._deliveries.wake)  # `titusctl task stats` (scheduler/taskstats.py)
         self.execs = ExecRelay(self._deliveries.wake, clock)  # owners' exec sessions (docs/exec.md)
         self._schedule_wanted = asyncio.Event()
+        self._stored_beat: dict[str, float] = {}  # node id → when its record was last written by a heartbeat
         self.capacity = Groups(self.config.capacity_groups)  # admission limits, tiers, fair share
         self.placing = PlacementLoop(self, placer)
         self._want_images: dict[str, bool] = {}
@@ -231,6 +236,7 @@ class Scheduler:
         now = self.clock()
         old = self.nodes.get(report.id)
         before = None if old is None else (old.status, old.capacity, dict(old.labels), old.posture, dict(old.taints))
+        stored = None if old is None else old.model_dump(exclude=_BEAT_ONLY)  # what the store holds of it
         node = liveness.heartbeat(old, report, now)
         facts_changed, self._want_images[report.id] = self.facts.update(report)
         if facts_changed or before != (node.status, node.capacity, node.labels, node.posture, node.taints):
@@ -251,7 +257,13 @@ class Scheduler:
         for t in gone:
             reason = t.finish_as or FinishReason.KILLED
             new_tasks.extend(self._end(t, reason, t.message or "killed (the host no longer held it)", now, jobs))
-        self.store.commit(nodes=[node], tasks=[*gone, *new_tasks], jobs=jobs.values())
+        # A heartbeat that changes nothing but its time is not written (1,400 store commits a second
+        # at 7,000 hosts): a restart gives every host a fresh heartbeat anyway. The record is still
+        # written every `STORED_BEAT_EVERY` seconds, so the store's copy never goes far stale.
+        if (gone or new_tasks or stored != node.model_dump(exclude=_BEAT_ONLY)
+                or now - self._stored_beat.get(node.id, -1e18) >= STORED_BEAT_EVERY):
+            self.store.commit(nodes=[node], tasks=[*gone, *new_tasks], jobs=jobs.values())
+            self._stored_beat[node.id] = now
         self._remember(new_tasks)
         return node
 
