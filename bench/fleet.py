@@ -108,11 +108,13 @@ def main() -> None:
             if a.py_spy is not None:
                 a.py_spy.mkdir(parents=True, exist_ok=True)
                 spies = [spy(proc.p.pid, a.py_spy / "scheduler.txt"), spy(os.getpid(), a.py_spy / "fleet.txt")]
+            load0 = os.getloadavg()[0]
             c0 = sum(psutil.Process(proc.p.pid).cpu_times()[:2])
             f0 = sum(psutil.Process().cpu_times()[:2])
             r = asyncio.run(run_burst(url, hosts, burst, 10, "pack", LaunchModel(time_scale=a.time_scale), timeout=900))
             sched_cpu = sum(psutil.Process(proc.p.pid).cpu_times()[:2]) - c0
             fleet_cpu = sum(psutil.Process().cpu_times()[:2]) - f0
+            load1 = os.getloadavg()[0]
             for sp in spies:
                 sp.send_signal(signal.SIGINT)
                 sp.wait(60)
@@ -128,7 +130,8 @@ def main() -> None:
     n = p1.get("count", 0) - p0.get("count", 0)
     total = p1.get("sum", 0) - p0.get("sum", 0)
     print(f"  placement passes: {n:.0f}, {total:.2f} s in all, p50 {pass_quantile(p0, p1, 0.5)}, p99 {pass_quantile(p0, p1, 0.99)};"
-          f" CPU during the burst: scheduler {sched_cpu:.1f} s, fleet {fleet_cpu:.1f} s (of {r.all_started_s * 2:.0f} core-s)")
+          f" CPU during the burst: scheduler {sched_cpu:.1f} s, fleet {fleet_cpu:.1f} s (of {r.all_started_s * 2:.0f} core-s);"
+          f" machine load average {load0:.1f} → {load1:.1f} (2 cores; other work on the machine competes)")
     print(f"RESULT fleet hosts={hosts} burst={burst} all_started_s={r.all_started_s:.1f} e2e_pps={r.e2e_pps:.0f}"
           f" sync_p99_ms={r.sync_p99_ms:.0f} scheduler_rss_mb={max(rss, rss2):.0f} steady_cpu_pct={cpu:.1f}"
           f" running_p50_s={r.running_p50_s:.1f} running_p99_s={r.running_p99_s:.1f} pass_s_total={total:.2f}")
