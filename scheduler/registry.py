@@ -3,7 +3,7 @@
 
 The scheduler asks at submit (to pin the job's digest) and periodically for running jobs (to flag a
 tag that moved; scheduler/provenance.py). Every lookup is a blocking HTTP call: it runs on a thread
-(`asyncio.to_thread`), never on the event loop, with a timeout. A lookup that cannot be answered —
+(its own pool of 32 threads), never on the event loop, with a timeout. A lookup that cannot be answered —
 registry unreachable, slow, asking for credentials, or a Docker Hub name (token auth, not done here)
 — is a `Lookup` with no digest and the reason: the job is accepted anyway and the agent's first
 launch pins the digest instead (docs/provenance.md).
@@ -21,6 +21,7 @@ once per reference, not once per job. The periodic tag check always asks afresh.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import ssl
 import time
@@ -58,12 +59,18 @@ def _loopback(host: str) -> bool:
         return False
 
 
+LOOKUP_THREADS = 32
+
+
 class Registry:
     def __init__(self, timeout: float = 5.0, reuse_for: float = 10.0) -> None:
         self.timeout = timeout
         self.reuse_for = reuse_for
         self._context: ssl.SSLContext | None = None
         self._recent: dict[str, tuple[float, asyncio.Future[Lookup]]] = {}  # ref → (asked at, answer)
+        # Lookups wait on DNS and the network, not the CPU: their own threads, so a burst's distinct
+        # tags (or a slow registry) do not queue behind the loop's 6 default workers, nor hold them.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="registry")
 
     def _ssl(self) -> ssl.SSLContext:
         if self._context is None:  # a benign race on first use: two threads may each build one
@@ -120,6 +127,7 @@ class Registry:
 
     async def _ask(self, ref: str) -> Lookup:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self.lookup_blocking, ref), self.timeout + 1.0)
+            asked = asyncio.get_running_loop().run_in_executor(self._pool, self.lookup_blocking, ref)
+            return await asyncio.wait_for(asked, self.timeout + 1.0)
         except TimeoutError:
             return Lookup(None, f"registry did not answer within {self.timeout:g}s")
