@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,10 +56,41 @@ async def steady(url: str, hosts: int, seconds: float, pid: int) -> tuple[float,
     return cpu, p.memory_info().rss / 2**20
 
 
+def passes(url: str) -> dict[str, float]:
+    """The scheduler's placement-pass histogram (cumulative): bucket bound → count, plus sum/count."""
+    out: dict[str, float] = {}
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("titus_scheduler_placement_pass_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(("titus_scheduler_placement_pass_seconds_sum", "titus_scheduler_placement_pass_seconds_count")):
+            out[line.split(" ", 1)[0].rsplit("_", 1)[1]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def pass_quantile(before: dict[str, float], after: dict[str, float], q: float) -> str:
+    """The bucket bound holding quantile `q` of the passes between the two readings."""
+    n = after.get("count", 0) - before.get("count", 0)
+    if n <= 0:
+        return "-"
+    for le in sorted((k for k in after if k not in ("sum", "count")), key=lambda k: float(k.replace("+Inf", "inf"))):
+        if after[le] - before.get(le, 0) >= q * n:
+            return f"≤{float(le) * 1000:g} ms" if le != "+Inf" else "> 5 s"
+    return "-"
+
+
+def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` (collapsed stacks), until stopped with SIGINT."""
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
+                             "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--time-scale", type=float, default=0.01)
+    ap.add_argument("--py-spy", type=Path, metavar="DIR",
+                    help="sample the scheduler and this process (the fleet) with py-spy during the burst: DIR/*.txt")
     a = ap.parse_args()
     hosts, burst = (700, 750) if a.quick else (7000, 7500)
     with tempfile.TemporaryDirectory() as d:
@@ -69,15 +103,38 @@ def main() -> None:
             assert proc.p.pid is not None
             cpu, rss = asyncio.run(steady(url, hosts, 10.0, proc.p.pid))
             print(f"steady: {hosts} hosts heartbeating (5 s long-polls): scheduler {cpu:.1f} % CPU, RSS {rss:.0f} MB")
+            p0 = passes(url)
+            spies = []
+            if a.py_spy is not None:
+                a.py_spy.mkdir(parents=True, exist_ok=True)
+                spies = [spy(proc.p.pid, a.py_spy / "scheduler.txt"), spy(os.getpid(), a.py_spy / "fleet.txt")]
+            load0 = os.getloadavg()[0]
+            c0 = sum(psutil.Process(proc.p.pid).cpu_times()[:2])
+            f0 = sum(psutil.Process().cpu_times()[:2])
             r = asyncio.run(run_burst(url, hosts, burst, 10, "pack", LaunchModel(time_scale=a.time_scale), timeout=900))
+            sched_cpu = sum(psutil.Process(proc.p.pid).cpu_times()[:2]) - c0
+            fleet_cpu = sum(psutil.Process().cpu_times()[:2]) - f0
+            load1 = os.getloadavg()[0]
+            for sp in spies:
+                sp.send_signal(signal.SIGINT)
+                sp.wait(60)
+            p1 = passes(url)
             rss2 = psutil.Process(proc.p.pid).memory_info().rss / 2**20
         finally:
             proc.stop()
     print(f"burst: {burst} tasks on {hosts} hosts in pack: all Started after {r.all_started_s:.1f} s wall"
           f" (launch model at time scale {a.time_scale:g}), {r.e2e_pps:.0f} tasks/s end to end, sync p99 {r.sync_p99_ms:.0f} ms,"
           f" errors {r.errors}")
+    print(f"  submitted in {r.submitted_s:.1f} s; submit→launch at the host p50 {r.assigned_p50_s:.1f} s p99 {r.assigned_p99_s:.1f} s;"
+          f" submit→Started p50 {r.running_p50_s:.1f} s p99 {r.running_p99_s:.1f} s")
+    n = p1.get("count", 0) - p0.get("count", 0)
+    total = p1.get("sum", 0) - p0.get("sum", 0)
+    print(f"  placement passes: {n:.0f}, {total:.2f} s in all, p50 {pass_quantile(p0, p1, 0.5)}, p99 {pass_quantile(p0, p1, 0.99)};"
+          f" CPU during the burst: scheduler {sched_cpu:.1f} s, fleet {fleet_cpu:.1f} s (of {r.all_started_s * 2:.0f} core-s);"
+          f" machine load average {load0:.1f} → {load1:.1f} (2 cores; other work on the machine competes)")
     print(f"RESULT fleet hosts={hosts} burst={burst} all_started_s={r.all_started_s:.1f} e2e_pps={r.e2e_pps:.0f}"
-          f" sync_p99_ms={r.sync_p99_ms:.0f} scheduler_rss_mb={max(rss, rss2):.0f} steady_cpu_pct={cpu:.1f}")
+          f" sync_p99_ms={r.sync_p99_ms:.0f} scheduler_rss_mb={max(rss, rss2):.0f} steady_cpu_pct={cpu:.1f}"
+          f" running_p50_s={r.running_p50_s:.1f} running_p99_s={r.running_p99_s:.1f} pass_s_total={total:.2f}")
 
 
 if __name__ == "__main__":

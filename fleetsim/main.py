@@ -36,6 +36,11 @@ class BurstResult:
     e2e_pps: float
     sync_p99_ms: float
     errors: int
+    submitted_s: float = 0.0  # until the last submission was answered
+    assigned_p50_s: float = 0.0  # a job's submission → its task's launch reached the host
+    assigned_p99_s: float = 0.0
+    running_p50_s: float = 0.0  # a job's submission → its task Started on the host
+    running_p99_s: float = 0.0
 
 
 async def _wait(pred_coro: object, timeout: float, what: str) -> None:
@@ -66,11 +71,19 @@ async def run_burst(base: str, hosts: int, burst: int, job_size: int = 10, mode:
                 return fleet.ready.is_set()
             await _wait(bootstrapped, timeout, f"{hosts} hosts bootstrapped")
 
-            async def all_ready() -> bool:
+            async def all_synced() -> bool:  # a host the scheduler lists from an earlier run may not have yet
+                return all(a.synced for a in fleet.agents)
+            await _wait(all_synced, timeout, f"{hosts} hosts synced")
+
+            async def all_ready() -> bool:  # a listing of every host is heavy at 7,000: not every 0.1 s
                 async with http.get(f"{base}/v1/nodes") as r:
                     nodes = (await r.json())["nodes"]
-                return sum(1 for n in nodes if n["id"].startswith("sim-") and n["status"] == "Ready") >= hosts
+                if sum(1 for n in nodes if n["id"].startswith("sim-") and n["status"] == "Ready") >= hosts:
+                    return True
+                await asyncio.sleep(2.0)
+                return False
             await _wait(all_ready, timeout, f"{hosts} hosts Ready")
+            await asyncio.sleep(min(5.0, fleet.wait_seconds))  # the first syncs' images reports settle
             if mode is not None:
                 async with http.put(f"{base}/v1/admin/scheduling-mode", json={"mode": mode},
                                     headers={"X-Titus-Actor": "fleetsim"}) as r:
@@ -86,14 +99,20 @@ async def run_burst(base: str, hosts: int, burst: int, job_size: int = 10, mode:
                 left -= sizes[-1]
             gate = asyncio.Semaphore(16)  # submissions in flight, as many clients would
 
+            sent: dict[str, float] = {}  # job id → when its submission was sent
+
             async def submit(n: int) -> None:
                 spec = {"appName": "fleetsim", "owner": "fleetsim", "batch": {"size": n},
                         "container": {"image": f"registry.sim/app{rng.randrange(50)}:1", "command": ["run"],
                                       "resources": {"cpu": rng.choice([1, 1, 2, 2, 4]), "memoryMiB": 1024}}}
-                async with gate, http.post(f"{base}/v1/jobs", json=spec) as r:
-                    if r.status != 201:
-                        raise RuntimeError(f"submit refused: {await r.text()}")
+                async with gate:
+                    at = time.monotonic()
+                    async with http.post(f"{base}/v1/jobs", json=spec) as r:
+                        if r.status != 201:
+                            raise RuntimeError(f"submit refused: {await r.text()}")
+                        sent[(await r.json())["id"]] = at
             await asyncio.gather(*(submit(n) for n in sizes))
+            submitted = time.monotonic() - t0
 
             async def all_started() -> bool:
                 return fleet.stats.started - started0 >= burst
@@ -104,7 +123,16 @@ async def run_burst(base: str, hosts: int, burst: int, job_size: int = 10, mode:
         await asyncio.gather(runner, return_exceptions=True)  # a bootstrap refusal was raised above
     lat = sorted(fleet.stats.sync_latency)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else 0.0
-    return BurstResult(hosts, burst, took, burst / took, p99, fleet.stats.errors)
+    st = fleet.stats
+    ours = [t for t, j in st.job_of.items() if j in sent]
+    assigned = sorted(st.received[t] - sent[st.job_of[t]] for t in ours)
+    running = sorted(st.started_at[t] - sent[st.job_of[t]] for t in ours if t in st.started_at)
+    return BurstResult(hosts, burst, took, burst / took, p99, st.errors, submitted,
+                       _pct(assigned, 0.5), _pct(assigned, 0.99), _pct(running, 0.5), _pct(running, 0.99))
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return xs[min(len(xs) - 1, int(len(xs) * q))] if xs else 0.0
 
 
 def main(argv: list[str] | None = None) -> None:

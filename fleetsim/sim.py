@@ -1,7 +1,10 @@
-"""Simulated agents over HTTP or TLS (fleetsim/trust.py: each bootstraps its node certificate). Each agent: a long-poll `sync` loop (heartbeat + work) and an
-`updates` report per transition; a launch takes `LaunchModel` time (scaled by `time_scale` to wall
-time): base + image pull when the image is not cached on the host (then it is) + network setup when
-the host has no task yet (cold network). Tasks then run until killed (or for `run_seconds`)."""
+"""Simulated agents over HTTP or TLS (fleetsim/trust.py: each bootstraps its node certificate). Each
+agent does what titus-agent does on the protocol (agent/agent.py): a long-poll `sync` loop (heartbeat
++ work) and a report loop that sends every transition not yet reported in one `updates` call, one
+call in flight at a time (StartInitiated when a launch is accepted, Started, Finished). A launch
+takes `LaunchModel` time (scaled by `time_scale` to wall time): base + image pull when the image is
+not cached on the host (then it is) + network setup when the host has no task yet (cold network).
+Tasks then run until killed (or for `run_seconds`)."""
 
 from __future__ import annotations
 
@@ -41,11 +44,15 @@ class LaunchModel:
 @dataclass
 class Stats:
     syncs: int = 0
+    updates: int = 0  # `updates` calls taken
     sync_latency: list[float] = field(default_factory=list)  # seconds, sync calls that returned work
     started: int = 0
     errors: int = 0
     first_started_at: float = 0.0
     last_started_at: float = 0.0
+    received: dict[str, float] = field(default_factory=dict)  # task id → monotonic time its launch arrived
+    started_at: dict[str, float] = field(default_factory=dict)  # task id → monotonic time it was Started
+    job_of: dict[str, str] = field(default_factory=dict)  # task id → its job
 
 
 class SimAgent:
@@ -61,6 +68,9 @@ class SimAgent:
         self._slots = asyncio.Semaphore(fleet.model.concurrent)
         self._jobs: set[asyncio.Task[None]] = set()
         self.ssl: ssl.SSLContext | bool = True  # its node certificate, over TLS
+        self.synced = False  # a first sync was answered
+        self._unreported: dict[str, TaskUpdate] = {}  # task id → its latest transition, not yet sent
+        self._report_wanted = asyncio.Event()
 
     def report(self, want_images: bool) -> NodeReport:
         refs = sorted(self.images)
@@ -73,7 +83,33 @@ class SimAgent:
             cached_images_digest=digest, cached_images=refs if send else None,
         )
 
+    def _transition(self, task_id: str, u: TaskUpdate) -> None:
+        self._unreported[task_id] = u  # the latest state wins, as the agent reports its record
+        self._report_wanted.set()
+
+    async def report_loop(self) -> None:
+        """As the agent's `_report_loop`: all that is unreported in one call; on failure, again later."""
+        while True:
+            await self._report_wanted.wait()
+            self._report_wanted.clear()
+            batch, self._unreported = self._unreported, {}
+            if not batch:
+                continue
+            if not await self.fleet.update(self.id, list(batch.values())):
+                for task_id, u in batch.items():
+                    self._unreported.setdefault(task_id, u)  # a newer transition meanwhile wins
+                self._report_wanted.set()
+                await asyncio.sleep(0.5)
+
     async def run(self, stop: asyncio.Event) -> None:
+        reports = asyncio.create_task(self.report_loop())
+        try:
+            await self._sync_loop(stop)
+        finally:
+            reports.cancel()
+            await asyncio.gather(reports, return_exceptions=True)
+
+    async def _sync_loop(self, stop: asyncio.Event) -> None:
         want_images = True
         while not stop.is_set():
             t0 = time.monotonic()
@@ -85,12 +121,18 @@ class SimAgent:
                 await asyncio.sleep(0.5)
                 continue
             self.fleet.stats.syncs += 1
+            self.synced = True
             want_images = resp.send_cached_images
             if resp.launch or resp.kill:
                 self.fleet.stats.sync_latency.append(time.monotonic() - t0)
             for a in resp.launch:
                 if a.task_id not in self.tasks:
                     self.tasks[a.task_id] = TaskState.LAUNCHED
+                    self.fleet.stats.received[a.task_id] = time.monotonic()
+                    self.fleet.stats.job_of[a.task_id] = a.job_id
+                    self.stamps[a.task_id] = {TaskState.LAUNCHED: time.time(), TaskState.START_INITIATED: time.time()}
+                    self._transition(a.task_id, TaskUpdate(task_id=a.task_id, state=TaskState.START_INITIATED,
+                                                           timestamps=dict(self.stamps[a.task_id])))
                     job = asyncio.create_task(self._launch(a))
                     self._jobs.add(job)
                     job.add_done_callback(self._jobs.discard)
@@ -100,7 +142,6 @@ class SimAgent:
 
     async def _launch(self, a: TaskAssignment) -> None:
         m = self.fleet.model
-        self.stamps[a.task_id] = {TaskState.LAUNCHED: time.time()}
         async with self._slots:
             cached = a.container.image in self.images
             warm = any(s is TaskState.STARTED for s in self.tasks.values())
@@ -113,10 +154,11 @@ class SimAgent:
         self.stamps[a.task_id][TaskState.STARTED] = now
         st = self.fleet.stats
         st.started += 1
+        st.started_at[a.task_id] = time.monotonic()
         st.first_started_at = st.first_started_at or now
         st.last_started_at = now
-        await self.fleet.update(self.id, TaskUpdate(task_id=a.task_id, state=TaskState.STARTED,
-                                                    timestamps=dict(self.stamps[a.task_id])))
+        self._transition(a.task_id, TaskUpdate(task_id=a.task_id, state=TaskState.STARTED,
+                                               timestamps=dict(self.stamps[a.task_id])))
         if m.run_s is not None:
             await asyncio.sleep(m.run_s * m.time_scale)
             await self._finish(a.task_id, FinishReason.NORMAL, "exited with code 0")
@@ -125,8 +167,8 @@ class SimAgent:
         self.tasks[task_id] = TaskState.FINISHED
         stamps = self.stamps.setdefault(task_id, {})
         stamps[TaskState.FINISHED] = time.time()
-        await self.fleet.update(self.id, TaskUpdate(task_id=task_id, state=TaskState.FINISHED, timestamps=stamps,
-                                                    reason=reason, message=message, exit_code=0))
+        self._transition(task_id, TaskUpdate(task_id=task_id, state=TaskState.FINISHED, timestamps=dict(stamps),
+                                             reason=reason, message=message, exit_code=0))
 
 
 class Fleet:
@@ -169,19 +211,20 @@ class Fleet:
                 raise ValueError(f"sync HTTP {r.status}: {(await r.text())[:200]}")
             return SyncResponse.model_validate(await r.json())
 
-    async def update(self, node_id: str, u: TaskUpdate) -> None:
+    async def update(self, node_id: str, updates: list[TaskUpdate]) -> bool:
+        """One `updates` call; False when it was not taken (the report loop sends it again)."""
         assert self._session is not None
-        body = UpdatesRequest(updates=[u]).model_dump(mode="json", by_alias=True, exclude_none=True)
-        ctx = self._by_id[node_id].ssl
-        for _ in range(5):
-            try:
-                async with self._session.post(f"{self.base}/v1/nodes/{node_id}/updates", json=body, ssl=ctx) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            self.stats.errors += 1
-            await asyncio.sleep(0.2)
+        body = UpdatesRequest(updates=updates).model_dump(mode="json", by_alias=True, exclude_none=True)
+        try:
+            async with self._session.post(f"{self.base}/v1/nodes/{node_id}/updates", json=body,
+                                          ssl=self._by_id[node_id].ssl) as r:
+                if r.status == 200:
+                    self.stats.updates += 1
+                    return True
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+        self.stats.errors += 1
+        return False
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.wait_seconds + 30)

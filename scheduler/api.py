@@ -146,8 +146,8 @@ async def submit_job(request: web.Request) -> web.Response:
     if problems:
         raise ApiError(400, "invalid job", problems)
     # The tag's digest, asked of the registry on a thread with a timeout; no answer: the agent's
-    # first launch pins it (scheduler/provenance.py).
-    image = await s.registry.lookup(spec.container.image) if s.registry is not None else None
+    # first launch pins it (scheduler/provenance.py). A burst's jobs share one lookup per tag.
+    image = await s.registry.lookup(spec.container.image, reuse=True) if s.registry is not None else None
     job, created = s.submit(spec, image)
     return _json(job_view(s, job, request.app.get(WORKLOAD_KEY)), status=201 if created else 200)
 

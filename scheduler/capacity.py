@@ -7,7 +7,8 @@ A capacity group (Titus's term) is an owner's or an application's share of the c
 - `reserved_cpu` / `reserved_memory_mib`: the group's guaranteed share, the weight of dominant
   resource fairness (DRF) within a tier: the group whose usage is the smallest fraction of its
   share (on its dominant resource) gets the next placement. A group without a reservation is
-  weighed against the whole cell.
+  weighed against the whole cell. The group keeps the turn for a run of tasks within `drf_tolerance`
+  of the next group's share, so placement keeps its incremental runs (docs/capacity-runs.md).
 A job names its group with `capacityGroup`; otherwise the first group listing its app, then its
 owner, else `default` (flex, no limit). Pure: `usage`, `admit` and `order` are given the records.
 """
@@ -132,11 +133,19 @@ class Groups:
         jobs: Mapping[str, JobRecord],
         placed: Mapping[str, tuple[float, float]],
         cell: tuple[float, float],
+        tolerance: float = 0.0,
     ) -> list[TaskRecord]:
         """Critical before flex; within a tier progressive filling by dominant share: the group with
         the smallest (usage / share) on its dominant resource gets the next task, its usage grows by
         that task's demand. `pending` is oldest first and keeps that order within a group. `placed`:
-        per group, (cpu, memory) its placed tasks hold now; `cell`: the Ready hosts' totals."""
+        per group, (cpu, memory) its placed tasks hold now; `cell`: the Ready hosts' totals.
+
+        The chosen group keeps the turn while its dominant share stays below the next group's plus
+        `tolerance` (a fraction of its share: 0.01 is one percentage point), so its tasks come as one
+        run, which the engine places incrementally (`Engine._place_run`), instead of alternating task
+        by task with equally-served groups. With `tolerance=0` the order is exactly task-at-a-time
+        DRF; otherwise every task is given to a group whose dominant share, before it, is at most
+        `tolerance` above that of every other group still waiting in its tier (docs/capacity-runs.md)."""
         queues: dict[str, list[TaskRecord]] = {}
         for t in pending:
             queues.setdefault(self.group_of(jobs[t.job_id].spec).name, []).append(t)
@@ -153,14 +162,20 @@ class Groups:
             pos = dict.fromkeys(used, 0)
             while heap:
                 _, name = heapq.heappop(heap)
-                t = queues[name][pos[name]]
-                pos[name] += 1
-                out.append(t)
-                r = jobs[t.job_id].spec.container.resources
-                used[name][0] += r.cpu
-                used[name][1] += r.memory_mib
-                if pos[name] < len(queues[name]):
-                    heapq.heappush(heap, (self._share(name, used[name], cell), name))
+                queue, u = queues[name], used[name]
+                while True:  # the group's run: task-at-a-time would pick it again while it is the smallest
+                    t = queue[pos[name]]
+                    pos[name] += 1
+                    out.append(t)
+                    r = jobs[t.job_id].spec.container.resources
+                    u[0] += r.cpu
+                    u[1] += r.memory_mib
+                    if pos[name] == len(queue):
+                        break
+                    share = self._share(name, u, cell)
+                    if heap and not (share - tolerance, name) < heap[0]:
+                        heapq.heappush(heap, (share, name))
+                        break
         return out
 
     def _share(self, name: str, used: list[float], cell: tuple[float, float]) -> float:

@@ -121,6 +121,9 @@ class SchedulerConfig(BaseModel):
     # check); how often each running job's tag is checked for having moved (0: never), at most this
     # many lookups per pass.
     registry_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Submissions within this many seconds of one another share one lookup per tag (0: every
+    # submission asks); the tag check always asks afresh.
+    registry_reuse: Annotated[float, Field(ge=0, le=300)] = 10.0
     tag_check_interval: Annotated[float, Field(ge=0)] = 300.0
     tag_checks_per_pass: Annotated[int, Field(ge=1, le=1000)] = 16
     # The automatic switch on a burst (scheduler/automode.py): pack once this many Accepted tasks wait
@@ -133,6 +136,9 @@ class SchedulerConfig(BaseModel):
     decision_trace: Annotated[str, Field(max_length=4096)] = ""
     # Capacity groups (scheduler/capacity.py): `[[capacity_groups]]` tables in the TOML file.
     capacity_groups: list[CapacityGroup] = Field(default_factory=list, max_length=10_000)
+    # DRF hands a group a run of tasks while its dominant share stays within this much of the next
+    # group's (0: strictly task by task; docs/capacity-runs.md).
+    drf_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.01
 
     @model_validator(mode="after")
     def _capacity_group_names_unique(self) -> SchedulerConfig:

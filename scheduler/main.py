@@ -53,6 +53,8 @@ _HELP = {
     "streak_reset_after": "seconds Started after which an index's crash/failure streak resets",
     "crash_loop_threshold": "platform faults in a row that flag a job crash-looping",
     "registry_timeout": "seconds a registry lookup of an image tag's digest may take (submit, tag check)",
+    "registry_reuse": "seconds submissions of one tag share a registry lookup (0: each asks)",
+    "drf_tolerance": "dominant-share slack within which DRF gives one capacity group a run of tasks (0: task by task)",
     "tag_check_interval": "seconds between checks that a running job's image tag has not moved (0: off)",
     "tag_checks_per_pass": "at most this many registry lookups per tag-check pass",
 }
@@ -144,7 +146,7 @@ def _scheduler(config: ServiceConfig, policy: SecurityPolicy) -> Scheduler:
         c = config.scheduler
         engine = Engine(Mode(c.scheduling_mode), c.placement_seed, c.job_cap_per_host)
         return Scheduler(store, engine, SchedulerMetrics(), c, security_policy=policy,
-                         registry=Registry(c.registry_timeout))
+                         registry=Registry(c.registry_timeout, c.registry_reuse))
     except BaseException:
         store.close()
         raise

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("titus.scheduler.remediation")
 
 QUEUE_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, *AGE_BUCKETS, 1800, 3600)
+PASS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 LAUNCH_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300)
 
 
@@ -163,6 +164,15 @@ class SchedulerMetrics:
         self.mode_switches = Counter(
             "titus_scheduler_scheduling_mode_switches", "Live switches of the placement mode, by new mode", ["mode"],
             registry=self.registry,
+        )
+        self.pass_seconds = Histogram(
+            "titus_scheduler_placement_pass_seconds",
+            "Wall time of a placement pass that evaluated at least one task (table, placement, commit)",
+            buckets=PASS_BUCKETS, registry=self.registry,
+        )
+        self.pass_tasks = Counter(
+            "titus_scheduler_placement_pass_tasks", "Tasks evaluated by placement passes, by outcome (placed, waiting)",
+            ["outcome"], registry=self.registry,
         )
         self._frozen = False
 

@@ -24,18 +24,24 @@ if TYPE_CHECKING:
     from scheduler.core import Scheduler
 
 log = logging.getLogger("titus.scheduler")
+# What a heartbeat changes every time; a record differing only in these is not written again
+# before STORED_BEAT_EVERY seconds (NodeProtocol.heartbeat).
+_BEAT_ONLY = {"last_heartbeat"}
+STORED_BEAT_EVERY = 60.0
 
 
 class NodeProtocol:
     def __init__(self, sched: Scheduler) -> None:
         self._s = sched
         self._want_images: dict[str, bool] = {}  # hosts asked to send their cached-image list
+        self._stored_beat: dict[str, float] = {}  # node id → when its record was last written by a heartbeat
 
     def heartbeat(self, report: NodeReport) -> NodeRecord:
         s = self._s
         now = s.clock()
         old = s.nodes.get(report.id)
         before = None if old is None else (old.status, old.capacity, dict(old.labels), old.posture, dict(old.taints))
+        stored = None if old is None else old.model_dump(exclude=_BEAT_ONLY)  # what the store holds of it
         node = liveness.heartbeat(old, report, now)
         facts_changed, self._want_images[report.id] = s.facts.update(report)
         if facts_changed or before != (node.status, node.capacity, node.labels, node.posture, node.taints):
@@ -56,7 +62,13 @@ class NodeProtocol:
         for t in gone:
             reason = t.finish_as or FinishReason.KILLED
             new_tasks.extend(s._end(t, reason, t.message or "killed (the host no longer held it)", now, jobs))
-        s.store.commit(nodes=[node], tasks=[*gone, *new_tasks], jobs=jobs.values())
+        # A heartbeat that changes nothing but its time is not written (1,400 store commits a second
+        # at 7,000 hosts): a restart gives every host a fresh heartbeat anyway. The record is still
+        # written every `STORED_BEAT_EVERY` seconds, so the store's copy never goes far stale.
+        if (gone or new_tasks or stored != node.model_dump(exclude=_BEAT_ONLY)
+                or now - self._stored_beat.get(node.id, -1e18) >= STORED_BEAT_EVERY):
+            s.store.commit(nodes=[node], tasks=[*gone, *new_tasks], jobs=jobs.values())
+            self._stored_beat[node.id] = now
         s._remember(new_tasks)
         return node
 
@@ -101,10 +113,13 @@ class NodeProtocol:
             remaining = deadline - s.clock()
             if resp.launch or resp.kill or resp.kill_containers or resp.stats or resp.exec_orders or remaining <= 0:
                 return resp
+            # Not `wait_for` (a task, a timer and a cancellation per long-poll: ~8 % of the scheduler's
+            # CPU at 7,000 hosts): the deadline sets the node's event, and the loop above re-checks.
+            timer = asyncio.get_running_loop().call_later(remaining, event.set)
             try:
-                await asyncio.wait_for(event.wait(), timeout=remaining)
-            except TimeoutError:
-                pass
+                await event.wait()
+            finally:
+                timer.cancel()
 
     def apply_updates(self, node_id: str, updates: Iterable[TaskUpdate]) -> list[str]:
         """Apply an agent's task reports. Returns the ids durably taken (applied or stale)."""

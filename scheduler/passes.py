@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -56,33 +57,52 @@ def build_table(
     return HostTable(hosts, seed, max_tasks_per_host), ready
 
 
-def _posture_masks(
-    table: HostTable, ready: list[NodeRecord], job: JobRecord, policy: SecurityPolicy
-) -> list[tuple[str, B]]:
+class HostGroups:
+    """The Ready hosts grouped once per pass by what the per-job masks depend on: the reported
+    posture and the set of taint names. A job's masks are then one check per distinct posture and
+    per distinct taint set, not one per host (at 7,000 hosts and a burst's hundreds of jobs, the
+    per-host version was most of a pass)."""
+
+    def __init__(self, table: HostTable, ready: list[NodeRecord]) -> None:
+        self.n = len(table)
+        postures: dict[str, list[int]] = {}
+        tainted: dict[frozenset[str], list[int]] = {}
+        self.posture: dict[str, dict[str, Any] | None] = {}
+        for node in ready:
+            i = table.index[node.id]
+            key = "null" if node.posture is None else json.dumps(node.posture, sort_keys=True)
+            if key not in postures:
+                postures[key] = []
+                self.posture[key] = node.posture
+            postures[key].append(i)
+            names = node.taints
+            if names:
+                tainted.setdefault(frozenset(names), []).append(i)
+        self.by_posture = {k: np.array(v, dtype=np.int64) for k, v in postures.items()}
+        self.by_taints = {k: np.array(v, dtype=np.int64) for k, v in tainted.items()}
+
+
+def _posture_masks(groups: HostGroups, job: JobRecord, policy: SecurityPolicy) -> list[tuple[str, B]]:
     """Security posture as a hard filter: one check per distinct reported posture, not per host."""
-    by_posture: dict[str, list[int]] = {}
-    for n in ready:
-        by_posture.setdefault(json.dumps(n.posture, sort_keys=True), []).append(table.index[n.id])
     out: dict[str, B] = {}
-    for key, idx in by_posture.items():
-        posture = json.loads(key)
-        view = NodeView("", 0, 0, 0, {}, posture)
+    for key, idx in groups.by_posture.items():
+        view = NodeView("", 0, 0, 0, {}, groups.posture[key])
         problem = eligibility.posture_problem(job, view, policy)
         if problem is not None:
-            m = out.setdefault(problem, np.ones(len(table), dtype=np.bool_))
+            m = out.setdefault(problem, np.ones(groups.n, dtype=np.bool_))
             m[idx] = False
     return list(out.items())
 
 
-def _taint_masks(table: HostTable, ready: list[NodeRecord], job: JobRecord) -> list[tuple[str, B]]:
+def _taint_masks(groups: HostGroups, job: JobRecord) -> list[tuple[str, B]]:
     """Taints as a hard filter, with the job's tolerations: one mask per distinct set of taints the
     job does not tolerate (reason `taint health.engine, …`)."""
     out: dict[str, B] = {}
-    for n in ready:
-        left = eligibility.untolerated(job, n.taints)
+    for names, idx in groups.by_taints.items():
+        left = eligibility.untolerated(job, dict.fromkeys(names, ""))
         if left:
-            m = out.setdefault(f"taint {', '.join(left)}", np.ones(len(table), dtype=np.bool_))
-            m[table.index[n.id]] = False
+            m = out.setdefault(f"taint {', '.join(left)}", np.ones(groups.n, dtype=np.bool_))
+            m[idx] = False
     return list(out.items())
 
 
@@ -113,7 +133,8 @@ def plan(
     jobs: Mapping[str, JobRecord], policy: SecurityPolicy, on_pass: OnPass | None = None,
 ) -> list[Decision]:
     """Place `pending` in order; `on_pass` (the decision trace) sees the inputs and the choices."""
-    masks = {j: [*_taint_masks(table, ready, jobs[j]), *_posture_masks(table, ready, jobs[j], policy)]
+    groups = HostGroups(table, ready)
+    masks = {j: [*_taint_masks(groups, jobs[j]), *_posture_masks(groups, jobs[j], policy)]
              for j in {t.job_id for t in pending}}
     requests = [request_for(t, jobs[t.job_id]) for t in pending]
     decisions = engine.place_all(table, requests, masks)

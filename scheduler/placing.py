@@ -9,6 +9,7 @@ transaction (`_commit`) before the hosts are woken. May import scheduler modules
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,10 +67,20 @@ class PlacementLoop:
         if not pending:
             return 0
         if len(s.capacity.by_name) > 1:  # capacity groups: critical tier first, DRF within a tier
-            pending = s.capacity.order(pending, s.jobs, self._placed_by_group(), self._cell_totals())
+            pending = s.capacity.order(pending, s.jobs, self._placed_by_group(), self._cell_totals(),
+                                       s.config.drf_tolerance)
         self.passes += 1
-        if isinstance(self.placer, Engine):
-            return self._engine_pass(self.placer, pending, now)
+        began = time.perf_counter()
+        placed = self._engine_pass(self.placer, pending, now) if isinstance(self.placer, Engine) \
+            else self._placer_pass(self.placer, pending, now)
+        m = s.metrics
+        m.pass_seconds.observe(time.perf_counter() - began)
+        m.pass_tasks.labels(outcome="placed").inc(placed)
+        m.pass_tasks.labels(outcome="waiting").inc(len(pending) - placed)
+        return placed
+
+    def _placer_pass(self, placer: Placer, pending: list[TaskRecord], now: float) -> int:
+        s = self._s
         nodes = self.eligible_nodes()
         placed: list[TaskRecord] = []
         waiting: list[TaskRecord] = []
@@ -77,7 +88,7 @@ class PlacementLoop:
             job = s.jobs[t.job_id]
             demand = job.spec.container.resources
             able = eligibility.able_nodes(job, nodes, s.security_policy)
-            node = self.placer.place(demand, able)
+            node = placer.place(demand, able)
             if node is None:
                 self.pending.note(t.id, why_pending(demand, nodes, able))
                 self.parked.add(t.id)
