@@ -173,13 +173,20 @@ class IidVerifier:
         pending = _timestamp(raw.get("pendingTime"))
         if pending is None:
             raise IdentityRefused("iid_document", "instance identity document has no valid pendingTime")
+        binding = InstanceBinding(instance, account, region, pending)
         if check_age:
-            age = now - pending
-            if age > self.policy.max_document_age_seconds or age < -FUTURE_SKEW_S:
-                raise IdentityRefused("iid_stale", f"instance {instance} started at {raw['pendingTime']}, outside the "
-                                                   f"{self.policy.max_document_age_seconds:.0f} s bound for a first "
-                                                   f"bootstrap (an admin may re-admit it)")
-        return InstanceBinding(instance, account, region, pending)
+            self.check_fresh(binding, now)
+        return binding
+
+    def check_fresh(self, binding: InstanceBinding, now: float) -> None:
+        """A first bootstrap: the instance's last start at most the policy's bound ago (and not
+        ahead of our clock by more than FUTURE_SKEW_S)."""
+        age = now - binding.pending_time
+        if age > self.policy.max_document_age_seconds or age < -FUTURE_SKEW_S:
+            started = dt.datetime.fromtimestamp(binding.pending_time, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise IdentityRefused("iid_stale", f"instance {binding.instance_id} started at {started}, outside the "
+                                               f"{self.policy.max_document_age_seconds:.0f} s bound for a first "
+                                               f"bootstrap (an admin may re-admit it)")
 
     @staticmethod
     def _verifies(key: rsa.RSAPublicKey, sig: bytes, data: bytes) -> bool:

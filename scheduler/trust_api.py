@@ -123,7 +123,7 @@ def _attest(request: web.Request, proof: InstanceIdentity | None, node_id: str, 
                                                   f"{used[0]}); an admin must re-admit it "
                                                   f"(titusctl admin node readmit {used[0]})")
         if used is None:  # a first bootstrap: the instance's start must be recent
-            verifier.verify(proof.document, proof.signature, node_id, time.time())
+            verifier.check_fresh(binding, time.time())
     except IdentityRefused as e:
         refuse(e.reason, e.message)
         return _error(409 if e.reason == "iid_replayed" else 403, e.message, "instanceIdentity")
