@@ -1,5 +1,6 @@
-"""The trust routes (docs/trust.md): node bootstrap and certificate rotation, and the admin's
-tokens, revocation and audit log. Authorization is the middleware's (scheduler/auth.py)."""
+"""The trust routes (docs/trust.md): node bootstrap (with, under --aws-imds-identity, the EC2
+instance's attestation: scheduler/iid.py) and certificate rotation, and the admin's tokens,
+revocation, re-admission and audit log. Authorization is the middleware's (scheduler/auth.py)."""
 
 from __future__ import annotations
 
@@ -182,6 +183,7 @@ async def rotate(request: web.Request) -> web.Response:
     auth = request.app[AUTH_KEY]
     node_id = request.match_info["node_id"]
     req = await _parse(request, RotateRequest)
+
     def refuse(reason: str, _: str) -> None:
         auth.refused.labels(reason).inc()
 
