@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -79,10 +80,10 @@ class Sim:
     inet: str  # the outside world's namespace
     unmanaged: Path  # where the agent writes its networkd files (not the host's /run/systemd/network)
 
-    def start_agent(self) -> None:
+    def start_agent(self, wait: bool = True) -> None:
         self.platform.start_agent(
             "--network-provider", "aws", "--aws-imds-identity", "--aws-imds-endpoint", self.imds.endpoint,
-            "--aws-endpoint-url", self.ec2.endpoint, "--aws-sts-endpoint-url", self.ec2.endpoint,
+            "--aws-endpoint-url", self.ec2.endpoint, "--aws-sts-endpoint-url", self.ec2.endpoint, wait=wait,
         )
 
 
@@ -304,3 +305,31 @@ def test_an_eni_whose_link_never_appears_crashes_the_launch_and_is_given_back(si
     p.api("POST", f"/v1/jobs/{job}/kill", expect=202)
     p.wait_job_finished(job, timeout=60)
     wait_for(lambda: not p.containers(all=True), 30, "containers removed")
+
+
+def refused(p: Platform, reason: str) -> float:
+    text = p.http.get(f"{p.url}/metrics", timeout=5).text
+    match = re.search(rf'^titus_scheduler_auth_refused_total{{reason="{reason}"}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_revoked_instance_comes_back_only_when_readmitted(sim: Sim) -> None:
+    """The instance's document bootstraps once: after a revocation, the same instance (a new token,
+    its key and certificate gone) is refused as a replay until `titusctl admin node readmit`."""
+    p = sim.platform
+    sim.start_agent()
+    assert p.agent is not None
+    p.agent.stop()
+    p.api("POST", f"/v1/admin/nodes/{p.node_id}/revoke", expect=200)
+    for name in ("node.crt", "node.key"):
+        (p.tmp / "agent" / "pki" / name).unlink()
+    sim.start_agent(wait=False)
+    wait_for(lambda: refused(p, "iid_replayed") >= 1, 30, "the replayed instance refused")
+    assert not (p.tmp / "agent" / "pki" / "node.crt").exists()
+    ctl = subprocess.run([sys.executable, "-m", "titusctl.main", "admin", "node", "readmit", p.node_id],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, **p.ctl_env()})
+    assert ctl.returncode == 0 and f"instance {sim.ec2.instance_id} may bootstrap once more" in ctl.stdout, ctl
+    wait_for(lambda: p._synced(f"http://127.0.0.1:{p.agent_port}/healthz"), 60, "the re-admitted agent's sync")
+    cert = x509.load_pem_x509_certificate((p.tmp / "agent" / "pki" / "node.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier)[0].endswith(f"instance/{sim.ec2.instance_id}")
