@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -15,6 +16,7 @@ from agent.metrics import AgentMetrics
 from agent.node_credentials import NodeCredentials
 from agent.scheduler_client import SchedulerClient
 from agent.host.identity import resolve_aws_host
+from agent.host.instance_proof import read_instance_proof
 from titus_common.daemon import apply_log_level, one_line, refuse_start, reload_on_sighup, serve_http, stop_on_signals
 from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
@@ -57,8 +59,11 @@ async def serve(config: AgentConfig, argv: list[str] | None = None, notifier: No
     docker = Docker(config.docker_url)
     credentials = None
     if config.scheduler_url.startswith("https://") and config.scheduler_ca_file is not None:
+        proof = None
+        if config.network_provider == "aws" and config.aws_imds_identity:  # bound to this instance (docs/trust.md)
+            proof = functools.partial(read_instance_proof, config.aws_imds_endpoint)
         credentials = NodeCredentials(config.node_id, config.scheduler_ca_file, config.state_dir / "pki",
-                                      config.bootstrap_token_file)
+                                      config.bootstrap_token_file, instance_proof=proof)
     else:
         log.warning("scheduler %s is plain HTTP: no TLS, no node identity (docs/trust.md)", config.scheduler_url)
     client = SchedulerClient(config.scheduler_url, config.node_id, credentials)

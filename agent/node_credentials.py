@@ -2,7 +2,8 @@
 
 The key is generated here and never leaves the host (`<state_dir>/pki/node.key`, 0600). Without a
 valid certificate the agent sends a CSR (O=titus:nodes, CN=<node id>) with its one-time bootstrap
-token to POST /v1/bootstrap; it rotates before expiry (when less than a third of the lifetime is
+token to POST /v1/bootstrap (on EC2 with the instance identity document and its signature, which
+bind the certificate to the instance: scheduler/iid.py); it rotates before expiry (when less than a third of the lifetime is
 left) by sending a new CSR with its current certificate to POST /v1/nodes/<id>/certificate. A
 rotation that fails is retried at the next call; the old certificate stays in use until it expires.
 """
@@ -29,8 +30,12 @@ class NodeCredentials:
     def __init__(
         self, node_id: str, ca_file: Path, pki_dir: Path, bootstrap_token_file: Path | None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        instance_proof: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.node_id = node_id
+        # On EC2 (aws provider with --aws-imds-identity): the instance identity document and its
+        # signature, read from IMDSv2 (blocking) for each bootstrap (agent/host/instance_proof.py).
+        self.instance_proof = instance_proof
         self.clock = clock
         self.ca_file = ca_file
         self.dir = pki_dir

@@ -14,6 +14,7 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from agent.node_credentials import NodeCredentials
+from titus_common.errors import TitusError
 from titus_common.protocol import (
     MAX_WAIT_SECONDS,
     NodeReport,
@@ -94,9 +95,16 @@ class SchedulerClient:
                     token = creds.bootstrap_token()
                 except RuntimeError as e:
                     raise SchedulerUnavailable(f"bootstrap: {e}") from None
+                body: dict[str, Any] = {"token": token}
+                if creds.instance_proof is not None:
+                    try:
+                        body["instanceIdentity"] = await asyncio.to_thread(creds.instance_proof)
+                    except TitusError as e:
+                        raise SchedulerUnavailable(f"bootstrap: {e}") from None
                 key, csr = creds.new_request()
+                body["csr"] = csr.decode()
                 self._renew_session()  # no client certificate: the token is the credential
-                issued = await self._call("/v1/bootstrap", {"token": token, "csr": csr.decode()}, _Issued, 30, 201)
+                issued = await self._call("/v1/bootstrap", body, _Issued, 30, 201)
                 creds.install(key, issued.certificate, rotated=False)
                 self._renew_session()
             elif creds.should_rotate():

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from scheduler.authstore import ROLES, AuthStore, TokenRefused
 from scheduler.bootstrap_limit import BootstrapLimiter, BootstrapLimits
+from scheduler.iid import IidVerifier, instance_of_arn
 from titus_common.clientlog import ClientErrorLog
 from titus_common.iam_policy import IamPolicy
 from titus_common.pki import NODE_ORG, OPERATOR_ORG
@@ -55,6 +56,7 @@ class Identity:
     role: str = ""
     owner: str = ""
     serial: str = ""
+    instance: str = ""  # a node certificate's EC2 instance id, when bound to one
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}" + (f"({self.role})" if self.role else "")
@@ -64,8 +66,10 @@ class Auth:
     """The trust state the middleware and the trust routes share."""
 
     def __init__(self, store: AuthStore, iam: IamPolicy, registry: CollectorRegistry, *, insecure: bool = False,
-                 node_cert_ttl: float = 86400.0, bootstrap_limits: BootstrapLimits | None = None) -> None:
+                 node_cert_ttl: float = 86400.0, bootstrap_limits: BootstrapLimits | None = None,
+                 iid: IidVerifier | None = None) -> None:
         self.store = store
+        self.iid = iid  # --aws-imds-identity: nodes are EC2 instances, attested at bootstrap (scheduler/iid.py)
         self.iam = iam
         self.insecure = insecure
         self.node_cert_ttl = node_cert_ttl
@@ -95,6 +99,7 @@ class _Peer:
     org: str
     cn: str
     serial: str
+    instance: str = ""  # the EC2 instance the certificate is bound to (its SAN URI; scheduler/iid.py)
 
 
 # The verified peer certificate of each TLS connection, decoded once per connection (kept-alive
@@ -116,8 +121,10 @@ def _peer(request: web.Request) -> _Peer | None:
     peer: _Peer | None = None
     if cert:
         subject = {k: v for rdn in cert.get("subject", ()) for k, v in rdn}
+        instances = [i for kind, uri in cert.get("subjectAltName", ()) if kind == "URI"
+                     for i in [instance_of_arn(str(uri))] if i is not None]
         peer = _Peer(str(subject.get("organizationName", "")), str(subject.get("commonName", "")),
-                     format(int(str(cert.get("serialNumber", "0")), 16), "x"))
+                     format(int(str(cert.get("serialNumber", "0")), 16), "x"), instances[0] if instances else "")
     _PEERS[ssl_object] = peer
     return peer
 
@@ -132,7 +139,7 @@ def identify(request: web.Request, auth: Auth) -> Identity:
         if auth.store.revoked(serial):
             raise Refused(401, "revoked", f"certificate {serial} ({cn}) is revoked")
         if org == NODE_ORG:
-            return Identity("node", cn, serial=serial)
+            return Identity("node", cn, serial=serial, instance=peer.instance)
         if org.startswith(OPERATOR_ORG + ":") and org.rsplit(":", 1)[1] in ROLES:
             return Identity("operator", cn, role=org.rsplit(":", 1)[1], serial=serial)
         raise Refused(403, "unknown_subject", f"certificate subject O={org} is neither a node nor an operator")
@@ -183,6 +190,8 @@ async def authorize(request: web.Request, who: Identity, auth: Auth) -> None:
             raise Refused(403, "wrong_node", f"certificate is for node {who.name}, not {node_call['node']}")
         if not auth.store.cert_current(who.name, who.serial):
             raise Refused(401, "not_current", f"certificate {who.serial} is not a current certificate of {who.name}")
+        if who.instance and node_call["what"] == "sync":
+            await _check_instance(request, who)
         return
     if who.kind == "anonymous":
         raise Refused(401, "no_credentials", "credentials required: a client certificate or a bearer token")
@@ -219,6 +228,18 @@ async def authorize(request: web.Request, who: Identity, auth: Auth) -> None:
             return
     raise Refused(403, "role", f"role {who.role!r} may not {method} {path} (needs "
                                f"{'admin' if path.startswith('/v1/admin/') else 'operator or admin'})")
+
+
+async def _check_instance(request: web.Request, who: Identity) -> None:
+    """A node bound to an EC2 instance must keep reporting that instance (its `instanceId` label,
+    agent/agent.py): a certificate copied to another host, or an image baked with one, is refused."""
+    body = await _json_body(request)
+    node = body.get("node") if isinstance(body, dict) else None
+    labels = node.get("labels") if isinstance(node, dict) else None
+    reported = labels.get("instanceId") if isinstance(labels, dict) else None
+    if reported is not None and reported != who.instance:
+        raise Refused(403, "instance_mismatch", f"node {who.name}'s certificate is bound to instance {who.instance}, "
+                                                f"but it reports instance {reported}")
 
 
 def authorize_exec(request: web.Request, who: Identity, task_id: str) -> None:

@@ -58,6 +58,9 @@ class AuthStore:
             CREATE TABLE IF NOT EXISTS revoked (serial TEXT PRIMARY KEY, at REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS audit (at REAL NOT NULL, who TEXT NOT NULL, method TEXT NOT NULL,
               path TEXT NOT NULL, status INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS node_instances (instance_id TEXT PRIMARY KEY, node_id TEXT NOT NULL,
+              arn TEXT NOT NULL, bound_at REAL NOT NULL, readmit INTEGER NOT NULL DEFAULT 0);
+            CREATE INDEX IF NOT EXISTS node_instances_node ON node_instances (node_id);
             """
         )
         # An event's details (JSON; an exec session's task, command, duration, exit code: docs/exec.md).
@@ -69,6 +72,8 @@ class AuthStore:
         # SHA-256 of a presented operator token → its record: a bearer call needs no SQLite read
         # (operator tokens are never changed once written; expiry is checked on every call).
         self._operators: dict[str, Token] = {}
+        # node id → the ARN of the EC2 instance its certificates are bound to (docs/trust.md).
+        self._bound = dict(self.db.execute("SELECT node_id, arn FROM node_instances ORDER BY bound_at").fetchall())
 
     def close(self) -> None:
         self.db.close()
@@ -155,6 +160,45 @@ class AuthStore:
 
     def revoked(self, serial: str) -> bool:
         return serial in self._revoked
+
+    # ---- instance bindings (scheduler/iid.py) ---------------------------------------------------
+
+    def instance_use(self, instance_id: str) -> tuple[str, bool] | None:
+        """(the node the instance was bound to, whether an admin re-admitted it), or None: never seen."""
+        row = self.db.execute("SELECT node_id, readmit FROM node_instances WHERE instance_id = ?",
+                              (instance_id,)).fetchone()
+        return (str(row[0]), bool(row[1])) if row is not None else None
+
+    def bind_instance(self, instance_id: str, node_id: str, arn: str, now: float | None = None) -> bool:
+        """Record that `node_id` bootstrapped as this instance; spends a re-admission. False when
+        another bootstrap bound it first (never seen → seen, or re-admitted → spent, is one UPDATE
+        or INSERT that only one caller wins). An instance's row is never deleted: its document
+        cannot be replayed once the node id moved to another instance."""
+        now = time.time() if now is None else now
+        with self.db:
+            cur = self.db.execute("UPDATE node_instances SET node_id = ?, arn = ?, bound_at = ?, readmit = 0 "
+                                  "WHERE instance_id = ? AND readmit = 1", (node_id, arn, now, instance_id))
+            if cur.rowcount != 1:
+                cur = self.db.execute("INSERT OR IGNORE INTO node_instances VALUES (?,?,?,?,0)",
+                                      (instance_id, node_id, arn, now))
+                if cur.rowcount != 1:
+                    return False
+        self._bound[node_id] = arn
+        return True
+
+    def instance_binding(self, node_id: str) -> str | None:
+        """The ARN of the instance the node's certificates are bound to (kept across rotations)."""
+        return self._bound.get(node_id)
+
+    def readmit(self, node_id: str) -> str | None:
+        """Let the node's instance bootstrap once more (after its certificate expired or was
+        revoked); the instance id, or None when the node is bound to no instance."""
+        row = self.db.execute("SELECT instance_id FROM node_instances WHERE node_id = ? ORDER BY bound_at DESC",
+                              (node_id,)).fetchone()
+        if row is None:
+            return None
+        self.db.execute("UPDATE node_instances SET readmit = 1 WHERE instance_id = ?", (row[0],))
+        return str(row[0])
 
     # ---- audit ----------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ store.
 Restoring an older trust store must not undo what only ever grows: `restore` merges from the trust
 store it replaces (when that one still reads) every revocation, every certificate issued since (the
 CA signed them; the nodes hold them), the lower remaining uses of each token (a spent single-use
-token stays spent) and the newer audit rows."""
+token stays spent), the newer audit rows and the EC2 instances that bootstrapped (an instance
+identity document is never made replayable by a restore)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from scheduler.authstore import AuthStore, auth_db_path
 
 __all__ = ["TABLES", "TrustPart", "copy_trust", "restore_trust", "trust_snapshot_path", "verify_trust"]
 
-TABLES = ("tokens", "node_certs", "revoked", "audit")
+TABLES = ("tokens", "node_certs", "revoked", "audit", "node_instances")
 
 
 class TrustPart(BaseModel):
@@ -42,7 +43,11 @@ def trust_snapshot_path(snap: Path) -> Path:
 
 
 def _counts(db: sqlite3.Connection) -> dict[str, int]:
-    return {t: int(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES}  # noqa: S608 (fixed names)
+    """Rows per table present (a snapshot from before a table existed has no count for it, as its
+    manifest has none: the two still compare equal)."""
+    present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {t: int(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # noqa: S608 (fixed names)
+            for t in TABLES if t in present}
 
 
 def copy_trust(db: Path, partial: Path) -> dict[str, int] | None:
@@ -96,6 +101,9 @@ _MERGE = (
     " WHERE id IN (SELECT id FROM previous.tokens)",
     "INSERT INTO audit SELECT * FROM previous.audit WHERE at > (SELECT coalesce(max(at), 0) FROM main.audit)",
 )
+# The store replaced is newer than the snapshot: its instance bindings are the truth about which
+# EC2 instances have bootstrapped (a restore must not let a used instance identity be replayed).
+_MERGE_INSTANCES = "INSERT OR REPLACE INTO node_instances SELECT * FROM previous.node_instances"
 
 
 def merge_monotonic(restored: Path, previous: Path) -> str | None:
@@ -105,9 +113,12 @@ def merge_monotonic(restored: Path, previous: Path) -> str | None:
         con = sqlite3.connect(restored, isolation_level=None)
         try:
             con.execute("ATTACH DATABASE ? AS previous", (str(previous),))
+            old = {r[0] for r in con.execute("SELECT name FROM previous.sqlite_master WHERE type = 'table'")}
             con.execute("BEGIN IMMEDIATE")
             for statement in _MERGE:
                 con.execute(statement)
+            if "node_instances" in old:
+                con.execute(_MERGE_INSTANCES)
             con.execute("COMMIT")
         finally:
             con.close()
@@ -131,6 +142,7 @@ def restore_trust(snap_trust: Path, db: Path, aside_suffix: str) -> tuple[Path |
             side.rename(aside.with_name(aside.name + suffix)) if aside else side.unlink()
     tmp = target.with_name(target.name + ".restoring")
     shutil.copyfile(snap_trust, tmp)
+    AuthStore(tmp).close()  # today's schema (a snapshot from before a table existed lacks it)
     problem = merge_monotonic(tmp, aside) if aside is not None else None
     tmp.rename(target)
     return aside, problem

@@ -177,6 +177,9 @@ class ServiceConfig(BaseModel):
     insecure: bool = False
     iam_policy: Path | None = None
     node_cert_ttl: Annotated[float, Field(ge=30, le=30 * 86400)] = 86400.0
+    # Nodes are EC2 instances: a bootstrap must carry the instance identity document, verified
+    # against this policy file's AWS certificates and accounts (scheduler/iid.py); None: off (local).
+    aws_imds_identity: Path | None = None
     # POST /v1/bootstrap's token buckets (scheduler/bootstrap_limit.py): the cell's, and each source
     # address's; a refused call gets 429 with Retry-After.
     bootstrap_rate: Annotated[float, Field(gt=0, le=10_000)] = 20.0
@@ -226,7 +229,7 @@ def service_config(values: Mapping[str, Any], sources: Mapping[str, str] | None 
         files = sorted({sources.get(k, "configuration") for k in unknown})
         raise ConfigError(f"{', '.join(files)}: unknown keys {unknown}; known: {sorted(KEYS)}")
     service: dict[str, Any] = {k: values[k] for k in SERVICE_KEYS if k in values}
-    for key in ("db", "security_policy", "backup_dir", "pki", "iam_policy"):
+    for key in ("db", "security_policy", "backup_dir", "pki", "iam_policy", "aws_imds_identity"):
         if isinstance(service.get(key), str):
             service[key] = Path(service[key])
         elif key in service and not isinstance(service[key], Path | None):

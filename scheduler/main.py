@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", default=None,
                    help="plain HTTP, no authentication (local development only; warns at every start)")
     p.add_argument("--iam-policy", type=Path, metavar="PATH", help="IAM role grants checked at submit (docs/trust.md)")
+    p.add_argument("--aws-imds-identity", type=Path, metavar="POLICY.json",
+                   help="admit only EC2 instances: bootstraps carry the instance identity document, checked against "
+                        "this policy's AWS certificates and accounts (docs/trust.md; default: off, as for local hosts)")
     p.add_argument("--node-cert-ttl", type=float, metavar="SECONDS", help="node certificates' lifetime (default 86400)")
     for flag, number, what in (("bootstrap-rate", float, "bootstraps a second for the cell"),
                                ("bootstrap-burst", int, "bootstraps at once for the cell"),

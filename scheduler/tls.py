@@ -63,7 +63,7 @@ class CA:
 
     def issue(
         self, public_key: ec.EllipticCurvePublicKey, cn: str, org: str, ttl: float,
-        *, server_names: list[str] | None = None, now: dt.datetime | None = None,
+        *, server_names: list[str] | None = None, now: dt.datetime | None = None, uris: Sequence[str] = (),
     ) -> Signed:
         now = now or dt.datetime.now(dt.UTC)
         not_after = now + dt.timedelta(seconds=ttl)
@@ -83,20 +83,29 @@ class CA:
                 except ValueError:
                     sans.append(x509.DNSName(n))
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        elif uris:  # a node bound to its EC2 instance: the instance's ARN (scheduler/iid.py)
+            b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
+                                critical=False)
         cert = b.sign(self.key, hashes.SHA256())
         return Signed(cert.public_bytes(serialization.Encoding.PEM), format(cert.serial_number, "x"),
                       not_after.timestamp())
 
-    def sign_csr(self, csr_pem: bytes, ttl: float) -> tuple[str, Signed]:
-        """A node CSR → (its CN, the client certificate). Refuses a CSR that is not self-signed
-        by its key, not ECDSA P-256, or not in the nodes' organisation."""
+    @staticmethod
+    def csr_node(csr_pem: bytes) -> tuple[str, ec.EllipticCurvePublicKey]:
+        """A node CSR's CN and key. Refuses (ValueError) a CSR that is not self-signed by its key,
+        not ECDSA P-256, or not in the nodes' organisation."""
         csr, key = load_p256_csr(csr_pem)
         cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         orgs = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
         if len(cns) != 1 or orgs != [NODE_ORG]:
             raise ValueError(f"the request's subject must be O={NODE_ORG}, CN=<node id>")
-        cn = str(cns[0].value)
-        return cn, self.issue(key, cn, NODE_ORG, ttl)
+        return str(cns[0].value), key
+
+    def sign_csr(self, csr_pem: bytes, ttl: float, uris: Sequence[str] = ()) -> tuple[str, Signed]:
+        """A node CSR (checked as `csr_node`) → (its CN, the client certificate, with `uris` as its
+        SAN). The CSR's own extensions are ignored: only the scheduler names what a node is bound to."""
+        cn, key = self.csr_node(csr_pem)
+        return cn, self.issue(key, cn, NODE_ORG, ttl, uris=uris)
 
 
 def _self_signed_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:

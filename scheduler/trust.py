@@ -15,6 +15,7 @@ from scheduler.auth import Auth
 from scheduler.authstore import AuthStore, auth_db_path
 from scheduler.bootstrap_limit import BootstrapLimits
 from scheduler.config import ServiceConfig
+from scheduler.iid import IidVerifier
 from titus_common.iam_policy import load_iam_policy
 from scheduler.store import StoreCorrupt
 from scheduler.tls import CA, server_context
@@ -43,6 +44,9 @@ def build_trust(config: ServiceConfig, registry: CollectorRegistry) -> Trust:
     iam = load_iam_policy(config.iam_policy)
     if not iam.enforce:
         log.warning("no --iam-policy: any container.iamRole is admitted (the hosts' instance role is the only limit)")
+    iid = IidVerifier.load(config.aws_imds_identity) if config.aws_imds_identity is not None else None
+    if iid is not None and config.insecure:
+        raise ConfigError("--aws-imds-identity needs --pki: without TLS there are no node certificates to bind")
     ca = CA.load(config.pki) if config.pki is not None else None
     context = server_context(config.pki) if config.pki is not None else None
     if config.insecure:
@@ -55,6 +59,6 @@ def build_trust(config: ServiceConfig, registry: CollectorRegistry) -> Trust:
     limits = BootstrapLimits(config.bootstrap_rate, config.bootstrap_burst, config.bootstrap_source_rate,
                              config.bootstrap_source_burst)
     auth = Auth(store, iam, registry, insecure=config.insecure, node_cert_ttl=config.node_cert_ttl,
-                bootstrap_limits=limits)
+                bootstrap_limits=limits, iid=iid)
     workload = WorkloadIssuer(ca, config.cell, config.workload_cert_ttl, registry) if ca is not None else None
     return Trust(auth, ca, context, workload)

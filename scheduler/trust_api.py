@@ -1,5 +1,6 @@
-"""The trust routes (docs/trust.md): node bootstrap and certificate rotation, and the admin's
-tokens, revocation and audit log. Authorization is the middleware's (scheduler/auth.py)."""
+"""The trust routes (docs/trust.md): node bootstrap (with, under --aws-imds-identity, the EC2
+instance's attestation: scheduler/iid.py) and certificate rotation, and the admin's tokens,
+revocation, re-admission and audit log. Authorization is the middleware's (scheduler/auth.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from scheduler.auth import AUTH_KEY, IDENTITY_KEY
 from scheduler.authstore import ROLES, Token, TokenRefused
 from scheduler.bootstrap_limit import retry_after
+from scheduler.iid import IdentityRefused
 from scheduler.tls import CA
 from titus_common.protocol import ID_PATTERN
 
@@ -33,9 +35,17 @@ class _Body(BaseModel):
 CSR = Annotated[str, Field(min_length=1, max_length=16384, pattern=r"^-----BEGIN CERTIFICATE REQUEST-----")]
 
 
+class InstanceIdentity(_Body):
+    """The EC2 instance identity document exactly as IMDS served it, and its `/signature`."""
+    document: Annotated[str, Field(min_length=2, max_length=8192)]
+    signature: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z0-9+/=\s]+$")]
+
+
 class BootstrapRequest(_Body):
     token: Annotated[str, Field(min_length=1, max_length=256)]
     csr: CSR
+    # Required when the scheduler runs with --aws-imds-identity (scheduler/iid.py); ignored otherwise.
+    instance_identity: Annotated[InstanceIdentity | None, Field(alias="instanceIdentity")] = None
 
 
 class RotateRequest(_Body):
@@ -74,18 +84,51 @@ async def _parse(request: web.Request, model: type[_Body]) -> Any:
 Refuse = Callable[[str, str], object]  # (reason, detail): counted (and, for bootstrap, logged)
 
 
-def _issue(request: web.Request, csr: str, node_id: str | None, refuse: Refuse) -> tuple[str, dict[str, Any]] | web.Response:
+def _issue(request: web.Request, csr: str, node_id: str | None, refuse: Refuse,
+           bind: Callable[[str], Sequence[str] | web.Response] = lambda _: ()) -> tuple[str, dict[str, Any]] | web.Response:
+    """Check the CSR and its CN (`node_id`'s when given), `bind` the CN (its SAN URIs, or a
+    refusal), then sign."""
     auth, ca = request.app[AUTH_KEY], request.app[CA_KEY]
     try:
-        cn, signed = ca.sign_csr(csr.encode(), auth.node_cert_ttl)
+        cn, _ = ca.csr_node(csr.encode())
     except ValueError as e:
         refuse("bad_csr", str(e))
         return _error(400, f"csr: {e}", "csr")
     if not NODE_ID.match(cn) or (node_id is not None and cn != node_id):
         refuse("csr_subject", f"CN {cn!r}")
         return _error(403, f"csr: subject CN {cn!r} is not {'node ' + node_id if node_id else 'a valid node id'}", "csr")
+    uris = bind(cn)
+    if isinstance(uris, web.Response):
+        return uris
+    _, signed = ca.sign_csr(csr.encode(), auth.node_cert_ttl, uris)
     return cn, {"certificate": signed.pem.decode(), "serial": signed.serial, "notAfter": signed.not_after,
                 "_serial": signed.serial}
+
+
+def _attest(request: web.Request, proof: InstanceIdentity | None, node_id: str, refuse: Refuse) -> Sequence[str] | web.Response:
+    """With --aws-imds-identity: the node id must be the verified instance's, the instance never
+    bootstrapped before (or re-admitted since: then no age bound); the certificate names it."""
+    auth = request.app[AUTH_KEY]
+    verifier = auth.iid
+    if verifier is None:
+        return ()
+    if proof is None:
+        refuse("iid_missing", f"node {node_id}")
+        return _error(401, "this cell admits only EC2 instances: send the instance identity document and its "
+                           "signature (agent: --network-provider aws --aws-imds-identity)", "instanceIdentity")
+    try:
+        binding = verifier.verify(proof.document, proof.signature, node_id, time.time(), check_age=False)
+        used = auth.store.instance_use(binding.instance_id)
+        if used is not None and not used[1]:
+            raise IdentityRefused("iid_replayed", f"instance {binding.instance_id} already bootstrapped (as node "
+                                                  f"{used[0]}); an admin must re-admit it "
+                                                  f"(titusctl admin node readmit {used[0]})")
+        if used is None:  # a first bootstrap: the instance's start must be recent
+            verifier.check_fresh(binding, time.time())
+    except IdentityRefused as e:
+        refuse(e.reason, e.message)
+        return _error(409 if e.reason == "iid_replayed" else 403, e.message, "instanceIdentity")
+    return (binding.arn,)
 
 
 async def bootstrap(request: web.Request) -> web.Response:
@@ -105,20 +148,31 @@ async def bootstrap(request: web.Request) -> web.Response:
         response.headers["Retry-After"] = retry_after(wait)
         return response
     req = await _parse(request, BootstrapRequest)
-    issued = _issue(request, req.csr, None, refuse)
-    if isinstance(issued, web.Response):
-        return issued
-    node_id, doc = issued
-    try:
-        auth.store.use_bootstrap(req.token, node_id, spend=False)
+
+    def admit(node_id: str) -> Sequence[str] | web.Response:
+        """The token, then no takeover, then the instance; nothing is spent unless all pass."""
+        try:
+            auth.store.use_bootstrap(req.token, node_id, spend=False)
+        except TokenRefused as e:
+            refuse("bootstrap_token", str(e))
+            return _error(401, str(e), "token")
         if auth.store.live_certs(node_id):
             refuse("node_taken", f"node {node_id}")
             return _error(409, f"node {node_id} already has a live certificate; an admin must revoke it first "
                                f"(titusctl admin node revoke {node_id})")
+        uris = _attest(request, req.instance_identity, node_id, refuse)
+        if isinstance(uris, web.Response):
+            return uris
+        # No await since the checks above (nothing else ran in between): these cannot fail now.
         auth.store.use_bootstrap(req.token, node_id)
-    except TokenRefused as e:
-        refuse("bootstrap_token", str(e))
-        return _error(401, str(e), "token")
+        for arn in uris:
+            auth.store.bind_instance(arn.rsplit("/", 1)[1], node_id, arn)
+        return uris
+
+    issued = _issue(request, req.csr, None, refuse, admit)
+    if isinstance(issued, web.Response):
+        return issued
+    node_id, doc = issued
     auth.store.record_cert(node_id, doc.pop("_serial"), doc["notAfter"])
     return web.json_response(doc, status=201)
 
@@ -129,7 +183,21 @@ async def rotate(request: web.Request) -> web.Response:
     auth = request.app[AUTH_KEY]
     node_id = request.match_info["node_id"]
     req = await _parse(request, RotateRequest)
-    issued = _issue(request, req.csr, node_id, lambda reason, _: auth.refused.labels(reason).inc())
+
+    def refuse(reason: str, _: str) -> None:
+        auth.refused.labels(reason).inc()
+
+    def keep_binding(cn: str) -> Sequence[str] | web.Response:
+        """Nothing new is checked; the instance binding is kept. Under --aws-imds-identity a node
+        bound to no instance (a certificate from before it was turned on) must bootstrap again."""
+        arn = auth.store.instance_binding(cn)
+        if arn is None and auth.iid is not None:
+            refuse("iid_unbound", cn)
+            return _error(403, f"node {cn} is bound to no EC2 instance and this cell admits only instances: "
+                               "bootstrap again with the instance identity document")
+        return (arn,) if arn is not None else ()
+
+    issued = _issue(request, req.csr, node_id, refuse, keep_binding)
     if isinstance(issued, web.Response):
         return issued
     _, doc = issued
@@ -160,6 +228,15 @@ async def revoke_node(request: web.Request) -> web.Response:
     return web.json_response({"node": node_id, "revoked": serials})
 
 
+async def readmit_node(request: web.Request) -> web.Response:
+    """Let the node's EC2 instance bootstrap once more, without the age bound (scheduler/iid.py)."""
+    node_id = request.match_info["node_id"]
+    instance = request.app[AUTH_KEY].store.readmit(node_id)
+    if instance is None:
+        return _error(404, f"node {node_id} is bound to no EC2 instance")
+    return web.json_response({"node": node_id, "instanceId": instance, "readmitted": True})
+
+
 async def audit_log(request: web.Request) -> web.Response:
     return web.json_response({"events": request.app[AUTH_KEY].store.audit_log()})
 
@@ -169,4 +246,5 @@ def add_trust_routes(app: web.Application) -> None:
     app.router.add_post("/v1/nodes/{node_id}/certificate", rotate)
     app.router.add_post("/v1/admin/tokens", create_token)
     app.router.add_post("/v1/admin/nodes/{node_id}/revoke", revoke_node)
+    app.router.add_post("/v1/admin/nodes/{node_id}/readmit", readmit_node)
     app.router.add_get("/v1/admin/audit", audit_log)

@@ -54,11 +54,14 @@ def trust_paths() -> dict[str, Any]:
     issued = {"description": "The certificate", "content": {"application/json": {"schema": _issued()}}}
     return {
         "/v1/bootstrap": {"post": {
-            "summary": "A new node: a one-time bootstrap token and a CSR (CN=<node id>) → its client certificate",
+            "summary": "A new node: a one-time bootstrap token and a CSR (CN=<node id>) → its client certificate; "
+                       "with --aws-imds-identity also the EC2 instance identity document and its signature, "
+                       "which bind the certificate to the instance (its ARN as SAN URI)",
             "security": [], "requestBody": _body("BootstrapRequest"),
             "responses": {"201": issued, "400": _AUTH_ERRORS["403"] | {"description": "Bad CSR"},
                           "401": _AUTH_ERRORS["401"], "403": _AUTH_ERRORS["403"],
-                          "409": {"description": "The node id has a live certificate"},
+                          "409": {"description": "The node id has a live certificate, or the EC2 instance "
+                                                 "already bootstrapped and was not re-admitted"},
                           "429": {"description": "Over the per-address or the cell's bootstrap rate",
                                   "headers": {"Retry-After": {"description": "Seconds", "schema": {"type": "integer"}}},
                                   "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}}}}},
@@ -94,6 +97,13 @@ def trust_paths() -> dict[str, Any]:
         "/v1/admin/nodes/{node_id}/revoke": {"post": {
             "summary": "Deny every certificate of a node, at once", "security": OPERATOR, "parameters": [node_id],
             "responses": {"200": {"description": "The revoked serials"}, **_AUTH_ERRORS}}},
+        "/v1/admin/nodes/{node_id}/readmit": {"post": {
+            "summary": "Let the node's EC2 instance bootstrap once more (no age bound; --aws-imds-identity)",
+            "security": OPERATOR, "parameters": [node_id],
+            "responses": {"200": {"description": "The node and its instance id"},
+                          "404": {"description": "The node is bound to no EC2 instance", "content": {
+                              "application/json": {"schema": {"$ref": _REF.format(model="Error")}}}},
+                          **_AUTH_ERRORS}}},
         "/v1/admin/audit": {"get": {
             "summary": "The audit log of mutating calls (who, what, when, outcome)", "security": OPERATOR,
             "responses": {"200": {"description": "Events, newest first"}, **_AUTH_ERRORS}}},

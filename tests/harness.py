@@ -110,7 +110,8 @@ class Platform:
         )
         wait_for(lambda: self._ok(f"{self.url}/healthz"), 15, "scheduler /healthz")
 
-    def start_agent(self, *extra: str) -> None:
+    def start_agent(self, *extra: str, wait: bool = True) -> None:
+        """`wait=False`: return once the process runs (an agent whose bootstrap is to be refused)."""
         token = self.tmp / "bootstrap.token"
         token.write_text(self._trust("token", "create", "--db", str(self.tmp / "scheduler.db"),
                                      "--nodes", self.node_id, "--ttl", "1h"))
@@ -123,6 +124,8 @@ class Platform:
             self.tmp / "agent.log",
             self.agent_env,
         )
+        if not wait:
+            return
         # This agent's own first sync answered (its API listens before its start is done, and the node
         # may still be Ready from a previous agent): only then is it up.
         wait_for(lambda: self._synced(f"http://127.0.0.1:{self.agent_port}/healthz"), 30, "agent's first sync")

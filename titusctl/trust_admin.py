@@ -45,6 +45,12 @@ def cmd_node_revoke(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_node_readmit(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("POST", f"/v1/admin/nodes/{args.node}/readmit")
+    emit(args, doc, f"{doc['node']}: instance {doc['instanceId']} may bootstrap once more")
+    return EXIT_OK
+
+
 def cmd_audit(api: Api, args: argparse.Namespace) -> int:
     doc = api.call("GET", "/v1/admin/audit")
     lines = [f"{e['at']:.3f} {e['who']} {e['method']} {e['path']} {e['status']}"
@@ -68,4 +74,7 @@ def add_verbs(admin: Any) -> None:
     r = node.add_parser("revoke", help="deny every certificate of a node, at once")
     r.add_argument("node")
     r.set_defaults(fn=cmd_node_revoke)
+    a = node.add_parser("readmit", help="let a node's EC2 instance bootstrap once more (--aws-imds-identity cells)")
+    a.add_argument("node")
+    a.set_defaults(fn=cmd_node_readmit)
     admin.add_parser("audit", help="the audit log of mutating calls and exec sessions").set_defaults(fn=cmd_audit)

@@ -1,21 +1,28 @@
 """A small IMDSv2 server for one simulated instance: tokens required (401 without), TTL checked
 (400), PUT with X-Forwarded-For refused (403), unknown paths 404. Its answers come from moto's
 DescribeInstances/DescribeNetworkInterfaces at request time, so attached ENIs appear in
-`network/interfaces/macs/` as on EC2."""
+`network/interfaces/macs/` as on EC2. The identity document is laid out as EC2's (its pendingTime
+is moto's LaunchTime) and, given a `signer`, `dynamic/instance-identity/signature` is its real RSA
+signature (tests/ec2sim/iid.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.ec2sim.iid import IidAuthority, identity_document
+
 
 class FakeImds:
     def __init__(self, client: Any, instance_id: str, account_id: str = "123456789012",
-                 host: str = "127.0.0.1", role: str | None = None) -> None:
+                 host: str = "127.0.0.1", role: str | None = None, signer: IidAuthority | None = None) -> None:
         self.client = client
+        # Signs the identity document (`dynamic/instance-identity/signature`); None: no signature served.
+        self.signer = signer
         self.role = role  # the instance's IAM role (None: it has none)
         self.instance_id = instance_id
         self.account_id = account_id
@@ -92,11 +99,14 @@ class FakeImds:
         az = inst["Placement"]["AvailabilityZone"]
         enis = {e["MacAddress"].lower(): e for e in self._enis()}
         primary = next((e for e in enis.values() if e["Attachment"]["DeviceIndex"] == 0), None)
-        if path == "dynamic/instance-identity/document":
-            return json.dumps({
-                "instanceId": self.instance_id, "instanceType": inst["InstanceType"], "region": az[:-1],
-                "availabilityZone": az, "accountId": self.account_id, "privateIp": inst["PrivateIpAddress"],
-            })
+        if path in ("dynamic/instance-identity/document", "dynamic/instance-identity/signature"):
+            launched = inst.get("LaunchTime")
+            document = identity_document(
+                self.instance_id, region=az[:-1], account=self.account_id, instance_type=inst["InstanceType"],
+                private_ip=inst["PrivateIpAddress"], pending=launched if isinstance(launched, dt.datetime) else None)
+            if path.endswith("/document"):
+                return document
+            return self.signer.sign(document) if self.signer is not None else None
         if path == "meta-data/mac":
             return primary["MacAddress"].lower() if primary else None
         if path == "meta-data/network/interfaces/macs/":

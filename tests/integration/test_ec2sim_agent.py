@@ -5,6 +5,9 @@ loopback, a real scheduler and real containers. The agent runs in the host's own
 attached ENI's link into that namespace, its peer in a test-owned fabric namespace that plays the
 VPC's router and, beyond it, an "outside" namespace.
 
+The scheduler runs with `--aws-imds-identity`: the fake IMDS signs its identity document with a test
+key the scheduler trusts, and the agent's certificate must come out bound to the instance.
+
 Proven: a task gets an address of an ENI the agent created and attached in moto; the agent waited
 for the hot-plugged link, owns it (up, MTU 9001, ENI table with proto 122, networkd `Unmanaged=yes`
 file); the container reaches the outside address with its own address as source; a kill -9 and
@@ -21,6 +24,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -30,10 +34,12 @@ from typing import Any
 
 import docker
 import pytest
+from cryptography import x509
 import requests
 
 from netns.wiring import ENI_TABLE_BASE, RT_PROTO_TITUS, host_ifname
 from tests.ec2sim.hypervisor import Hypervisor, NetUtils
+from tests.ec2sim.iid import IidAuthority
 from tests.ec2sim.imds import FakeImds
 from tests.harness import Platform, wait_for
 from tests.moto_server import moto_server
@@ -74,10 +80,10 @@ class Sim:
     inet: str  # the outside world's namespace
     unmanaged: Path  # where the agent writes its networkd files (not the host's /run/systemd/network)
 
-    def start_agent(self) -> None:
+    def start_agent(self, wait: bool = True) -> None:
         self.platform.start_agent(
             "--network-provider", "aws", "--aws-imds-identity", "--aws-imds-endpoint", self.imds.endpoint,
-            "--aws-endpoint-url", self.ec2.endpoint, "--aws-sts-endpoint-url", self.ec2.endpoint,
+            "--aws-endpoint-url", self.ec2.endpoint, "--aws-sts-endpoint-url", self.ec2.endpoint, wait=wait,
         )
 
 
@@ -129,13 +135,16 @@ def sim(tmp_path: Path, engine: docker.DockerClient) -> Iterator[Sim]:
             ec2 = make_world(endpoint, subnet_cidr=SUBNET)
             make_namespaces(fab, inet)
             unmanaged = tmp_path / "networkd"
-            with FakeImds(ec2.client, ec2.instance_id, role="titus-agent-host") as imds, \
+            aws = IidAuthority()  # signs the fake IMDS's identity documents; the scheduler trusts it
+            with FakeImds(ec2.client, ec2.instance_id, role="titus-agent-host", signer=aws) as imds, \
                     Hypervisor(ec2.client, ec2.instance_id, None, fab, delay_s=1.0, vpc_routing=True) as hv:
                 p = Platform(tmp_path, engine)
                 p.agent_env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                                "AWS_DEFAULT_REGION": "us-east-1", "TITUS_AGENT_NETWORK_UNMANAGED_DIR": str(unmanaged)}
+                policy = aws.write_policy(tmp_path / "iid", accounts=(imds.account_id,),
+                                          nodeIds={ec2.instance_id: p.node_id})
                 try:
-                    p.start_scheduler()
+                    p.start_scheduler("--aws-imds-identity", str(policy))
                     yield Sim(p, ec2, hv, imds, inet, unmanaged)
                 finally:
                     p.close()
@@ -193,6 +202,13 @@ def test_agent_on_a_simulated_ec2_host(sim: Sim) -> None:
     # Identity came from the fake IMDSv2: a token first, then tokened reads.
     assert sim.imds.requests[0] == ("PUT", "/latest/api/token")
     assert ("GET", "/latest/dynamic/instance-identity/document") in sim.imds.requests
+    # The scheduler admits only attested instances (--aws-imds-identity): the agent sent the signed
+    # document, and its certificate is bound to this instance (docs/trust.md, "Bound to the instance").
+    assert ("GET", "/latest/dynamic/instance-identity/signature") in sim.imds.requests
+    cert = x509.load_pem_x509_certificate((p.tmp / "agent" / "pki" / "node.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"arn:aws:ec2:us-east-1:{sim.imds.account_id}:instance/{ec2.instance_id}"]
 
     job = p.submit("sleep 600", service=True, count=1, killGraceSeconds=1)
     (task,) = wait_for(lambda: p.started(job), 60, "task Started")
@@ -289,3 +305,31 @@ def test_an_eni_whose_link_never_appears_crashes_the_launch_and_is_given_back(si
     p.api("POST", f"/v1/jobs/{job}/kill", expect=202)
     p.wait_job_finished(job, timeout=60)
     wait_for(lambda: not p.containers(all=True), 30, "containers removed")
+
+
+def refused(p: Platform, reason: str) -> float:
+    text = p.http.get(f"{p.url}/metrics", timeout=5).text
+    match = re.search(rf'^titus_scheduler_auth_refused_total{{reason="{reason}"}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_revoked_instance_comes_back_only_when_readmitted(sim: Sim) -> None:
+    """The instance's document bootstraps once: after a revocation, the same instance (a new token,
+    its key and certificate gone) is refused as a replay until `titusctl admin node readmit`."""
+    p = sim.platform
+    sim.start_agent()
+    assert p.agent is not None
+    p.agent.stop()
+    p.api("POST", f"/v1/admin/nodes/{p.node_id}/revoke", expect=200)
+    for name in ("node.crt", "node.key"):
+        (p.tmp / "agent" / "pki" / name).unlink()
+    sim.start_agent(wait=False)
+    wait_for(lambda: refused(p, "iid_replayed") >= 1, 30, "the replayed instance refused")
+    assert not (p.tmp / "agent" / "pki" / "node.crt").exists()
+    ctl = subprocess.run([sys.executable, "-m", "titusctl.main", "admin", "node", "readmit", p.node_id],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, **p.ctl_env()})
+    assert ctl.returncode == 0 and f"instance {sim.ec2.instance_id} may bootstrap once more" in ctl.stdout, ctl
+    wait_for(lambda: p._synced(f"http://127.0.0.1:{p.agent_port}/healthz"), 60, "the re-admitted agent's sync")
+    cert = x509.load_pem_x509_certificate((p.tmp / "agent" / "pki" / "node.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier)[0].endswith(f"instance/{sim.ec2.instance_id}")

@@ -36,7 +36,7 @@ def test_snapshot_carries_the_trust_store_and_the_restore_test_checks_it(tmp_pat
     snap = backup.snapshot(db, tmp_path / "out")  # online: the live trust store stays open
     m = backup.read_manifest(snap)
     assert m.trust is not None and m.trust.snapshot == snap.name + ".auth"
-    assert m.trust.counts == {"tokens": 1, "node_certs": 2, "revoked": 1, "audit": 1}
+    assert m.trust.counts == {"tokens": 1, "node_certs": 2, "revoked": 1, "audit": 1, "node_instances": 0}
     assert (snap.parent / m.trust.snapshot).is_file()
     assert backup.verify(snap).manifest.trust == m.trust
     assert backup.snapshots(tmp_path / "out") == [snap]  # the trust file is no snapshot of its own
@@ -116,6 +116,7 @@ def test_restoring_an_older_trust_store_undoes_no_revocation_certificate_or_spen
     store.use_bootstrap(boot, "n-3")
     store.record_cert("n-3", "abc3", time.time() + 3600)
     store.audit("operator:bob(admin)", "POST", "/v1/admin/nodes/n-1/revoke", 200, at=time.time() + 1)
+    assert store.bind_instance("i-00000000000000003", "n-3", "arn:aws:ec2:us-east-1:1:instance/i-00000000000000003")
     store.close()
     assert cli(["restore", str(snap), "--db", str(db), "--force"]) == EXIT_OK
     out = json.loads(capsys.readouterr().out)
@@ -127,6 +128,33 @@ def test_restoring_an_older_trust_store_undoes_no_revocation_certificate_or_spen
         with pytest.raises(TokenRefused, match="already used"):
             restored.use_bootstrap(boot, "n-4")
         assert restored.audit_log()[0]["path"] == "/v1/admin/nodes/n-1/revoke"
+        # the instance that bootstrapped after the backup stays used: its document is no replay
+        assert restored.instance_use("i-00000000000000003") == ("n-3", False)
+        assert restored.instance_binding("n-3") is not None
+    finally:
+        restored.close()
+
+
+def test_a_snapshot_from_before_instance_bindings_verifies_and_restores(tmp_path: Path) -> None:
+    db, store = with_trust(tmp_path)
+    snap = backup.snapshot(db, tmp_path / "out")
+    store.close()
+    trust = snap.with_name(snap.name + ".auth")  # as an older scheduler wrote it: no node_instances
+    con = sqlite3.connect(trust)
+    con.execute("DROP TABLE node_instances")
+    con.commit()
+    con.close()
+    path = backup.manifest_path(snap)
+    doc = json.loads(path.read_text())
+    doc["trust"]["sha256"] = backup._sha256(trust)
+    doc["trust"]["bytes"] = trust.stat().st_size
+    del doc["trust"]["counts"]["node_instances"]
+    path.write_text(json.dumps(doc))
+    backup.verify(snap)
+    assert cli(["restore", str(snap), "--db", str(db), "--force"]) == EXIT_OK
+    restored = AuthStore(auth_db_path(db))
+    try:
+        assert restored.revoked("abc2") and restored.instance_use("i-00000000000000009") is None
     finally:
         restored.close()
 

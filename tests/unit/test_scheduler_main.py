@@ -12,6 +12,7 @@ from scheduler.core import Scheduler
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import FirstFit
 from scheduler.store import SQLiteStore
+from tests.ec2sim.iid import IidAuthority
 from titus_common.jobspec import parse_job_spec
 
 PREFIX = "titus-scheduler: cannot start: "
@@ -154,6 +155,24 @@ def test_no_pki_and_not_insecure_refuses_to_start(tmp_path: Path) -> None:
 def test_a_pki_without_a_ca_refuses_to_start(tmp_path: Path) -> None:
     line = refusal(start("--listen", "127.0.0.1:1", "--db", str(tmp_path / "s.db"), "--pki", str(tmp_path / "none")), 2)
     assert "cell CA" in line and "ca init" in line
+
+
+def test_a_bad_instance_identity_policy_refuses_to_start(tmp_path: Path) -> None:
+    """--aws-imds-identity (docs/trust.md, "Bound to the instance"): a policy that names no readable
+    AWS certificate, or the flag without TLS, is a one-line configuration refusal (exit 2)."""
+    pki = tmp_path / "pki"
+    assert start("ca", "init", "--pki", str(pki)).returncode == 0
+    policy = tmp_path / "iid.json"
+    policy.write_text('{"certificates": {"us-east-1": ["/nonexistent/aws.pem"]}, "accounts": ["123456789012"]}')
+    db = str(tmp_path / "s.db")
+    line = refusal(start("--listen", "127.0.0.1:1", "--db", db, "--pki", str(pki), "--aws-imds-identity", str(policy)), 2)
+    assert "AWS identity certificate for us-east-1" in line and "/nonexistent/aws.pem" in line
+    policy.write_text('{"certificates": {"*": []}, "accounts": []}')
+    line = refusal(start("--listen", "127.0.0.1:1", "--db", db, "--pki", str(pki), "--aws-imds-identity", str(policy)), 2)
+    assert "--aws-imds-identity" in line and "accounts" in line
+    good = IidAuthority().write_policy(tmp_path / "good")
+    line = refusal(start("--listen", "127.0.0.1:1", "--db", db, "--insecure", "--aws-imds-identity", str(good)), 2)
+    assert "--aws-imds-identity needs --pki" in line
 
 
 def test_trust_commands(tmp_path: Path) -> None:
