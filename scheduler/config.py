@@ -131,6 +131,12 @@ class SchedulerConfig(BaseModel):
     # Append every engine pass (inputs and choices) to this JSON-lines file, for `titus-scheduler
     # replay` (scheduler/trace.py). Empty: off. ~1 MB per pass at 7,000 hosts.
     decision_trace: Annotated[str, Field(max_length=4096)] = ""
+    # Guarding critical capacity groups' reservations (scheduler/preempt.py): hold their idle
+    # reservation back from other work; preempt tasks of groups above their reservation for a
+    # critical task within its own (at most this many victims a pass, each through the kill path).
+    reservation_hold_back: bool = True
+    preemption: bool = True
+    preemption_max_per_pass: Annotated[int, Field(ge=1, le=10_000)] = 50
     # Capacity groups (scheduler/capacity.py): `[[capacity_groups]]` tables in the TOML file.
     capacity_groups: list[CapacityGroup] = Field(default_factory=list, max_length=10_000)
 

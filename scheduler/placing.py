@@ -67,6 +67,9 @@ class PlacementLoop:
             return 0
         if len(s.capacity.by_name) > 1:  # capacity groups: critical tier first, DRF within a tier
             pending = s.capacity.order(pending, s.jobs, self._placed_by_group(), self._cell_totals())
+            pending = s.preempting.hold_back(pending)  # critical groups' idle reservations (preempt.py)
+            if not pending:
+                return 0
         self.passes += 1
         if isinstance(self.placer, Engine):
             return self._engine_pass(self.placer, pending, now)

@@ -1,0 +1,223 @@
+"""Applies the reservation guards of `preempt` for the `Scheduler`, on its event loop.
+
+- `hold_back`: called by the placement pass on its ordered due tasks; a task that does not draw on
+  its own critical group's reservation is held (parked, reason `reservationHeldBack`) while placing
+  it would eat into the critical groups' idle reservations.
+- `run_pass`: once a second (the control loop's host checks). The critical tasks the last pass
+  parked are the claims; `preempt.plan` picks victims; every victim is killed through the one kill
+  path (held while reconciliation is frozen; the token bucket and each job's window must admit the
+  whole set, or none is killed), ends `killed` with the message "preempted by capacity group X …",
+  is replaced at once elsewhere costing its job no retry (`evicted`), is audited (`preempt`) and
+  counted (`titus_scheduler_preemptions_total{group,by}`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from scheduler import drain, eligibility, passes, preempt
+from scheduler.engine import Engine
+from scheduler.pending import PendingReason
+from scheduler.placement import NodeView
+from scheduler.records import JobRecord, JobState, NodeStatus, TaskRecord
+from titus_common.states import FinishReason, TaskState
+
+if TYPE_CHECKING:
+    from scheduler.core import Scheduler
+
+__all__ = ["Preemptor"]
+
+log = logging.getLogger("titus.scheduler.preempt")
+
+MAX_CLAIMS = 200  # claims looked at per pass (the oldest): bounds a pass on a big backlog
+
+
+class Preemptor:
+    def __init__(self, sched: Scheduler) -> None:
+        self._s = sched
+        self.last: preempt.Plan = preempt.Plan()  # the last pass's plan (blocked/waiting, for tests and logs)
+        self.held_kills = ""  # why the last pass's victims were not killed ("" when they were, or none)
+
+    @property
+    def guarded(self) -> bool:
+        """Is there a critical group with a reservation to guard?"""
+        return any(g.tier == "critical" and (g.reserved_cpu > 0 or g.reserved_memory_mib > 0)
+                   for g in self._s.capacity.by_name.values())
+
+    def group_use(self) -> dict[str, preempt.GroupUse]:
+        """Per group: its reservation, and what its placed tasks hold (kills in flight left out)."""
+        s = self._s
+        use = {n: preempt.GroupUse(g.tier, g.reserved_cpu, float(g.reserved_memory_mib))
+               for n, g in s.capacity.by_name.items()}
+        for t in self._holding():
+            if t.kill_requested:
+                continue
+            r = s.jobs[t.job_id].spec.container.resources
+            u = use[s.capacity.group_of(s.jobs[t.job_id].spec).name]
+            u.used_cpu += r.cpu
+            u.used_memory_mib += r.memory_mib
+        return use
+
+    def _holding(self) -> list[TaskRecord]:
+        s = self._s
+        return [t for n in s.nodes.values() for t in s.node_tasks(n.id) if not t.state.terminal]
+
+    # ---- hold-back (in the placement pass) --------------------------------------------------------
+
+    def hold_back(self, pending: list[TaskRecord]) -> list[TaskRecord]:
+        """The tasks of `pending` (in order) that may be placed; the rest are parked, their reason kept."""
+        s = self._s
+        if not s.config.reservation_hold_back or not self.guarded:
+            return pending
+        free_cpu = free_mem = 0.0
+        for n in eligibility.node_views(s.nodes.values(), s.node_tasks, s.jobs):
+            if not n.taints:
+                free_cpu += max(0.0, n.free_cpus)
+                free_mem += max(0.0, n.free_memory_mib)
+        room = preempt.Headroom(self.group_use(), free_cpu, free_mem)
+        if not room.active:
+            return pending
+        out: list[TaskRecord] = []
+        waiting: list[TaskRecord] = []
+        for t in pending:
+            job = s.jobs[t.job_id]
+            r = job.spec.container.resources
+            if room.admit(s.capacity.group_of(job.spec).name, r.cpu, r.memory_mib):
+                out.append(t)
+                continue
+            s.placing.parked.add(t.id)
+            s.placing.pending.note(t.id, PendingReason.RESERVATION_HELD)
+            why = room.why()
+            if t.message != why:
+                t.message = why
+                waiting.append(t)
+        if waiting:
+            s.store.commit(tasks=waiting)
+        return out
+
+    # ---- preemption (once a second) ---------------------------------------------------------------
+
+    def run_pass(self) -> int:
+        """Kill what makes room for parked critical tasks; returns how many victims were killed."""
+        s = self._s
+        self.held_kills = ""
+        if not s.config.preemption or not self.guarded:
+            return 0
+        now = s.clock()
+        parked = [s.tasks[i] for i in s.placing.parked if i in s.tasks]
+        claims_tasks = sorted(
+            (t for t in parked if t.state is TaskState.ACCEPTED and t.not_before <= now
+             and s.capacity.group_of(s.jobs[t.job_id].spec).tier == "critical"),
+            key=lambda t: (t.timestamps[TaskState.ACCEPTED.value], t.job_id, t.index),
+        )[:MAX_CLAIMS]
+        if not claims_tasks:
+            self.last = preempt.Plan()
+            return 0
+        claims = [self._claim(t) for t in claims_tasks]
+        holding = self._holding()
+        running: list[preempt.Running] = []
+        in_flight: Counter[str] = Counter()
+        for t in holding:
+            if t.kill_requested:
+                in_flight[t.job_id] += 1
+                continue
+            assert t.node_id is not None
+            job = s.jobs[t.job_id]
+            r = job.spec.container.resources
+            started = t.timestamps.get(TaskState.STARTED.value, t.timestamps.get(TaskState.LAUNCHED.value, 0.0))
+            running.append(preempt.Running(t.id, t.job_id, s.capacity.group_of(job.spec).name, t.node_id,
+                                           r.cpu, r.memory_mib, r.disk_mib, started))
+        budget = {}
+        for job_id in {r.job_id for r in running}:
+            job = s.jobs[job_id]
+            if job.state is JobState.ACCEPTED:
+                live = s._live(job_id)
+                budget[job_id] = drain.job_budget(job, live, s.config.job_disruption_fraction) - in_flight[job_id]
+        hosts = [preempt.HostRoom(v.id, v.free_cpus, v.free_memory_mib, v.free_disk_mib) for v in self._rooms()]
+        p = preempt.plan(claims, running, hosts, self.group_use(), budget, self._fits,
+                         s.config.preemption_max_per_pass)
+        self.last = p
+        if not p.victims:
+            return 0
+        return self._kill(p, now)
+
+    def _claim(self, t: TaskRecord) -> preempt.Claim:
+        job = self._s.jobs[t.job_id]
+        r = job.spec.container.resources
+        return preempt.Claim(t.id, t.job_id, self._s.capacity.group_of(job.spec).name, r.cpu, r.memory_mib, r.disk_mib)
+
+    def _rooms(self) -> list[NodeView]:
+        """Ready hosts with what their tasks leave free, a kill in flight counted as free."""
+        s = self._s
+        return eligibility.node_views(s.nodes.values(), lambda n: [t for t in s.node_tasks(n) if not t.kill_requested],
+                                      s.jobs)
+
+    def _fits(self, c: preempt.Claim, node_id: str, victims: Sequence[preempt.Running]) -> bool:
+        """Would the placer take the claim on this host with the victims (and kills in flight) gone?
+        The engine's own filters on a one-host table: taints, posture, constraints, IPs, task cap."""
+        s = self._s
+        node = s.nodes.get(node_id)
+        if node is None or node.status is not NodeStatus.READY:
+            return False
+        gone = {v.task_id for v in victims}
+        job = s.jobs[c.job_id]
+
+        def tasks_on(n: str) -> list[TaskRecord]:
+            return [t for t in s.node_tasks(n) if not t.kill_requested and t.id not in gone]
+
+        placer = s.placing.placer
+        if isinstance(placer, Engine):
+            table, ready = passes.build_table([node], tasks_on, s.jobs, s.facts, placer.seed,
+                                              max_tasks_per_host=s.config.host_task_limit)
+            d = passes.plan(placer, table, ready, [s.tasks[c.task_id]], s.jobs, s.security_policy)[0]
+            return d.host == node_id
+        views = eligibility.node_views([node], tasks_on, s.jobs)
+        able = eligibility.able_nodes(job, views, s.security_policy)
+        return bool(able) and able[0].fits(job.spec.container.resources)
+
+    def _kill(self, p: preempt.Plan, now: float) -> int:
+        s = self._s
+        if s.reconciler.frozen is not None:
+            self.held_kills = f"reconciliation frozen ({s.reconciler.frozen})"
+            log.warning("preemption of %d tasks held: %s", len(p.victims), self.held_kills)
+            return 0
+        refusal = s.reconciler.kill_path.room(Counter(v.task.job_id for v in p.victims), s._live, now)
+        if refusal is not None:
+            self.held_kills = refusal
+            log.warning("preemption of %d tasks deferred: %s", len(p.victims), refusal)
+            return 0
+        changed: list[TaskRecord] = []
+        created: list[TaskRecord] = []
+        jobs: dict[str, JobRecord] = {}
+        claims: dict[str, list[preempt.Victim]] = {}
+        for v in p.victims:
+            refused = s.reconciler.kill_path.take(v.task.job_id, s._live(v.task.job_id), now)
+            if refused is not None:  # `room` said yes: only a bug gets here; the rest waits a pass
+                log.error("preemption stopped: %s", refused)
+                break
+            t, job = s.tasks[v.task.task_id], s.jobs[v.task.job_id]
+            why = (f"preempted by capacity group {v.for_group} (critical, within its reservation) "
+                   f"for task {v.for_task}; group {v.task.group} was above its reservation")
+            t.finish_as, t.evicted, t.message = FinishReason.KILLED, True, why
+            s._request_kill(t)
+            if t.state.terminal:  # never reached its host: finished at once, with our reason
+                t.message = why
+                created.extend(s._after_finish(t, job))
+            changed.append(t)
+            jobs[job.id] = job
+            claims.setdefault(v.for_task, []).append(v)
+            s.metrics.preemptions.labels(group=v.task.group, by=v.for_group).inc()
+            s.reconciler.audit.write(now, "preempt", task=t.id, job=job.id, node=v.task.node_id,
+                                     group=v.task.group, by=v.for_group, forTask=v.for_task)
+            log.warning("preempt: task %s of group %s on %s for task %s of critical group %s", t.id, v.task.group,
+                        v.task.node_id, v.for_task, v.for_group, extra={"task_id": t.id, "job_id": job.id})
+        for task_id, vs in claims.items():
+            c = s.tasks[task_id]
+            c.message = f"waiting: {len(vs)} task(s) on {vs[0].task.node_id} preempted for its capacity group's reservation"
+            changed.append(c)
+        s.store.commit(tasks=[*changed, *created], jobs=jobs.values())
+        s._remember(created)
+        return sum(len(vs) for vs in claims.values())
