@@ -19,7 +19,7 @@ A critical group's `reserved_cpu` / `reserved_memory_mib` is a guarantee. Two me
   is the priority). A job loses at most its disruption budget (`drain.job_budget`, minus what it
   already has in flight) per pass; the wiring adds the kill path's token bucket, per-job window and
   freeze. For each claim the host needing the fewest victims wins (then the fewest critical
-  victims, the least freed capacity, the host id), and only a host the caller's `fits` accepts
+  victims, then the youngest oldest victim, the least freed capacity, the host id), and only a host the caller's `fits` accepts
   with those victims gone (the engine's own filters: posture, taints, constraints, IPs, task cap).
   Capacity already being freed (a kill in flight) counts as free, so a claim waiting for its
   victims to end is satisfied again at the next pass without new victims.
@@ -244,21 +244,21 @@ def plan(
         if len(out.victims) >= max_victims:
             out.blocked[c.task_id] = f"at most {max_victims} preemptions per pass"
             continue
-        best: tuple[tuple[int, int, float, str], list[Running]] | None = None
+        best: tuple[tuple[int, int, float, float, str], list[Running]] | None = None
         for h in sorted(on):
             cand = [r for r in on[h] if r.group != c.group]
             chosen = _pick(c, rooms[h], cand, use, left)
             if not chosen or len(out.victims) + len(chosen) > max_victims or not fits(c, h, chosen):
                 continue
             key = (len(chosen), sum(use[r.group].tier == "critical" for r in chosen),
-                   sum(r.cpu for r in chosen), h)
+                   -min(r.started_at for r in chosen), sum(r.cpu for r in chosen), h)
             if best is None or key < best[0]:
                 best = (key, chosen)
         if best is None:
             out.blocked[c.task_id] = "no host where tasks above their groups' reservations make room"
             continue
         chosen = best[1]
-        host = rooms[best[0][3]]
+        host = rooms[best[0][4]]
         for r in chosen:
             out.victims.append(Victim(r, c.task_id, c.group))
             on[r.node_id].remove(r)
