@@ -128,6 +128,12 @@ class SchedulerConfig(BaseModel):
     auto_pack_queue_depth: Annotated[int, Field(ge=0)] = 0
     auto_spread_queue_depth: Annotated[int, Field(ge=0)] = 100
     auto_mode_hold: Annotated[float, Field(ge=0)] = 30.0
+    # Its arrival-rate trigger: pack at once when at least this many tasks a second were submitted
+    # over the last `auto_arrival_window` seconds; spread again (with the queue at or below
+    # `auto_spread_queue_depth`, for `auto_mode_hold`) at or below `auto_spread_arrival_rate`. 0: off.
+    auto_pack_arrival_rate: Annotated[float, Field(ge=0)] = 0.0
+    auto_spread_arrival_rate: Annotated[float, Field(ge=0)] = 10.0
+    auto_arrival_window: Annotated[float, Field(gt=0, le=3600)] = 10.0
     # Append every engine pass (inputs and choices) to this JSON-lines file, for `titus-scheduler
     # replay` (scheduler/trace.py). Empty: off. ~1 MB per pass at 7,000 hosts.
     decision_trace: Annotated[str, Field(max_length=4096)] = ""
@@ -154,6 +160,10 @@ class SchedulerConfig(BaseModel):
             raise ValueError(
                 f"auto_spread_queue_depth ({self.auto_spread_queue_depth}) must be below "
                 f"auto_pack_queue_depth ({self.auto_pack_queue_depth}): the gap keeps the mode from flapping")
+        if self.auto_pack_arrival_rate and self.auto_spread_arrival_rate >= self.auto_pack_arrival_rate:
+            raise ValueError(
+                f"auto_spread_arrival_rate ({self.auto_spread_arrival_rate:g}) must be below "
+                f"auto_pack_arrival_rate ({self.auto_pack_arrival_rate:g}): the gap keeps the mode from flapping")
         return self
 
 

@@ -164,6 +164,7 @@ class Scheduler:
         for t in tasks:
             self._index.add(t)
         self.metrics.jobs_submitted.labels(kind=spec.kind).inc()
+        self.placing.auto.arrived(len(tasks), self.placing.tick())  # the auto switch's arrival rate
         log.info("job submitted: %s %s x%d", spec.kind, spec.app_name, spec.task_count, extra={"job_id": job.id})
         self._schedule_wanted.set()
         return job, True
