@@ -40,6 +40,9 @@ class Preemptor:
         self._s = sched
         self.last: preempt.Plan = preempt.Plan()  # the last pass's plan (blocked/waiting, for tests and logs)
         self.held_kills = ""  # why the last pass's victims were not killed ("" when they were, or none)
+        # The last placement pass's hold-back: what it let through, and what it held.
+        self._admitted: list[str] = []
+        self._held: list[str] = []
 
     @property
     def guarded(self) -> bool:
@@ -82,12 +85,14 @@ class Preemptor:
             return pending
         out: list[TaskRecord] = []
         waiting: list[TaskRecord] = []
+        self._held = []
         for t in pending:
             job = s.jobs[t.job_id]
             r = job.spec.container.resources
             if room.admit(s.capacity.group_of(job.spec).name, r.cpu, r.memory_mib):
                 out.append(t)
                 continue
+            self._held.append(t.id)
             s.placing.parked.add(t.id)
             s.placing.pending.note(t.id, PendingReason.RESERVATION_HELD)
             why = room.why()
@@ -96,7 +101,18 @@ class Preemptor:
                 waiting.append(t)
         if waiting:
             s.store.commit(tasks=waiting)
+        self._admitted = [t.id for t in out]
         return out
+
+    def _recheck_held(self) -> None:
+        """A task the hold-back let through but no host took (too big for any one host) counted
+        against the headroom of the tasks held after it: once it is parked, look at those again
+        (at most once a second, so a held backlog never spins the loop)."""
+        s = self._s
+        if self._held and any(i in s.placing.parked for i in self._admitted):
+            s.placing.parked.difference_update(self._held)
+            self._held = []
+            s._schedule_wanted.set()
 
     # ---- preemption (once a second) ---------------------------------------------------------------
 
@@ -104,6 +120,7 @@ class Preemptor:
         """Kill what makes room for parked critical tasks; returns how many victims were killed."""
         s = self._s
         self.held_kills = ""
+        self._recheck_held()
         if not s.config.preemption or not self.guarded:
             return 0
         now = s.clock()

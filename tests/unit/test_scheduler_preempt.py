@@ -156,3 +156,24 @@ def test_an_idle_reservation_is_held_back_from_flex_work(tmp_path: Path) -> None
     agents.round()
     assert started(s, api) == 4 and not preempted(s)  # the reservation was there: nobody killed
     assert started(s, web) == 4
+
+
+def test_a_task_let_through_but_placed_nowhere_does_not_keep_others_held(tmp_path: Path) -> None:
+    clock = Clock()
+    s = make(tmp_path, clock, capacity_groups=[CapacityGroup(name="prod", tier="critical", apps=["api"],
+                                                             reserved_cpu=2)])
+    agents = Agents(s, clock)
+    agents.join("a", cpus=4)
+    agents.join("b", cpus=4)  # 8 cpu in all, 2 reserved: 6 for flex work
+    big = parse_job_spec({"appName": "big", "owner": "me", "batch": {"size": 1},
+                          "container": {"image": "busybox:latest", "command": ["true"],
+                                        "resources": {"cpu": 5, "memoryMiB": 128}}})
+    big_job, _ = s.submit(big)  # fits the headroom, but no single host
+    clock.now += 1
+    small, _ = s.submit(job("small", 4, kind="batch"))
+    s.schedule_pass()  # big is let through (5 of 6) and placed nowhere; 1 small fits, 3 are held
+    assert sum(1 for t in live(s, small) if t.node_id) == 1
+    s.check_nodes()  # the held ones are looked at again, now that big is parked
+    s.schedule_pass()
+    assert sum(1 for t in live(s, small) if t.node_id) == 4
+    assert all(t.node_id is None for t in live(s, big_job))
