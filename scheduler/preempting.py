@@ -43,6 +43,7 @@ class Preemptor:
         # The last placement pass's hold-back: what it let through, and what it held.
         self._admitted: list[str] = []
         self._held: list[str] = []
+        self._seen_passes = -1  # the placement passes counted at the last look (nothing new: skip)
 
     @property
     def guarded(self) -> bool:
@@ -119,10 +120,15 @@ class Preemptor:
     def run_pass(self) -> int:
         """Kill what makes room for parked critical tasks; returns how many victims were killed."""
         s = self._s
-        self.held_kills = ""
         self._recheck_held()
         if not s.config.preemption or not self.guarded:
             return 0
+        # The claims are what the placement passes parked: without a pass since the last look, and
+        # with no kill refused then (its budget may have come back), there is nothing new to decide.
+        if s.placing.passes == self._seen_passes and not self.held_kills:
+            return 0
+        self._seen_passes = s.placing.passes
+        self.held_kills = ""
         now = s.clock()
         parked = [s.tasks[i] for i in s.placing.parked if i in s.tasks]
         claims_tasks = sorted(
