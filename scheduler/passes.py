@@ -86,6 +86,11 @@ def _taint_masks(table: HostTable, ready: list[NodeRecord], job: JobRecord) -> l
     return list(out.items())
 
 
+def job_masks(table: HostTable, ready: list[NodeRecord], job: JobRecord, policy: SecurityPolicy) -> list[tuple[str, B]]:
+    """The job's hard filters beyond the engine's own: taints it does not tolerate, and posture."""
+    return [*_taint_masks(table, ready, job), *_posture_masks(table, ready, job, policy)]
+
+
 def _tagged(image: str) -> str:
     """The reference as the engine lists it: a bare name means `:latest`."""
     m = IMAGE_REFERENCE.match(image)

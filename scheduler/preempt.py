@@ -27,12 +27,15 @@ A critical group's `reserved_cpu` / `reserved_memory_mib` is a guarantee. Two me
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["Claim", "GroupUse", "Headroom", "HostRoom", "Plan", "Running", "Victim", "plan", "within_reservation"]
 
 EPS = 1e-9
+FITS_TRIES = 8  # hosts the caller's `fits` is asked about per claim, at most (each builds a table)
+Key = tuple[int, int, float, float, str]  # victims, critical victims, -youngest... (lower is better)
 
 
 @dataclass
@@ -163,8 +166,9 @@ class Plan:
     blocked: dict[str, str] = field(default_factory=dict)  # claim → why nothing can be done for it
 
 
-# (claim, host id, the victims that would be gone) → can the claim be placed there then?
-Fits = Callable[[Claim, str, Sequence[Running]], bool]
+# (claim, host id, the victims that would be gone from it, the claims this plan already sends
+# there) → could the claim be placed there then?
+Fits = Callable[[Claim, str, Sequence[Running], Sequence[Claim]], bool]
 
 
 def _pick(c: Claim, room: HostRoom, candidates: list[Running], groups: Mapping[str, GroupUse],
@@ -228,6 +232,21 @@ def plan(
             on.setdefault(r.node_id, []).append(r)
     for tasks in on.values():  # flex first, then the youngest; the id for a stable order
         tasks.sort(key=lambda r: (use[r.group].tier == "critical", -r.started_at, r.task_id))
+    # Per job of the claims: a heap of (key, host), evaluated lazily. A host's set only gets worse
+    # as other hosts give up victims (their groups near their reservations, budgets shrink), so a
+    # key is recomputed when it reaches the top and pushed back if it is no longer the best; the
+    # host that gave victims is pushed again for every job (its room changed).
+    heaps: dict[str, list[tuple[Key, str]]] = {}
+    gone: dict[str, list[Running]] = {}  # host → the victims this plan takes from it
+    routed: dict[str, list[Claim]] = {}  # host → the claims this plan makes room for there
+
+    def entry(c: Claim, h: str) -> tuple[Key, str] | None:
+        chosen = _pick(c, rooms[h], [r for r in on[h] if r.group != c.group], use, left)
+        if not chosen:
+            return None
+        return (len(chosen), sum(use[r.group].tier == "critical" for r in chosen),
+                -min(r.started_at for r in chosen), sum(r.cpu for r in chosen), h), h
+
     for c in claims:
         g = use.get(c.group)
         if g is None or g.tier != "critical":
@@ -236,30 +255,52 @@ def plan(
         if not within_reservation(g, c.cpu, c.memory_mib):
             out.blocked[c.task_id] = f"capacity group {c.group} is at its reservation"
             continue
-        ready = next((h for h in sorted(rooms) if rooms[h].fits(c) and fits(c, h, ())), None)
+        ready = None
+        for h in [h for h in sorted(rooms) if rooms[h].fits(c)][:FITS_TRIES]:
+            if fits(c, h, gone.get(h, []), routed.get(h, [])):
+                ready = h
+                break
         if ready is not None:  # room there already (kills in flight): wait for them, kill nothing more
             _claim(rooms[ready], c, g)
+            routed.setdefault(ready, []).append(c)
             out.waiting[c.task_id] = ready
             continue
         if len(out.victims) >= max_victims:
             out.blocked[c.task_id] = f"at most {max_victims} preemptions per pass"
             continue
-        best: tuple[tuple[int, int, float, float, str], list[Running]] | None = None
-        for h in sorted(on):
-            cand = [r for r in on[h] if r.group != c.group]
-            chosen = _pick(c, rooms[h], cand, use, left)
-            if not chosen or len(out.victims) + len(chosen) > max_victims or not fits(c, h, chosen):
+        if c.job_id not in heaps:  # every host's best set for this job's tasks, once
+            heaps[c.job_id] = [e for e in (entry(c, h) for h in sorted(on)) if e is not None]
+            heapq.heapify(heaps[c.job_id])
+        heap = heaps[c.job_id]
+        best: tuple[Key, list[Running]] | None = None
+        tries, capped = 0, False
+        while heap and tries < FITS_TRIES:
+            _, h = heapq.heappop(heap)
+            fresh = entry(c, h)  # others' kills since may have made this host's set worse
+            if fresh is None:
                 continue
-            key = (len(chosen), sum(use[r.group].tier == "critical" for r in chosen),
-                   -min(r.started_at for r in chosen), sum(r.cpu for r in chosen), h)
-            if best is None or key < best[0]:
-                best = (key, chosen)
+            if heap and fresh[0] > heap[0][0]:
+                heapq.heappush(heap, fresh)
+                continue
+            chosen = _pick(c, rooms[h], [r for r in on[h] if r.group != c.group], use, left) or []
+            if len(out.victims) + len(chosen) > max_victims:
+                heapq.heappush(heap, fresh)
+                capped = True
+                break
+            if not fits(c, h, [*gone.get(h, []), *chosen], routed.get(h, [])):  # the placer would not take this job there: not for its other tasks either
+                tries += 1
+                continue
+            best = (fresh[0], chosen)
+            break
         if best is None:
-            out.blocked[c.task_id] = "no host where tasks above their groups' reservations make room"
+            out.blocked[c.task_id] = (f"at most {max_victims} preemptions per pass" if capped
+                                      else "no host where tasks above their groups' reservations make room")
             continue
         chosen = best[1]
         host = rooms[best[0][4]]
+        routed.setdefault(host.node_id, []).append(c)
         for r in chosen:
+            gone.setdefault(host.node_id, []).append(r)
             out.victims.append(Victim(r, c.task_id, c.group))
             on[r.node_id].remove(r)
             v = use[r.group]
@@ -271,6 +312,10 @@ def plan(
             host.free_disk_mib += r.disk_mib
         _claim(host, c, g)
         out.waiting[c.task_id] = host.node_id
+        for job_id, other in heaps.items():
+            e = entry(next(x for x in claims if x.job_id == job_id), host.node_id)
+            if e is not None:
+                heapq.heappush(other, e)
     return out
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -178,24 +179,31 @@ class Preemptor:
         return eligibility.node_views(s.nodes.values(), lambda n: [t for t in s.node_tasks(n) if not t.kill_requested],
                                       s.jobs)
 
-    def _fits(self, c: preempt.Claim, node_id: str, victims: Sequence[preempt.Running]) -> bool:
-        """Would the placer take the claim on this host with the victims (and kills in flight) gone?
-        The engine's own filters on a one-host table: taints, posture, constraints, IPs, task cap."""
+    def _fits(self, c: preempt.Claim, node_id: str, victims: Sequence[preempt.Running],
+              routed: Sequence[preempt.Claim]) -> bool:
+        """Would the placer take the claim on this host with the victims (and kills in flight) gone
+        and the claims already routed there placed? The engine's own filters on a one-host table:
+        taints, posture, constraints, IPs, the task cap, the job's per-host cap (as the whole cell
+        would set it: a one-host table would otherwise lift the default cap)."""
         s = self._s
         node = s.nodes.get(node_id)
         if node is None or node.status is not NodeStatus.READY:
             return False
         gone = {v.task_id for v in victims}
         job = s.jobs[c.job_id]
+        claimed = [s.tasks[r.task_id] for r in routed]
 
         def tasks_on(n: str) -> list[TaskRecord]:
-            return [t for t in s.node_tasks(n) if not t.kill_requested and t.id not in gone]
+            return [*(t for t in s.node_tasks(n) if not t.kill_requested and t.id not in gone), *claimed]
 
         placer = s.placing.placer
         if isinstance(placer, Engine):
             table, ready = passes.build_table([node], tasks_on, s.jobs, s.facts, placer.seed,
                                               max_tasks_per_host=s.config.host_task_limit)
-            d = passes.plan(placer, table, ready, [s.tasks[c.task_id]], s.jobs, s.security_policy)[0]
+            hosts = max(1, sum(1 for n in s.nodes.values() if n.status is NodeStatus.READY))
+            req = passes.request_for(s.tasks[c.task_id], job)
+            req = dataclasses.replace(req, job_tasks=-(-req.job_tasks // hosts))
+            d = placer.place(table, req, passes.job_masks(table, ready, job, s.security_policy))
             return d.host == node_id
         views = eligibility.node_views([node], tasks_on, s.jobs)
         able = eligibility.able_nodes(job, views, s.security_policy)

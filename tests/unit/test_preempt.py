@@ -39,7 +39,7 @@ def full(*nodes: str, cpu: float = 0.0) -> list[HostRoom]:
     return [HostRoom(n, cpu, 10_000.0, 10_000.0) for n in nodes]
 
 
-def anywhere(c: Claim, node: str, victims: Sequence[Running]) -> bool:
+def anywhere(c: Claim, node: str, victims: Sequence[Running], routed: Sequence[Claim]) -> bool:
     return True
 
 
@@ -83,7 +83,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, str] | str]] = [
      {"b1": "p1"}),
     ("a host the placer would refuse (constraints, posture) is skipped", dict(
         claims=[C("p1")], running=[R("b1", "best", "n1"), R("b2", "best", "n2")],
-        fits=lambda c, node, victims: node != "n1"),
+        fits=lambda c, node, victims, routed: node != "n1"),
      {"b2": "p1"}),
     ("only what frees the resource the claim is short of", dict(
         claims=[C("p1", cpu=0.5, mem=1000)], hosts=[HostRoom("n1", 4.0, 0.0, 1e4)],
@@ -124,15 +124,16 @@ def test_victims(name: str, given: dict[str, Any], expected: dict[str, str] | st
 
 
 def test_fits_is_asked_with_the_victims_gone() -> None:
-    seen: list[tuple[str, tuple[str, ...]]] = []
+    seen: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = []
 
-    def fits(c: Claim, node: str, victims: Sequence[Running]) -> bool:
-        seen.append((node, tuple(v.task_id for v in victims)))
+    def fits(c: Claim, node: str, victims: Sequence[Running], routed: Sequence[Claim]) -> bool:
+        seen.append((c.task_id, node, tuple(v.task_id for v in victims), tuple(r.task_id for r in routed)))
         return True
 
-    running = [R("b1", "best", "n1")]
-    plan([C("p1")], running, full("n1"), groups(running), {"job-best": 1}, fits)
-    assert seen == [("n1", ("b1",))]
+    running = [R("b1", "best", "n1"), R("b2", "best", "n1")]
+    plan([C("p1"), C("p2")], running, full("n1"), groups(running), {"job-best": 2}, fits)
+    # The second claim is checked with the first one's victim gone too, and the first claim there.
+    assert seen == [("p1", "n1", ("b1",), ()), ("p2", "n1", ("b1", "b2"), ("p1",))]
 
 
 @pytest.mark.parametrize("g, cpu, expected", [
