@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 __all__ = ["Claim", "GroupUse", "Headroom", "HostRoom", "Plan", "Running", "Victim", "plan", "within_reservation"]
 
 EPS = 1e-9
-FITS_TRIES = 8  # hosts the caller's `fits` is asked about per claim, at most (each builds a table)
+FITS_TRIES = 32  # hosts the caller's `fits` may refuse per claim, at most (each may build a table)
 Key = tuple[int, int, float, float, str]  # victims, critical victims, -youngest... (lower is better)
 
 
@@ -226,6 +226,7 @@ def plan(
            for n, g in groups.items()}
     left = dict(budget)
     rooms = {h.node_id: HostRoom(h.node_id, h.free_cpu, h.free_memory_mib, h.free_disk_mib) for h in hosts}
+    host_ids = sorted(rooms)
     on: dict[str, list[Running]] = {}
     for r in running:
         if r.node_id in rooms:
@@ -256,7 +257,7 @@ def plan(
             out.blocked[c.task_id] = f"capacity group {c.group} is at its reservation"
             continue
         ready = None
-        for h in [h for h in sorted(rooms) if rooms[h].fits(c)][:FITS_TRIES]:
+        for h in [h for h in host_ids if rooms[h].fits(c)][:FITS_TRIES]:
             if fits(c, h, gone.get(h, []), routed.get(h, [])):
                 ready = h
                 break

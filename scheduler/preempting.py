@@ -198,11 +198,15 @@ class Preemptor:
 
         placer = s.placing.placer
         if isinstance(placer, Engine):
-            table, ready = passes.build_table([node], tasks_on, s.jobs, s.facts, placer.seed,
-                                              max_tasks_per_host=s.config.host_task_limit)
             hosts = max(1, sum(1 for n in s.nodes.values() if n.status is NodeStatus.READY))
             req = passes.request_for(s.tasks[c.task_id], job)
             req = dataclasses.replace(req, job_tasks=-(-req.job_tasks // hosts))
+            hard, _ = job.spec.constraints.max_per_host()
+            cap = hard if hard is not None else max(placer.job_cap, req.job_tasks)
+            if sum(1 for t in tasks_on(node_id) if t.job_id == c.job_id) >= cap:
+                return False  # the job's per-host cap, without building a table
+            table, ready = passes.build_table([node], tasks_on, s.jobs, s.facts, placer.seed,
+                                              max_tasks_per_host=s.config.host_task_limit)
             d = placer.place(table, req, passes.job_masks(table, ready, job, s.security_policy))
             return d.host == node_id
         views = eligibility.node_views([node], tasks_on, s.jobs)
