@@ -54,21 +54,38 @@ class Preemptor:
 
     def group_use(self) -> dict[str, preempt.GroupUse]:
         """Per group: its reservation, and what its placed tasks hold (kills in flight left out)."""
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[dict[str, preempt.GroupUse], list[TaskRecord], float, float]:
+        """One scan of the tasks holding resources: each group's use, those tasks, and what the
+        Ready, untainted hosts have free (cpu, memory)."""
         s = self._s
         use = {n: preempt.GroupUse(g.tier, g.reserved_cpu, float(g.reserved_memory_mib))
                for n, g in s.capacity.by_name.items()}
-        for t in self._holding():
-            if t.kill_requested:
-                continue
-            r = s.jobs[t.job_id].spec.container.resources
-            u = use[s.capacity.group_of(s.jobs[t.job_id].spec).name]
-            u.used_cpu += r.cpu
-            u.used_memory_mib += r.memory_mib
-        return use
-
-    def _holding(self) -> list[TaskRecord]:
-        s = self._s
-        return [t for n in s.nodes.values() for t in s.node_tasks(n.id) if not t.state.terminal]
+        of_job: dict[str, tuple[preempt.GroupUse, float, float]] = {}
+        holding: list[TaskRecord] = []
+        free_cpu = free_mem = 0.0
+        for n in s.nodes.values():
+            open_host = n.status is NodeStatus.READY and not n.taints
+            cpu, mem = float(n.capacity.cpus), float(n.capacity.memory_mib)
+            for t in s.node_tasks(n.id):
+                if t.state.terminal:
+                    continue
+                holding.append(t)
+                g = of_job.get(t.job_id)
+                if g is None:
+                    spec = s.jobs[t.job_id].spec
+                    r = spec.container.resources
+                    g = of_job[t.job_id] = (use[s.capacity.group_of(spec).name], r.cpu, float(r.memory_mib))
+                cpu -= g[1]
+                mem -= g[2]
+                if not t.kill_requested:
+                    g[0].used_cpu += g[1]
+                    g[0].used_memory_mib += g[2]
+            if open_host:
+                free_cpu += max(0.0, cpu)
+                free_mem += max(0.0, mem)
+        return use, holding, free_cpu, free_mem
 
     # ---- hold-back (in the placement pass) --------------------------------------------------------
 
@@ -77,12 +94,8 @@ class Preemptor:
         s = self._s
         if not s.config.reservation_hold_back or not self.guarded:
             return pending
-        free_cpu = free_mem = 0.0
-        for n in eligibility.node_views(s.nodes.values(), s.node_tasks, s.jobs):
-            if not n.taints:
-                free_cpu += max(0.0, n.free_cpus)
-                free_mem += max(0.0, n.free_memory_mib)
-        room = preempt.Headroom(self.group_use(), free_cpu, free_mem)
+        use, _, free_cpu, free_mem = self._scan()
+        room = preempt.Headroom(use, free_cpu, free_mem)
         if not room.active:
             return pending
         out: list[TaskRecord] = []
@@ -141,7 +154,7 @@ class Preemptor:
             self.last = preempt.Plan()
             return 0
         claims = [self._claim(t) for t in claims_tasks]
-        holding = self._holding()
+        use, holding, _, _ = self._scan()
         running: list[preempt.Running] = []
         in_flight: Counter[str] = Counter()
         for t in holding:
@@ -161,7 +174,7 @@ class Preemptor:
                 live = s._live(job_id)
                 budget[job_id] = drain.job_budget(job, live, s.config.job_disruption_fraction) - in_flight[job_id]
         hosts = [preempt.HostRoom(v.id, v.free_cpus, v.free_memory_mib, v.free_disk_mib) for v in self._rooms()]
-        p = preempt.plan(claims, running, hosts, self.group_use(), budget, self._fits,
+        p = preempt.plan(claims, running, hosts, use, budget, self._fits,
                          s.config.preemption_max_per_pass)
         self.last = p
         if not p.victims:
