@@ -226,7 +226,8 @@ def plan(
            for n, g in groups.items()}
     left = dict(budget)
     rooms = {h.node_id: HostRoom(h.node_id, h.free_cpu, h.free_memory_mib, h.free_disk_mib) for h in hosts}
-    host_ids = sorted(rooms)
+    # Hosts with some room on every resource (a full cell has few): where a claim may fit as is.
+    roomy = {h for h, r in rooms.items() if r.free_cpu > EPS and r.free_memory_mib > EPS}
     on: dict[str, list[Running]] = {}
     for r in running:
         if r.node_id in rooms:
@@ -257,7 +258,7 @@ def plan(
             out.blocked[c.task_id] = f"capacity group {c.group} is at its reservation"
             continue
         ready = None
-        for h in [h for h in host_ids if rooms[h].fits(c)][:FITS_TRIES]:
+        for h in sorted(h for h in roomy if rooms[h].fits(c))[:FITS_TRIES]:
             if fits(c, h, gone.get(h, []), routed.get(h, [])):
                 ready = h
                 break
@@ -312,6 +313,10 @@ def plan(
             host.free_memory_mib += r.memory_mib
             host.free_disk_mib += r.disk_mib
         _claim(host, c, g)
+        if host.free_cpu > EPS and host.free_memory_mib > EPS:
+            roomy.add(host.node_id)
+        else:
+            roomy.discard(host.node_id)
         out.waiting[c.task_id] = host.node_id
         for job_id, other in heaps.items():
             e = entry(next(x for x in claims if x.job_id == job_id), host.node_id)

@@ -45,6 +45,8 @@ class Preemptor:
         self._admitted: list[str] = []
         self._held: list[str] = []
         self._seen_passes = -1  # the placement passes counted at the last look (nothing new: skip)
+        self._rooms_now: list[preempt.HostRoom] = []  # set by `_scan`
+        self._ready_hosts = 1  # Ready hosts at this pass (the engine's default per-host job cap)
 
     @property
     def guarded(self) -> bool:
@@ -58,16 +60,19 @@ class Preemptor:
 
     def _scan(self) -> tuple[dict[str, preempt.GroupUse], list[TaskRecord], float, float]:
         """One scan of the tasks holding resources: each group's use, those tasks, and what the
-        Ready, untainted hosts have free (cpu, memory)."""
+        Ready, untainted hosts have free (cpu, memory). Also `self._rooms_now`: every Ready host
+        with what its tasks leave free, a kill in flight counted as free."""
         s = self._s
         use = {n: preempt.GroupUse(g.tier, g.reserved_cpu, float(g.reserved_memory_mib))
                for n, g in s.capacity.by_name.items()}
-        of_job: dict[str, tuple[preempt.GroupUse, float, float]] = {}
+        of_job: dict[str, tuple[preempt.GroupUse, float, float, float]] = {}
         holding: list[TaskRecord] = []
         free_cpu = free_mem = 0.0
+        self._rooms_now = []
         for n in s.nodes.values():
             open_host = n.status is NodeStatus.READY and not n.taints
             cpu, mem = float(n.capacity.cpus), float(n.capacity.memory_mib)
+            room = preempt.HostRoom(n.id, cpu, mem, float(n.capacity.disk_mib))
             for t in s.node_tasks(n.id):
                 if t.state.terminal:
                     continue
@@ -76,15 +81,21 @@ class Preemptor:
                 if g is None:
                     spec = s.jobs[t.job_id].spec
                     r = spec.container.resources
-                    g = of_job[t.job_id] = (use[s.capacity.group_of(spec).name], r.cpu, float(r.memory_mib))
+                    g = of_job[t.job_id] = (use[s.capacity.group_of(spec).name], r.cpu, float(r.memory_mib),
+                                            float(r.disk_mib))
                 cpu -= g[1]
                 mem -= g[2]
                 if not t.kill_requested:
                     g[0].used_cpu += g[1]
                     g[0].used_memory_mib += g[2]
+                    room.free_cpu -= g[1]
+                    room.free_memory_mib -= g[2]
+                    room.free_disk_mib -= g[3]
             if open_host:
                 free_cpu += max(0.0, cpu)
                 free_mem += max(0.0, mem)
+            if n.status is NodeStatus.READY:
+                self._rooms_now.append(room)
         return use, holding, free_cpu, free_mem
 
     # ---- hold-back (in the placement pass) --------------------------------------------------------
@@ -157,6 +168,7 @@ class Preemptor:
         use, holding, _, _ = self._scan()
         running: list[preempt.Running] = []
         in_flight: Counter[str] = Counter()
+        group_of: dict[str, str] = {}
         for t in holding:
             if t.kill_requested:
                 in_flight[t.job_id] += 1
@@ -164,17 +176,19 @@ class Preemptor:
             assert t.node_id is not None
             job = s.jobs[t.job_id]
             r = job.spec.container.resources
+            group = group_of.get(t.job_id)
+            if group is None:
+                group = group_of[t.job_id] = s.capacity.group_of(job.spec).name
             started = t.timestamps.get(TaskState.STARTED.value, t.timestamps.get(TaskState.LAUNCHED.value, 0.0))
-            running.append(preempt.Running(t.id, t.job_id, s.capacity.group_of(job.spec).name, t.node_id,
-                                           r.cpu, r.memory_mib, r.disk_mib, started))
+            running.append(preempt.Running(t.id, t.job_id, group, t.node_id, r.cpu, r.memory_mib, r.disk_mib, started))
         budget = {}
         for job_id in {r.job_id for r in running}:
             job = s.jobs[job_id]
             if job.state is JobState.ACCEPTED:
                 live = s._live(job_id)
                 budget[job_id] = drain.job_budget(job, live, s.config.job_disruption_fraction) - in_flight[job_id]
-        hosts = [preempt.HostRoom(v.id, v.free_cpus, v.free_memory_mib, v.free_disk_mib) for v in self._rooms()]
-        p = preempt.plan(claims, running, hosts, use, budget, self._fits,
+        self._ready_hosts = max(1, len(self._rooms_now))
+        p = preempt.plan(claims, running, self._rooms_now, use, budget, self._fits,
                          s.config.preemption_max_per_pass)
         self.last = p
         if not p.victims:
@@ -185,12 +199,6 @@ class Preemptor:
         job = self._s.jobs[t.job_id]
         r = job.spec.container.resources
         return preempt.Claim(t.id, t.job_id, self._s.capacity.group_of(job.spec).name, r.cpu, r.memory_mib, r.disk_mib)
-
-    def _rooms(self) -> list[NodeView]:
-        """Ready hosts with what their tasks leave free, a kill in flight counted as free."""
-        s = self._s
-        return eligibility.node_views(s.nodes.values(), lambda n: [t for t in s.node_tasks(n) if not t.kill_requested],
-                                      s.jobs)
 
     def _fits(self, c: preempt.Claim, node_id: str, victims: Sequence[preempt.Running],
               routed: Sequence[preempt.Claim]) -> bool:
@@ -211,9 +219,8 @@ class Preemptor:
 
         placer = s.placing.placer
         if isinstance(placer, Engine):
-            hosts = max(1, sum(1 for n in s.nodes.values() if n.status is NodeStatus.READY))
             req = passes.request_for(s.tasks[c.task_id], job)
-            req = dataclasses.replace(req, job_tasks=-(-req.job_tasks // hosts))
+            req = dataclasses.replace(req, job_tasks=-(-req.job_tasks // self._ready_hosts))
             hard, _ = job.spec.constraints.max_per_host()
             cap = hard if hard is not None else max(placer.job_cap, req.job_tasks)
             if sum(1 for t in tasks_on(node_id) if t.job_id == c.job_id) >= cap:
