@@ -181,12 +181,13 @@ class Preemptor:
                 group = group_of[t.job_id] = s.capacity.group_of(job.spec).name
             started = t.timestamps.get(TaskState.STARTED.value, t.timestamps.get(TaskState.LAUNCHED.value, 0.0))
             running.append(preempt.Running(t.id, t.job_id, group, t.node_id, r.cpu, r.memory_mib, r.disk_mib, started))
+        live = Counter(t.job_id for t in holding)  # the job's tasks not Finished: holding, or waiting
+        live.update(s.tasks[i].job_id for i in s._index.pending)
         budget = {}
         for job_id in {r.job_id for r in running}:
             job = s.jobs[job_id]
             if job.state is JobState.ACCEPTED:
-                live = s._live(job_id)
-                budget[job_id] = drain.job_budget(job, live, s.config.job_disruption_fraction) - in_flight[job_id]
+                budget[job_id] = drain.job_budget(job, live[job_id], s.config.job_disruption_fraction) - in_flight[job_id]
         self._ready_hosts = max(1, len(self._rooms_now))
         p = preempt.plan(claims, running, self._rooms_now, use, budget, self._fits,
                          s.config.preemption_max_per_pass)
