@@ -280,7 +280,7 @@ async def node_updates(request: web.Request) -> web.Response:
 
 def _mode_doc(s: Scheduler) -> dict[str, Any]:
     mode = s.scheduling_mode
-    return {"mode": mode.value if mode is not None else None, "auto": s.placing.auto.describe()}
+    return {"mode": mode.value if mode is not None else None, "auto": s.placing.auto.describe(s.placing.tick())}
 
 
 async def get_scheduling_mode(request: web.Request) -> web.Response:

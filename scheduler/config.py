@@ -131,9 +131,21 @@ class SchedulerConfig(BaseModel):
     auto_pack_queue_depth: Annotated[int, Field(ge=0)] = 0
     auto_spread_queue_depth: Annotated[int, Field(ge=0)] = 100
     auto_mode_hold: Annotated[float, Field(ge=0)] = 30.0
+    # Its arrival-rate trigger: pack at once when at least this many tasks a second were submitted
+    # over the last `auto_arrival_window` seconds; spread again (with the queue at or below
+    # `auto_spread_queue_depth`, for `auto_mode_hold`) at or below `auto_spread_arrival_rate`. 0: off.
+    auto_pack_arrival_rate: Annotated[float, Field(ge=0)] = 0.0
+    auto_spread_arrival_rate: Annotated[float, Field(ge=0)] = 10.0
+    auto_arrival_window: Annotated[float, Field(gt=0, le=3600)] = 10.0
     # Append every engine pass (inputs and choices) to this JSON-lines file, for `titus-scheduler
     # replay` (scheduler/trace.py). Empty: off. ~1 MB per pass at 7,000 hosts.
     decision_trace: Annotated[str, Field(max_length=4096)] = ""
+    # Guarding critical capacity groups' reservations (scheduler/preempt.py): hold their idle
+    # reservation back from other work; preempt tasks of groups above their reservation for a
+    # critical task within its own (at most this many victims a pass, each through the kill path).
+    reservation_hold_back: bool = True
+    preemption: bool = True
+    preemption_max_per_pass: Annotated[int, Field(ge=1, le=10_000)] = 50
     # Capacity groups (scheduler/capacity.py): `[[capacity_groups]]` tables in the TOML file.
     capacity_groups: list[CapacityGroup] = Field(default_factory=list, max_length=10_000)
     # DRF hands a group a run of tasks while its dominant share stays within this much of the next
@@ -154,6 +166,10 @@ class SchedulerConfig(BaseModel):
             raise ValueError(
                 f"auto_spread_queue_depth ({self.auto_spread_queue_depth}) must be below "
                 f"auto_pack_queue_depth ({self.auto_pack_queue_depth}): the gap keeps the mode from flapping")
+        if self.auto_pack_arrival_rate and self.auto_spread_arrival_rate >= self.auto_pack_arrival_rate:
+            raise ValueError(
+                f"auto_spread_arrival_rate ({self.auto_spread_arrival_rate:g}) must be below "
+                f"auto_pack_arrival_rate ({self.auto_pack_arrival_rate:g}): the gap keeps the mode from flapping")
         return self
 
 

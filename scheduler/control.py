@@ -57,6 +57,7 @@ class ControlLoop:
         if changed_nodes:
             s.store.commit(nodes=changed_nodes)
         s.draining.run_pass()
+        s.preempting.run_pass()  # room for critical groups' reservations (scheduler/preempting.py)
 
     def reconcile(self) -> int:
         """One reconciliation pass; applies what the kill path admits. Returns how many were applied."""

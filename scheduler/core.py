@@ -26,6 +26,7 @@ from scheduler.control import ControlLoop
 from scheduler.config import SchedulerConfig
 from scheduler.delivery import Deliveries
 from scheduler.draining import Drainer
+from scheduler.preempting import Preemptor
 from scheduler.retire import Retirer, make_ec2
 from scheduler.exec_relay import ExecRelay
 from scheduler.engine import Engine
@@ -102,6 +103,7 @@ class Scheduler:
         self.retirer = Retirer(self, self.config.retire_provider, lambda: make_ec2(
             self.config.retire_aws_region, self.config.retire_aws_endpoint_url))
         self.draining = Drainer(self)  # `titusctl node drain`: moves tasks off under budgets (drain.py)
+        self.preempting = Preemptor(self)  # critical groups' reservations: hold-back, preemption
         snap = store.load()
         integrity.check(snap, getattr(store, "path", "the store"))  # refuses a self-contradicting store
         self.reconciler.orphans_trusted = bool(snap.jobs or snap.nodes)
@@ -162,6 +164,7 @@ class Scheduler:
         for t in tasks:
             self._index.add(t)
         self.metrics.jobs_submitted.labels(kind=spec.kind).inc()
+        self.placing.auto.arrived(len(tasks), self.placing.tick())  # the auto switch's arrival rate
         log.info("job submitted: %s %s x%d", spec.kind, spec.app_name, spec.task_count, extra={"job_id": job.id})
         self._schedule_wanted.set()
         return job, True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from scheduler.config import SchedulerConfig
@@ -85,6 +86,17 @@ class KillPath:
         """The wall clock stepped: keep the budgets as they were (a step forward mints no tokens)."""
         self.bucket.at += step
         self.jobs.shift(step)
+
+    def room(self, kills: Mapping[str, int], live: Callable[[str], int], now: float) -> str | None:
+        """Would `take` admit all these kills (job → how many) now? None if so, else why not.
+        Nothing is spent: a set of kills that only helps whole (a preemption) asks first."""
+        for job_id, n in sorted(kills.items()):
+            allowance = self.jobs.allowance(live(job_id))
+            if self.jobs.used(job_id, now) + n > allowance:
+                return f"job disruption budget of {job_id} spent ({allowance} per {self.jobs.window:.0f}s)"
+        if self.bucket.available(now) and self.bucket.tokens >= sum(kills.values()):
+            return None
+        return f"kill rate limit (token bucket has {int(self.bucket.tokens)} of {sum(kills.values())} kills)"
 
     def take(self, job_id: str | None, live_tasks: int, now: float) -> str | None:
         """Spend one disruption; None if allowed, else why not (nothing is spent then)."""

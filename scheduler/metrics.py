@@ -174,6 +174,10 @@ class SchedulerMetrics:
             "titus_scheduler_placement_pass_tasks", "Tasks evaluated by placement passes, by outcome (placed, waiting)",
             ["outcome"], registry=self.registry,
         )
+        self.preemptions = Counter(
+            "titus_scheduler_preemptions", "Tasks killed to make room for a critical capacity group's reservation, "
+            "by the victim's group and the group it made room for (by)", ["group", "by"], registry=self.registry,
+        )
         self._frozen = False
 
     def note_remediation_plan(self, plan: Plan) -> None:

@@ -263,7 +263,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Switch the placement mode live (effective on the next pass; audited)",
                 "description": "Body `{\"mode\": \"spread\" | \"pack\" | \"auto\"}`; an `X-Titus-Actor` header "
                 "names who switched it in the audit log. `spread`/`pack` pin the mode against the automatic switch; "
-                "`auto` hands it back (409 when `auto_pack_queue_depth` is 0).",
+                "`auto` hands it back (409 when both `auto_pack_queue_depth` and `auto_pack_arrival_rate` are 0).",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["mode"], "additionalProperties": False,
                     "properties": {"mode": {"type": "string", "enum": ["spread", "pack", "auto"]}}}}}},

@@ -106,6 +106,12 @@ def _taint_masks(groups: HostGroups, job: JobRecord) -> list[tuple[str, B]]:
     return list(out.items())
 
 
+def job_masks(table: HostTable, ready: list[NodeRecord], job: JobRecord, policy: SecurityPolicy) -> list[tuple[str, B]]:
+    """The job's hard filters beyond the engine's own: taints it does not tolerate, and posture."""
+    groups = HostGroups(table, ready)
+    return [*_taint_masks(groups, job), *_posture_masks(groups, job, policy)]
+
+
 def _tagged(image: str) -> str:
     """The reference as the engine lists it: a bare name means `:latest`."""
     m = IMAGE_REFERENCE.match(image)

@@ -34,6 +34,8 @@ class PendingReason(str, enum.Enum):
     INSUFFICIENT_MEMORY = "insufficientMemory"
     INSUFFICIENT_DISK = "insufficientDisk"
     NO_SINGLE_HOST_FITS = "noSingleHostFits"  # each resource is free somewhere, never all on one host
+    # What is free is held back for critical capacity groups' idle reservations (scheduler/preempt.py).
+    RESERVATION_HELD = "reservationHeldBack"
 
 
 def why_pending(demand: Resources, ready: list[NodeView], able: list[NodeView]) -> PendingReason:

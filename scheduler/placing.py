@@ -43,7 +43,9 @@ class PlacementLoop:
         c = sched.config
         # Every engine pass written down for `titus-scheduler replay` (scheduler/trace.py); off by default.
         self.trace = TraceWriter(Path(c.decision_trace)) if c.decision_trace else None
-        self.auto = AutoMode(c.auto_pack_queue_depth, c.auto_spread_queue_depth, c.auto_mode_hold)
+        self.auto = AutoMode(c.auto_pack_queue_depth, c.auto_spread_queue_depth, c.auto_mode_hold,
+                             pack_rate=c.auto_pack_arrival_rate, spread_rate=c.auto_spread_arrival_rate,
+                             window_s=c.auto_arrival_window)
 
     def eligible_nodes(self) -> list[NodeView]:
         """Ready hosts, with what their assigned tasks leave free."""
@@ -55,7 +57,7 @@ class PlacementLoop:
         s = self._s
         now = s.clock()
         queue = s._index.pending
-        self._auto_switch(len(queue), self._tick())  # every Accepted task waiting, placeable or not
+        self._auto_switch(len(queue), self.tick())  # every Accepted task waiting, placeable or not
         if len(self.parked) == len(queue):  # parked ⊆ pending: all parked, O(1) when idle
             return 0
         pending = sorted(
@@ -69,6 +71,9 @@ class PlacementLoop:
         if len(s.capacity.by_name) > 1:  # capacity groups: critical tier first, DRF within a tier
             pending = s.capacity.order(pending, s.jobs, self._placed_by_group(), self._cell_totals(),
                                        s.config.drf_tolerance)
+            pending = s.preempting.hold_back(pending)  # critical groups' idle reservations (preempt.py)
+            if not pending:
+                return 0
         self.passes += 1
         began = time.perf_counter()
         placed = self._engine_pass(self.placer, pending, now) if isinstance(self.placer, Engine) \
@@ -193,7 +198,7 @@ class PlacementLoop:
     def mode(self) -> Mode | None:
         return self.placer.mode if isinstance(self.placer, Engine) else None
 
-    def _tick(self) -> float:
+    def tick(self) -> float:
         """Monotonic when the scheduler has it: a wall-clock step must not fake a held queue."""
         steps = getattr(self._s, "_steps", None)
         return steps.monotonic() if steps is not None else self._s.clock()
@@ -202,7 +207,7 @@ class PlacementLoop:
         if isinstance(self.placer, Engine) and self.auto.enabled:
             new = self.auto.decide(depth, self.placer.mode, now)
             if new is not None:
-                self._switch(new, f"auto (queue depth {depth})")
+                self._switch(new, f"auto ({self.auto.why})")
 
     def set_mode(self, mode: str, actor: str) -> Mode:
         """The live spread ⇄ pack switch: effective on the next pass, audited, in metrics. An
@@ -210,8 +215,8 @@ class PlacementLoop:
         if not isinstance(self.placer, Engine):
             raise Conflict(f"the placer {type(self.placer).__name__} has no scheduling modes")
         if mode == "auto":
-            if not self.auto.pack_at:
-                raise Conflict("the automatic switch is off (auto_pack_queue_depth = 0)")
+            if not self.auto.configured:
+                raise Conflict("the automatic switch is off (auto_pack_queue_depth = 0, auto_pack_arrival_rate = 0)")
             self.auto.pinned = False
             self.auto.reset()
             audit.info("scheduling mode handed to the automatic switch by %s", actor,

@@ -236,7 +236,14 @@ def cmd_scheduling_mode(api: Api, args: argparse.Namespace) -> int:
     else:
         doc = api.call("PUT", "/v1/admin/scheduling-mode", {"mode": args.mode}, headers={"X-Titus-Actor": getpass.getuser()})
     auto = doc.get("auto") or {}
+    triggers = []
+    if auto.get("packAtQueueDepth"):
+        triggers.append(f"pack at >= {auto['packAtQueueDepth']} queued")
+    if auto.get("packAtArrivalRate"):
+        triggers.append(f"pack at >= {auto['packAtArrivalRate']:g} tasks/s submitted (now {auto.get('arrivalRate', 0):g}/s)")
+    spread = f"spread at <= {auto.get('spreadAtQueueDepth')} queued" + (
+        f" and <= {auto['spreadAtArrivalRate']:g} tasks/s" if auto.get("packAtArrivalRate") else "")
     state = ("off" if not auto.get("enabled") else "pinned by an operator" if auto.get("pinned")
-             else f"pack at >= {auto.get('packAtQueueDepth')} queued, spread at <= {auto.get('spreadAtQueueDepth')}")
+             else ", ".join([*triggers, spread]))
     emit(args, doc, f"scheduling mode: {doc['mode']} (automatic switch: {state})")
     return EXIT_OK
