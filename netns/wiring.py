@@ -6,6 +6,11 @@ Datapath (the AWS VPC CNI's, which works on real ENIs without bridges):
 - host: the other end `tn<hash>`; `<ip>/32 dev tn<hash>` in main; rule `to <ip> lookup main`
   (priority 512) and, per ENI, `from <ip> lookup <100 + device index>` (priority 1536), whose table
   holds `default via <subnet router> dev <ENI link>`, so a container's traffic leaves by its ENI.
+- same-host traffic between tasks of different ENIs (different security groups) is hairpinned through
+  the VPC, as the VPC CNI's `strict` mode does: rule `iif <tn link> lookup <ENI table>` (priority 10,
+  before the 512 shortcut to main), and the ENI table holds `<ip>/32 dev <tn link>` only for the
+  tasks of that ENI. A task reaches a task of its own ENI (same groups) directly, any other address
+  on this host only out of its ENI and back in through the other's, where EC2 applies the groups.
 
 The veth is created with its container end already in the container's namespace (one RTM_NEWLINK
 with the peer's net_ns_fd): moving an existing device between namespaces takes `rtnl_lock` across an
@@ -42,6 +47,7 @@ LINK_LOCAL_GATEWAY = "169.254.1.1"
 RT_PROTO_TITUS = 122  # an unassigned routing protocol number: marks our routes and rules
 RULE_TO_CONTAINER_PRIORITY = 512
 RULE_FROM_CONTAINER_PRIORITY = 1536
+RULE_FROM_TASK_LINK_PRIORITY = 10  # the VPC CNI's VlanRulePriority (strict mode): before 512
 ENI_TABLE_BASE = 100
 RT_SCOPE_LINK = 253
 LOOPBACK_INDEX = 1  # lo is ifindex 1 in every network namespace
@@ -197,7 +203,36 @@ class Wiring:
                 "replace", dst="0.0.0.0/0", gateway=eni.gateway, oif=index, table=table,
                 proto=RT_PROTO_TITUS,
             )
+            drift += self._ensure_task_routes(ipr, table)
         return drift
+
+    def _ensure_task_routes(self, ipr: IPRoute, table: int) -> list[str]:
+        """The ENI table's direct routes to its own tasks, re-derived from the host's state (each
+        `iif tn… lookup <table>` rule names a task link; that link's /32 in main is the task's address),
+        so a flushed table gets them back without knowing the tasks. Returns the ones that were missing."""
+        present = {(r.get("RTA_DST"), r.get("RTA_OIF")) for r in ipr.route("dump", table=table)
+                   if r.get("dst_len") == 32 and r.get("RTA_TABLE") == table}
+        missing: list[str] = []
+        for rule in ipr.rule("dump"):
+            ifname = rule.get("FRA_IIFNAME") or ""
+            if (rule.get("FRA_PROTOCOL") != RT_PROTO_TITUS or rule.get("FRA_TABLE") != table
+                    or not ifname.startswith(HOST_IF_PREFIX)):
+                continue
+            link = _link_index(ipr, ifname)
+            if link is None:
+                continue  # a task being torn down: gc removes its rule
+            for route in ipr.route("dump", oif=link, table=254):
+                address = route.get("RTA_DST")
+                if route.get("dst_len") != 32 or not address or (address, link) in present:
+                    continue
+                self._task_route(ipr, str(address), link, table)
+                missing.append(f"table {table} lacked {address} dev {ifname}")
+        return missing
+
+    @staticmethod
+    def _task_route(ipr: IPRoute, address: str, link: int, table: int) -> None:
+        ipr.route("replace", dst=f"{address}/32", oif=link, scope=RT_SCOPE_LINK, table=table,
+                  proto=RT_PROTO_TITUS)
 
     def _eni_drift(self, ipr: IPRoute, index: int, eni: HostEni, table: int) -> list[str]:
         drift: list[str] = []
@@ -240,13 +275,19 @@ class Wiring:
             )
             self._add_rule(host, priority=RULE_TO_CONTAINER_PRIORITY, table=254, dst=address, dst_len=32)
             if spec.eni is not None:
+                table = eni_table(spec.eni.device_index)
                 self._add_rule(
                     host,
                     priority=RULE_FROM_CONTAINER_PRIORITY,
-                    table=eni_table(spec.eni.device_index),
+                    table=table,
                     src=address,
                     src_len=32,
                 )
+                # Hairpin: what the task sends is routed by its ENI's table alone, which reaches
+                # directly only the tasks of this ENI (same security groups); any other task on
+                # this host is reached out of this ENI and back in through its own, past EC2's SGs.
+                self._task_route(host, address, index, table)
+                self._add_rule(host, priority=RULE_FROM_TASK_LINK_PRIORITY, table=table, iifname=name)
         with iproute_in(spec.netns_path) as inner:
             self._configure_container(inner, address, host_mac(spec.task_id), spec.mtu)
         return record
@@ -320,12 +361,17 @@ class Wiring:
                     (errno.ENOENT,), host.rule, "del", priority=RULE_TO_CONTAINER_PRIORITY,
                     table=254, dst=address, dst_len=32,
                 )
-                table = record.get("table")
-                if isinstance(table, int):
-                    _ignore(
-                        (errno.ENOENT,), host.rule, "del", priority=RULE_FROM_CONTAINER_PRIORITY,
-                        table=table, src=address, src_len=32,
-                    )
+            table = record.get("table")
+            if isinstance(address, str) and isinstance(table, int):
+                _ignore(
+                    (errno.ENOENT,), host.rule, "del", priority=RULE_FROM_CONTAINER_PRIORITY,
+                    table=table, src=address, src_len=32,
+                )
+            if isinstance(table, int):  # the task's route in the ENI table goes with its link
+                _ignore(
+                    (errno.ENOENT,), host.rule, "del", priority=RULE_FROM_TASK_LINK_PRIORITY,
+                    table=table, iifname=name,
+                )
             index = _link_index(host, name)
             if index is not None:  # deleting one end removes both and the /32 route
                 _ignore((errno.ENODEV,), host.link, "del", index=index)
@@ -340,12 +386,14 @@ class Wiring:
         keep_ns = {netns_name(t) for t in keep_tasks}
         with iproute_in(self.host_netns) as host:
             kept_addresses: set[str] = set()
+            kept_links: set[str] = set()
             for link in host.link("dump"):
                 ifname = link.get("IFLA_IFNAME") or ""
                 if not ifname.startswith(HOST_IF_PREFIX):
                     continue
                 foreign = self.owner is not None and link.get("IFLA_IFALIAS") != self.owner
                 if ifname in keep_links or foreign:
+                    kept_links.add(ifname)
                     for route in host.route("dump", oif=link["index"], table=254):
                         if route.get("dst_len") == 32 and route.get("RTA_DST"):
                             kept_addresses.add(str(route.get("RTA_DST")))
@@ -355,13 +403,16 @@ class Wiring:
             for rule in host.rule("dump"):
                 if rule.get("FRA_PROTOCOL") != RT_PROTO_TITUS:
                     continue
-                selector = rule.get("FRA_DST") or rule.get("FRA_SRC")
-                if selector in kept_addresses:
+                iifname = rule.get("FRA_IIFNAME")
+                selector = rule.get("FRA_DST") or rule.get("FRA_SRC") or iifname
+                if selector in kept_addresses or (iifname and iifname in kept_links):
                     continue
                 fields = {
                     "priority": rule.get("FRA_PRIORITY"),
                     "table": rule.get("FRA_TABLE"),
                 }
+                if iifname:
+                    fields.update(iifname=iifname)
                 if rule.get("FRA_DST"):
                     fields.update(dst=rule.get("FRA_DST"), dst_len=rule["dst_len"])
                 if rule.get("FRA_SRC"):
