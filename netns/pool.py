@@ -287,7 +287,11 @@ class NetworkPool:
         whose follow-up and cleanup both failed left one attached, its device index blocked until a
         restart). Not adopted: no task ever got an address from it and its DeleteOnTermination may
         be unset; a new ENI costs two calls. Returns what was deleted; failures wait for the next pass."""
-        strays = await self.provider.stray_enis(set(self.pool.enis) | set(self.enis))
+        try:
+            strays = await self.provider.stray_enis(set(self.pool.enis) | set(self.enis))
+        except NetworkError as e:
+            log.warning("cannot list this instance's ENIs for strays: %s", e.message)
+            return []
         deleted = []
         for eni in strays:
             if eni.eni_id in self.pool.enis or eni.eni_id in self.enis:

@@ -28,8 +28,6 @@ import errno
 import hashlib
 import ipaddress
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,10 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netns.errors import AddressConflict, WiringError
+from netns.nsenter import enter_netns_fd as enter_netns_fd
+from netns.nsenter import ensure_loose_rp_filter
+from netns.nsenter import iproute_in as iproute_in
+from netns.nsenter import thread_in_netns as thread_in_netns
 
 HOST_IF_PREFIX = "tn"
 NETNS_PREFIX = "titus-"
@@ -51,7 +53,6 @@ RULE_FROM_TASK_LINK_PRIORITY = 10  # the VPC CNI's VlanRulePriority (strict mode
 ENI_TABLE_BASE = 100
 RT_SCOPE_LINK = 253
 LOOPBACK_INDEX = 1  # lo is ifindex 1 in every network namespace
-CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
 
@@ -105,45 +106,6 @@ class GcReport:
     links: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
-
-
-def enter_netns_fd(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextmanager
-def iproute_in(netns_path: str | None, groups: int = 0) -> Iterator[IPRoute]:
-    """An IPRoute whose netlink socket lives in `netns_path` (None: this thread's namespace).
-
-    The socket is opened after a per-thread setns and the thread switches straight back: ~1 ms,
-    against ~8 ms for pyroute2's own netns support, which forks a helper process."""
-    if netns_path is None:
-        ipr = IPRoute(groups=0)  # no multicast: we only ask and read answers (`groups`: bound below)
-    else:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            try:
-                target = os.open(netns_path, os.O_RDONLY)
-            except OSError as e:
-                raise WiringError(f"network namespace {netns_path} not available: {e}") from None
-            try:
-                enter_netns_fd(target)
-                try:
-                    ipr = IPRoute(groups=0)
-                finally:
-                    enter_netns_fd(own)  # if this fails the thread is in the wrong namespace: let it raise
-            finally:
-                os.close(target)
-        finally:
-            os.close(own)
-    try:
-        if groups:
-            ipr.bind(groups=groups)  # the socket stays in its namespace: events of that namespace
-        yield ipr
-    finally:
-        ipr.close()
 
 
 def _ignore(codes: tuple[int, ...], fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -204,29 +166,38 @@ class Wiring:
                 proto=RT_PROTO_TITUS,
             )
             drift += self._ensure_task_routes(ipr, table)
+        before = ensure_loose_rp_filter(self.host_netns, eni.ifname)
+        if before is not None:
+            drift.append(f"{eni.ifname} rp_filter {before}")
         return drift
 
     def _ensure_task_routes(self, ipr: IPRoute, table: int) -> list[str]:
-        """The ENI table's direct routes to its own tasks, re-derived from the host's state (each
-        `iif tn… lookup <table>` rule names a task link; that link's /32 in main is the task's address),
-        so a flushed table gets them back without knowing the tasks. Returns the ones that were missing."""
-        present = {(r.get("RTA_DST"), r.get("RTA_OIF")) for r in ipr.route("dump", table=table)
+        """The hairpin state of the ENI's tasks, re-derived from the host (each `from <ip> lookup
+        <table>` rule names a task of this ENI; the `tn…` link holding that /32 in main is its link):
+        the task's direct route in the ENI table and its `iif` rule. A flushed table gets them back
+        without knowing the tasks, and tasks wired by an agent that predates the hairpin get it.
+        Returns what was missing."""
+        links = {link["index"]: str(link.get_attr("IFLA_IFNAME")) for link in ipr.link("dump")
+                 if str(link.get_attr("IFLA_IFNAME") or "").startswith(HOST_IF_PREFIX)}
+        holder = {str(r.get("RTA_DST")): int(r.get("RTA_OIF")) for r in ipr.route("dump", table=254)
+                  if r.get("dst_len") == 32 and r.get("RTA_OIF") in links and r.get("RTA_TABLE") == 254}
+        present = {(str(r.get("RTA_DST")), r.get("RTA_OIF")) for r in ipr.route("dump", table=table)
                    if r.get("dst_len") == 32 and r.get("RTA_TABLE") == table}
+        rules = [r for r in ipr.rule("dump") if r.get("FRA_PROTOCOL") == RT_PROTO_TITUS and r.get("FRA_TABLE") == table]
+        hairpinned = {r.get("FRA_IIFNAME") for r in rules if r.get("FRA_PRIORITY") == RULE_FROM_TASK_LINK_PRIORITY}
         missing: list[str] = []
-        for rule in ipr.rule("dump"):
-            ifname = rule.get("FRA_IIFNAME") or ""
-            if (rule.get("FRA_PROTOCOL") != RT_PROTO_TITUS or rule.get("FRA_TABLE") != table
-                    or not ifname.startswith(HOST_IF_PREFIX)):
-                continue
-            link = _link_index(ipr, ifname)
-            if link is None:
-                continue  # a task being torn down: gc removes its rule
-            for route in ipr.route("dump", oif=link, table=254):
-                address = route.get("RTA_DST")
-                if route.get("dst_len") != 32 or not address or (address, link) in present:
-                    continue
+        for rule in rules:
+            address = rule.get("FRA_SRC")
+            if rule.get("FRA_PRIORITY") != RULE_FROM_CONTAINER_PRIORITY or str(address) not in holder:
+                continue  # not a task rule, or its task is being torn down (gc removes the rule)
+            link = holder[str(address)]
+            ifname = links[link]
+            if (str(address), link) not in present:
                 self._task_route(ipr, str(address), link, table)
                 missing.append(f"table {table} lacked {address} dev {ifname}")
+            if ifname not in hairpinned:
+                self._add_rule(ipr, priority=RULE_FROM_TASK_LINK_PRIORITY, table=table, iifname=ifname)
+                missing.append(f"no iif rule for {ifname}")
         return missing
 
     @staticmethod

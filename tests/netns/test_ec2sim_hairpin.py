@@ -43,10 +43,11 @@ def spaces() -> Iterator[dict[str, str]]:
         sh("ip", "netns", "add", n)
         sh("ip", "-n", n, "link", "set", "lo", "up")
     try:
-        for n in (names["fab"], names["h"]):
-            for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-                        "net.ipv4.conf.default.rp_filter=0"):
-                sh("ip", "netns", "exec", n, "sysctl", "-qw", key)
+        sh("ip", "netns", "exec", names["fab"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # The host with strict rp_filter everywhere (hot-plugged ENI links inherit `default`): the
+        # agent sets its ENI links loose, else the VPC's hairpinned packets would be dropped.
+        for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1"):
+            sh("ip", "netns", "exec", names["h"], "sysctl", "-qw", key)
         yield names
     finally:
         for n in names.values():
@@ -119,10 +120,20 @@ async def test_tasks_of_different_security_groups_on_one_host_talk_through_their
         assert packets(spaces["fab"], "web_out_to_db") > 0
         assert can_connect_to(spaces["web2"], addr["web2"], spaces["web1"])  # same groups: still talk
 
-        # A network manager flushing the ENI table: the re-assertion restores the direct routes.
-        sh("ip", "-n", spaces["h"], "route", "flush", "table", str(recs["web1"]["wiring"]["table"]))
+        ifname = hv.plugged[eni["web1"]]
+        assert sh("ip", "netns", "exec", spaces["h"], "sysctl", "-n", f"net.ipv4.conf.{ifname}.rp_filter").strip() == "2"
+
+        # A network manager flushing the ENI table, and a task's iif rule lost (or wired by an agent
+        # that predates the hairpin): the re-assertion restores both.
+        web_table = str(recs["web1"]["wiring"]["table"])
+        sh("ip", "-n", spaces["h"], "route", "flush", "table", web_table)
+        sh("ip", "-n", spaces["h"], "rule", "del", "priority", str(RULE_FROM_TASK_LINK_PRIORITY), "iif",
+           host_ifname("web1"), "lookup", web_table)
         drift = await networks.reassert_eni_tables()
-        assert any(f"lacked {addr['web2']} dev {host_ifname('web2')}" in d for d in drift[eni["web1"]])
+        assert f"table {web_table} lacked {addr['web2']} dev {host_ifname('web2')}" in drift[eni["web1"]]
+        assert f"no iif rule for {host_ifname('web1')}" in drift[eni["web1"]]
+        assert f"iif {host_ifname('web1')} lookup {web_table}" in sh("ip", "-n", spaces["h"], "rule")
+        assert can_connect_to(spaces["db1"], addr["db1"], spaces["web1"]) is False  # still through the VPC
         assert can_connect_to(spaces["web2"], addr["web2"], spaces["web1"])
         assert packets(spaces["fab"], "same_sg_in_fabric") == 0
 
