@@ -282,6 +282,32 @@ class NetworkPool:
 
     # ---- leaks -----------------------------------------------------------------------------------
 
+    async def recover_stray_enis(self) -> list[str]:
+        """Detach and delete this node's ENIs attached here that the pool does not hold (a create
+        whose follow-up and cleanup both failed left one attached, its device index blocked until a
+        restart). Not adopted: no task ever got an address from it and its DeleteOnTermination may
+        be unset; a new ENI costs two calls. Returns what was deleted; failures wait for the next pass."""
+        try:
+            strays = await self.provider.stray_enis(set(self.pool.enis) | set(self.enis))
+        except NetworkError as e:
+            log.warning("cannot list this instance's ENIs for strays: %s", e.message)
+            return []
+        deleted = []
+        for eni in strays:
+            if eni.eni_id in self.pool.enis or eni.eni_id in self.enis:
+                continue  # created meanwhile through the pool
+            try:
+                log.warning("ENI %s (device index %d) is attached here but held by no pool: deleting it",
+                            eni.eni_id, eni.device_index)
+                await self.provider.delete_eni(eni.eni_id)
+                deleted.append(eni.eni_id)
+            except NetworkError as e:
+                log.warning("could not delete stray ENI %s: %s", eni.eni_id, e.message)
+        self.pool.foreign_indexes = self.provider.foreign_device_indexes()
+        if deleted:
+            self._wake.set()  # its device index is free again
+        return deleted
+
     async def collect_leaked_enis(self, older_than_s: float = 300.0) -> list[str]:
         """Delete ENIs this node created that are no longer attached (a crash between create and
         attach, or detach and delete). Returns what was deleted."""

@@ -90,7 +90,8 @@ def no_host_eni(eni: EniInfo) -> HostEni | None:
 @dataclass
 class LeakReport:
     wiring: GcReport = field(default_factory=GcReport)
-    enis: list[str] = field(default_factory=list)
+    enis: list[str] = field(default_factory=list)  # deleted: leaked (`available`) and strays
+    strays: list[str] = field(default_factory=list)  # attached here, held by no pool (pool.recover_stray_enis)
 
 
 class TaskNetworks:
@@ -235,6 +236,8 @@ class TaskNetworks:
             if task_id not in live_task_ids:
                 await self.pool.release(task_id)
         report.enis = await self.pool.collect_leaked_enis(eni_min_age_s)
+        report.strays = await self.pool.recover_stray_enis()
+        report.enis += report.strays
         self.last_leaks = report
         return report
 
@@ -246,6 +249,7 @@ class TaskNetworks:
             "rules": self.last_leaks.wiring.rules,
             "namespaces": self.last_leaks.wiring.namespaces,
             "enis": self.last_leaks.enis,
+            "stray_enis": self.last_leaks.strays,
         }
         doc["eni_drift"] = self.eni_drift
         backoff = getattr(self.pool.provider, "backoff", None)

@@ -6,6 +6,11 @@ Datapath (the AWS VPC CNI's, which works on real ENIs without bridges):
 - host: the other end `tn<hash>`; `<ip>/32 dev tn<hash>` in main; rule `to <ip> lookup main`
   (priority 512) and, per ENI, `from <ip> lookup <100 + device index>` (priority 1536), whose table
   holds `default via <subnet router> dev <ENI link>`, so a container's traffic leaves by its ENI.
+- same-host traffic between tasks of different ENIs (different security groups) is hairpinned through
+  the VPC, as the VPC CNI's `strict` mode does: rule `iif <tn link> lookup <ENI table>` (priority 10,
+  before the 512 shortcut to main), and the ENI table holds `<ip>/32 dev <tn link>` only for the
+  tasks of that ENI. A task reaches a task of its own ENI (same groups) directly, any other address
+  on this host only out of its ENI and back in through the other's, where EC2 applies the groups.
 
 The veth is created with its container end already in the container's namespace (one RTM_NEWLINK
 with the peer's net_ns_fd): moving an existing device between namespaces takes `rtnl_lock` across an
@@ -23,8 +28,6 @@ import errno
 import hashlib
 import ipaddress
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,10 @@ from typing import Any
 from netns.rtnl import IPRoute, NetlinkError
 
 from netns.errors import AddressConflict, WiringError
+from netns.nsenter import enter_netns_fd as enter_netns_fd
+from netns.nsenter import ensure_loose_rp_filter
+from netns.nsenter import iproute_in as iproute_in
+from netns.nsenter import thread_in_netns as thread_in_netns
 
 HOST_IF_PREFIX = "tn"
 NETNS_PREFIX = "titus-"
@@ -41,10 +48,10 @@ LINK_LOCAL_GATEWAY = "169.254.1.1"
 RT_PROTO_TITUS = 122  # an unassigned routing protocol number: marks our routes and rules
 RULE_TO_CONTAINER_PRIORITY = 512
 RULE_FROM_CONTAINER_PRIORITY = 1536
+RULE_FROM_TASK_LINK_PRIORITY = 10  # the VPC CNI's VlanRulePriority (strict mode): before 512
 ENI_TABLE_BASE = 100
 RT_SCOPE_LINK = 253
 LOOPBACK_INDEX = 1  # lo is ifindex 1 in every network namespace
-CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
 
@@ -98,45 +105,6 @@ class GcReport:
     links: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
-
-
-def enter_netns_fd(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextmanager
-def iproute_in(netns_path: str | None, groups: int = 0) -> Iterator[IPRoute]:
-    """An IPRoute whose netlink socket lives in `netns_path` (None: this thread's namespace).
-
-    The socket is opened after a per-thread setns and the thread switches straight back: ~1 ms,
-    against ~8 ms for pyroute2's own netns support, which forks a helper process."""
-    if netns_path is None:
-        ipr = IPRoute(groups=0)  # no multicast: we only ask and read answers (`groups`: bound below)
-    else:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            try:
-                target = os.open(netns_path, os.O_RDONLY)
-            except OSError as e:
-                raise WiringError(f"network namespace {netns_path} not available: {e}") from None
-            try:
-                enter_netns_fd(target)
-                try:
-                    ipr = IPRoute(groups=0)
-                finally:
-                    enter_netns_fd(own)  # if this fails the thread is in the wrong namespace: let it raise
-            finally:
-                os.close(target)
-        finally:
-            os.close(own)
-    try:
-        if groups:
-            ipr.bind(groups=groups)  # the socket stays in its namespace: events of that namespace
-        yield ipr
-    finally:
-        ipr.close()
 
 
 def _ignore(codes: tuple[int, ...], fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -196,7 +164,45 @@ class Wiring:
                 "replace", dst="0.0.0.0/0", gateway=eni.gateway, oif=index, table=table,
                 proto=RT_PROTO_TITUS,
             )
+            drift += self._ensure_task_routes(ipr, table)
+        before = ensure_loose_rp_filter(self.host_netns, eni.ifname)
+        if before is not None:
+            drift.append(f"{eni.ifname} rp_filter {before}")
         return drift
+
+    def _ensure_task_routes(self, ipr: IPRoute, table: int) -> list[str]:
+        """The hairpin state of the ENI's tasks, re-derived from the host (each `from <ip> lookup
+        <table>` rule names a task of this ENI; the `tn…` link holding that /32 in main is its link):
+        the task's direct route in the ENI table and its `iif` rule. A flushed table gets them back
+        without knowing the tasks, and tasks wired by an agent that predates the hairpin get it.
+        Returns what was missing."""
+        links = {link["index"]: str(link.get_attr("IFLA_IFNAME")) for link in ipr.link("dump")
+                 if str(link.get_attr("IFLA_IFNAME") or "").startswith(HOST_IF_PREFIX)}
+        holder = {str(r.get("RTA_DST")): int(r.get("RTA_OIF")) for r in ipr.route("dump", table=254)
+                  if r.get("dst_len") == 32 and r.get("RTA_OIF") in links and r.get("RTA_TABLE") == 254}
+        present = {(str(r.get("RTA_DST")), r.get("RTA_OIF")) for r in ipr.route("dump", table=table)
+                   if r.get("dst_len") == 32 and r.get("RTA_TABLE") == table}
+        rules = [r for r in ipr.rule("dump") if r.get("FRA_PROTOCOL") == RT_PROTO_TITUS and r.get("FRA_TABLE") == table]
+        hairpinned = {r.get("FRA_IIFNAME") for r in rules if r.get("FRA_PRIORITY") == RULE_FROM_TASK_LINK_PRIORITY}
+        missing: list[str] = []
+        for rule in rules:
+            address = rule.get("FRA_SRC")
+            if rule.get("FRA_PRIORITY") != RULE_FROM_CONTAINER_PRIORITY or str(address) not in holder:
+                continue  # not a task rule, or its task is being torn down (gc removes the rule)
+            link = holder[str(address)]
+            ifname = links[link]
+            if (str(address), link) not in present:
+                self._task_route(ipr, str(address), link, table)
+                missing.append(f"table {table} lacked {address} dev {ifname}")
+            if ifname not in hairpinned:
+                self._add_rule(ipr, priority=RULE_FROM_TASK_LINK_PRIORITY, table=table, iifname=ifname)
+                missing.append(f"no iif rule for {ifname}")
+        return missing
+
+    @staticmethod
+    def _task_route(ipr: IPRoute, address: str, link: int, table: int) -> None:
+        ipr.route("replace", dst=f"{address}/32", oif=link, scope=RT_SCOPE_LINK, table=table,
+                  proto=RT_PROTO_TITUS)
 
     def _eni_drift(self, ipr: IPRoute, index: int, eni: HostEni, table: int) -> list[str]:
         drift: list[str] = []
@@ -239,13 +245,19 @@ class Wiring:
             )
             self._add_rule(host, priority=RULE_TO_CONTAINER_PRIORITY, table=254, dst=address, dst_len=32)
             if spec.eni is not None:
+                table = eni_table(spec.eni.device_index)
                 self._add_rule(
                     host,
                     priority=RULE_FROM_CONTAINER_PRIORITY,
-                    table=eni_table(spec.eni.device_index),
+                    table=table,
                     src=address,
                     src_len=32,
                 )
+                # Hairpin: what the task sends is routed by its ENI's table alone, which reaches
+                # directly only the tasks of this ENI (same security groups); any other task on
+                # this host is reached out of this ENI and back in through its own, past EC2's SGs.
+                self._task_route(host, address, index, table)
+                self._add_rule(host, priority=RULE_FROM_TASK_LINK_PRIORITY, table=table, iifname=name)
         with iproute_in(spec.netns_path) as inner:
             self._configure_container(inner, address, host_mac(spec.task_id), spec.mtu)
         return record
@@ -319,12 +331,17 @@ class Wiring:
                     (errno.ENOENT,), host.rule, "del", priority=RULE_TO_CONTAINER_PRIORITY,
                     table=254, dst=address, dst_len=32,
                 )
-                table = record.get("table")
-                if isinstance(table, int):
-                    _ignore(
-                        (errno.ENOENT,), host.rule, "del", priority=RULE_FROM_CONTAINER_PRIORITY,
-                        table=table, src=address, src_len=32,
-                    )
+            table = record.get("table")
+            if isinstance(address, str) and isinstance(table, int):
+                _ignore(
+                    (errno.ENOENT,), host.rule, "del", priority=RULE_FROM_CONTAINER_PRIORITY,
+                    table=table, src=address, src_len=32,
+                )
+            if isinstance(table, int):  # the task's route in the ENI table goes with its link
+                _ignore(
+                    (errno.ENOENT,), host.rule, "del", priority=RULE_FROM_TASK_LINK_PRIORITY,
+                    table=table, iifname=name,
+                )
             index = _link_index(host, name)
             if index is not None:  # deleting one end removes both and the /32 route
                 _ignore((errno.ENODEV,), host.link, "del", index=index)
@@ -339,12 +356,14 @@ class Wiring:
         keep_ns = {netns_name(t) for t in keep_tasks}
         with iproute_in(self.host_netns) as host:
             kept_addresses: set[str] = set()
+            kept_links: set[str] = set()
             for link in host.link("dump"):
                 ifname = link.get("IFLA_IFNAME") or ""
                 if not ifname.startswith(HOST_IF_PREFIX):
                     continue
                 foreign = self.owner is not None and link.get("IFLA_IFALIAS") != self.owner
                 if ifname in keep_links or foreign:
+                    kept_links.add(ifname)
                     for route in host.route("dump", oif=link["index"], table=254):
                         if route.get("dst_len") == 32 and route.get("RTA_DST"):
                             kept_addresses.add(str(route.get("RTA_DST")))
@@ -354,13 +373,16 @@ class Wiring:
             for rule in host.rule("dump"):
                 if rule.get("FRA_PROTOCOL") != RT_PROTO_TITUS:
                     continue
-                selector = rule.get("FRA_DST") or rule.get("FRA_SRC")
-                if selector in kept_addresses:
+                iifname = rule.get("FRA_IIFNAME")
+                selector = rule.get("FRA_DST") or rule.get("FRA_SRC") or iifname
+                if selector in kept_addresses or (iifname and iifname in kept_links):
                     continue
                 fields = {
                     "priority": rule.get("FRA_PRIORITY"),
                     "table": rule.get("FRA_TABLE"),
                 }
+                if iifname:
+                    fields.update(iifname=iifname)
                 if rule.get("FRA_DST"):
                     fields.update(dst=rule.get("FRA_DST"), dst_len=rule["dst_len"])
                 if rule.get("FRA_SRC"):

@@ -82,7 +82,7 @@ def judge(facts: HostFacts) -> list[Finding]:
                                  "iptables -I FORWARD -o tn+ -j ACCEPT"))
     if facts.rp_filter_all == "1":
         found.append(Finding("rp_filter", False, "net.ipv4.conf.all.rp_filter is 1 (strict); "
-                             "2 (loose) is what the AWS VPC CNI uses with per-ENI tables"))
+                             "2 (loose) is what the AWS VPC CNI uses with per-ENI tables (the agent sets 2 on its ENI links)"))
     if facts.live_restore is False:
         found.append(Finding("docker_live_restore", False,
                              "dockerd runs without live-restore: an engine restart kills every task"))

@@ -8,6 +8,9 @@
   marked DeleteOnTermination once attached; listing and deletion only consider ENIs carrying this
   node's tag; the leak GC, with `sweep_cell`, any titus node's `available` ENIs past the grace.
 - Detach is clean (no Force); Force is the last resort when a clean detach did not finish.
+- A stray (an ENI of this node attached here that nobody holds: attach succeeded, then both the
+  DeleteOnTermination call and the cleanup detach failed) keeps its device index out of use and is
+  listed by `stray_enis` for the pool's periodic recovery to detach and delete.
 - Answers are checked, not trusted: limits from `netns/limits.py` are enforced here (moto enforces
   none), addresses must be inside the subnet, outside the VPC-reserved ones and not already held on
   this node (moto hands out duplicates); bad ones are given back and replaced.
@@ -21,7 +24,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +148,8 @@ class AwsProvider:
         self._enis: dict[str, EniInfo] = {}
         self._attachments: dict[str, str] = {}
         self._foreign_indexes: frozenset[int] = frozenset({0})
+        self._creating: set[str] = set()  # created, not yet returned to the pool nor cleaned up
+        self._strays: dict[str, int] = {}  # this node's ENIs attached here that nobody holds -> index
 
     @property
     def limits(self) -> InstanceLimits:
@@ -265,10 +270,28 @@ class AwsProvider:
         mine = [d for d in docs if self._is_mine(d)]
         enis = [self._parse_eni(d, cidr) for d in mine]
         self._enis = {e.eni_id: e for e in enis if e.device_index > 0}
+        self._strays = {k: v for k, v in self._strays.items() if k not in self._enis}
         return list(self._enis.values())
 
     def foreign_device_indexes(self) -> frozenset[int]:
-        return self._foreign_indexes
+        return self._foreign_indexes | frozenset(self._strays.values())
+
+    async def stray_enis(self, held: Collection[str]) -> list[EniInfo]:
+        """This node's ENIs attached to this instance that neither `held` (the pool's) nor a create
+        in progress accounts for: lost by a create whose modify and cleanup detach both failed. Their
+        device indexes count as taken until `delete_eni` removes them."""
+        cidr = await self._subnet()
+        docs = await self._attached_here()
+        strays = []
+        for doc in docs:
+            eni_id = doc.get("NetworkInterfaceId") if isinstance(doc, dict) else None
+            if not self._is_mine(doc) or eni_id in held or eni_id in self._creating:
+                continue
+            eni = self._parse_eni(doc, cidr)
+            if eni.device_index > 0:
+                strays.append(eni)
+        self._strays = {e.eni_id: e.device_index for e in strays}
+        return strays
 
     async def _attached_here(self) -> list[Any]:
         """Every ENI attached to this instance (DescribeNetworkInterfaces by attachment, which
@@ -284,8 +307,12 @@ class AwsProvider:
         foreign = {0}
         for d in docs:
             index = (d.get("Attachment") or {}).get("DeviceIndex") if isinstance(d, dict) else None
-            if isinstance(index, int) and not self._is_mine(d):
+            if not isinstance(index, int):
+                continue
+            if not self._is_mine(d):
                 foreign.add(index)
+            elif d.get("NetworkInterfaceId") not in self._enis and d.get("NetworkInterfaceId") not in self._creating:
+                self._strays[str(d.get("NetworkInterfaceId"))] = index  # ours, held by nobody
         self._foreign_indexes = frozenset(foreign)
         return docs
 
@@ -318,7 +345,11 @@ class AwsProvider:
                 return info
             # moto can hand out an address already held here; EC2 would not. Give it back, retry.
             repairing_since = self.api_calls if repairing_since is None else repairing_since
-            await self.delete_eni(info.eni_id)
+            self._creating.add(info.eni_id)  # not a stray while it is being given back
+            try:
+                await self.delete_eni(info.eni_id)
+            finally:
+                self._creating.discard(info.eni_id)
         self._count_repairs(repairing_since)
         raise AddressConflict("EC2 kept offering ENIs whose primary address is already in use")
 
@@ -334,6 +365,15 @@ class AwsProvider:
         )
         doc = answer.get("NetworkInterface")
         eni_id = _str(doc, "NetworkInterfaceId")
+        self._creating.add(eni_id)
+        try:
+            return await self._attach_new(eni_id, doc, device_index, tags, cidr)
+        finally:
+            self._creating.discard(eni_id)
+
+    async def _attach_new(
+        self, eni_id: str, doc: Any, device_index: int, tags: list[dict[str, str]], cidr: str
+    ) -> EniInfo:
         try:
             attached = await self._call(
                 "attach_network_interface",
@@ -357,8 +397,17 @@ class AwsProvider:
                 log.warning("attach of %s at device index %d failed: %s", eni_id, device_index, e.message)
             # Not attached (or not marked): delete now rather than leave it for the leak GC.
             if eni_id in self._attachments:
-                await self._call("detach_network_interface", AttachmentId=self._attachments.pop(eni_id))
-                await self._delete_when_detached(eni_id)
+                try:
+                    await self._call("detach_network_interface", AttachmentId=self._attachments[eni_id])
+                except NetworkError as cleanup:
+                    # Still attached, and the pool will not know it: mark its index taken; the
+                    # periodic recovery (`stray_enis`) detaches and deletes it later.
+                    self._strays[eni_id] = device_index
+                    log.warning("%s stays attached at device index %d after a failed create (%s); "
+                                "recovered later", eni_id, device_index, cleanup.message)
+                    raise e from None
+                self._attachments.pop(eni_id, None)
+                await self._delete_when_detached(eni_id)  # failing: `available`, for the leak GC
             else:
                 await self._call("delete_network_interface", NetworkInterfaceId=eni_id)
             raise
@@ -459,6 +508,7 @@ class AwsProvider:
             await self._delete_when_detached(eni_id)
         self._enis.pop(eni_id, None)
         self._attachments.pop(eni_id, None)
+        self._strays.pop(eni_id, None)
 
     async def _delete_when_detached(self, eni_id: str) -> None:
         # EC2 detaches asynchronously; deleting too early answers InUse.

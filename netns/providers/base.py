@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +41,12 @@ class Provider(Protocol):
         """Device indexes on this instance held by ENIs that are not this node's container ENIs
         (the primary's 0, ENIs attached by other tools), as of the last `list_enis` or failed
         attach: `create_eni` must not be asked for them."""
+        ...
+
+    async def stray_enis(self, held: Collection[str]) -> list[EniInfo]:
+        """This node's ENIs attached to this instance that are not in `held` (the pool's ENIs)
+        and not being created: lost track of (e.g. attach succeeded, then both the follow-up call
+        and the cleanup detach failed). Their device indexes count in `foreign_device_indexes`."""
         ...
 
     async def create_eni(self, security_groups: SgKey, device_index: int) -> EniInfo: ...

@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -256,6 +256,10 @@ class LocalProvider:
 
     def foreign_device_indexes(self) -> frozenset[int]:
         return frozenset({0})  # the host's own interface; nothing else attaches ENIs here
+
+    async def stray_enis(self, held: Collection[str]) -> list[EniInfo]:
+        with self.vpc.locked():
+            return [e for e in self._list_enis() if e.eni_id not in held]
 
     async def list_enis(self) -> list[EniInfo]:
         with self.vpc.locked():

@@ -115,8 +115,8 @@ def scrub(before: dict[str, Any], ec2: Ec2World | None) -> None:
         if line in before["rules"] or f"proto {RT_PROTO_TITUS}" not in line:
             continue
         found = [w for w in re.findall(r"\d+\.\d+\.\d+\.\d+", line) if ipaddress.IPv4Address(w) in subnet]
-        if found:
-            prio, _, selector = line.partition(":")
+        if found or re.search(r"iif tn[0-9a-f]+ ", line):  # the hairpin rule of a task link
+            prio, _, selector = line.replace("[detached]", "").partition(":")
             subprocess.run(["ip", "rule", "del", "priority", prio, *selector.split()], capture_output=True, timeout=20)
     for table in range(ENI_TABLE_BASE + 1, ENI_TABLE_BASE + 16):
         if f"table {table} " not in before["routes"]:
@@ -232,7 +232,11 @@ def test_agent_on_a_simulated_ec2_host(sim: Sim) -> None:
     routes = run("ip", "-4", "route", "show", "table", str(table))
     assert f"default via 10.20.0.1 dev {link} proto {RT_PROTO_TITUS}" in routes, routes
     assert f"10.20.0.1 dev {link} proto {RT_PROTO_TITUS} scope link" in routes, routes
-    assert f"from {address} lookup {table} proto {RT_PROTO_TITUS}" in run("ip", "-4", "rule", "show")
+    rules = run("ip", "-4", "rule", "show")
+    assert f"from {address} lookup {table} proto {RT_PROTO_TITUS}" in rules
+    # Hairpin: the task's link is routed by its ENI's table, which reaches only this ENI's tasks.
+    assert f"iif {host_ifname(task['id'])} lookup {table} proto {RT_PROTO_TITUS}" in rules, rules
+    assert f"{address} dev {host_ifname(task['id'])} proto {RT_PROTO_TITUS} scope link" in routes, routes
     networkd = sim.unmanaged / f"05-titus-eni-{eni['MacAddress'].lower().replace(':', '')}.network"
     assert "Unmanaged=yes" in networkd.read_text()
 
@@ -274,6 +278,7 @@ def test_agent_on_a_simulated_ec2_host(sim: Sim) -> None:
     wait_for(lambda: address not in run("ip", "-4", "rule", "show"), 15, "the task's rules removed")
     assert address not in run("ip", "-4", "route", "show", "table", "main")
     assert host_ifname(task["id"]) not in run("ip", "-o", "link", "show")
+    assert host_ifname(task["id"]) not in run("ip", "-4", "rule", "show")
 
 
 def test_an_eni_whose_link_never_appears_crashes_the_launch_and_is_given_back(sim: Sim) -> None:

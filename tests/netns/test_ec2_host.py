@@ -205,3 +205,64 @@ async def test_device_indexes_taken_by_other_tools_enis_are_skipped(ec2: Ec2Worl
         await pool.close()
         for eni in list(pool.enis):
             await p.delete_eni(eni)
+
+
+class FailingAfterAttach:
+    """EC2 that attaches, then refuses the DeleteOnTermination call and the cleanup detach while
+    `broken` is set (an IAM policy missing both, an API outage mid-create)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.broken = inner, True
+
+    def __getattr__(self, name: str) -> Any:
+        from botocore.exceptions import ClientError
+
+        def call(**kw: Any) -> Any:
+            if self.broken and name in ("modify_network_interface_attribute", "detach_network_interface"):
+                raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "x"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 403}}, name)
+            return getattr(self.inner, name)(**kw)
+        return call
+
+
+async def test_an_eni_lost_after_attach_is_found_and_deleted_by_the_periodic_recovery(ec2: Ec2World) -> None:
+    from netns.ipam import PoolConfig
+    from netns.pool import NetworkPool
+    from netns.step import TaskNetworks
+    from netns.wiring import Wiring
+
+    web = ec2.groups["web"]
+    client = FailingAfterAttach(ec2.client)
+    p = AwsProvider(AwsConfig(node_id="node-a", instance_id=ec2.instance_id, instance_type="m5.8xlarge",
+                              subnet_id=ec2.subnet_id, endpoint_url=ec2.endpoint), client=client,
+                    sleep=no_sleep)
+    pool = NetworkPool(p, PoolConfig(max_enis=7, ips_per_eni=29, default_security_groups=(web,),
+                                     warm_ip_target=2, refill_batch=2))
+    networks = TaskNetworks(pool, Wiring())
+
+    def attached() -> dict[str, int]:
+        docs = ec2.client.describe_network_interfaces(
+            Filters=[{"Name": "attachment.instance-id", "Values": [ec2.instance_id]}])["NetworkInterfaces"]
+        return {d["NetworkInterfaceId"]: d["Attachment"]["DeviceIndex"] for d in docs
+                if d["Attachment"]["DeviceIndex"] > 0}
+
+    assert await pool.refill_once()  # the create fails: attached, not marked, not detached
+    (stray, index), = attached().items()
+    assert index == 1 and stray not in pool.pool.enis and pool.enis == {}
+    assert p.foreign_device_indexes() == {0, 1}  # its index is not asked for again meanwhile
+
+    client.broken = False
+    assert not await pool.refill_once()  # the pool grows past it: a new ENI at the next index
+    (mine,) = pool.enis.values()
+    assert mine.device_index == 2
+
+    # The periodic pass (the agent's network GC) finds the stray and gives it back to EC2.
+    report = await networks.collect_leaks(set())
+    assert report.strays == [stray] and stray in report.enis
+    assert attached() == {mine.eni_id: 2}
+    assert ec2.client.describe_network_interfaces(
+        Filters=[{"Name": "network-interface-id", "Values": [stray]}])["NetworkInterfaces"] == []
+    assert p.foreign_device_indexes() == {0} and pool.pool.foreign_indexes == {0}
+    assert networks.snapshot()["leaks"]["stray_enis"] == [stray]
+    assert await networks.collect_leaks(set()) == type(report)()  # nothing more to find
+    await p.delete_eni(mine.eni_id)

@@ -73,9 +73,11 @@ def test_container_traffic_leaves_by_its_eni_table(world: World) -> None:
     rules = subprocess.run(["ip", "-n", world.hosts["a"].name, "rule"], capture_output=True, text=True).stdout
     assert "512:\tfrom all to 10.30.1.20 lookup main proto 122" in rules
     assert "1536:\tfrom 10.30.1.20 lookup 101 proto 122" in rules
+    assert f"10:\tfrom all iif {host_ifname('t1')} lookup 101 proto 122" in rules  # hairpin: no shortcut
     table = subprocess.run(["ip", "-n", world.hosts["a"].name, "route", "show", "table", "101"],
                            capture_output=True, text=True).stdout
     assert "default via 10.30.0.1 dev eni1" in table
+    assert f"10.30.1.20 dev {host_ifname('t1')} proto 122 scope link" in table  # its ENI's own task
     assert record["host_ifname"] == host_ifname("t1") and record["table"] == 101
 
 
@@ -115,7 +117,7 @@ def test_setup_is_idempotent_teardown_is_repeatable(world: World) -> None:
     assert host_ifname("t1") not in links(h.name)
     assert "eth0" not in links(world.prefix + "ct1")
     rules = subprocess.run(["ip", "-n", h.name, "rule"], capture_output=True, text=True).stdout
-    assert "10.30.1.40" not in rules
+    assert "10.30.1.40" not in rules and host_ifname("t1") not in rules
     with pytest.raises(WiringError):
         wiring.teardown({"host_ifname": "eni1"})  # never something we did not create
     with pytest.raises(WiringError):
@@ -134,7 +136,7 @@ def test_gc_removes_only_our_leaks(world: World, tmp_path: Path) -> None:
     (tmp_path / "other-ns").touch()
     report = wiring.gc({"keep"}, netns_dir=tmp_path)
     assert report.links == [host_ifname("leak")]
-    assert sorted(report.rules) == ["1536:10.30.1.51", "512:10.30.1.51"]
+    assert sorted(report.rules) == [f"10:{host_ifname('leak')}", "1536:10.30.1.51", "512:10.30.1.51"]
     assert report.namespaces == [netns_name("leaky-task")]
     remaining = links(h.name)
     assert "vethforeign" in remaining and host_ifname("keep") in remaining
