@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image")
     s.add_argument("--cmd", help="command line (split like a shell would; see --shell)")
     s.add_argument("--shell", action="store_true", help="run --cmd through /bin/sh -c")
-    s.add_argument("--app", default="adhoc")
+    s.add_argument("--app", help="the app (default adhoc-<owner>: an app belongs to one owner, docs/identity.md)")
     s.add_argument("--owner", default=os.environ.get("USER", "operator"))
     s.add_argument("--count", type=int, default=1, help="batch size, or desired count with --service")
     s.add_argument("--service", action="store_true", help="a service job (kept running)")
