@@ -10,7 +10,6 @@ import os
 import sys
 from collections.abc import Callable
 
-from titusctl import admin, trust_admin
 from titusctl.client import DEFAULT_AGENT_URL, DEFAULT_URL, Api, CliError, Credentials
 
 Verb = Callable[[Api, argparse.Namespace], int]
@@ -40,7 +39,9 @@ Exit codes scripts can rely on: 0 ok · 1 the request was refused or the object 
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole tree; with `only` (a noun), that noun's verbs and the other nouns bare (their help
+    line only): a run builds, and imports, no more than its own noun needs."""
     p = argparse.ArgumentParser(prog="titusctl", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scheduler", default=DEFAULT_URL, help=f"scheduler URL (default {DEFAULT_URL})")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
@@ -49,8 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="client certificate's key (TITUS_KEY)")
     p.add_argument("--token-file", help="file holding a bearer token (TITUS_TOKEN_FILE; or TITUS_TOKEN)")
     sub = p.add_subparsers(dest="noun", required=True)
+    for noun, what, verbs in (("job", "jobs", _job_verbs), ("task", "tasks", _task_verbs),
+                              ("node", "hosts", _node_verbs), ("admin", "control-plane administration", None)):
+        if only is not None and noun != only:
+            sub.add_parser(noun, help=what)
+        elif verbs is None:
+            _admin_verbs(sub)
+        else:
+            verbs(sub.add_parser(noun, help=what).add_subparsers(dest="verb", required=True))
+    return p
 
-    job = sub.add_parser("job", help="jobs").add_subparsers(dest="verb", required=True)
+
+def _job_verbs(job: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = job.add_parser("submit", help="submit a job from a JSON file or from flags")
     s.add_argument("file", nargs="?", help="job spec JSON file ('-' for stdin)")
     s.add_argument("--image")
@@ -81,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("id")
         c.set_defaults(fn=fn)
 
-    task = sub.add_parser("task", help="tasks").add_subparsers(dest="verb", required=True)
+
+def _task_verbs(task: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tl = task.add_parser("list")
     tl.add_argument("--job")
     tl.add_argument("--state")
@@ -102,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG…]")
     e.set_defaults(fn=_lazy("titusctl.exec", "cmd_task_exec"))  # docs/exec.md
 
-    node = sub.add_parser("node", help="hosts").add_subparsers(dest="verb", required=True)
+
+def _node_verbs(node: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     node.add_parser("list").set_defaults(fn=_cmd("cmd_node_list"))
     nc = node.add_parser("cpus", help="this host's CPU map: which task holds which thread (asks the local agent)")
     nc.add_argument("--agent", default=DEFAULT_AGENT_URL, help=f"agent URL (default {DEFAULT_AGENT_URL})")
@@ -117,8 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     nd.add_argument("--agent", default=DEFAULT_AGENT_URL,
                     help=f"the local agent, asked for /healthz if reachable (default {DEFAULT_AGENT_URL})")
     nd.set_defaults(fn=_cmd("cmd_node_doctor"))
-    admin_verbs = admin.add_parser(sub)
-    trust_admin.add_verbs(admin_verbs)
     nh = node.add_parser("health", help="the fleet's health conditions (checks not ok; --all for every one)")
     nh.add_argument("--all", action="store_true", help="every check of every host, ok ones too")
     nh.set_defaults(fn=_cmd("cmd_node_health"))
@@ -141,15 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
             nv.add_argument("--batch-deadline", type=float, default=None, metavar="SECONDS",
                             help="batch tasks may finish for this long, then are evicted (default: the scheduler's)")
         nv.set_defaults(fn=_cmd(verb_fn))
+
+
+def _admin_verbs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from titusctl import admin, trust_admin
+
+    
+    admin_verbs = admin.add_parser(sub)
+    trust_admin.add_verbs(admin_verbs)
     sm = admin_verbs.add_parser("scheduling-mode", help="show or switch the placement mode live (spread normally, pack in a failover)")
     sm.add_argument("mode", nargs="?", choices=("spread", "pack", "auto"),
                     help="spread|pack pin the mode; auto hands it to the automatic switch on a burst")
     sm.set_defaults(fn=_cmd("cmd_scheduling_mode"))
-    return p
+
+
+def _noun(argv: list[str]) -> str | None:
+    """The noun of a command line (the first word not an option or a global option's value)."""
+    valued = {"--scheduler", "-o", "--output", "--ca", "--cert", "--key", "--token-file"}
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in valued:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(_noun(words)).parse_args(words)
     try:
         code = args.fn(Api(args.scheduler, credentials=Credentials.from_args(args)), args)
     except CliError as e:

@@ -216,3 +216,4 @@ def test_titusctl_submit_defaults_to_the_owners_own_app() -> None:
 
     args = build_parser().parse_args(["job", "submit", "--image", "busybox", "--cmd", "true", "--owner", "alice"])
     assert job_spec_from_args(args)["appName"] == "adhoc-alice"  # never a name shared by every owner
+
