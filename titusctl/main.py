@@ -107,6 +107,12 @@ def _task_verbs(task: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                                        "processes, from its agent (through the scheduler)")
     ts.add_argument("id")
     ts.set_defaults(fn=_lazy("titusctl.stats", "cmd_task_stats"))
+    tt = task.add_parser("top", help="a running task's processes by CPU, from two stats readings (through the "
+                                     "scheduler; no host login)")
+    tt.add_argument("id")
+    tt.add_argument("--interval", type=float, default=1.0, help="seconds between readings (default 1)")
+    tt.add_argument("--count", type=int, default=1, help="how many tables to print (default 1)")
+    tt.set_defaults(fn=_lazy("titusctl.top", "cmd_task_top"))
     e = task.add_parser("exec", help="run a command inside one of your task's containers (not on the host)")
     e.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
     e.add_argument("-t", "--tty", action="store_true", help="allocate a terminal (with -i for a shell)")
