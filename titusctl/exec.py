@@ -42,9 +42,14 @@ class ExecClient:
 
     def context(self) -> ssl.SSLContext | None:
         if self._context is None and self.base.startswith("https://"):
-            ctx = ssl.create_default_context(cafile=str(self.credentials.ca) if self.credentials.ca else None)
-            if self.credentials.cert is not None and self.credentials.key is not None:
-                ctx.load_cert_chain(str(self.credentials.cert), str(self.credentials.key))
+            creds = self.credentials
+            try:
+                ctx = ssl.create_default_context(cafile=str(creds.ca) if creds.ca else None)
+                if creds.cert is not None and creds.key is not None:
+                    ctx.load_cert_chain(str(creds.cert), str(creds.key))
+            except OSError as e:  # ssl.SSLError too: not a CA, or a key that is not the certificate's
+                raise CliError(f"cannot use the CA ({creds.ca}) or client certificate ({creds.cert}): {e}",
+                               EXIT_USAGE) from None
             self._context = ctx
         return self._context
 

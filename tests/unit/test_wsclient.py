@@ -9,11 +9,15 @@ import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import WSMsgType, web
 
+from scheduler.tls import init_ca
 from tests.harness import free_port
 from titusctl.client import CliError, Credentials
 from titusctl.exec import ExecClient
@@ -138,3 +142,18 @@ async def test_a_refusal_carries_the_schedulers_message_and_a_drop_is_an_error(u
     with pytest.raises(CliError, match="cannot reach the scheduler") as e:
         await asyncio.to_thread(ExecClient(f"http://127.0.0.1:{free_port()}", Credentials()).run, "t", ["id"])
     assert e.value.code == 3
+
+
+def test_a_task_exec_run_imports_no_heavy_module(tmp_path: Path) -> None:
+    """Start-up is part of the exec's latency (docs/exec.md): the whole `task exec` run, up to the
+    refusal of an unreachable scheduler, loads no aiohttp, asyncio, requests, pydantic or numpy."""
+    init_ca(tmp_path / "pki")
+    script = ("import sys\nfrom titusctl.main import main\ntry:\n    main(['task', 'exec', 't1', '--', 'true'])\n"
+              "except SystemExit as e:\n    code = e.code\n"
+              "heavy = {'aiohttp', 'asyncio', 'requests', 'urllib3', 'pydantic', 'numpy', 'titusctl.commands',"
+              " 'titusctl.render'}\n"
+              "print(code, sorted(m for m in sys.modules if m in heavy or m.split('.')[0] in heavy))")
+    env = {**os.environ, "TITUS_SCHEDULER": f"https://127.0.0.1:{free_port()}",
+           "TITUS_CA": str(tmp_path / "pki" / "ca.crt"), "TITUS_TOKEN": "x.y", "TITUS_PKI": "/nonexistent"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.stdout.strip() == "3 []", (done.stdout, done.stderr)
