@@ -55,16 +55,23 @@ def _docker_cli(cid: str) -> float:
     return took
 
 
+PHASES: dict[str, list[float]] = {"create": [], "stream": [], "exit_code": []}
+
+
 async def _engine_api(engine: EngineExec, cid: str) -> float:
     t0 = time.perf_counter()
     exec_id = await engine.create(cid, ["true"], tty=False, stdin=False)
+    t1 = time.perf_counter()
     stream = await engine.start(exec_id, False)
     while (await stream.read())[1]:
         pass
     stream.close()
-    code = await engine.exit_code(exec_id)
+    t2 = time.perf_counter()
+    code = await engine.exit_code(exec_id)  # polls inspect until the engine recorded the exit
     took = time.perf_counter() - t0
     assert code == 0
+    for name, v in (("create", t1 - t0), ("stream", t2 - t1), ("exit_code", t0 + took - t2)):
+        PHASES[name].append(v)
     return took
 
 
@@ -135,6 +142,7 @@ def main() -> None:
                        ("api", "engine exec API in-process (floor)")):
         v = ms[name]
         print(f"{what:50s} p50 {statistics.median(v):7.1f} ms  p99 {_p(v, 0.99):7.1f} ms  n={len(v)}")
+    print("engine API phases p50: " + "  ".join(f"{k} {statistics.median(v) * 1000:.1f} ms" for k, v in PHASES.items()))
     print(f"{n} interleaved rounds in {wall:.1f}s; load average {os.getloadavg()[0]:.1f}")
     med = {k: statistics.median(v) for k, v in ms.items()}
     print(f"RESULT exec p50_ratio={med['titus'] / med['docker']:.2f} fresh_p50_ratio={med['fresh'] / med['docker']:.2f} "
