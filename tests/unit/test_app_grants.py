@@ -217,3 +217,13 @@ def test_titusctl_submit_defaults_to_the_owners_own_app() -> None:
     args = build_parser().parse_args(["job", "submit", "--image", "busybox", "--cmd", "true", "--owner", "alice"])
     assert job_spec_from_args(args)["appName"] == "adhoc-alice"  # never a name shared by every owner
 
+
+
+def test_the_policy_is_a_scheduler_flag(tmp_path: Path) -> None:
+    from scheduler.main import load_config
+
+    db = str(tmp_path / "s.db")
+    assert load_config(["--insecure", "--db", db]).app_ownership == "claim"
+    assert load_config(["--insecure", "--db", db, "--app-ownership", "granted"]).app_ownership == "granted"
+    with pytest.raises(SystemExit):
+        load_config(["--insecure", "--db", db, "--app-ownership", "anyone"])
