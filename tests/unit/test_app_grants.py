@@ -220,10 +220,10 @@ def test_titusctl_submit_defaults_to_the_owners_own_app() -> None:
 
 
 def test_the_policy_is_a_scheduler_flag(tmp_path: Path) -> None:
-    from scheduler.main import load_config
+    from scheduler.main import UsageError, load_config
 
     db = str(tmp_path / "s.db")
     assert load_config(["--insecure", "--db", db]).app_ownership == "claim"
     assert load_config(["--insecure", "--db", db, "--app-ownership", "granted"]).app_ownership == "granted"
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="app-ownership"):
         load_config(["--insecure", "--db", db, "--app-ownership", "anyone"])
