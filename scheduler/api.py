@@ -18,6 +18,7 @@ from scheduler.auth import AUTH_KEY, IDENTITY_KEY, Auth, auth_middleware
 from scheduler.core import BadRequest, Conflict, NotFound, Scheduler
 from scheduler.openapi import openapi_document
 from scheduler.tls import CA
+from scheduler.apps_api import add_app_routes
 from scheduler.trust_api import CA_KEY, add_trust_routes
 from scheduler.provenance import provenance_view
 from scheduler.workload import WORKLOAD_KEY, WorkloadIssuer, add_workload_routes
@@ -351,6 +352,7 @@ def make_app(
     app[HTTP_LOGGER_KEY] = errors.http_logger("http")
     if auth is not None:
         app[AUTH_KEY] = auth
+        add_app_routes(app)  # app → owner grants (docs/identity.md)
         if ca is not None:
             app[CA_KEY] = ca
             add_trust_routes(app)

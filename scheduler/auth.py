@@ -8,7 +8,8 @@
   submit and kill jobs of its own owner; a task's stats only for its own owner's tasks);
 - exec into a task (docs/exec.md): admin, or the submitter of the task's job's owner; only the task's
   node may open an exec session's agent end (/v1/nodes/<its own id>/exec/<session>);
-- every job submit is checked against the IAM role policy (scheduler/iam_policy.py);
+- every job submit is checked against the IAM role policy (scheduler/iam_policy.py) and against the
+  app's owner (scheduler/appgrants.py: an app granted to, or claimed by, another owner is 403);
 - every mutating call is written to the audit log and counted.
 Refusals: 401 (no or unusable credentials) / 403 (not allowed), the message naming what is missing.
 """
@@ -27,6 +28,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from scheduler.appgrants import AppGrant, AppRefused
 from scheduler.authstore import ROLES, AuthStore, TokenRefused
 from scheduler.bootstrap_limit import BootstrapLimiter, BootstrapLimits
 from scheduler.iid import IidVerifier, instance_of_arn
@@ -270,14 +272,32 @@ async def check_iam(request: web.Request, auth: Auth) -> None:
             raise Refused(403, "iam_role", problem)
 
 
+async def check_app(request: web.Request, auth: Auth, who: Identity) -> AppGrant | None:
+    """A submit's appName must be its owner's (docs/identity.md): the new claim, if this submit made one."""
+    if (request.method, request.path) != ("POST", "/v1/jobs") or auth.insecure:
+        return None
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        return None
+    app, owner = body.get("appName"), body.get("owner")
+    if not (isinstance(app, str) and app and isinstance(owner, str) and owner):
+        return None  # the handler's 400 names what is missing
+    try:
+        return auth.store.apps.admit(app, owner, str(who))
+    except AppRefused as e:
+        raise Refused(403, "app_grant", str(e)) from None
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     auth = request.app[AUTH_KEY]
     who: Identity | str = "unidentified"
+    claim: AppGrant | None = None
     try:
         who = identify(request, auth)
         await authorize(request, who, auth)
         await check_iam(request, auth)
+        claim = await check_app(request, auth, who)
         request[IDENTITY_KEY] = who
         response = await handler(request)
     except web.HTTPException as e:  # a trust route's 400 (scheduler/trust_api.py)
@@ -286,9 +306,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except Refused as e:
         auth.refused.labels(e.reason).inc()
         body: dict[str, Any] = {"message": e.message}
-        if e.reason == "iam_role":
-            body["problems"] = [{"field": "container.iamRole", "message": e.message}]
+        if e.reason in ("iam_role", "app_grant"):
+            field = "container.iamRole" if e.reason == "iam_role" else "appName"
+            body["problems"] = [{"field": field, "message": e.message}]
         response = web.json_response({"error": body}, status=e.status)
+    if claim is not None:
+        if response.status >= 400:
+            auth.store.apps.release(claim)  # the submit failed: the app stays unclaimed
+        else:
+            auth.store.audit(claim.by, "APP-CLAIM", request.path, response.status, detail=claim.view())
     refused_exec = response.status >= 400 and EXEC.match(request.path) is not None  # sessions: exec_api
     if request.method not in ("GET", "HEAD") and not NODE_CALL.match(request.path) or refused_exec:
         outcome = "ok" if response.status < 400 else "refused"

@@ -1,6 +1,7 @@
 """What trust needs to remember (docs/trust.md), in its own SQLite file beside the scheduler's store
 (`<db>.auth`): bootstrap and operator tokens (only their SHA-256 is kept), each node's current
-certificate serials, the deny list of revoked serials, and the audit log of mutating calls."""
+certificate serials, the deny list of revoked serials, the audit log of mutating calls, and which
+owner each app belongs to (`apps`, scheduler/appgrants.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from scheduler.appgrants import AppGrants
 
 __all__ = ["AuthStore", "Token", "TokenRefused"]
 
@@ -74,6 +77,8 @@ class AuthStore:
         self._operators: dict[str, Token] = {}
         # node id → the ARN of the EC2 instance its certificates are bound to (docs/trust.md).
         self._bound = dict(self.db.execute("SELECT node_id, arn FROM node_instances ORDER BY bound_at").fetchall())
+        # app → owner (docs/identity.md); the policy for an app with no grant is set by build_trust.
+        self.apps = AppGrants(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -206,6 +206,9 @@ class ServiceConfig(BaseModel):
     # identities) and the lifetime of a task's certificate (the agent rotates it with a third left).
     cell: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$")] = "local"
     workload_cert_ttl: Annotated[float, Field(ge=10, le=86400)] = 3600.0
+    # Who may name an app (docs/identity.md): an app with no admin grant is claimed by the first owner
+    # that uses it (`claim`), or refused until an admin grants it (`granted`).
+    app_ownership: Literal["claim", "granted"] = "claim"
     scheduler: SchedulerConfig = SchedulerConfig()
 
     @field_validator("log_level")

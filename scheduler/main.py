@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", help="the cell's name: the trust domain of task identities (default local; docs/identity.md)")
     p.add_argument("--workload-cert-ttl", type=float, metavar="SECONDS",
                    help="task identity certificates' lifetime (default 3600)")
+    p.add_argument("--app-ownership", choices=("claim", "granted"),
+                   help="an app no admin granted: claimed by the first owner using it (default claim), or refused "
+                        "(granted); docs/identity.md")
     for key in SCHEDULER_KEYS:
         field = SchedulerConfig.model_fields[key]
         flag, ann, what = f"--{key.replace('_', '-')}", field.annotation, _HELP.get(key, key)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from scheduler.apps_api import apps_paths
 from scheduler.exec_openapi import exec_paths
 from scheduler.pending import PendingReason
 from scheduler.records import JobRecord, JobState, NodeRecord, TaskRecord
@@ -296,6 +297,7 @@ def openapi_document() -> dict[str, Any]:
     schemas["Job"] = job
     paths.update(trust_paths())  # docs/trust.md
     paths.update(exec_paths())  # docs/exec.md
+    paths.update(apps_paths())  # docs/identity.md: app → owner grants
     secure(paths)
     return {
         "openapi": "3.1.0",

@@ -60,5 +60,6 @@ def build_trust(config: ServiceConfig, registry: CollectorRegistry) -> Trust:
                              config.bootstrap_source_burst)
     auth = Auth(store, iam, registry, insecure=config.insecure, node_cert_ttl=config.node_cert_ttl,
                 bootstrap_limits=limits, iid=iid)
-    workload = WorkloadIssuer(ca, config.cell, config.workload_cert_ttl, registry) if ca is not None else None
+    store.apps.policy = config.app_ownership  # an app with no grant: claimed by its first owner, or refused
+    workload = WorkloadIssuer(ca, config.cell, config.workload_cert_ttl, registry, store) if ca is not None else None
     return Trust(auth, ca, context, workload)

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from scheduler.apps_api import AppGrantRequest
 from scheduler.trust_api import BootstrapRequest, RotateRequest, TokenRequest
 
 __all__ = ["PUBLIC_OPERATIONS", "SECURITY_SCHEMES", "secure", "trust_paths", "trust_schemas"]
@@ -28,7 +29,7 @@ PUBLIC_OPERATIONS = {("get", "/healthz"), ("get", "/metrics"), ("get", "/openapi
 _AUTH_ERRORS = {
     "401": {"description": "No, or no usable, credentials (unknown, expired, revoked)",
             "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}},
-    "403": {"description": "Authenticated but not allowed (role, owner, node id, IAM role grant)",
+    "403": {"description": "Authenticated but not allowed (role, owner, node id, IAM role grant, app owner)",
             "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}},
 }
 
@@ -44,7 +45,8 @@ def _body(name: str) -> dict[str, Any]:
 
 
 def trust_schemas() -> dict[str, Any]:
-    _, schema = models_json_schema([(m, "validation") for m in (BootstrapRequest, RotateRequest, TokenRequest)],
+    _, schema = models_json_schema([(m, "validation") for m in (BootstrapRequest, RotateRequest, TokenRequest,
+                                                                      AppGrantRequest)],
                                    by_alias=True, ref_template=_REF)
     return dict(schema["$defs"])
 

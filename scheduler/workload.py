@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry, Counter
 
+from scheduler.appgrants import AppRefused
+from scheduler.authstore import AuthStore
 from scheduler.core import Scheduler
 from scheduler.records import JobRecord, TaskRecord
 from scheduler.tls import CA, load_p256_csr
@@ -41,8 +43,11 @@ class Refusal(Exception):
 
 
 class WorkloadIssuer:
-    def __init__(self, ca: CA, cell: str, ttl: float, registry: CollectorRegistry) -> None:
+    def __init__(self, ca: CA, cell: str, ttl: float, registry: CollectorRegistry,
+                 store: AuthStore | None = None) -> None:
+        """`store`: the trust store, whose app grants an identity must agree with (docs/identity.md)."""
         spiffe_id(cell, "a", "j")  # refuses a cell that is not a trust domain
+        self.store = store
         self.ca = ca
         self.cell = cell
         self.ttl = ttl
@@ -101,6 +106,7 @@ class WorkloadIssuer:
         job = s.jobs.get(task.job_id)
         if job is None:
             raise Refusal(403, "unknown_task", f"task {task_id} has no job")
+        self._check_app(job, task_id)
         try:
             identity = self.task_identity(job, task)
         except IdentityRefused as e:
@@ -116,6 +122,19 @@ class WorkloadIssuer:
         return {"certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
                 "bundle": self.bundle.decode(), "spiffeId": identity, "serial": format(cert.serial_number, "x"),
                 "notAfter": cert.not_valid_after_utc.timestamp()}
+
+
+    def _check_app(self, job: JobRecord, task_id: str) -> None:
+        """The job's owner must hold its app: a job stored before app grants existed, or whose app an
+        admin has since given to another owner, gets no identity of that app (a first use claims it)."""
+        if self.store is None:
+            return
+        try:
+            claim = self.store.apps.admit(job.spec.app_name, job.spec.owner, f"job {job.id}")
+        except AppRefused as e:
+            raise Refusal(403, "app_grant", f"task {task_id} gets no identity: {e}") from None
+        if claim is not None:
+            self.store.audit(claim.by, "APP-CLAIM", f"/v1/jobs/{job.id}", 201, detail=claim.view())
 
 
 WORKLOAD_KEY = web.AppKey("workload", WorkloadIssuer)

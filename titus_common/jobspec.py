@@ -29,6 +29,7 @@ _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,252}$")
 _SECURITY_GROUP = re.compile(r"^sg-[0-9a-f]{8,17}$")
 _IAM_ROLE = re.compile(r"^(arn:aws[a-z-]*:iam::[0-9]{12}:role/)?[\w+=,.@/-]{1,64}$")
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+APP_NAME = _APP_NAME  # what an app name may be (also checked by the admin's app grants, docs/identity.md)
 
 MAX_CPU = 1024.0
 MAX_MEMORY_MIB = 4 * 1024 * 1024  # 4 TiB, larger than any EC2 host

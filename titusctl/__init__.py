@@ -2,7 +2,9 @@
 
 Modules: `client` (HTTP to the scheduler and the local agent, `CliError`, exit codes),
 `commands` (the verbs), `render` (tables and JSON output), `main` (argparse, dispatch, the
-`titusctl` entry point).
+`titusctl` entry point; each verb's module is imported only when that verb runs), `exec` and
+`wsclient` (`task exec` on the standard library only: its start-up is part of its latency),
+`stats` and `top` (`task stats|top`), `admin` and `trust_admin` (`admin …`).
 
 Import rule: this package may import only `titus_common`, the standard library and
 third-party packages, never `agent`, `scheduler`, `security`, `netns`, `cpuset`, `imds` or any

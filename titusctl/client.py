@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TASK_NOT_NORMAL = 0, 1, 2, 3, 4
 DEFAULT_URL = os.environ.get("TITUS_SCHEDULER", "https://127.0.0.1:7100")
@@ -29,8 +29,7 @@ class CliError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     """How titusctl proves who it is (docs/trust.md): the cell CA to verify the scheduler, and a
     client certificate (cert + key) or a bearer token. Flags, else TITUS_CA, TITUS_CERT, TITUS_KEY,
     TITUS_TOKEN (the token itself) or TITUS_TOKEN_FILE; else, on the scheduler's host, the cell's
@@ -65,20 +64,33 @@ class Credentials:
 
 
 class Api:
+    """The scheduler's JSON API over requests. `requests` is imported on the first call, not at
+    start-up: `titusctl task exec` never needs it (its start-up is part of the exec's latency)."""
+
     def __init__(self, base_url: str, timeout: float = 30.0, credentials: Credentials | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.timeout = timeout
-        self.http = requests.Session()
         creds = credentials or Credentials()
         self.credentials = creds
         # Given per request: a session's `verify` loses to REQUESTS_CA_BUNDLE in the environment.
         self.verify: str | bool = str(creds.ca) if creds.ca is not None else True
-        if creds.cert is not None and creds.key is not None:
-            self.http.cert = (str(creds.cert), str(creds.key))
-        if creds.token:
-            self.http.headers["Authorization"] = f"Bearer {creds.token}"
+        self._http: requests.Session | None = None
+
+    @property
+    def http(self) -> requests.Session:
+        if self._http is None:
+            import requests
+
+            self._http = requests.Session()
+            if self.credentials.cert is not None and self.credentials.key is not None:
+                self._http.cert = (str(self.credentials.cert), str(self.credentials.key))
+            if self.credentials.token:
+                self._http.headers["Authorization"] = f"Bearer {self.credentials.token}"
+        return self._http
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        import requests
+
         try:
             r = self.http.request(method, self.base + path, json=body, timeout=self.timeout, headers=headers,
                                   verify=self.verify)
@@ -110,6 +122,8 @@ class Api:
 
 def ask_agent(args: argparse.Namespace, path: str) -> dict[str, Any]:
     """A host diagnostic: asked of the local agent (`--agent`), never through the scheduler."""
+    import requests
+
     url = args.agent.rstrip("/") + path
     try:
         r = requests.get(url, timeout=10)
@@ -126,6 +140,8 @@ def ask_agent(args: argparse.Namespace, path: str) -> dict[str, Any]:
 def agent_health(agent_url: str) -> dict[str, Any]:
     """The local agent's /healthz, or why it could not be had; never raises (only meaningful on
     the host itself, so an absent agent is a fact to report, not an error)."""
+    import requests
+
     url = agent_url.rstrip("/")
     agent: dict[str, Any] = {"url": url, "reachable": False}
     try:

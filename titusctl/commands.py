@@ -74,7 +74,9 @@ def job_spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         container["command"] = ["/bin/sh", "-c", args.cmd] if args.shell else shlex.split(args.cmd)
     if args.iam_role:
         container["iamRole"] = args.iam_role
-    job: dict[str, Any] = {"appName": args.app, "owner": args.owner, "container": container}
+    # An app belongs to one owner (docs/identity.md): the default is the owner's own, never a shared name.
+    app = args.app or f"adhoc-{args.owner}"
+    job: dict[str, Any] = {"appName": app, "owner": args.owner, "container": container}
     if getattr(args, "attribute", None):
         job["attributes"] = _parse_env(args.attribute, "--attribute")
     if args.service:

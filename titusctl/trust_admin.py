@@ -1,13 +1,15 @@
-"""`titusctl admin …`: tokens, node revocation and the audit log (role admin; docs/trust.md)."""
+"""`titusctl admin …`: tokens, node revocation, the audit log (role admin; docs/trust.md) and which
+owner each app belongs to (`admin app grant|revoke|list`, docs/identity.md)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from urllib.parse import quote
 from typing import Any
 
 from titusctl.client import EXIT_OK, EXIT_USAGE, Api, CliError
-from titusctl.render import emit
+from titusctl.render import emit, table
 
 __all__ = ["add_verbs"]
 
@@ -59,6 +61,30 @@ def cmd_audit(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_app_list(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("GET", "/v1/admin/apps")
+    rows = [[g["app"], g["owner"], g["how"], g["by"]] for g in doc["apps"]]
+    policy = {"claim": "claimed by the first owner that uses it", "granted": "refused"}.get(doc["policy"], doc["policy"])
+    text = (table(rows, ["APP", "OWNER", "HOW", "BY"]) if rows else "no app grants") + \
+        f"\nan app with no grant is {policy} (policy {doc['policy']})"
+    emit(args, doc, text)
+    return EXIT_OK
+
+
+def cmd_app_grant(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("POST", f"/v1/admin/apps/{quote(args.app, safe='')}/grant", {"owner": args.owner})
+    previous = doc.get("previous")
+    was = f" (was {previous['owner']}'s, by {previous['how']})" if previous and previous["owner"] != doc["owner"] else ""
+    emit(args, doc, f"app {doc['app']} belongs to owner {doc['owner']}{was}")
+    return EXIT_OK
+
+
+def cmd_app_revoke(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("DELETE", f"/v1/admin/apps/{quote(args.app, safe='')}")
+    emit(args, doc, f"app {doc['app']} no longer belongs to {doc['owner']}")
+    return EXIT_OK
+
+
 def add_verbs(admin: Any) -> None:
     """The trust verbs under `titusctl admin` (its subparsers, from titusctl/admin.py)."""
     tok = admin.add_parser("token", help="tokens").add_subparsers(dest="action", required=True)
@@ -78,3 +104,13 @@ def add_verbs(admin: Any) -> None:
     a.add_argument("node")
     a.set_defaults(fn=cmd_node_readmit)
     admin.add_parser("audit", help="the audit log of mutating calls and exec sessions").set_defaults(fn=cmd_audit)
+    app = admin.add_parser("app", help="which owner an app belongs to (its tasks' identity; docs/identity.md)")
+    app_verbs = app.add_subparsers(dest="action", required=True)
+    app_verbs.add_parser("list", help="every app's owner, by grant or first-use claim").set_defaults(fn=cmd_app_list)
+    g = app_verbs.add_parser("grant", help="give an app to an owner (replaces an earlier grant or claim)")
+    g.add_argument("app")
+    g.add_argument("--owner", required=True)
+    g.set_defaults(fn=cmd_app_grant)
+    rv = app_verbs.add_parser("revoke", help="remove an app's grant or claim (it may be claimed again)")
+    rv.add_argument("app")
+    rv.set_defaults(fn=cmd_app_revoke)

@@ -1,6 +1,7 @@
 """`titusctl task stats` on the real engine: the scheduler relays the request to the agent over its
 own connection; the answer shows the busy task's CPU use and throttling under its limit, its memory
-limit, cpuset, network interface and processes (by their PIDs inside the container)."""
+limit, cpuset, network interface and processes (by their PIDs inside the container); `task top`
+ranks them by CPU between two readings."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def test_stats_of_a_busy_task(platform: Platform) -> None:
     assert any("while" in proc["cmdline"] or proc["comm"] == "sh" for proc in doc["processes"])
     text = stats(p, task["id"])
     assert "throttle" in text and "PID" in text
+    # `task top`: two readings, the busy shell loop first, with CPU used between them
+    top = subprocess.run([sys.executable, "-m", "titusctl.main", "-o", "json", "task", "top", task["id"],
+                          "--interval", "0.5"], env={**p.ctl_env(), "PATH": "/usr/bin:/bin"}, capture_output=True,
+                         text=True, timeout=60)
+    assert top.returncode == 0, top.stderr
+    busiest = json.loads(top.stdout)["processes"][0]
+    assert busiest["comm"] == "sh" and busiest["cpuPercent"] > 0 and busiest["pid"] < 100, busiest
     # A finished task has no stats: refused, naming why.
     p.api("POST", f"/v1/jobs/{job_id}/kill", expect=202)
     p.wait_job_finished(job_id, timeout=60)

@@ -132,3 +132,15 @@ def test_job_and_task_verbs_against_a_real_scheduler(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_run_builds_only_its_nouns_verbs() -> None:
+    from titusctl.main import _noun, build_parser
+
+    assert _noun(["--scheduler", "https://x", "-o", "json", "task", "exec", "t", "--", "id"]) == "task"
+    assert _noun(["--scheduler=https://x", "admin", "app", "list"]) == "admin"
+    assert _noun(["--help"]) is None
+    for argv in (["task", "exec", "t1", "--", "id"], ["admin", "app", "grant", "web", "--owner", "a"],
+                 ["--ca", "x", "node", "drain", "n1", "--reason", "r"], ["job", "list"]):
+        args = build_parser(_noun(argv)).parse_args(argv)
+        assert callable(args.fn) and vars(args) == {**vars(build_parser().parse_args(argv)), "fn": args.fn}
