@@ -107,10 +107,16 @@ wait_for 900 "titus-agent READY" agent_active
 ready=$(echo "$(now) - $start" | bc)
 echo "vm-test: titus-agent READY ${ready}s after qemu start: $(guest 'systemctl show -p StatusText --value titus-agent')"
 
+diagnose() {  # what the scheduler and the guest say, when a job does not run
+    for what in "node list" "node health --all" "job list"; do
+        echo "vm-test: titusctl $what:"; "$PY" -m titusctl.main $what 2>&1 | head -20 || true
+    done
+    guest 'journalctl -u titus-agent -u titus-scheduler --no-pager -n 40 -o cat' || true
+}
 IMAGE=${TITUS_TEST_IMAGE:-127.0.0.1:5000/titus/busybox:latest}
-wait_for 300 "node Ready at the scheduler" bash -c "$PY -m titusctl.main node list | grep -q Ready"
+wait_for 300 "node Ready at the scheduler" bash -c "$PY -m titusctl.main node list | grep -qw Ready"
 "$PY" -m titusctl.main job submit --image "$IMAGE" --cmd 'echo hello from the vm' --wait >"$WORK/batch.out" 2>&1 \
-    || { cat "$WORK/batch.out"; fail "batch job did not finish normal"; }
+    || { cat "$WORK/batch.out"; diagnose; fail "batch job did not finish normal"; }
 echo "vm-test: batch job finished normal"
 batch=$(echo "$(now) - $start" | bc)
 if [ $SMOKE = 1 ]; then
