@@ -8,8 +8,9 @@
 #   make wheels     build/wheelhouse from packaging/*.lock (the only networked packaging step)
 #   make deb        dist/titus-node_*.deb, built offline with dpkg-buildpackage, lintian clean
 #   make deb-cycle  install/reinstall/remove/purge the .deb in a clean Debian 12 tree
-#   make image      dist/titus-node-host.raw: Debian 12 + kernel + docker.io + the .deb (+ vmlinuz/initrd)
-#   make vm-test    boot that image under QEMU (TCG) and check READY, a job, watchdog, live-restore
+#   make image      dist/titus-node-host.raw: Debian 12 + kernel + docker.io + the .deb, GRUB for BIOS and UEFI
+#   make vm-test    boot that image from its disk under QEMU (TCG): READY, a job, watchdog, live-restore, upgrade
+#   make vm-smoke   the CI stage: boot it, agent READY, one batch job normal, poweroff (hard timeout)
 #   make lock       regenerate packaging/requirements.lock from pyproject.toml
 #   make clean      remove .venv and build artefacts (not /var/lib/titus*)
 #
@@ -24,7 +25,7 @@ PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help setup setup-host venv run test typecheck bench clean wheels deb deb-cycle lock image vm-test
+.PHONY: help setup setup-host venv run test typecheck bench clean wheels deb deb-cycle lock image vm-test vm-smoke
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -78,3 +79,8 @@ image:
 
 vm-test:
 	flock /tmp/titus-vm.lock bash scripts/vm-test.sh
+
+# QEMU itself runs under `timeout TITUS_VM_LIMIT` (600 s for the smoke); this outer one also bounds
+# the script's own waits, and SIGKILLs it 20 s later.
+vm-smoke:
+	flock /tmp/titus-vm.lock timeout -k 20 660 bash scripts/vm-test.sh --smoke

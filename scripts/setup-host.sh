@@ -42,7 +42,8 @@ IMAGE="$REGISTRY_ADDR/$IMAGE_REPO:$IMAGE_TAG"
 # apparmor: apparmor_parser validates the generated profiles (the kernel here may not enforce them);
 # libseccomp2: the seccomp profiles are compiled with it in the tests.
 APT_PACKAGES=(docker.io docker-registry busybox-static iproute2 nftables ca-certificates curl libsystemd-dev pkg-config prometheus apparmor libseccomp2
-    debhelper lintian debootstrap python3-dev python3-venv libffi-dev fakeroot qemu-system-x86 fdisk bc)  # make deb, deb-cycle, image, vm-test
+    debhelper lintian debootstrap python3-dev python3-venv libffi-dev fakeroot qemu-system-x86 fdisk bc
+    grub-pc-bin grub-efi-amd64-bin mtools ovmf)  # make deb, deb-cycle, image (GRUB for BIOS+UEFI), vm-test
 
 export DEBIAN_FRONTEND=noninteractive
 # needrestart (if installed) must not restart services behind our back.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make vm-test: boot dist/titus-node-host.raw under QEMU (TCG: this host's /dev/kvm hangs guests),
+# make vm-test: boot dist/titus-node-host.raw from the disk alone (its GRUB, no -kernel: legacy BIOS
+# by default, TITUS_VM_FIRMWARE=uefi for OVMF) under QEMU (TCG: this host's /dev/kvm hangs guests),
 # systemd as PID 1, user networking restricted to two port forwards on the host's loopback, and
 # check from the host (titusctl over TLS with the image's one-host cell CA, dist/titus-node-host.pki):
 #   1. titus-agent reaches READY (Type=notify: ActiveState=active) — boot-to-READY is measured
@@ -10,13 +11,20 @@
 #      PIDs; the restart is measured)
 #   5. dpkg -i of the same package as version N+1 (baked in by make image) restarts the agent into
 #      N+1, which re-adopts the same 3 containers (measured)
+# `vm-test.sh --smoke` (make vm-smoke, in CI) stops after 2. and powers the guest off. QEMU runs under
+# `timeout TITUS_VM_LIMIT` (seconds; 1500, smoke 600): a hung boot fails and leaves no VM behind
+# even if this script is killed.
 # The guest is driven over its serial console (root autologin, test image only). Run it under
 # /tmp/titus-vm.lock (the Makefile does): it takes both cores for minutes, not the host's engine.
 # Prints `RESULT vm …` at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+SMOKE=0
+[ "${1:-}" = --smoke ] && SMOKE=1
 IMG=dist/titus-node-host
+FIRMWARE=${TITUS_VM_FIRMWARE:-bios}
+LIMIT=${TITUS_VM_LIMIT:-$([ $SMOKE = 1 ] && echo 600 || echo 1500)}
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=/work/main/.venv/bin/python
 WORK=$(mktemp -d /var/tmp/titus-vm.XXXXXX)
@@ -35,10 +43,16 @@ trap "exit 143" INT TERM
 fail() { echo "vm-test: FAIL: $*" >&2; tail -30 "$LOG" >&2 || true; exit 1; }
 now() { date +%s.%N; }
 
+case $FIRMWARE in
+    bios) FW=() ;;  # QEMU's SeaBIOS: the MBR's GRUB boot.img, then core.img in the BIOS boot partition
+    uefi) cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars.fd"  # Debian's ovmf: \EFI\BOOT\BOOTX64.EFI on the ESP
+          FW=(-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd
+              -drive "if=pflash,format=raw,file=$WORK/vars.fd") ;;
+    *) echo "vm-test: TITUS_VM_FIRMWARE=$FIRMWARE: bios or uefi" >&2; exit 2 ;;
+esac
 start=$(now)
-qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 2 -m 3072 -display none -monitor none \
-    -kernel "$IMG.vmlinuz" -initrd "$IMG.initrd" \
-    -append "root=/dev/vda1 rw console=ttyS0,115200 quiet systemd.show_status=0" \
+timeout -k 10 "$LIMIT" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 2 -m 3072 -display none -monitor none \
+    "${FW[@]}" \
     -drive "file=$IMG.raw,format=raw,if=virtio,snapshot=on" \
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$SPORT-:7100,hostfwd=tcp:127.0.0.1:$APORT-:7101" \
     -device virtio-net-pci,netdev=n0 \
@@ -93,11 +107,30 @@ wait_for 900 "titus-agent READY" agent_active
 ready=$(echo "$(now) - $start" | bc)
 echo "vm-test: titus-agent READY ${ready}s after qemu start: $(guest 'systemctl show -p StatusText --value titus-agent')"
 
+diagnose() {  # what the scheduler and the guest say, when a job does not run
+    for what in "node list" "node health --all" "job list"; do
+        echo "vm-test: titusctl $what:"; "$PY" -m titusctl.main $what 2>&1 | head -20 || true
+    done
+    guest 'journalctl -u titus-agent -u titus-scheduler --no-pager -n 40 -o cat' || true
+}
 IMAGE=${TITUS_TEST_IMAGE:-127.0.0.1:5000/titus/busybox:latest}
-wait_for 300 "node Ready at the scheduler" bash -c "$PY -m titusctl.main node list | grep -q Ready"
+wait_for 300 "node Ready at the scheduler" bash -c "$PY -m titusctl.main node list | grep -qw Ready"
 "$PY" -m titusctl.main job submit --image "$IMAGE" --cmd 'echo hello from the vm' --wait >"$WORK/batch.out" 2>&1 \
-    || { cat "$WORK/batch.out"; fail "batch job did not finish normal"; }
+    || { cat "$WORK/batch.out"; diagnose; fail "batch job did not finish normal"; }
 echo "vm-test: batch job finished normal"
+batch=$(echo "$(now) - $start" | bc)
+if [ $SMOKE = 1 ]; then
+    guest 'systemctl poweroff' >/dev/null || true
+    down() { ! kill -0 "$QPID" 2>/dev/null; }
+    wait_until_down=$(now)
+    until down; do
+        (( $(echo "$(now) - $wait_until_down > 120" | bc) )) && fail "the guest did not power off in 120s"
+        sleep 1
+    done
+    wait "$QPID" 2>/dev/null && QPID= || fail "qemu exited non-zero at poweroff (timeout $LIMIT s?)"
+    echo "RESULT vm-smoke firmware=$FIRMWARE boot_to_ready_s=$ready batch_normal_s=$batch total_s=$(echo "$(now) - $start" | bc) image_mb=$(( $(stat -c %s "$IMG.raw") / 1048576 ))"
+    exit 0
+fi
 "$PY" -m titusctl.main job submit --image "$IMAGE" --cmd 'sleep 36000' --service --count 3 \
     --cpu 0.5 --memory 64 --disk 64 >/dev/null
 cids() { guest "docker ps -q --no-trunc --filter label=titus.task_id | sort"; }
@@ -143,4 +176,4 @@ version=$(guest "dpkg-query -W -f '\${Version}' titus-node")
 echo "vm-test: upgraded to $version in ${up}s (dpkg -i to re-adoption): same 3 containers and PIDs re-adopted"
 echo "vm-test: $(guest 'systemctl show -p StatusText --value titus-agent')"
 guest 'systemctl poweroff' >/dev/null || true
-echo "RESULT vm boot_to_ready_s=$ready watchdog_restart_s=$wd docker_restart_s=$dr upgrade_readopt_s=$up image_mb=$(( $(stat -c %s "$IMG.raw") / 1048576 ))"
+echo "RESULT vm firmware=$FIRMWARE boot_to_ready_s=$ready watchdog_restart_s=$wd docker_restart_s=$dr upgrade_readopt_s=$up image_mb=$(( $(stat -c %s "$IMG.raw") / 1048576 ))"

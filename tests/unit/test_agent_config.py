@@ -225,7 +225,8 @@ def test_the_packaged_agent_toml_loads() -> None:
     # The packaged file is a production one: the scheduler over TLS, the agent bootstrapping its certificate.
     assert config.model_dump() == {**DEFAULTS, "scheduler_url": "https://127.0.0.1:7100",
                                    "scheduler_ca_file": Path("/etc/titus/pki/ca.crt"),
-                                   "bootstrap_token_file": Path("/etc/titus/bootstrap.token")}
+                                   "bootstrap_token_file": Path("/etc/titus/bootstrap.token"),
+                                   "identity_dir": Path("/var/lib/titus-identity")}  # test_packaged_config.py
 
 
 @pytest.mark.parametrize(
