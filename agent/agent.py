@@ -118,7 +118,8 @@ class Agent:
         )
         self.image_gc = ImageGcResource(config, docker, metrics) if config.image_gc_enabled else None
         self.remediator = Remediator(
-            {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine},
+            {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine,
+             "reassert-network": self._reassert_network},
             after=self.health.monitor.recheck if self.health is not None else None,
         )
         self.resources: list[HostResource] = [
@@ -459,6 +460,12 @@ class Agent:
             raise Unsupported("networking is off on this agent")
         await self.network.gc(self.tasks())
         return "network GC ran"
+
+    async def _reassert_network(self) -> str:
+        if self.network is None:
+            raise Unsupported("networking is off on this agent")
+        await self.network.reconcile(self.tasks())  # re-applies every owned ENI's link and table
+        return "ENI links and tables re-asserted"
 
     async def _restart_engine(self) -> str:
         cmd = self.config.health_engine_restart_command

@@ -153,6 +153,8 @@ class AgentConfig(BaseModel):
     health_leaks_seconds: float = 60.0
     health_credentials_seconds: float = 300.0
     health_network_seconds: float = 30.0
+    # The imds check's self-probe through a task-side link (agent/host/metadata_probe.py).
+    health_metadata_probe: bool = True
     # The remediation action `restart-engine` runs this (e.g. ["systemctl", "restart", "docker"]);
     # empty: the action is refused.
     health_engine_restart_command: list[str] = Field(default_factory=list)
