@@ -296,6 +296,14 @@ class Agent:
         if runner is not None:
             runner.network_lost(message)
 
+    async def _remove_container(self, rec: TaskCheckpoint) -> None:
+        if rec.container_id is None:
+            return
+        try:
+            await self.docker.remove(rec.container_id)
+        except (DockerUnavailable, DockerError) as e:  # the image GC removes it after the retention
+            log.warning("cannot remove the finished task's container: %s", e, extra={"task_id": rec.task_id})
+
     def _forget(self, task_id: str) -> None:
         self.store.delete(task_id)
         self.runners.pop(task_id, None)
@@ -398,6 +406,7 @@ class Agent:
                 self._report_wanted.set()
                 continue
             backoff.reset()
+            done: list[TaskCheckpoint] = []
             for task_id in resp.accepted:
                 runner = self.runners.get(task_id)
                 if runner is None or task_id not in sent:
@@ -405,7 +414,11 @@ class Agent:
                 rec = runner.record
                 rec.reported_revision = max(rec.reported_revision, sent[task_id])
                 if rec.state.terminal and not rec.unreported:
-                    self._forget(task_id)
+                    done.append(rec)
+            # Their last output is with the scheduler now: the containers may go (agent/logtail.py).
+            await asyncio.gather(*(self._remove_container(rec) for rec in done))
+            for rec in done:
+                self._forget(rec.task_id)
 
     async def _reconcile_loop(self) -> None:
         """Catch exits the event stream missed (it reconnects after dockerd restarts), then let each

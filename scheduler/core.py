@@ -345,6 +345,7 @@ class Scheduler:
             if newly_started:
                 self.metrics.observe_started(task)
             if u.state is TaskState.FINISHED:
+                task.log_tail = u.log_tail  # stored before the agent is told `accepted` (agent/logtail.py)
                 at = u.timestamps.get(TaskState.FINISHED, self.clock())
                 reason, message = u.reason or FinishReason.CRASHED, u.message or "agent reported no reason"
                 if task.finish_as is not None:  # killed by a stuck-state timeout: ends as crashed
