@@ -101,8 +101,15 @@ def eni_link(s: inspect.EniLinkState) -> EniLink:
 
 
 async def eni_links(network: NetworkResource) -> list[EniLink]:
-    """The pool's ENIs' links and tables, read-only through netns (`TaskNetworks.eni_states`)."""
-    return [eni_link(s) for s in await network.tasks.networks.eni_states()]
+    """The pool's ENIs' links and tables, read through netns (`TaskNetworks.eni_states`). Drift found
+    is first re-asserted as every reconcile does (a network manager's flush the agent repairs in a
+    second is no host fault): only what is still broken after that is reported."""
+    networks = network.tasks.networks
+    states = await networks.eni_states()
+    if any(s.problems() for s in states):
+        await networks.reassert_eni_tables()
+        states = await networks.eni_states()
+    return [eni_link(s) for s in states]
 
 
 def leaks_removed(counter: Counter) -> dict[str, float]:

@@ -9,8 +9,10 @@ index) the router's on-link route and `default via <router> dev <link>`, and the
   `reassert-network` re-applies links and tables;
 - only an MTU other than the configured one → degraded `EniMtuMismatch` (large packets dropped);
 - no ENI with a link (the local provider) → ok `NoEniLinks`.
-The agent also re-asserts links and tables on netlink events and every reconcile: a failed result
-that stays means the re-assertion does not hold (something keeps undoing it, or the link is gone).
+The agent re-asserts links and tables on netlink events and every reconcile, and once more before
+reporting drift (agent/host/health_sources.py `eni_links`): a failed result means the re-assertion
+does not hold (the link is gone, something keeps undoing it, or a task's rule is missing: those are
+not re-added).
 """
 
 from __future__ import annotations

@@ -180,3 +180,37 @@ def test_container_teardown_keeps_the_tail_and_leaves_the_container() -> None:
 def test_log_tail_bounded_by_the_protocol() -> None:
     with pytest.raises(ValueError):
         TaskUpdate(task_id="t", state=TaskState.FINISHED, timestamps={}, log_tail="x" * (MAX_LOG_TAIL + 1))
+
+
+def test_eni_drift_is_re_asserted_before_it_is_reported() -> None:
+    from types import SimpleNamespace
+
+    from agent.host.health_sources import eni_links
+    from netns.inspect import EniLinkState
+
+    good = EniLinkState("eni-1", "eth1", 101, True, up=True, gateway_route=True, default_route=True)
+    flushed = EniLinkState("eni-1", "eth1", 101, True, up=True)
+    no_rule = EniLinkState("eni-1", "eth1", 101, True, up=True, gateway_route=True, default_route=True,
+                           addresses=1, missing_rules=("10.0.0.5",))
+
+    class Networks:
+        def __init__(self, *states: EniLinkState) -> None:
+            self.states = list(states)
+            self.reasserted = 0
+
+        async def eni_states(self) -> list[EniLinkState]:
+            return [self.states.pop(0) if len(self.states) > 1 else self.states[0]]
+
+        async def reassert_eni_tables(self) -> dict[str, list[str]]:
+            self.reasserted += 1
+            return {}
+
+    repaired = Networks(flushed, good)  # a flush the re-assertion repairs: no fault
+    links = asyncio.run(eni_links(SimpleNamespace(tasks=SimpleNamespace(networks=repaired))))  # type: ignore[arg-type]
+    assert repaired.reasserted == 1 and links == [EniLink("eni-1", "eth1", (), False, 0)]
+    stuck = Networks(no_rule)  # a task's rule is not re-added: reported
+    (link,) = asyncio.run(eni_links(SimpleNamespace(tasks=SimpleNamespace(networks=stuck))))  # type: ignore[arg-type]
+    assert stuck.reasserted == 1 and "10.0.0.5" in link.problems[0]
+    healthy = Networks(good)
+    asyncio.run(eni_links(SimpleNamespace(tasks=SimpleNamespace(networks=healthy))))  # type: ignore[arg-type]
+    assert healthy.reasserted == 0
