@@ -411,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-health", dest="health_enabled", action="store_false", default=None,
                    help="run no host health checks (the heartbeat then carries none)")
     p.add_argument("--health-engine-seconds", type=float, help="period of the engine check (default 30)")
+    p.add_argument("--no-health-metadata-probe", dest="health_metadata_probe", action="store_false", default=None,
+                   help="no self-probe of the metadata service through a task-side link in the imds check")
     p.add_argument("--no-image-gc", dest="image_gc_enabled", action="store_false", default=None,
                    help="no routine image and exited-container GC (docs/health.md)")
     p.add_argument("--image-gc-high-pct", type=float,
