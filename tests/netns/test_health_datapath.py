@@ -134,9 +134,9 @@ def test_forward_check_reads_dockerd_style_iptables_nft_rules(world: World) -> N
 
     # A native nft table whose forward hook drops tasks' packets outright.
     sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=(
-        "table inet fw { chain tasks_fw { type filter hook forward priority 10; policy accept;\n"
-        f' iifname "{HOST_IF_PREFIX}*" counter drop\n'
-        ' ip daddr 10.99.0.0/16 drop\n } }\n'))
+        "table inet fw {\n  chain tasks_fw {\n    type filter hook forward priority 10; policy accept;\n"
+        f'    iifname "{HOST_IF_PREFIX}*" counter drop\n'
+        "    ip daddr 10.99.0.0/16 drop\n  }\n}\n"))
     status, _, evidence = forward_check(host)
     assert status is HealthStatus.FAILED and "from tasks drop" in str(evidence["chain.inet fw tasks_fw"])
 
