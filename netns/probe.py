@@ -10,6 +10,7 @@ namespace too: a probe can leave no namespace and no link behind. The metadata l
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import threading
@@ -83,8 +84,6 @@ class ProbeNamespace:
 
 
 def _errno() -> int:
-    import ctypes
-
     return ctypes.get_errno()
 
 
