@@ -105,7 +105,7 @@ async def _overhead(seconds: float, state: Path) -> tuple[float, float, int]:
     config = AgentConfig(node_id="bench-health", state_dir=state)
     metrics = AgentMetrics()
     signals = kernel_log_signals(config, metrics)
-    datapath, close = _datapath_checks(state)
+    datapath, close = await asyncio.to_thread(_datapath_checks, state)  # pyroute2's sync IPRoute: not on a loop
     checks = [*default_checks(config, d, lambda: True), *datapath, *([signals] if signals else [])]
     runs = 0
     failures: list[str] = []
@@ -128,7 +128,7 @@ async def _overhead(seconds: float, state: Path) -> tuple[float, float, int]:
     await mon.stop()
     c1, w1 = usage(), time.monotonic()
     d.pool.shutdown(wait=False)
-    close()
+    await asyncio.to_thread(close)
     if failures:
         raise SystemExit(f"a datapath check failed during the overhead run: {failures[0]}")
     cpu = c1 - c0
