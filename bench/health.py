@@ -122,13 +122,15 @@ async def _overhead(seconds: float, state: Path) -> tuple[float, float, int]:
         a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
-    c0, w0 = usage(), time.monotonic()
-    mon.start()
-    await asyncio.sleep(seconds)
-    await mon.stop()
-    c1, w1 = usage(), time.monotonic()
-    d.pool.shutdown(wait=False)
-    await asyncio.to_thread(close)
+    try:
+        c0, w0 = usage(), time.monotonic()
+        mon.start()
+        await asyncio.sleep(seconds)
+        await mon.stop()
+        c1, w1 = usage(), time.monotonic()
+    finally:
+        d.pool.shutdown(wait=False)
+        await asyncio.to_thread(close)  # the metadata namespace unpinned, its service stopped
     if failures:
         raise SystemExit(f"a datapath check failed during the overhead run: {failures[0]}")
     cpu = c1 - c0
