@@ -113,7 +113,8 @@ async def _overhead(seconds: float, state: Path) -> tuple[float, float, int]:
     def count(cond: Any, _prev: Any) -> None:
         nonlocal runs
         runs += 1
-        if cond.check in ("forward", "eni", "imds") and cond.status.value == "failed":
+        # (`eni` on `lo` and an empty table is failed by design: what is measured is its reads)
+        if cond.check in ("forward", "imds") and cond.status.value == "failed":
             failures.append(f"{cond.check} {cond.reason} {cond.message}")
 
     mon = HealthMonitor(checks, on_result=count)
