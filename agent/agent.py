@@ -118,7 +118,8 @@ class Agent:
         )
         self.image_gc = ImageGcResource(config, docker, metrics) if config.image_gc_enabled else None
         self.remediator = Remediator(
-            {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine},
+            {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine,
+             "reassert-network": self._reassert_network},
             after=self.health.monitor.recheck if self.health is not None else None,
         )
         self.resources: list[HostResource] = [
@@ -302,6 +303,14 @@ class Agent:
         if runner is not None:
             runner.network_lost(message)
 
+    async def _remove_container(self, rec: TaskCheckpoint) -> None:
+        if rec.container_id is None:
+            return
+        try:
+            await self.docker.remove(rec.container_id)
+        except (DockerUnavailable, DockerError) as e:  # the image GC removes it after the retention
+            log.warning("cannot remove the finished task's container: %s", e, extra={"task_id": rec.task_id})
+
     def _forget(self, task_id: str) -> None:
         self.store.delete(task_id)
         self.runners.pop(task_id, None)
@@ -408,6 +417,7 @@ class Agent:
                 self._report_wanted.set()
                 continue
             backoff.reset()
+            done: list[TaskCheckpoint] = []
             for task_id in resp.accepted:
                 runner = self.runners.get(task_id)
                 if runner is None or task_id not in sent:
@@ -415,7 +425,11 @@ class Agent:
                 rec = runner.record
                 rec.reported_revision = max(rec.reported_revision, sent[task_id])
                 if rec.state.terminal and not rec.unreported:
-                    self._forget(task_id)
+                    done.append(rec)
+            # Their last output is with the scheduler now: the containers may go (agent/logtail.py).
+            await asyncio.gather(*(self._remove_container(rec) for rec in done))
+            for rec in done:
+                self._forget(rec.task_id)
 
     async def _reconcile_loop(self) -> None:
         """Catch exits the event stream missed (it reconnects after dockerd restarts), then let each
@@ -470,6 +484,12 @@ class Agent:
             raise Unsupported("networking is off on this agent")
         await self.network.gc(self.tasks())
         return "network GC ran"
+
+    async def _reassert_network(self) -> str:
+        if self.network is None:
+            raise Unsupported("networking is off on this agent")
+        await self.network.reconcile(self.tasks())  # re-applies every owned ENI's link and table
+        return "ENI links and tables re-asserted"
 
     async def _restart_engine(self) -> str:
         cmd = self.config.health_engine_restart_command

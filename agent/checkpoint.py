@@ -86,6 +86,8 @@ class TaskCheckpoint(BaseModel):
     message: str = ""
     exit_code: int | None = None
     container_id: str | None = None
+    # The container's last output, captured at teardown before the container may go (agent/logtail.py).
+    log_tail: str | None = None
     # What each launch step acquired (step name → its own record), so teardown and GC after a
     # restart know exactly what to release.
     resources: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -136,6 +138,7 @@ class TaskCheckpoint(BaseModel):
             exit_code=self.exit_code,
             container_id=self.container_id,
             image_digest=self.outputs.image.digest if self.outputs.image is not None else None,
+            log_tail=self.log_tail if self.state.terminal else None,
         )
 
 

@@ -153,6 +153,8 @@ class AgentConfig(BaseModel):
     health_leaks_seconds: float = 60.0
     health_credentials_seconds: float = 300.0
     health_network_seconds: float = 30.0
+    # The imds check's self-probe through a task-side link (agent/host/metadata_probe.py).
+    health_metadata_probe: bool = True
     # The remediation action `restart-engine` runs this (e.g. ["systemctl", "restart", "docker"]);
     # empty: the action is refused.
     health_engine_restart_command: list[str] = Field(default_factory=list)
@@ -409,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-health", dest="health_enabled", action="store_false", default=None,
                    help="run no host health checks (the heartbeat then carries none)")
     p.add_argument("--health-engine-seconds", type=float, help="period of the engine check (default 30)")
+    p.add_argument("--no-health-metadata-probe", dest="health_metadata_probe", action="store_false", default=None,
+                   help="no self-probe of the metadata service through a task-side link in the imds check")
     p.add_argument("--no-image-gc", dest="image_gc_enabled", action="store_false", default=None,
                    help="no routine image and exited-container GC (docs/health.md)")
     p.add_argument("--image-gc-high-pct", type=float,

@@ -134,6 +134,16 @@ class Docker:
             if not e.not_found:
                 raise
 
+    async def logs_tail(self, container_id: str, lines: int) -> bytes | None:
+        """The last `lines` lines of stdout and stderr (None: no such container)."""
+        try:
+            out = await self.call(self._api.logs, container_id, stdout=True, stderr=True, tail=lines, timestamps=False)
+        except DockerError as e:
+            if e.not_found:
+                return None
+            raise
+        return out if isinstance(out, bytes) else bytes(out)
+
     async def remove(self, container_id: str) -> None:
         try:
             await self.call(self._api.remove_container, container_id, force=True, v=True)

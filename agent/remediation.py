@@ -4,7 +4,8 @@ time limit; its result goes with the following heartbeats, then the host's check
 scheduler sees whether the action helped.
 
 Actions: `prune` (remove exited containers of tasks this agent no longer holds, and scratch
-containers); `network-gc` (the network resource's leak GC); `restart-engine` (the configured
+containers); `network-gc` (the network resource's leak GC); `reassert-network` (every owned ENI's link and
+table re-applied); `restart-engine` (the configured
 `health_engine_restart_command`, e.g. `systemctl restart docker`, safe with live-restore). An action
 this agent does not know or has not configured is reported unsupported — not a failure of the host.
 """

@@ -4,9 +4,12 @@ scheduler, and the kernel-log rule engine's throughput.
     python bench/health.py            # overhead over 180 s, 5 kmsg faults, 3 engine faults
     python bench/health.py --quick    # overhead over 35 s, 3 kmsg faults, 1 engine fault
 
-- overhead: the default checks (engine scratch container, disk, pressure, registry, kernel log) at
-  their default periods in this process against the real engine: CPU time of this process / wall
-  time (the engine's own work for the scratch container is dockerd's, not counted), RSS growth;
+- overhead: the default checks (engine scratch container, disk, pressure, registry, kernel log) and
+  the datapath ones (`forward`: `nft -j list ruleset` of the host; `eni`: the netlink reads of one
+  link, its table and the rules, on the host's `lo` and an empty table; `imds`: the self-probe
+  through a task-side link into a real metadata namespace and service) at their default periods in
+  this process: CPU time of this process and its children (nft) / wall time (the engine's own work
+  for the scratch container is dockerd's, not counted), RSS growth;
 - detection: a real scheduler and agent (tests/harness.py); a line written to /dev/kmsg matching a
   rule, and the engine's socket cut (a relay in front of dockerd), each timed until the scheduler's
   node shows the condition and the taint (same heartbeat: "no new work" from then on);
@@ -57,27 +60,81 @@ def kmsg_throughput(n: int = 200_000) -> float:
     return n / (time.perf_counter() - t)
 
 
+def _datapath_checks(state: Path) -> tuple[list[Any], Any]:
+    """The forward, eni and imds (with its self-probe) checks on real host objects; and a closer."""
+    from agent.host.health_sources import eni_link
+    from agent.host.metadata import HostMetadata
+    from agent.host.metadata_probe import MetadataProbe
+    from health.checks.eni import EniCheck
+    from health.checks.forward import ForwardCheck, ForwardFacts
+    from health.checks.network import MetadataCheck, MetadataFacts
+    from imds.credentials import CredentialBroker
+    from imds.service import MetadataService
+    from imds.thread import ServiceThread
+    from netns.inspect import inspect_eni, nft_ruleset
+    from netns.metadata import MetadataNetwork
+    from netns.wiring import HostEni
+
+    path = MetadataNetwork(f"bench-{uuid.uuid4().hex[:8]}", state / "netns")
+    path.ensure()
+    service = ServiceThread(MetadataService(CredentialBroker(endpoint_url=None, region="us-east-1"),
+                                            os.urandom(32))).start()
+    host = HostMetadata(service=service, path=path, token_dir=state / "tokens", key=os.urandom(32),
+                        region="us-east-1", availability_zone="us-east-1a", instance_type="bench",
+                        sts_endpoint_url=None)
+    probe = MetadataProbe(host, "bench-health")
+
+    def facts() -> MetadataFacts:
+        r = probe.run()
+        if not r.ok:
+            raise RuntimeError(f"metadata probe failed: {r}")
+        return MetadataFacts(path.pinned(), True, probe_ok=r.ok, probe_step=r.step, probe_ms=r.elapsed_ms)
+
+    async def links() -> list[Any]:
+        return [eni_link(await asyncio.to_thread(inspect_eni, "eni-bench", HostEni(99, "lo", "127.0.0.1"), []))]
+
+    def close() -> None:
+        service.stop()
+        path.remove_namespace()
+
+    return [ForwardCheck(lambda: ForwardFacts("local", nft_ruleset())), EniCheck(links), MetadataCheck(facts)], close
+
+
 async def _overhead(seconds: float, state: Path) -> tuple[float, float, int]:
     d = Docker()
     config = AgentConfig(node_id="bench-health", state_dir=state)
     metrics = AgentMetrics()
     signals = kernel_log_signals(config, metrics)
-    checks = [*default_checks(config, d, lambda: True), *([signals] if signals else [])]
+    datapath, close = await asyncio.to_thread(_datapath_checks, state)  # pyroute2's sync IPRoute: not on a loop
+    checks = [*default_checks(config, d, lambda: True), *datapath, *([signals] if signals else [])]
     runs = 0
+    failures: list[str] = []
 
-    def count(*_: Any) -> None:
+    def count(cond: Any, _prev: Any) -> None:
         nonlocal runs
         runs += 1
+        # (`eni` on `lo` and an empty table is failed by design: what is measured is its reads)
+        if cond.check in ("forward", "imds") and cond.status.value == "failed":
+            failures.append(f"{cond.check} {cond.reason} {cond.message}")
 
     mon = HealthMonitor(checks, on_result=count)
     rss0 = psutil.Process().memory_info().rss
-    r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    mon.start()
-    await asyncio.sleep(seconds)
-    await mon.stop()
-    r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    d.pool.shutdown(wait=False)
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    def usage() -> float:
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    try:
+        c0, w0 = usage(), time.monotonic()
+        mon.start()
+        await asyncio.sleep(seconds)
+        await mon.stop()
+        c1, w1 = usage(), time.monotonic()
+    finally:
+        d.pool.shutdown(wait=False)
+        await asyncio.to_thread(close)  # the metadata namespace unpinned, its service stopped
+    if failures:
+        raise SystemExit(f"a datapath check failed during the overhead run: {failures[0]}")
+    cpu = c1 - c0
     return 100 * cpu / (w1 - w0), (psutil.Process().memory_info().rss - rss0) / 2**20, runs
 
 

@@ -28,6 +28,7 @@ from netns.ipam import ReconcileReport
 from netns.pool import NetworkPool
 from netns.providers.base import EniInfo
 from netns.eniwatch import Owned
+from netns.inspect import EniLinkState, inspect_eni
 from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, eni_table, iproute_in
 
 RECORD_VERSION = 1
@@ -114,6 +115,7 @@ class TaskNetworks:
         self.owned = Owned({}, frozenset())
         self.eni_drift: dict[str, list[str]] = {}  # last re-assertion: what had drifted, per ENI
         self.last_leaks = LeakReport()
+        self._wired: dict[str, tuple[str, int | None]] = {}  # task → (address, ENI table): rules to expect
 
     async def restore(self, records: Mapping[str, Mapping[str, Any]]) -> ReconcileReport:
         """At agent start, before any setup: the task checkpoints' network records of tasks whose
@@ -123,6 +125,8 @@ class TaskNetworks:
             for task, r in records.items()
             if isinstance(r.get("lease"), dict) and "address" in r["lease"]
         }
+        for task, r in records.items():
+            self._remember_wiring(task, r.get("wiring"))
         report = await self.pool.start(existing)
         await self.own_present_links()
         return report
@@ -185,14 +189,21 @@ class TaskNetworks:
                 await self._own(eni, host_eni)
         spec = ContainerNetSpec(task_id, netns_path, lease.address, host_eni, self.mtu)
         record["wiring"] = await asyncio.to_thread(self.wiring.setup, spec)
+        self._remember_wiring(task_id, record["wiring"])
         await _saved(save)
         return record
+
+    def _remember_wiring(self, task_id: str, wired: Any) -> None:
+        if isinstance(wired, Mapping) and isinstance(wired.get("address"), str):
+            table = wired.get("table")
+            self._wired[task_id] = (str(wired["address"]), table if isinstance(table, int) else None)
 
     async def teardown(self, task_id: str, record: Mapping[str, Any]) -> None:
         """Unwire, then give the IP back (it cools before reuse). Safe when repeated."""
         wired = record.get("wiring")
         if isinstance(wired, dict):
             await asyncio.to_thread(self.wiring.teardown, wired)
+        self._wired.pop(task_id, None)
         await self.pool.release(task_id)
 
     async def reassert_eni_tables(self) -> dict[str, list[str]]:
@@ -220,6 +231,24 @@ class TaskNetworks:
                 drift.setdefault(eni_id, []).extend(found)
         self.eni_drift = drift
         return drift
+
+    async def eni_states(self, unowned_grace_s: float = 120.0) -> list[EniLinkState]:
+        """Read-only, for the `eni` health check: every owned ENI's link and table, with the rule of
+        each wired task on it; and pool ENIs with a link to own (a MAC) that no link was found for
+        `unowned_grace_s` after their creation (absent). Netlink on a thread."""
+        states: list[EniLinkState] = []
+        for eni_id, host_eni in list(self._eni_tables.items()):
+            table = eni_table(host_eni.device_index)
+            addresses = [a for a, t in list(self._wired.values()) if t == table]
+            states.append(await asyncio.to_thread(inspect_eni, eni_id, host_eni, addresses, self.wiring.host_netns))
+        now = self.pool.clock()
+        for eni_id, eni in list(self.pool.enis.items()):
+            record = self.pool.pool.enis.get(eni_id)
+            if (eni_id in self._eni_tables or not eni.mac or record is None or record.condemned or record.deleting
+                    or now - record.created_at < unowned_grace_s):
+                continue
+            states.append(EniLinkState(eni_id, f"mac {eni.mac}", eni_table(eni.device_index), False))
+        return states
 
     def _refresh_owned(self) -> None:
         enis = list(self._eni_tables.values())

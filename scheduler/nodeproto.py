@@ -154,6 +154,7 @@ class NodeProtocol:
             if newly_started:
                 s.metrics.observe_started(task)
             if u.state is TaskState.FINISHED:
+                task.log_tail = u.log_tail  # stored before the agent is told `accepted` (agent/logtail.py)
                 at = u.timestamps.get(TaskState.FINISHED, s.clock())
                 reason, message = u.reason or FinishReason.CRASHED, u.message or "agent reported no reason"
                 if task.finish_as is not None:  # killed by a stuck-state timeout: ends as crashed

@@ -55,6 +55,8 @@ class TaskRecord(_Record):
     reason: FinishReason | None = None
     message: str = ""
     exit_code: int | None = None
+    # The container's last output, from the terminal update (agent/logtail.py); None: not captured.
+    log_tail: str | None = None
     node_id: str | None = None
     container_id: str | None = None
     # When the task entered each state (state name → epoch seconds).

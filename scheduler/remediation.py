@@ -42,6 +42,7 @@ PLAYBOOKS: dict[str, str] = {
     "engine": "restart-engine",
     "disk": "prune",
     "network": "network-gc",
+    "eni": "reassert-network",
     "imds": "restart-metadata",
     "leaks": "network-gc",
 }

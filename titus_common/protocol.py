@@ -26,6 +26,9 @@ MAX_TASKS_PER_NODE = 10_000
 MAX_ID = 128
 MAX_MESSAGE = 4096
 MAX_POSTURE_BYTES = 64 * 1024
+# The last lines of a finished task's output, sent with its terminal update (docs/health.md, "logs
+# collected"): small, so a burst of terminal updates stays far below the request limit.
+MAX_LOG_TAIL = 2048
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 
@@ -250,6 +253,9 @@ class TaskUpdate(_Msg):
     container_id: Annotated[str, Strict(), Field(min_length=1, max_length=128)] | None = None
     # The image manifest digest the container runs (None: the agent could not tell, e.g. a local-only image).
     image_digest: Annotated[str, Strict(), Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    # Terminal updates: the container's last output lines (stdout and stderr), captured before the
+    # agent lets the container go; None: not captured (no container, or the engine did not answer).
+    log_tail: Annotated[str, Strict(), Field(max_length=MAX_LOG_TAIL)] | None = None
 
 
 class UpdatesRequest(_Msg):

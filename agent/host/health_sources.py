@@ -20,11 +20,17 @@ from health import Check
 from health.checks.clock import ClockCheck
 from health.checks.credentials import CredentialFacts, CredentialsCheck
 from health.checks.leaks import LeaksCheck
+from agent.host.metadata_probe import PROBE_TASK_ID, MetadataProbe
+from health.checks.eni import EniCheck, EniLink
+from health.checks.forward import ForwardCheck, ForwardFacts
 from health.checks.network import MetadataCheck, MetadataFacts, NetworkCheck, NetworkFacts
-from netns.errors import ProviderUnavailable
+from netns import inspect
+from netns.errors import NetworkError, ProviderUnavailable
+from netns.wiring import HOST_IF_PREFIX
 from netns.providers.ec2_identity import read_instance_role
 
-__all__ = ["HostSources", "credential_facts", "host_checks", "leaks_removed", "metadata_facts", "network_facts"]
+__all__ = ["HostSources", "credential_facts", "eni_link", "eni_links", "forward_facts", "host_checks", "leaks_removed",
+           "metadata_facts", "network_facts"]
 
 log = logging.getLogger("titus.agent.health")
 
@@ -65,13 +71,45 @@ def network_facts(config: AgentConfig, network: NetworkResource) -> NetworkFacts
     )
 
 
-def metadata_facts(metadata: MetadataResource) -> MetadataFacts:
+def metadata_facts(metadata: MetadataResource, probe: MetadataProbe | None = None) -> MetadataFacts:
+    """On the check's thread: pinned, the service's loop answers, then the self-probe (when given)."""
     pinned = metadata.host.path.pinned()
     try:
         served = metadata.host.service.snapshot(timeout=3.0)
     except Exception as e:  # RuntimeError (not started), TimeoutError (its loop is stuck), …
         return MetadataFacts(pinned, False, error=f"{type(e).__name__}: {e}"[:200])
-    return MetadataFacts(pinned, True, tasks=len(served))
+    tasks = len([t for t in served if t != PROBE_TASK_ID])
+    if not pinned or probe is None:
+        return MetadataFacts(pinned, True, tasks=tasks)
+    r = probe.run()
+    return MetadataFacts(pinned, True, tasks=tasks, probe_ok=r.ok, probe_step=r.step, probe_error=r.error,
+                         probe_ms=r.elapsed_ms)
+
+
+def forward_facts(config: AgentConfig, network: NetworkResource) -> ForwardFacts:
+    """On the check's thread: the host's nftables ruleset (netns/inspect.py)."""
+    try:
+        return ForwardFacts(config.network_provider, inspect.nft_ruleset(network.tasks.networks.wiring.host_netns))
+    except NetworkError as e:
+        return ForwardFacts(config.network_provider, None, e.message)
+
+
+def eni_link(s: inspect.EniLinkState) -> EniLink:
+    problems = tuple(s.problems())
+    mtu_only = bool(problems) and s.present and s.up and s.gateway_route and s.default_route and not s.missing_rules
+    return EniLink(s.eni_id, s.ifname, problems, mtu_only, s.addresses)
+
+
+async def eni_links(network: NetworkResource) -> list[EniLink]:
+    """The pool's ENIs' links and tables, read through netns (`TaskNetworks.eni_states`). Drift found
+    is first re-asserted as every reconcile does (a network manager's flush the agent repairs in a
+    second is no host fault): only what is still broken after that is reported."""
+    networks = network.tasks.networks
+    states = await networks.eni_states()
+    if any(s.problems() for s in states):
+        await networks.reassert_eni_tables()
+        states = await networks.eni_states()
+    return [eni_link(s) for s in states]
 
 
 def leaks_removed(counter: Counter) -> dict[str, float]:
@@ -126,8 +164,14 @@ def host_checks(config: AgentConfig, sources: HostSources) -> list[Check]:
         CredentialsCheck(lambda: credential_facts(config, sources), period=config.health_credentials_seconds),
     ]
     network, metadata = sources.network, sources.metadata
+    period = config.health_network_seconds
     if network is not None:
-        checks.append(NetworkCheck(lambda: network_facts(config, network), period=config.health_network_seconds))
+        checks += [
+            NetworkCheck(lambda: network_facts(config, network), period=period),
+            EniCheck(lambda: eni_links(network), period=period),
+            ForwardCheck(lambda: forward_facts(config, network), prefix=HOST_IF_PREFIX, period=period),
+        ]
     if metadata is not None:
-        checks.append(MetadataCheck(lambda: metadata_facts(metadata), period=config.health_network_seconds))
+        probe = MetadataProbe(metadata.host, config.node_id) if config.health_metadata_probe else None
+        checks.append(MetadataCheck(lambda: metadata_facts(metadata, probe), period=period))
     return checks

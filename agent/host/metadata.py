@@ -36,6 +36,7 @@ __all__ = ["HostMetadata", "MetadataResource", "load_or_create_key"]
 log = logging.getLogger("titus.agent.imds")
 
 KEY_FILE = "imds-token.key"
+PROBE_TASK_ID = "titus-health-probe"  # the metadata self-probe's task id (agent/host/metadata_probe.py)
 
 
 def load_or_create_key(state_dir: Path) -> bytes:
@@ -150,7 +151,8 @@ class MetadataResource:
         if launching(tasks):
             return
         try:
-            leaked = await asyncio.to_thread(self.host.path.gc, set(tasks))
+            # The imds check's self-probe (agent/host/metadata_probe.py) plays a task: its link stays.
+            leaked = await asyncio.to_thread(self.host.path.gc, set(tasks) | {PROBE_TASK_ID})
         except Exception as e:  # never let the agent's loop die
             log.warning("metadata link GC failed: %s", e)
             return

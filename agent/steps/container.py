@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.docker_api import LABEL_AGENT, LABEL_INDEX, LABEL_JOB, LABEL_TASK, DockerError, DockerUnavailable
 from security.hardening import audit_host_config
+from agent import logtail
 from agent.exits import classify_start_refusal
 from agent.names import container_name
 from agent.steps.base import LaunchContext, StepError
@@ -128,5 +129,10 @@ class ContainerStep:
         return str(existing["Id"]), False
 
     async def teardown(self, ctx: LaunchContext) -> None:
+        """Stop the container, keep its last output in the checkpoint, and leave the container: it is
+        removed once the terminal update carrying that output is accepted (agent/logtail.py)."""
         target = ctx.resources(self.name).get("id") or container_name(ctx.task_id)
-        await ctx.docker.remove(target)
+        await ctx.docker.stop(target, 0)  # a launch that failed after the start; exited: nothing to do
+        if ctx.record.log_tail is None:
+            ctx.record.log_tail = await logtail.capture(ctx.docker, target)
+            ctx.save()

@@ -11,8 +11,10 @@
 
 `imds` reads `MetadataFacts` on the check's own thread: the metadata namespace is pinned (`/run/netns/titusmd-…`) and the
 metadata service's loop answers a snapshot within its timeout; either missing → failed
-(`MetadataNamespaceGone`, `MetadataServiceDown`: tasks' credentials stop). Not yet: a self-probe
-through a task-side link (an HTTP GET to 169.254.169.254 from inside a scratch namespace).
+(`MetadataNamespaceGone`, `MetadataServiceDown`: tasks' credentials stop); then the self-probe
+(agent/host/metadata_probe.py): a throw-away namespace attached like a task, IMDSv2 token and
+`instance-id` asked from inside it; a wrong or missing answer → failed `MetadataProbeFailed` with the
+step it stopped at (remediation `restart-metadata`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class MetadataFacts:
     service_answers: bool
     tasks: int = 0  # tasks the metadata service serves
     error: str = ""
+    probe_ok: bool | None = None  # None: no self-probe ran
+    probe_step: str = ""
+    probe_error: str = ""
+    probe_ms: float = 0.0
 
 
 class NetworkCheck:
@@ -93,4 +99,10 @@ class MetadataCheck:
         if not f.service_answers:
             return failed("MetadataServiceDown", f"the metadata service does not answer{': ' + f.error if f.error else ''}",
                           **evidence)
+        if f.probe_ok is not None:
+            evidence |= {"probeOk": f.probe_ok, "probeStep": f.probe_step, "probeMs": f.probe_ms}
+            if not f.probe_ok:
+                evidence["probeError"] = f.probe_error[:200]
+                return failed("MetadataProbeFailed", f"a task-side request to the metadata service failed at "
+                                                     f"{f.probe_step}: {f.probe_error}", **evidence)
         return ok("MetadataOk", **evidence)

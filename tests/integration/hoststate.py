@@ -15,8 +15,9 @@ from typing import Any
 
 import psutil
 
+from agent.host.metadata import PROBE_TASK_ID
 from agent.host.network import netns_dir
-from netns.metadata import MetadataNetwork
+from netns.metadata import MetadataNetwork, meta_ifname
 from netns.wiring import RT_PROTO_TITUS
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -79,7 +80,8 @@ def snapshot(node_id: str, agent_pid: int | None) -> dict[str, Any]:
     prepared_dir = netns_dir(node_id)
     return {
         "links": _links(),
-        "metadata links": MetadataNetwork(node_id).links(),
+        # The imds check's self-probe (agent/host/metadata_probe.py) has a link for ~50 ms every 30 s.
+        "metadata links": [n for n in MetadataNetwork(node_id).links() if n != meta_ifname(PROBE_TASK_ID)],
         "rules": _lines("ip", "-4", "rule", "show") + _lines("ip", "-6", "rule", "show"),
         "titus routes": _lines("ip", "-4", "route", "show", "table", "all", "proto", str(RT_PROTO_TITUS)),
         "nft": _nft(),

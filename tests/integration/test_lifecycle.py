@@ -45,6 +45,30 @@ def test_batch_outcomes_normal_failed_oom_killed(platform: Platform) -> None:
     assert 'titus_agent_tasks_finished_total{reason="killed"} 1.0' in metrics
 
 
+def test_last_output_reaches_the_scheduler_before_the_container_goes(platform: Platform) -> None:
+    """agent/logtail.py: the container stays until the terminal update carrying its last output is
+    accepted; then the task shows `logTail` and the container is removed."""
+    p = platform
+    job = p.submit("sleep 2; seq 1 200; echo 'fatal: out of widgets' >&2; exit 3")
+    wait_for(lambda: p.started(job), 30, "Started")
+    p.scheduler.p.send_signal(signal.SIGSTOP)  # the report cannot be accepted meanwhile
+    try:
+        def finished_on_agent() -> list[dict[str, object]]:
+            doc = p.http.get(f"http://127.0.0.1:{p.agent_port}/v1/tasks", timeout=5).json()
+            return [t for t in doc["tasks"] if t["state"] == "Finished" and t.get("log_tail")]
+
+        wait_for(finished_on_agent, 30, "the task Finished on the agent, its tail kept")
+        # Torn down, but nothing has accepted its last output yet: the container stays.
+        assert [c.status for c in p.containers(all=True)] == ["exited"]
+        assert str(finished_on_agent()[0]["log_tail"]).endswith("fatal: out of widgets\n")
+    finally:
+        p.scheduler.p.send_signal(signal.SIGCONT)
+    p.wait_job_finished(job)
+    tail = str(only_task(p, job)["logTail"])
+    assert tail.endswith("fatal: out of widgets\n") and "200\n" in tail and "\n100\n" not in tail  # the last 50 lines
+    wait_for(lambda: not p.containers(all=True), 10, "container removed once the report was accepted")
+
+
 def test_runtime_limit_and_retries(platform: Platform) -> None:
     p = platform
     spec = {

@@ -169,6 +169,7 @@ DEFAULTS: dict[str, Any] = {
     "health_leaks_seconds": 60.0,
     "health_credentials_seconds": 300.0,
     "health_network_seconds": 30.0,
+    "health_metadata_probe": True,
     "health_engine_restart_command": [],
     "health_kmsg_enabled": True,
     "health_log_rules": None,

@@ -339,3 +339,16 @@ def test_placement_respects_the_security_posture(
     if placed_on is None:
         assert task.state is S.ACCEPTED and task.message.startswith("waiting: ")
         assert "AppArmor" in task.message or "user-namespace" in task.message or "posture" in task.message
+
+
+def test_the_log_tail_of_a_terminal_update_is_stored_with_the_task(tmp_path: Path, clock: Clock) -> None:
+    s = make(tmp_path, clock)
+    node(s)
+    job, _ = s.submit(spec())
+    s.schedule_pass()
+    (t,) = s.job_tasks(job.id)
+    report(s, t.id, S.STARTED, clock.now)
+    report(s, t.id, S.FINISHED, clock.now, reason=R.FAILED, message="exit 1", exit_code=1, log_tail="fatal: boom\n")
+    assert s.tasks[t.id].log_tail == "fatal: boom\n" and s.tasks[t.id].to_api()["logTail"] == "fatal: boom\n"
+    s.store.close()
+    assert make(tmp_path, clock).tasks[t.id].log_tail == "fatal: boom\n"  # durable before `accepted`
