@@ -135,4 +135,4 @@ class ContainerStep:
         await ctx.docker.stop(target, 0)  # a launch that failed after the start; exited: nothing to do
         if ctx.record.log_tail is None:
             ctx.record.log_tail = await logtail.capture(ctx.docker, target)
-            ctx.save()
+            await ctx.commit()
