@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pyroute2 import IPRoute
+from netns.rtnl import IPRoute
 
 from netns.errors import WiringError
 

@@ -16,6 +16,7 @@ import socket
 import threading
 
 from netns.errors import WiringError
+from netns.nsenter import thread_in_netns
 from netns.wiring import LOOPBACK_INDEX, _libc, enter_netns_fd, iproute_in
 
 __all__ = ["PROBE_ADDRESS", "ProbeNamespace", "http_exchange"]
@@ -90,22 +91,8 @@ def _errno() -> int:
 def http_exchange(netns_path: str, address: str, port: int, request: bytes, timeout: float) -> tuple[int, bytes]:
     """Send one HTTP/1.0 request from a socket inside `netns_path`; (status, body). Raises OSError
     (refused, timed out) or WiringError (no namespace, not HTTP)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        try:
-            target = os.open(netns_path, os.O_RDONLY)
-        except OSError as e:
-            raise WiringError(f"network namespace {netns_path} not available: {e}") from None
-        try:
-            enter_netns_fd(target)
-            try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # stays in that namespace
-            finally:
-                enter_netns_fd(own)
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
+    with thread_in_netns(netns_path):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # stays in that namespace
     with sock:
         sock.settimeout(timeout)
         sock.connect((address, port))

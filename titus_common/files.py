@@ -15,21 +15,7 @@ log = logging.getLogger("titus.files")
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     """write-temp + fsync + rename + fsync(dir), so a kill -9 or power loss keeps one whole version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    _replace(path, data, mode, durable=True)
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
@@ -45,11 +31,19 @@ def replace_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     """write-temp + rename, no fsync: a reader (and a restart after kill -9 of the writer) sees the old
     content or the new, never a torn file; only a power loss before the page cache reaches the disk
     can lose it. Pair with `GroupSync` for that (below)."""
+    _replace(path, data, mode, durable=False)
+
+
+def _replace(path: Path, data: bytes, mode: int, durable: bool) -> None:
+    """Write a temporary file beside `path` (fsynced when `durable`), then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
