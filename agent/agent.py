@@ -38,7 +38,9 @@ from agent.imagecache import ImageCacheReport
 from agent.launch import launch_pipeline
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
-from agent.remediation import Remediator, Unsupported
+from agent.playbooks import Playbooks
+from agent.remediation import Remediator
+from agent import orphan_kills
 from agent.runner import TaskRunner
 from agent.scheduler_client import SchedulerClient, SchedulerUnavailable
 from agent.watcher import ContainerWatcher
@@ -118,8 +120,7 @@ class Agent:
         )
         self.image_gc = ImageGcResource(config, docker, metrics) if config.image_gc_enabled else None
         self.remediator = Remediator(
-            {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine,
-             "reassert-network": self._reassert_network},
+            Playbooks(self).actions(),
             after=self.health.monitor.recheck if self.health is not None else None,
         )
         self.resources: list[HostResource] = [
@@ -462,79 +463,12 @@ class Agent:
             for resource in self.resources:
                 await resource.gc(self.tasks())
 
-    # ---- remediation actions (agent/remediation.py; ordered by the scheduler) ---------------------
-
-    async def _prune(self) -> str:
-        """Exited containers of tasks this agent no longer holds, and leftover scratch containers."""
-        containers = await self.docker.list_labelled(self.config.node_id)
-        gone = [c for c in containers
-                if c.get("State") in ("exited", "dead", "created") and (c.get("Labels") or {}).get(LABEL_TASK) not in self.runners]
-        for c in gone:
-            await self.docker.remove(str(c["Id"]))
-        if self.health is not None:
-            await self.health.gc(self.tasks())
-        images = ""
-        if self.image_gc is not None:  # every image no task uses or is about to (agent/imagegc.py)
-            p = await self.image_gc.run(self.tasks(), force=True)
-            images = f", {len(p.images)} unused image(s) ({sum(i.size for i in p.images) / 2**20:.0f} MiB)"
-        return f"removed {len(gone)} exited container(s) of finished tasks{images}"
-
-    async def _network_gc(self) -> str:
-        if self.network is None:
-            raise Unsupported("networking is off on this agent")
-        await self.network.gc(self.tasks())
-        return "network GC ran"
-
-    async def _reassert_network(self) -> str:
-        if self.network is None:
-            raise Unsupported("networking is off on this agent")
-        await self.network.reconcile(self.tasks())  # re-applies every owned ENI's link and table
-        return "ENI links and tables re-asserted"
-
-    async def _restart_engine(self) -> str:
-        cmd = self.config.health_engine_restart_command
-        if not cmd:
-            raise Unsupported("no health_engine_restart_command configured")
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.decode(errors='replace')[-200:]}")
-        return f"{' '.join(cmd)} done"
+    # ---- orphan containers (agent/orphan_kills.py) -------------------------------------------
 
     async def kill_unknown(self, container_ids: list[str]) -> None:
-        """Kill (stop, then remove) containers the scheduler ordered killed as orphans — each only if,
-        listed afresh from the engine, it carries this agent's label and still matches no task this
-        agent holds. The agent never kills an unknown container on its own."""
-        try:
-            containers = await self.docker.list_labelled(self.config.node_id)
-        except (DockerUnavailable, DockerError) as e:
-            log.warning("cannot list containers to kill orphans (the scheduler will ask again): %s", e)
-            return
-        unknown = {str(c.get("Id", ""))[:12]: c for c in containers
-                   if (c.get("Labels") or {}).get(LABEL_TASK) not in self.runners}
-        for cid in container_ids:
-            c = unknown.get(cid[:12])
-            if c is None:
-                log.warning("refusing to kill container %s: not an unknown container of this agent", cid)
-                continue
-            log.warning("killing orphan container %s (task label %s) on the scheduler's order", cid,
-                        (c.get("Labels") or {}).get(LABEL_TASK))
-            try:
-                await self.docker.stop(str(c["Id"]), ORPHAN_KILL_GRACE)
-                await self.docker.remove(str(c["Id"]))
-            except (DockerUnavailable, DockerError) as e:
-                log.warning("killing orphan container %s failed (the scheduler will ask again): %s", cid, e)
+        """Kill the unknown containers the scheduler ordered killed as orphans (agent/orphan_kills.py)."""
+        await orphan_kills.kill_ordered(self.docker, self.config.node_id, self.runners, container_ids, ORPHAN_KILL_GRACE)
         self._reconcile_wanted.set()  # list again: the next report no longer holds what was killed
 
     def _note_unknown(self, containers: list[dict[str, Any]]) -> None:
-        unknown = []
-        for c in containers:
-            if (c.get("Labels") or {}).get(LABEL_TASK) not in self.runners:
-                unknown.append(str(c.get("Id", ""))[:12])
-        if unknown and sorted(unknown) != sorted(self.unknown_containers):
-            log.warning(
-                "%d container(s) labelled for this agent match no task it holds: %s (reported, not killed)",
-                len(unknown), ", ".join(unknown),
-            )
-        self.unknown_containers = sorted(unknown)
+        self.unknown_containers = orphan_kills.note_unknown(containers, self.runners, self.unknown_containers)
