@@ -26,6 +26,7 @@ from agent.docker_api import LABEL_TASK, Docker, DockerError, DockerUnavailable
 from agent.docker_exec import EngineExec
 from agent.exec_session import ExecSessions
 from agent.host.base import HostResource, LiveTasks
+from agent.host.orphans import OrphanResource
 from agent.host.cpuset_apply import CpuResource
 from agent.host.health import HealthResource, default_checks, journal_log_signals, kernel_log_signals
 from agent.host.health_sources import HostSources, host_checks
@@ -125,7 +126,8 @@ class Agent:
         )
         self.resources: list[HostResource] = [
             r for r in (self.cpus, SecurityResource(self.security, docker, config.require_userns),
-                        self.network, self.metadata, self.identity, self.health, self.image_gc) if r is not None
+                        self.network, self.metadata, self.identity, self.health, self.image_gc,
+                        OrphanResource(docker, metrics, self.store, config.cgroup_root)) if r is not None
         ]
         self.pipeline = pipeline or launch_pipeline(
             metrics, self.security, always_pull=config.always_pull,

@@ -170,7 +170,7 @@ class AgentMetrics:
             "titus_agent_image_gc_containers_removed", "Exited containers of finished tasks removed", registry=r)
         self.network_leaks_removed = Counter(
             "titus_agent_network_leaks_removed",
-            "Leaked network objects removed by the GC (links, rules, namespaces, ENIs, sandboxes)", ["kind"],
+            "Leaked objects found by the GC (links, rules, namespaces, ENIs, sandboxes; cgroups, checkpoints)", ["kind"],
             registry=r,
         )
         self.cpuset_drift_corrections = Counter(

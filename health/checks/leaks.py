@@ -1,7 +1,9 @@
 """Leaks: what the agent's garbage collection keeps finding, and containers nobody owns.
 
 GC removes leaked links, policy rules, namespaces, ENIs, sandboxes and metadata links of tasks the
-agent does not hold (`titus_agent_network_leaks_removed_total{kind}`); one found now and then is
+agent does not hold, empty cgroups of containers the engine no longer lists, and finds checkpoints
+with no runner (agent/host/orphans.py) (`titus_agent_network_leaks_removed_total{kind}`, kinds
+summed against the thresholds, each in the evidence as `removed.<kind>` and `kinds`); one found now and then is
 GC doing its job, a steady stream is something leaking (a crash loop in teardown, a kernel that
 refuses deletes). The check keeps the counter's samples for `window_s` (1 h) and looks at the
 increase: ≥ `degraded_per_window` (20) degraded `LeakingResources`, ≥ `failed_per_window` (200)
@@ -61,7 +63,7 @@ class LeaksCheck:
         total = int(sum(grew.values()))
         unknown = self.unknown_containers()
         evidence: dict[str, EvidenceValue] = {f"removed.{k}": int(v) for k, v in sorted(grew.items())}
-        evidence |= {"removedInWindow": total, "windowS": self.window_s, "unknownContainers": unknown}
+        evidence |= {"kinds": ",".join(sorted(grew)), "removedInWindow": total, "windowS": self.window_s, "unknownContainers": unknown}
         what = ", ".join(f"{int(v)} {k}" for k, v in sorted(grew.items()))
         if total >= self.failed_per_window:
             return failed("LeakingResources", f"GC removed {total} leaked resources in the window ({what})", **evidence)

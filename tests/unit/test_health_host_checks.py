@@ -100,6 +100,27 @@ async def test_leaks_over_a_sliding_window() -> None:
     assert (await check.run()).reason == "UnknownContainers"
 
 
+async def test_leaks_counts_cgroups_and_checkpoints_with_the_kinds_in_evidence() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("titus_agent_network_leaks_removed", "x", ["kind"], registry=registry)
+    now = [0.0]
+    check = LeaksCheck(lambda: leaks_removed(counter), lambda: 0, window_s=3600, degraded_per_window=20,
+                       failed_per_window=200, clock=lambda: now[0])
+    assert (await check.run()).evidence["kinds"] == ""
+    counter.labels("cgroup").inc(12)
+    counter.labels("checkpoint").inc(7)
+    now[0] = 60
+    obs = await check.run()
+    assert (obs.status, obs.evidence["removedInWindow"]) == (H.OK, 19)  # below the threshold
+    counter.labels("checkpoint").inc(1)
+    now[0] = 120
+    obs = await check.run()
+    assert (obs.status, obs.reason) == (H.DEGRADED, "LeakingResources")
+    assert obs.evidence["kinds"] == "cgroup,checkpoint"
+    assert (obs.evidence["removed.cgroup"], obs.evidence["removed.checkpoint"]) == (12, 8)
+    assert "12 cgroup" in obs.message and "8 checkpoint" in obs.message
+
+
 NOW = 1_900_000_000.0
 
 
