@@ -34,6 +34,7 @@ from scheduler.bootstrap_limit import BootstrapLimiter, BootstrapLimits
 from scheduler.iid import IidVerifier, instance_of_arn
 from titus_common.clientlog import ClientErrorLog
 from titus_common.iam_policy import IamPolicy
+from titus_common.jobspec import JobSpec, SpecError, parse_job_spec
 from titus_common.pki import NODE_ORG, OPERATOR_ORG
 
 __all__ = ["AUTH_KEY", "IDENTITY_KEY", "Auth", "Identity", "auth_middleware"]
@@ -259,31 +260,36 @@ def authorize_exec(request: web.Request, who: Identity, task_id: str) -> None:
                                      f"submitter with owner {owner!r} (the job's owner)")
 
 
-async def check_iam(request: web.Request, auth: Auth) -> None:
+async def _submitted_spec(request: web.Request) -> JobSpec | None:
+    """The job a `POST /v1/jobs` submits, read by the same model as the handler (camelCase and field
+    names alike: a check reading raw keys could be skipped by spelling one the other way); None for
+    another route or a body the handler refuses with 400."""
     if (request.method, request.path) != ("POST", "/v1/jobs"):
-        return
-    body = await _json_body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("container"), dict):
-        return
-    role = body["container"].get("iamRole")
-    if isinstance(role, str) and role:
-        problem = auth.iam.refusal(str(body.get("owner", "")), str(body.get("appName", "")), role)
+        return None
+    try:
+        return parse_job_spec(await _json_body(request))
+    except SpecError:
+        return None
+
+
+async def check_iam(request: web.Request, auth: Auth) -> None:
+    spec = await _submitted_spec(request)
+    role = spec.container.iam_role if spec is not None else None
+    if spec is not None and role:
+        problem = auth.iam.refusal(spec.owner, spec.app_name, role)
         if problem is not None:
             raise Refused(403, "iam_role", problem)
 
 
 async def check_app(request: web.Request, auth: Auth, who: Identity) -> AppGrant | None:
     """A submit's appName must be its owner's (docs/identity.md): the new claim, if this submit made one."""
-    if (request.method, request.path) != ("POST", "/v1/jobs") or auth.insecure:
+    if auth.insecure:
         return None
-    body = await _json_body(request)
-    if not isinstance(body, dict):
-        return None
-    app, owner = body.get("appName"), body.get("owner")
-    if not (isinstance(app, str) and app and isinstance(owner, str) and owner):
-        return None  # the handler's 400 names what is missing
+    spec = await _submitted_spec(request)
+    if spec is None:
+        return None  # another route, or the handler's 400 names what is wrong
     try:
-        return auth.store.apps.admit(app, owner, str(who))
+        return auth.store.apps.admit(spec.app_name, spec.owner, str(who))
     except AppRefused as e:
         raise Refused(403, "app_grant", str(e)) from None
 

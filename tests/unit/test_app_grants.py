@@ -161,6 +161,18 @@ async def test_a_submit_naming_another_owners_app_is_403(cell: Cell) -> None:
     assert events["APP-REVOKE"]["detail"]["owner"] == "bob"
 
 
+async def test_field_names_instead_of_camel_case_do_not_skip_the_checks(cell: Cell) -> None:
+    """The model takes `app_name` as well as `appName`: the check reads the parsed spec, so spelling
+    the key the other way is checked the same (a review found the bypass)."""
+    alice = cell.operator_token("submitter", owner="alice")
+    bob = cell.operator_token("submitter", owner="bob")
+    assert (await call(cell, "POST", "/v1/jobs", alice, job("web", "alice")))[0] == 201  # claims web
+    snake = {k: v for k, v in job("web", "bob").items() if k != "appName"} | {"app_name": "web"}
+    status, doc = await call(cell, "POST", "/v1/jobs", bob, snake)
+    assert status == 403 and "app 'web' belongs to owner 'alice'" in doc["error"]["message"]
+    assert len(cell.scheduler.jobs) == 1  # (the IAM role spelled `iam_role`: tests/unit/test_trust.py)
+
+
 async def test_policy_granted_through_the_api(cell: Cell) -> None:
     cell.auth.store.apps.policy = "granted"
     alice = cell.operator_token("submitter", owner="alice")

@@ -222,6 +222,10 @@ async def test_roles_and_iam_grants(cell: Cell) -> None:
     role = {**JOB, "container": {**JOB["container"], "iamRole": "arn:aws:iam::123456789012:role/admin"}}
     status, doc = await post(f"{cell.url}/v1/jobs", ctx, role, sub)
     assert status == 403 and doc["error"]["problems"][0]["field"] == "container.iamRole"
+    # the model also takes the field name `iam_role`: the check reads the parsed spec, not raw keys
+    snake = {**JOB, "container": {**JOB["container"], "iam_role": "arn:aws:iam::123456789012:role/admin"}}
+    status, doc = await post(f"{cell.url}/v1/jobs", ctx, snake, sub)
+    assert status == 403 and doc["error"]["problems"][0]["field"] == "container.iamRole"
     assert not cell.scheduler.jobs
     granted = {**JOB, "container": {**JOB["container"], "iamRole": "arn:aws:iam::123456789012:role/alice-web"}}
     status, job = await post(f"{cell.url}/v1/jobs", ctx, granted, sub)
