@@ -154,8 +154,11 @@ class SchedulerClient:
         )
 
     async def updates(self, updates: list[TaskUpdate]) -> UpdatesResponse:
-        req = UpdatesRequest(updates=updates)
-        return await self._post("updates", req.model_dump(mode="json", by_alias=True), UpdatesResponse, 30)
+        doc = UpdatesRequest(updates=updates).model_dump(mode="json", by_alias=True)
+        for u in doc["updates"]:
+            if u["logTail"] is None:
+                del u["logTail"]  # a scheduler older than log tails refuses a field it does not know
+        return await self._post("updates", doc, UpdatesResponse, 30)
 
     async def stats(self, reports: list[StatsReport]) -> UpdatesResponse:
         """Answers to `SyncResponse.stats` (`titusctl task stats`); `accepted`: the request ids taken."""
