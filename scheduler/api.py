@@ -184,17 +184,34 @@ async def list_tasks(request: web.Request) -> web.Response:
         if (state is None or t.state is state) and (node_id is None or t.node_id == node_id)
     ]
     tasks.sort(key=lambda t: t.timestamps.get(TaskState.ACCEPTED.value, 0.0))
-    return _json({"tasks": [task_view(t, s, request.app.get(WORKLOAD_KEY)) for t in tasks]})
+    return _json({"tasks": [_output_for(request, s, t, task_view(t, s, request.app.get(WORKLOAD_KEY))) for t in tasks]})
 
 
 async def get_task(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
-    return _json(task_view(s.task(request.match_info["task_id"]), s, request.app.get(WORKLOAD_KEY)))
+    task = s.task(request.match_info["task_id"])
+    return _json(_output_for(request, s, task, task_view(task, s, request.app.get(WORKLOAD_KEY))))
 
 
 async def kill_task(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER_KEY]
-    return _json(task_view(s.kill_task(request.match_info["task_id"]), s, request.app.get(WORKLOAD_KEY)), status=202)
+    task = s.kill_task(request.match_info["task_id"])
+    return _json(_output_for(request, s, task, task_view(task, s, request.app.get(WORKLOAD_KEY))), status=202)
+
+
+def _output_for(request: web.Request, s: Scheduler, task: TaskRecord, doc: dict[str, Any]) -> dict[str, Any]:
+    """A task's last output is its owner's, like its stats: a submitter of another owner reads
+    `logTail` as null (operators and admins read it; the output may hold what only the owner should see)."""
+    who = request.get(IDENTITY_KEY)
+    if who is None or who.role != "submitter" or doc.get("logTail") is None:
+        return doc
+    try:
+        owner: str | None = s.job(task.job_id).spec.owner
+    except NotFound:
+        owner = None
+    if owner != who.owner:
+        doc["logTail"] = None
+    return doc
 
 
 async def list_nodes(request: web.Request) -> web.Response:

@@ -239,3 +239,18 @@ def test_the_policy_is_a_scheduler_flag(tmp_path: Path) -> None:
     assert load_config(["--insecure", "--db", db, "--app-ownership", "granted"]).app_ownership == "granted"
     with pytest.raises(UsageError, match="app-ownership"):
         load_config(["--insecure", "--db", db, "--app-ownership", "anyone"])
+
+
+async def test_a_tasks_last_output_is_read_only_by_its_owner_and_operators(cell: Cell) -> None:
+    alice = cell.operator_token("submitter", owner="alice")
+    bob = cell.operator_token("submitter", owner="bob")
+    admin = cell.operator_token("admin")
+    status, doc = await call(cell, "POST", "/v1/jobs", alice, job("web", "alice"))
+    assert status == 201
+    task = cell.scheduler.job_tasks(doc["id"])[0]
+    task.log_tail = "token=hunter2\n"  # what the agent's terminal update would have carried
+    for token, expect in ((alice, "token=hunter2\n"), (admin, "token=hunter2\n"), (bob, None)):
+        status, seen = await call(cell, "GET", f"/v1/tasks/{task.id}", token)
+        assert status == 200 and seen["logTail"] == expect
+        status, listed = await call(cell, "GET", f"/v1/tasks?jobId={doc['id']}", token)
+        assert status == 200 and [t["logTail"] for t in listed["tasks"]] == [expect]
