@@ -37,6 +37,7 @@ from agent.host.security import HostSecurity, SecurityResource, load_security_po
 from agent.host.workload import IdentityResource, IdentityUnavailable, Issued, TaskIdentities
 from agent.imagecache import ImageCacheReport
 from agent.launch import launch_pipeline
+from agent.names import container_name
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.playbooks import Playbooks
@@ -307,10 +308,10 @@ class Agent:
             runner.network_lost(message)
 
     async def _remove_container(self, rec: TaskCheckpoint) -> None:
-        if rec.container_id is None:
-            return
+        # By name when no id was recorded (a kill -9 between the create and its checkpoint): teardown
+        # stopped it by that name; none by that name is a 404, which removal takes as done.
         try:
-            await self.docker.remove(rec.container_id)
+            await self.docker.remove(rec.container_id or container_name(rec.task_id))
         except (DockerUnavailable, DockerError) as e:  # the image GC removes it after the retention
             log.warning("cannot remove the finished task's container: %s", e, extra={"task_id": rec.task_id})
 

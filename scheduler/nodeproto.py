@@ -144,8 +144,11 @@ class NodeProtocol:
                 accepted.append(u.task_id)
                 continue
             accepted.append(u.task_id)
-            if task.state.terminal:
-                continue  # a repeated report, or the task was already declared lost
+            if task.state.terminal:  # a repeated report, or the task was already declared lost or killed
+                if u.state is TaskState.FINISHED and u.log_tail is not None and task.log_tail is None:
+                    task.log_tail = u.log_tail  # ended here first (a kill the host no longer held): keep its output
+                    touched[task.id] = task
+                continue
             newly_started = TaskState.STARTED.value not in task.timestamps and TaskState.STARTED in u.timestamps
             if lifecycle.merge_report(task, u):
                 s._deliveries.forget(task.id)

@@ -352,3 +352,23 @@ def test_the_log_tail_of_a_terminal_update_is_stored_with_the_task(tmp_path: Pat
     assert s.tasks[t.id].log_tail == "fatal: boom\n" and s.tasks[t.id].to_api()["logTail"] == "fatal: boom\n"
     s.store.close()
     assert make(tmp_path, clock).tasks[t.id].log_tail == "fatal: boom\n"  # durable before `accepted`
+
+
+def test_the_log_tail_reaches_a_task_the_scheduler_ended_first(tmp_path: Path, clock: Clock) -> None:
+    """A kill sent, then a heartbeat no longer listing the task ends it here ("the host no longer
+    held it") before the agent's terminal update arrives: the update's output is still kept."""
+    s = make(tmp_path, clock)
+    node(s)
+    job, _ = s.submit(spec())
+    s.schedule_pass()
+    (t,) = s.job_tasks(job.id)
+    report(s, t.id, S.STARTED, clock.now)
+    node(s, running=[t.id])
+    s.kill_task(t.id)
+    assert s.work_for("n1").kill == [t.id]
+    node(s, running=[])  # the agent finished it; its updates call is still backing off
+    assert s.tasks[t.id].state.terminal and s.tasks[t.id].log_tail is None
+    report(s, t.id, S.FINISHED, clock.now, reason=R.KILLED, message="killed", log_tail="bye\n")
+    assert s.tasks[t.id].log_tail == "bye\n"
+    s.store.close()
+    assert make(tmp_path, clock).task(t.id).log_tail == "bye\n"
