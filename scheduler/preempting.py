@@ -57,7 +57,8 @@ class Preemptor:
                    for g in self._s.capacity.by_name.values())
 
     def group_use(self) -> dict[str, preempt.GroupUse]:
-        """Per group: its reservation, and what its placed tasks hold (kills in flight left out)."""
+        """Per group: its reservation, and what its placed tasks on Ready hosts hold (kills in flight
+        left out): a group is above its reservation only on hosts that are running its work."""
         return self._scan()[0]
 
     def _scan(self) -> tuple[dict[str, preempt.GroupUse], list[TaskRecord], float, float]:
@@ -88,8 +89,9 @@ class Preemptor:
                 cpu -= g[1]
                 mem -= g[2]
                 if not t.kill_requested:
-                    g[0].used_cpu += g[1]
-                    g[0].used_memory_mib += g[2]
+                    if n.status is NodeStatus.READY:  # a silent host's tasks may be lost: never a reason to kill
+                        g[0].used_cpu += g[1]
+                        g[0].used_memory_mib += g[2]
                     room.free_cpu -= g[1]
                     room.free_memory_mib -= g[2]
                     room.free_disk_mib -= g[3]

@@ -177,3 +177,25 @@ def test_a_task_let_through_but_placed_nowhere_does_not_keep_others_held(tmp_pat
     s.schedule_pass()
     assert sum(1 for t in live(s, small) if t.node_id) == 4
     assert all(t.node_id is None for t in live(s, big_job))
+
+
+def test_tasks_on_a_silent_host_do_not_make_their_group_a_victim(tmp_path: Path) -> None:
+    """webg reserves 12 cpu and holds 16, but 8 of them are on a Disconnected host (perhaps about to
+    be lost): on the Ready host it holds 8, within its reservation, so it gives up nothing (a
+    review's scenario: counting the silent host's tasks left webg below its guarantee)."""
+    from scheduler.records import NodeStatus
+
+    clock = Clock()
+    web_group = CapacityGroup(name="webg", tier="critical", apps=["web"], reserved_cpu=12)
+    s = make(tmp_path, clock, reservation_hold_back=False, capacity_groups=[PROD, web_group])
+    agents = Agents(s, clock)
+    agents.join("a")
+    agents.join("b")
+    web, _ = s.submit(job("web", 16))
+    agents.round()
+    assert started(s, web) == 16
+    s.nodes["b"].status = NodeStatus.DISCONNECTED
+    api, _ = s.submit(job("api", 1))
+    s.schedule_pass()
+    assert s.preempting.run_pass() == 0
+    assert not any(t.kill_requested for t in s.tasks.values()) and not preempted(s)
