@@ -8,6 +8,7 @@ scheduler has acknowledged the task's Finished report, so no outcome is ever los
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -222,9 +223,12 @@ class CheckpointStore:
         rebooted = self._rebooted()
         for path in sorted(self.dir.glob("*.json")):
             try:
-                record = TaskCheckpoint.model_validate_json(path.read_bytes())
+                raw = path.read_bytes()
+                record = TaskCheckpoint.model_validate_json(raw)
             except (ValidationError, OSError, UnicodeDecodeError) as e:
-                if rebooted:
+                # Only bytes that are not JSON at all can be a write torn by a power loss; a whole
+                # JSON record this agent cannot read (an upgrade's schema) stops it, reboot or not.
+                if rebooted and isinstance(e, (ValidationError, UnicodeDecodeError)) and not _is_json(raw):
                     # Saved moments before a power loss, before the group sync reached it: the task
                     # died with the host; what it held is found by GC and the engine's labels.
                     aside = path.with_suffix(".torn")
@@ -247,3 +251,11 @@ class CheckpointStore:
             tmp.unlink(missing_ok=True)
         atomic_write_bytes(self._boot_file, current_boot_id().encode())
         return records
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return False
+    return True

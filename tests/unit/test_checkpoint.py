@@ -153,6 +153,12 @@ def test_torn_record_after_a_reboot_is_set_aside(tmp_path: Path, monkeypatch: py
     assert [p.name for p in after.quarantined] == ["t9.torn"]
     assert records_dir(tmp_path) == ["t1.json", "t9.torn"]
     assert CheckpointStore(tmp_path).load_all() == [record("t1")]  # and the next start is clean
+    # A whole JSON record this agent cannot read (another schema) is no torn write: it stops the
+    # agent after a reboot too (a review found it would have been set aside and lost).
+    (tmp_path / "tasks" / "t8.json").write_text('{"task_id": "t8", "unknown_field": 1}')
+    monkeypatch.setattr(checkpoint, "current_boot_id", lambda: "a-third-boot")
+    with pytest.raises(CheckpointCorrupt, match="t8.json cannot be read"):
+        CheckpointStore(tmp_path).load_all()
 
 
 def test_async_saves_land_in_order_whatever_the_threads_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
