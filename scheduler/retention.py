@@ -67,6 +67,8 @@ class Retention:
             self.evicted_tasks += tasks
             s._index.compact()  # noqa: SLF001 — the index is the scheduler's, released on its behalf
             s.jobs.update(_compacted(s.jobs))
+            s._deliveries.compact()  # noqa: SLF001 — as the index
+            s.placing.pending.compact()  # the job's tasks' pending reasons were forgotten one by one
             # Thousands of records freed at once: give their memory back to the host now.
             give_back()
             log.info("evicted %d finished jobs (%d tasks) from memory; they stay in the store", len(old), tasks)
