@@ -69,6 +69,7 @@ class Retention:
             s.jobs.update(_compacted(s.jobs))
             s._deliveries.compact()  # noqa: SLF001 — as the index
             s.placing.pending.compact()  # the job's tasks' pending reasons were forgotten one by one
+            s.placing.parked = set(s.placing.parked)  # and the set of parked tasks sized for them
             # Thousands of records freed at once: give their memory back to the host now.
             give_back()
             log.info("evicted %d finished jobs (%d tasks) from memory; they stay in the store", len(old), tasks)
