@@ -97,13 +97,19 @@ def job_view(s: Scheduler, job: JobRecord, workload: WorkloadIssuer | None = Non
     doc = job.to_api()
     # The identity the job's tasks may have (docs/identity.md): this + /task/<task id>; None without a CA.
     doc["workloadIdentity"] = workload.job_identity(job) if workload is not None else None
-    tasks = s.job_tasks(job.id)
-    counts: dict[str, int] = {}
-    for t in tasks:
-        counts[t.state.value] = counts.get(t.state.value, 0) + 1
-    doc["taskCounts"] = counts
-    doc["crashLooping"] = s.crash_looping(job)
-    doc["startFailure"] = start_failure(tasks)
+    if job.id in s.jobs:
+        tasks = s.job_tasks(job.id)
+        counts: dict[str, int] = {}
+        for t in tasks:
+            counts[t.state.value] = counts.get(t.state.value, 0) + 1
+        doc["taskCounts"] = counts
+        doc["crashLooping"] = s.crash_looping(job)
+        doc["startFailure"] = start_failure(tasks)
+    else:  # evicted (past its retention): the same answer from SQL, without loading its tasks
+        summary = s.retention.summary(s, job.id)
+        doc["taskCounts"] = summary.counts
+        doc["crashLooping"] = summary.crash_looping
+        doc["startFailure"] = summary.start_failure
     doc["provenance"] = provenance_view(job)
     return doc
 

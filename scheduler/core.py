@@ -347,6 +347,8 @@ class Scheduler:
         return sum(1 for t in self.job_tasks(job_id) if not t.state.terminal)
 
     def crash_looping(self, job: JobRecord) -> bool:
+        if job.id not in self.jobs:
+            return self.retention.summary(self, job.id).crash_looping
         return any(
             retries.is_crash_looping(t.consecutive_crashes, self.config)
             for t in self.job_tasks(job.id)

@@ -58,6 +58,10 @@ class Deliveries:
         """The task moved on (or must be sent anew, e.g. a kill after a launch)."""
         self._sent_at.pop(task_id, None)
 
+    def compact(self) -> None:
+        """A new table sized to what is left (a dict never shrinks by deleting): after an eviction."""
+        self._sent_at = dict(self._sent_at)
+
     def event(self, node_id: str) -> asyncio.Event:
         return self._events.setdefault(node_id, asyncio.Event())
 

@@ -79,6 +79,10 @@ class PendingBook:
     def forget(self, task_id: str) -> None:
         self._reasons.pop(task_id, None)
 
+    def compact(self) -> None:
+        """A new table sized to what is left (a dict never shrinks by deleting): after an eviction."""
+        self._reasons = dict(self._reasons)
+
     def reason(self, task: TaskRecord, now: float) -> PendingReason | None:
         """None for a task that is not pending."""
         if task.state is not TaskState.ACCEPTED:

@@ -14,7 +14,10 @@ from titus_common.states import FinishReason, TaskState
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+    # cache_strings="keys": pydantic-core otherwise keeps every short string value it parsed from
+    # JSON (task and job ids: up to 16,384 of them) in a process-wide cache, long-lived objects
+    # made mid-burst that pin the heap after the burst's records are freed (issue #18).
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, cache_strings="keys")
 
     def to_api(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

@@ -10,19 +10,31 @@ repeated submission still returns the job instead of hitting the store's unique 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from scheduler import retries
 from scheduler.records import JobRecord, JobState, TaskRecord
+from scheduler.startfailure import start_failure_of
 from titus_common.memory import give_back
 
 if TYPE_CHECKING:
     from scheduler.core import Scheduler
 
-__all__ = ["Retention"]
+__all__ = ["JobSummary", "Retention"]
 
 log = logging.getLogger("titus.scheduler.retention")
 
 CHECK_EVERY = 30.0  # seconds between passes of the control loop's retention check
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What GET /v1/jobs/{id} says of a job's tasks (`taskCounts`, `crashLooping`, `startFailure`)."""
+
+    counts: dict[str, int]
+    crash_looping: bool
+    start_failure: str | None
 
 
 class Retention:
@@ -55,6 +67,9 @@ class Retention:
             self.evicted_tasks += tasks
             s._index.compact()  # noqa: SLF001 — the index is the scheduler's, released on its behalf
             s.jobs.update(_compacted(s.jobs))
+            s._deliveries.compact()  # noqa: SLF001 — as the index
+            s.placing.pending.compact()  # the job's tasks' pending reasons were forgotten one by one
+            s.placing.parked = set(s.placing.parked)  # and the set of parked tasks sized for them
             # Thousands of records freed at once: give their memory back to the host now.
             give_back()
             log.info("evicted %d finished jobs (%d tasks) from memory; they stay in the store", len(old), tasks)
@@ -72,6 +87,16 @@ class Retention:
     @staticmethod
     def task(s: Scheduler, task_id: str) -> TaskRecord | None:
         return s.store.load_task(task_id)
+
+    @staticmethod
+    def summary(s: Scheduler, job_id: str) -> JobSummary:
+        """The task counts, crash-loop flag and start failure of an evicted job, from SQL aggregates
+        and single columns: building its (say) 10,000 task records for one GET /v1/jobs/{id} left the
+        scheduler's RSS a fifth above its baseline (fragmented heap, issue #18)."""
+        store = s.store
+        looping = any(retries.is_crash_looping(n, s.config) for n in store.job_live_crashes(job_id))
+        failure = None if store.job_task_started(job_id) else start_failure_of(store.job_finished_outcomes(job_id))
+        return JobSummary(store.job_task_counts(job_id), looping, failure)
 
     def job_tasks(self, s: Scheduler, job_id: str) -> list[TaskRecord]:
         tasks = s.store.load_job_tasks(job_id)

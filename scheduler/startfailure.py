@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from scheduler.records import TaskRecord
 from titus_common.states import TaskState
 
-__all__ = ["start_failure"]
+__all__ = ["start_failure", "start_failure_of"]
 
 MIN_TASKS = 1  # one finished task that never started is already the job's answer, if it is all there is
 
@@ -17,20 +17,29 @@ MIN_TASKS = 1  # one finished task that never started is already the job's answe
 def start_failure(tasks: Iterable[TaskRecord]) -> str | None:
     """The shared "reason: message" when every finished task of the job ended failed or crashed
     without reaching Started, all the same way, and no task has started; else None."""
+    tasks = list(tasks)
+    if any(TaskState.STARTED.value in t.timestamps for t in tasks):
+        return None
+    return start_failure_of(
+        (t.reason.value if t.reason is not None else None, t.message)
+        for t in tasks
+        if t.state is TaskState.FINISHED
+    )
+
+
+def start_failure_of(finished: Iterable[tuple[str | None, str]]) -> str | None:
+    """The same answer from the (reason, message) of the job's finished tasks in their order, for a
+    job none of whose tasks has started (an evicted job's, read from the store without its records)."""
     seen: set[str] = set()
     first = ""
-    finished = 0
-    for t in tasks:
-        if TaskState.STARTED.value in t.timestamps:
+    count = 0
+    for reason, message in finished:
+        if reason is None or reason not in ("failed", "crashed"):
             return None
-        if t.state is not TaskState.FINISHED:
-            continue
-        if t.reason is None or t.reason.value not in ("failed", "crashed"):
-            return None
-        finished += 1
+        count += 1
         # "The same way": same reason and message but for numbers (usages, ids, exit codes vary).
-        seen.add(f"{t.reason.value}: {re.sub(r'[0-9a-f]{12,}|[0-9]+', 'N', t.message)}")
-        first = first or f"{t.reason.value}: {t.message}"
+        seen.add(f"{reason}: {re.sub(r'[0-9a-f]{12,}|[0-9]+', 'N', message)}")
+        first = first or f"{reason}: {message}"
         if len(seen) > 1:
             return None
-    return first if finished >= MIN_TASKS and seen else None
+    return first if count >= MIN_TASKS and seen else None

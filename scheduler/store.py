@@ -13,7 +13,7 @@ database, SQLite's own errors) is a `StoreCorrupt` naming the file: exit code 3 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -55,6 +55,15 @@ class Store(Protocol):
     def load_task(self, task_id: str) -> TaskRecord | None: ...
 
     def load_job_tasks(self, job_id: str) -> list[TaskRecord]: ...
+
+    # What the API says of an evicted job, in SQL: no 10,000 task records built for one read.
+    def job_task_counts(self, job_id: str) -> dict[str, int]: ...
+
+    def job_task_started(self, job_id: str) -> bool: ...
+
+    def job_finished_outcomes(self, job_id: str) -> Iterator[tuple[str | None, str]]: ...
+
+    def job_live_crashes(self, job_id: str) -> list[int]: ...
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -205,6 +214,40 @@ class SQLiteStore:
     def load_job_tasks(self, job_id: str) -> list[TaskRecord]:
         rows = self._db.execute("SELECT doc FROM tasks WHERE job_id = ? ORDER BY rowid", (job_id,))
         return [TaskRecord.model_validate_json(doc) for (doc,) in rows]
+
+    def job_task_counts(self, job_id: str) -> dict[str, int]:
+        """State → number of the job's tasks, in the order the states first occur (as counting the
+        records in order would give)."""
+        rows = self._db.execute(
+            "SELECT state, COUNT(*) FROM tasks WHERE job_id = ? GROUP BY state ORDER BY MIN(rowid)", (job_id,)
+        )
+        return {state: count for state, count in rows}
+
+    def job_task_started(self, job_id: str) -> bool:
+        """Whether any of the job's tasks ever reached Started."""
+        row = self._db.execute(
+            "SELECT 1 FROM tasks WHERE job_id = ? AND json_type(doc, '$.timestamps.Started') IS NOT NULL LIMIT 1",
+            (job_id,),
+        ).fetchone()
+        return row is not None
+
+    def job_finished_outcomes(self, job_id: str) -> Iterator[tuple[str | None, str]]:
+        """(reason, message) of the job's Finished tasks in order, read one row at a time."""
+        rows = self._db.execute(
+            "SELECT json_extract(doc, '$.reason'), json_extract(doc, '$.message') FROM tasks "
+            "WHERE job_id = ? AND state = 'Finished' ORDER BY rowid",
+            (job_id,),
+        )
+        for reason, message in rows:
+            yield reason, message or ""
+
+    def job_live_crashes(self, job_id: str) -> list[int]:
+        """consecutive_crashes of the job's tasks not Finished (none, for a finished job)."""
+        rows = self._db.execute(
+            "SELECT json_extract(doc, '$.consecutive_crashes') FROM tasks WHERE job_id = ? AND state != 'Finished'",
+            (job_id,),
+        )
+        return [int(n or 0) for (n,) in rows]
 
     def close(self) -> None:
         self._db.close()

@@ -18,10 +18,11 @@ from scheduler.core import NotFound, Scheduler
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import FirstFit
 from scheduler.records import JobState
+from scheduler.startfailure import start_failure
 from scheduler.store import SQLiteStore
 from titus_common.jobspec import parse_job_spec
 from titus_common.protocol import TaskUpdate
-from titus_common.states import TaskState
+from titus_common.states import FinishReason, TaskState
 
 
 class Clock:
@@ -126,3 +127,67 @@ def test_memory_of_a_10000_task_job_is_given_back(tmp_path: Path) -> None:
     assert held - baseline > 5_000_000  # the job really held memory: the probe can see it
     # What stays is small bookkeeping (logging, caches), not the job: under 5 % of what it held.
     assert after - baseline <= 0.05 * (held - baseline), (baseline, held, after)
+
+
+def _finish(s: Scheduler, job_id: str, outcomes: list[tuple[FinishReason, str, bool] | None]) -> None:
+    """End the job's tasks as given (reason, message, reached Started; None: left pending),
+    committed like a report."""
+    tasks = s.job_tasks(job_id)
+    for t, outcome in zip(tasks, outcomes, strict=True):
+        if outcome is None:
+            continue
+        reason, message, started = outcome
+        if started:
+            t.enter(TaskState.STARTED, 1000.0)
+        t.enter(TaskState.FINISHED, 1001.0)
+        t.reason, t.message = reason, message
+    s.store.commit(tasks=tasks)
+
+
+@pytest.mark.parametrize("outcomes", [
+    [(FinishReason.FAILED, "user 1000 not found (exit 12)", False)] * 3,  # a start failure
+    [(FinishReason.FAILED, "exit 1", False), (FinishReason.CRASHED, "exit 1", False), (FinishReason.FAILED, "x", False)],
+    [(FinishReason.CRASHED, "no image 0123456789abcdef", False), (FinishReason.CRASHED, "no image 1", False), None],
+    [(FinishReason.FAILED, "exit 1", True), (FinishReason.FAILED, "exit 1", False), None],
+    [(FinishReason.KILLED, "killed", False), (FinishReason.NORMAL, "", True), None],
+])
+async def test_an_evicted_jobs_view_is_the_one_it_had_in_memory(
+    api: tuple[TestClient[Any, Any], Scheduler, Clock], outcomes: list[tuple[FinishReason, str, bool] | None],
+) -> None:
+    """taskCounts, crashLooping and startFailure of an evicted job come from SQL, not its records:
+    the same answer, key order included."""
+    client, s, clock = api
+    job, _ = s.submit(spec(len(outcomes)))
+    _finish(s, job.id, outcomes)  # None: still pending, ended by the kill below
+    live = await (await client.get(f"/v1/jobs/{job.id}")).json()
+    s.kill_job(job.id)
+    clock.now += 11
+    killed_live = await (await client.get(f"/v1/jobs/{job.id}")).json()
+    s.retention.evict(s, clock.now)
+    assert job.id not in s.jobs
+    evicted = await (await client.get(f"/v1/jobs/{job.id}")).json()
+    assert list(evicted["taskCounts"].items()) == list(killed_live["taskCounts"].items())
+    assert (evicted["crashLooping"], evicted["startFailure"]) == (killed_live["crashLooping"], killed_live["startFailure"])
+    assert evicted == killed_live
+    assert live["taskCounts"] != {}  # the view before the kill was served from memory
+
+
+def test_summary_from_the_store_matches_the_records(tmp_path: Path) -> None:
+    """Retention.summary (SQL) and the in-memory computation agree on a job still in memory, with
+    tasks in several states (so crashLooping looks at live tasks with consecutive crashes)."""
+    clock = Clock()
+    s = scheduler(tmp_path, clock)
+    job, _ = s.submit(spec(4))
+    tasks = s.job_tasks(job.id)
+    tasks[0].consecutive_crashes = s.config.crash_loop_threshold
+    for t in tasks[2:]:
+        t.enter(TaskState.FINISHED, 1001.0)
+        t.reason, t.message = FinishReason.CRASHED, "no image 42"
+    s.store.commit(tasks=tasks)
+    summary = s.retention.summary(s, job.id)
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.state.value] = counts.get(t.state.value, 0) + 1
+    assert list(summary.counts.items()) == list(counts.items())
+    assert summary.crash_looping is s.crash_looping(job) is True
+    assert summary.start_failure == start_failure(tasks)
