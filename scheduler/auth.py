@@ -272,8 +272,7 @@ async def _submitted_spec(request: web.Request) -> JobSpec | None:
         return None
 
 
-async def check_iam(request: web.Request, auth: Auth) -> None:
-    spec = await _submitted_spec(request)
+def check_iam(spec: JobSpec | None, auth: Auth) -> None:
     role = spec.container.iam_role if spec is not None else None
     if spec is not None and role:
         problem = auth.iam.refusal(spec.owner, spec.app_name, role)
@@ -281,12 +280,9 @@ async def check_iam(request: web.Request, auth: Auth) -> None:
             raise Refused(403, "iam_role", problem)
 
 
-async def check_app(request: web.Request, auth: Auth, who: Identity) -> AppGrant | None:
+def check_app(spec: JobSpec | None, auth: Auth, who: Identity) -> AppGrant | None:
     """A submit's appName must be its owner's (docs/identity.md): the new claim, if this submit made one."""
-    if auth.insecure:
-        return None
-    spec = await _submitted_spec(request)
-    if spec is None:
+    if auth.insecure or spec is None:
         return None  # another route, or the handler's 400 names what is wrong
     try:
         return auth.store.apps.admit(spec.app_name, spec.owner, str(who))
@@ -302,8 +298,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     try:
         who = identify(request, auth)
         await authorize(request, who, auth)
-        await check_iam(request, auth)
-        claim = await check_app(request, auth, who)
+        spec = await _submitted_spec(request)  # read once for both checks
+        check_iam(spec, auth)
+        claim = check_app(spec, auth, who)
         request[IDENTITY_KEY] = who
         response = await handler(request)
     except web.HTTPException as e:  # a trust route's 400 (scheduler/trust_api.py)
