@@ -36,7 +36,8 @@ def clip(raw: bytes, limit: int = MAX_LOG_TAIL) -> str:
 
 
 async def capture(docker: Docker, container_id: str, lines: int = TAIL_LINES) -> str | None:
-    """The container's last output, or None when the engine cannot give it."""
+    """The container's last output, or None when the engine cannot give it. stdout and stderr lines
+    come in the engine's copy order, which across the two streams is not always the program's."""
     try:
         raw = await docker.logs_tail(container_id, lines)
     except (DockerUnavailable, DockerError) as e:

@@ -57,6 +57,21 @@ class Proc:
     def alive(self) -> bool:
         return self.p.poll() is None
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the process' output, for a failure message."""
+        with contextlib.suppress(OSError):
+            self._fh.flush()
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return "(log unreadable)"
+
+    def wait_for(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
+        """`wait_for`, with the process' fate and its last output in the failure (CI shows little else)."""
+        try:
+            return wait_for(check, timeout, what)
+        except AssertionError as e:
+            fate = "still running" if self.alive() else f"exited {self.p.returncode}"
+            raise AssertionError(f"{e}\n--- {self.name} ({fate}), last output ---\n{self.log_tail()}") from None
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.alive():
             self.p.send_signal(sig)
@@ -64,9 +79,20 @@ class Proc:
                 self.p.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.p.kill()
-                self.p.wait()
+                try:
+                    self.p.wait(30)
+                except subprocess.TimeoutExpired:  # uninterruptible sleep: say where, do not hang the run
+                    raise RuntimeError(f"{self.name} (pid {self.p.pid}) survives SIGKILL, wchan "
+                                       f"{_read(f'/proc/{self.p.pid}/wchan')}\n{self.log_tail()}") from None
         self._fh.close()
         return int(self.p.returncode)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as e:
+        return f"? ({e.strerror})"
 
 
 class Platform:
@@ -108,7 +134,7 @@ class Platform:
              "--db", str(self.tmp / "scheduler.db"), "--system-backoff-max", "2", "--pki", str(self.pki), *extra],
             self.tmp / "scheduler.log",
         )
-        wait_for(lambda: self._ok(f"{self.url}/healthz"), 15, "scheduler /healthz")
+        self.scheduler.wait_for(lambda: self._ok(f"{self.url}/healthz"), 15, "scheduler /healthz")
 
     def start_agent(self, *extra: str, wait: bool = True) -> None:
         """`wait=False`: return once the process runs (an agent whose bootstrap is to be refused)."""
@@ -128,8 +154,8 @@ class Platform:
             return
         # This agent's own first sync answered (its API listens before its start is done, and the node
         # may still be Ready from a previous agent): only then is it up.
-        wait_for(lambda: self._synced(f"http://127.0.0.1:{self.agent_port}/healthz"), 30, "agent's first sync")
-        wait_for(lambda: (n := self.node()) is not None and n["status"] == "Ready", 20, "agent registration")
+        self.agent.wait_for(lambda: self._synced(f"http://127.0.0.1:{self.agent_port}/healthz"), 30, "agent's first sync")
+        self.agent.wait_for(lambda: (n := self.node()) is not None and n["status"] == "Ready", 20, "agent registration")
 
     def _synced(self, url: str) -> bool:
         try:

@@ -28,7 +28,28 @@ def engine() -> docker.DockerClient:
         requests.get("http://127.0.0.1:5000/v2/", timeout=2).raise_for_status()
     except requests.RequestException as e:
         pytest.fail(f"local registry not reachable on 127.0.0.1:5000 ({e}); run scripts/setup-host.sh")
+    _engine_was_up.append(True)
     return client
+
+
+_engine_was_up: list[bool] = []
+DOCKERD_LOG = Path("/var/log/titus/dockerd.log")  # scripts/setup-host.sh
+
+
+@pytest.fixture(autouse=True)
+def engine_still_answers() -> None:
+    """An engine that answered earlier in the run and no longer does ends the run at once, with its
+    log: every later test would fail on it, each after its own timeouts."""
+    if not _engine_was_up:
+        return
+    client = docker.from_env(timeout=30)
+    try:
+        client.ping()
+    except Exception as e:
+        tail = "\n".join(DOCKERD_LOG.read_text(errors="replace").splitlines()[-40:]) if DOCKERD_LOG.exists() else ""
+        pytest.exit(f"the Docker engine stopped answering ({e}); dockerd's last log lines:\n{tail}", returncode=3)
+    finally:
+        client.close()
 
 
 class SocketProxy:

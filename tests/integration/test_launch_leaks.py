@@ -131,7 +131,7 @@ def test_100_tasks_started_and_killed_leave_nothing(tmp_path: Path, engine: dock
         warm(p)
         before = snapshot(p.node_id, agent_pid(p))
         job = p.submit("sleep 600", count=count, killGraceSeconds=1, resources={"cpu": 0.01, "memoryMiB": 32, "diskMiB": 16})
-        wait_for(lambda: len(p.started(job)) == count, 400, f"{count} tasks Started")
+        p.agent.wait_for(lambda: len(p.started(job)) == count, 400, f"{count} tasks Started")
         during = snapshot(p.node_id, agent_pid(p))
         assert len(during["prepared namespaces"]) >= count  # the snapshot sees what tasks hold
         assert len(during["metadata links"]) == count

@@ -49,10 +49,15 @@ def test_last_output_reaches_the_scheduler_before_the_container_goes(platform: P
     """agent/logtail.py: the container stays until the terminal update carrying its last output is
     accepted; then the task shows `logTail` and the container is removed."""
     p = platform
-    job = p.submit("sleep 2; seq 1 200; echo 'fatal: out of widgets' >&2; exit 3")
+    # The task ends only when told, so the scheduler is stopped before it can (a fixed sleep raced a
+    # slow Started report on a loaded machine).
+    # One stream (stderr) for all of it: the engine copies stdout and stderr concurrently, so their
+    # relative order in its log is not the program's (a loaded run put the stderr line before 151).
+    job = p.submit("while [ ! -e /tmp/go ]; do sleep 0.1; done; seq 1 200 >&2; echo 'fatal: out of widgets' >&2; exit 3")
     wait_for(lambda: p.started(job), 30, "Started")
     p.scheduler.p.send_signal(signal.SIGSTOP)  # the report cannot be accepted meanwhile
     try:
+        assert p.containers()[0].exec_run(["touch", "/tmp/go"]).exit_code == 0
         def finished_on_agent() -> list[dict[str, object]]:
             doc = p.http.get(f"http://127.0.0.1:{p.agent_port}/v1/tasks", timeout=5).json()
             return [t for t in doc["tasks"] if t["state"] == "Finished" and t.get("log_tail")]
