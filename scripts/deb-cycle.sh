@@ -90,6 +90,7 @@ in_root /opt/titus-node/venv/bin/titus-scheduler --help >/dev/null || fail "titu
 [ ! -e "$ROOT/etc/systemd/system/multi-user.target.wants/titus-scheduler.service" ] || fail "scheduler enabled"
 grep -q '^/etc/titus/agent.toml' "$ROOT/var/lib/dpkg/info/titus-node.conffiles" || fail "agent.toml not a conffile"
 grep -q '^dockremap:' "$ROOT/etc/subuid" && grep -q '^dockremap:' "$ROOT/etc/subgid" || fail "subuid/subgid"
+grep -q '^kernel.keys.maxkeys = 1000000$' "$ROOT/usr/lib/sysctl.d/90-titus-node.conf" || fail "kernel keys sysctl file"
 python3 - "$ROOT/etc/docker/daemon.json" <<'PY' || fail "daemon.json"
 import json, sys
 d = json.load(open(sys.argv[1]))
