@@ -117,9 +117,6 @@ class TaskNetworks:
         self.eni_drift: dict[str, list[str]] = {}  # last re-assertion: what had drifted, per ENI
         self.last_leaks = LeakReport()
         self._wired: dict[str, tuple[str, int | None]] = {}  # task → (address, ENI table): rules to expect
-        # A re-add of missing task rules and a teardown never interleave: a re-add working from a
-        # snapshot taken before a teardown would put back the rules the teardown just deleted.
-        self._rules_lock = asyncio.Lock()
 
     async def restore(self, records: Mapping[str, Mapping[str, Any]]) -> ReconcileReport:
         """At agent start, before any setup: the task checkpoints' network records of tasks whose
@@ -205,10 +202,9 @@ class TaskNetworks:
     async def teardown(self, task_id: str, record: Mapping[str, Any]) -> None:
         """Unwire, then give the IP back (it cools before reuse). Safe when repeated."""
         wired = record.get("wiring")
-        async with self._rules_lock:
-            self._wired.pop(task_id, None)  # first: a later re-assertion must not re-add its rules
-            if isinstance(wired, dict):
-                await asyncio.to_thread(self.wiring.teardown, wired)
+        self._wired.pop(task_id, None)  # first: a re-assertion meanwhile must not re-add its rules
+        if isinstance(wired, dict):
+            await asyncio.to_thread(self.wiring.teardown, wired)
         await self.pool.release(task_id)
 
     async def reassert_eni_tables(self) -> dict[str, list[str]]:
@@ -235,8 +231,7 @@ class TaskNetworks:
             if found:
                 drift.setdefault(eni_id, []).extend(found)
         # A task's own rules (deleted by an operator or a network manager): the wired tasks say which.
-        async with self._rules_lock:
-            readded = await asyncio.to_thread(add_task_rules, dict(self._wired), self.wiring.host_netns)
+        readded = await asyncio.to_thread(add_task_rules, dict(self._wired), self.wiring.host_netns)
         for rule, task_id in readded:
             drift.setdefault("tasks", []).append(f"task {task_id}: re-added {rule.describe()}")
         self.eni_drift = drift
