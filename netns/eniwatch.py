@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from netns.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_LINK, MarshalRtnl
-from netns.wiring import RT_PROTO_TITUS, enter_netns_fd
+from netns.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, MarshalRtnl
+from netns.wiring import enter_netns_fd
 
 __all__ = ["EniWatch", "Owned", "is_drift"]
 
@@ -44,8 +44,6 @@ def is_drift(msg: Any, owned: Owned) -> bool:
     event = msg.get("event", "")
     if event == "RTM_DELROUTE":
         return msg.get_attr("RTA_TABLE") in owned.tables
-    if event == "RTM_DELRULE":  # one of ours (a task's rule to an ENI table) deleted from outside
-        return msg.get_attr("FRA_PROTOCOL") == RT_PROTO_TITUS and msg.get_attr("FRA_TABLE") in owned.tables
     if event == "RTM_NEWADDR":
         return msg.get_attr("IFA_LABEL") in owned.links
     if event == "RTM_NEWLINK":
@@ -85,7 +83,7 @@ class EniWatch:
         # a select() on an IPRoute never became readable again after its first get(), so the watch went
         # deaf after its first repair (found by tests/integration/test_ec2sim_agent.py).
         try:
-            sock = event_socket(self.host_netns, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE)
+            sock = event_socket(self.host_netns, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE)
         except OSError as e:
             log.warning("ENI netlink watch not started: %s; drift is repaired at the next reconcile only", e)
             return

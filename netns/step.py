@@ -29,7 +29,6 @@ from netns.pool import NetworkPool
 from netns.providers.base import EniInfo
 from netns.eniwatch import Owned
 from netns.inspect import EniLinkState, inspect_eni
-from netns.taskrules import add_task_rules
 from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, eni_table, iproute_in
 
 RECORD_VERSION = 1
@@ -202,9 +201,9 @@ class TaskNetworks:
     async def teardown(self, task_id: str, record: Mapping[str, Any]) -> None:
         """Unwire, then give the IP back (it cools before reuse). Safe when repeated."""
         wired = record.get("wiring")
-        self._wired.pop(task_id, None)  # first: a re-assertion meanwhile must not re-add its rules
         if isinstance(wired, dict):
             await asyncio.to_thread(self.wiring.teardown, wired)
+        self._wired.pop(task_id, None)
         await self.pool.release(task_id)
 
     async def reassert_eni_tables(self) -> dict[str, list[str]]:
@@ -230,10 +229,6 @@ class TaskNetworks:
                 found = [e.message]
             if found:
                 drift.setdefault(eni_id, []).extend(found)
-        # A task's own rules (deleted by an operator or a network manager): the wired tasks say which.
-        readded = await asyncio.to_thread(add_task_rules, dict(self._wired), self.wiring.host_netns)
-        for rule, task_id in readded:
-            drift.setdefault("tasks", []).append(f"task {task_id}: re-added {rule.describe()}")
         self.eni_drift = drift
         return drift
 

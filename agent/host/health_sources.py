@@ -97,9 +97,7 @@ def forward_facts(config: AgentConfig, network: NetworkResource) -> ForwardFacts
 def eni_link(s: inspect.EniLinkState) -> EniLink:
     problems = tuple(s.problems())
     mtu_only = bool(problems) and s.present and s.up and s.gateway_route and s.default_route and not s.missing_rules
-    link_ok = s.present and s.up and s.gateway_route and s.default_route
-    rules_only = bool(s.missing_rules) and link_ok and (s.want_mtu is None or s.mtu == s.want_mtu)
-    return EniLink(s.eni_id, s.ifname, problems, mtu_only, s.addresses, missing_rules=s.missing_rules if rules_only else ())
+    return EniLink(s.eni_id, s.ifname, problems, mtu_only, s.addresses)
 
 
 async def eni_links(network: NetworkResource) -> list[EniLink]:

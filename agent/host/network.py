@@ -379,7 +379,7 @@ class NetworkResource:
         except Exception as e:  # never let the agent's loop die
             log.warning("re-asserting ENI tables failed: %s", e)
             return
-        for eni_id, found in drift.items():  # "tasks": the tasks' own rules (netns/taskrules.py)
+        for eni_id, found in drift.items():
             log.warning("ENI %s had drifted (restored): %s", eni_id, "; ".join(found))
 
     async def _list_sandboxes(self) -> list[dict[str, Any]]:

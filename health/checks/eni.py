@@ -4,17 +4,15 @@ The agent reads, read-only through netns (`TaskNetworks.eni_states`, netns/inspe
 ENI whose link it owns: the link present and up with its MTU, in the ENI's table (100 + device
 index) the router's on-link route and `default via <router> dev <link>`, and the `from <ip> lookup
 <table>` rule of every task wired on it; and pool ENIs whose link was never found. Judged here:
-- a link absent or down, a table's route missing → failed `EniDatapathBroken`
+- a link absent or down, a table's route missing, a task's rule missing → failed `EniDatapathBroken`
   (tasks on that ENI lose their traffic or leave by the wrong interface); remediation
   `reassert-network` re-applies links and tables;
-- only tasks' `from <ip>` rules missing (still, after the re-assertion re-added them) → degraded
-  `TaskRuleMissing`, evidence `missingTaskRules` naming the addresses;
 - only an MTU other than the configured one → degraded `EniMtuMismatch` (large packets dropped);
 - no ENI with a link (the local provider) → ok `NoEniLinks`.
 The agent re-asserts links and tables on netlink events and every reconcile, and once more before
 reporting drift (agent/host/health_sources.py `eni_links`): a failed result means the re-assertion
-does not hold (the link is gone or something keeps undoing it). The re-assertion re-adds each wired
-task's missing rules too (netns/taskrules.py), only the missing ones, with our protocol.
+does not hold (the link is gone, something keeps undoing it, or a task's rule is missing: those are
+not re-added).
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ class EniLink:
     problems: tuple[str, ...] = ()  # empty: all in place
     mtu_only: bool = False  # the only problem is the MTU
     rules_checked: int = 0
-    missing_rules: tuple[str, ...] = ()  # set when the only problem: task addresses whose rule is missing
 
 
 class EniCheck:
@@ -49,8 +46,7 @@ class EniCheck:
 
     async def run(self) -> Observation:
         links = list(await self.links())
-        bad = [e for e in links if e.problems and not e.mtu_only and not e.missing_rules]
-        rules = [e for e in links if e.missing_rules]
+        bad = [e for e in links if e.problems and not e.mtu_only]
         mtu = [e for e in links if e.problems and e.mtu_only]
         evidence: dict[str, EvidenceValue] = {
             "enis": len(links), "broken": len(bad), "mtuMismatch": len(mtu),
@@ -62,12 +58,6 @@ class EniCheck:
             first = bad[0]
             return failed("EniDatapathBroken", f"{len(bad)} ENI(s) broken; {first.eni_id} ({first.ifname}): "
                                                f"{'; '.join(first.problems)}", **evidence)
-        if rules:
-            ips = [ip for e in rules for ip in e.missing_rules]
-            evidence["missingTaskRules"] = ", ".join(ips)[:200]
-            return degraded("TaskRuleMissing", f"{len(ips)} task rule(s) missing after re-assertion "
-                                               f"({', '.join(ips[:3])}): those tasks leave by the wrong interface",
-                            **evidence)
         if mtu:
             return degraded("EniMtuMismatch", f"{mtu[0].eni_id}: {'; '.join(mtu[0].problems)}", **evidence)
         if not links:

@@ -35,10 +35,6 @@ class Msg:
     (Msg("RTM_NEWLINK", flags=1, IFLA_IFNAME="eth1", IFLA_MTU=9001), False),  # as we set it
     (Msg("RTM_NEWLINK", flags=1, IFLA_IFNAME="ens7", IFLA_MTU=1500), False),  # no MTU wanted
     (Msg("RTM_NEWLINK", flags=0, IFLA_IFNAME="tn0123", IFLA_MTU=1500), False),  # a task link
-    (Msg("RTM_DELRULE", FRA_PROTOCOL=122, FRA_TABLE=101), True),  # a task's rule deleted from outside
-    (Msg("RTM_DELRULE", FRA_PROTOCOL=4, FRA_TABLE=101), False),  # someone else's rule
-    (Msg("RTM_DELRULE", FRA_PROTOCOL=122, FRA_TABLE=254), False),  # the to-container rule (main)
-    (Msg("RTM_NEWRULE", FRA_PROTOCOL=122, FRA_TABLE=101), False),  # our own re-add
     (Msg("RTM_NEWNEIGH"), False),
 ])
 def test_is_drift(msg: Msg, drift: bool) -> None:
