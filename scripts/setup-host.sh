@@ -392,14 +392,20 @@ PY
 # non-root uid (kernel.keys.maxkeys, default 200) then caps the host at 200 containers: the 201st
 # fails "unable to create session key: disk quota exceeded" (found by bench/footprint.py --running
 # at 250 tasks). Give remapped roots root's own quota.
+# The values are the package's (packaging/sysctl/90-titus-node.conf), so a dev host and a packaged
+# one agree.
 KEYS_SYSCTL=/etc/sysctl.d/90-titus-keys.conf
+KEYS_SOURCE=$REPO_ROOT/packaging/sysctl/90-titus-node.conf
 setup_kernel_keys() {
-    local want_keys=1000000 want_bytes=25000000
+    local want_keys want_bytes
+    want_keys=$(awk '$1 == "kernel.keys.maxkeys" { print $3 }' "$KEYS_SOURCE")
+    want_bytes=$(awk '$1 == "kernel.keys.maxbytes" { print $3 }' "$KEYS_SOURCE")
+    [ -n "$want_keys" ] && [ -n "$want_bytes" ] || die "no kernel.keys values in $KEYS_SOURCE"
     if [ "$(sysctl -n kernel.keys.maxkeys)" -ge "$want_keys" ] && [ "$(sysctl -n kernel.keys.maxbytes)" -ge "$want_bytes" ]; then
         summary keys "kernel.keys.maxkeys/maxbytes already >= $want_keys/$want_bytes"
         return
     fi
-    printf 'kernel.keys.maxkeys = %s\nkernel.keys.maxbytes = %s\n' "$want_keys" "$want_bytes" > "$KEYS_SYSCTL"
+    cp "$KEYS_SOURCE" "$KEYS_SYSCTL"
     sysctl -q -w kernel.keys.maxkeys="$want_keys" kernel.keys.maxbytes="$want_bytes" \
         || die "cannot raise kernel.keys.maxkeys (more than 200 containers per host need it)"
     summary keys "kernel.keys.maxkeys=$want_keys maxbytes=$want_bytes ($KEYS_SYSCTL)"
