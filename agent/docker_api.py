@@ -190,6 +190,13 @@ class Docker:
         no known cgroup layout has it. Read on the pool: it is file I/O."""
         return await self.call(_read_cgroup_cpuset, container_id, cgroup_root)
 
+    async def cgroup_cpusets(self, container_ids: list[str], cgroup_root: Path) -> dict[str, str | None]:
+        """`cgroup_cpuset` of many containers in one trip to the pool."""
+        def read_all() -> dict[str, str | None]:
+            return {c: _read_cgroup_cpuset(c, cgroup_root) for c in container_ids}
+
+        return await self.call(read_all)
+
     def host_config(self, **kwargs: Any) -> dict[str, Any]:
         return dict(self._api.create_host_config(**kwargs))
 

@@ -162,6 +162,7 @@ class TaskRunner:
             backoff.reset()
             if state is None or not state["State"]["Running"]:
                 break
+            state = None  # the whole inspect document (~35 kB a task) is not kept while it waits
             timeout: float | None = None
             if limit is not None and not self.record.runtime_limit_hit:
                 timeout = started + limit - time.time()

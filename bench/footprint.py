@@ -8,7 +8,8 @@
 
 `--running` (issue 17): tiny `sleep` tasks (0.01 CPU, 16 MiB memory and disk) with networking, metadata, cpuset and
 security on; at each level, once every task is Started, the agent is left idle and its RSS, CPU %
-of one core over the window (sync loop, event watcher, rebalance, GC, health checks), threads, open
+of one core over the window (sync loop at the agent's default long-poll, event watcher, rebalance,
+GC, health checks at their default periods), threads, open
 fds and sockets are read from /proc, with the scheduler's RSS. Last line `RESULT footprint
 rss_mb_0=… rss_mb_100=… rss_mb_250=… idle_cpu_pct_0=… idle_cpu_pct_100=… idle_cpu_pct_250=…
 threads_250=… fds_250=… sched_rss_mb_250=…`.
@@ -39,6 +40,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.config import AgentConfig  # noqa: E402
 from tests.harness import IMAGE, Platform, wait_for  # noqa: E402
 
 RETENTION = 5.0
@@ -107,7 +109,10 @@ def running_footprint(quick: bool) -> int:
         jobs: list[str] = []
         try:
             p.start_scheduler("--host-task-limit", str(max(levels) + 20))  # the default places 120 a host
-            p.start_agent("--cpus", "4")  # the scheduler's count: 250 x 0.01 CPU fits; cpusets stay real
+            # The scheduler's count: 250 x 0.01 CPU fits; cpusets stay real. The long-poll at the
+            # agent's own default (the harness shortens it for tests): idle CPU is at default periods.
+            default_wait = AgentConfig.model_fields["sync_wait_seconds"].default
+            p.start_agent("--cpus", "4", "--sync-wait", str(default_wait))
             assert p.scheduler is not None and p.agent is not None
             spid, apid = p.scheduler.p.pid, p.agent.p.pid
             warm = p.submit(["true"])  # every launch code path once

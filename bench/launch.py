@@ -8,7 +8,8 @@ masked paths, built by titus's own hardening code, no network) through the docke
 Columns: titus with networking (and so metadata) off, to show the network's own cost, sequential
 against its own same-run floor samples; then titus with networking, metadata, cpuset and security on:
 sequential, a burst, and a burst of 50. Sequential launches alternate titus and floor so machine
-noise hits both alike. The agent's step durations (min / median / max, from `/v1/steps`) are printed
+noise hits both alike. Each burst prints the CPU seconds per launch it cost the agent, the scheduler
+and the rest of the machine (the engine), beside the floor's. The agent's step durations (min / median / max, from `/v1/steps`) are printed
 for the networked agent. The last line is `RESULT launch seq_p50_ratio=… burst_p50_ratio=…
 burst50_p50_ratio=… nonet_seq_p50_ratio=… seq_p99_ms=… floor_seq_p99_ms=…`.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -95,6 +97,37 @@ def step_table(p: Platform) -> list[dict[str, Any]]:
     return [r for r in rows if r["phase"] == "setup"]
 
 
+class CpuWindow:
+    """CPU seconds spent over a window: the whole machine (/proc/stat), and the agent's and the
+    scheduler's own (with their reaped children: `unshare`, `ip`, `nft`…); the rest is the engine
+    (dockerd, containerd, shims, runc and the titus runtime) and the machine's other work."""
+
+    def __init__(self, p: Platform) -> None:
+        assert p.agent is not None and p.scheduler is not None
+        self.procs = {"agent": psutil.Process(p.agent.p.pid), "scheduler": psutil.Process(p.scheduler.p.pid)}
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
+
+    def _own(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
+            c = proc.cpu_times()
+            out[name] = float(c.user + c.system + c.children_user + c.children_system)
+        return out
+
+    def __enter__(self) -> "CpuWindow":
+        self.b0, self.o0 = self._busy(), self._own()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        o1 = self._own()
+        self.seconds = {k: o1[k] - self.o0[k] for k in o1}
+        self.seconds["rest"] = self._busy() - self.b0 - sum(self.seconds.values())
+
+
 def sequential(p: Platform, engine: docker.DockerClient, n: int, label: str,
                floor_hc: dict[str, Any]) -> tuple[list[float], list[float]]:
     titus, floor = [], []
@@ -108,16 +141,20 @@ def burst(p: Platform, engine: docker.DockerClient, n: int, label: str,
           floor_hc: dict[str, Any]) -> tuple[list[float], list[float]]:
     """All launches at once; the containers stay up until the run ends."""
     long = ["sleep", "300"]
-    with ThreadPoolExecutor(max_workers=n) as pool:
+    with CpuWindow(p) as cpu, ThreadPoolExecutor(max_workers=n) as pool:
         titus = list(pool.map(lambda _: titus_launch(p, long), range(n)))
     # A client whose connection pool holds every concurrent call (the SDK's default of 10 overflows
     # at 50 threads, and urllib3 then fails a put back into a pool it is replacing).
     wide = docker.from_env(max_pool_size=n)
     try:
-        with ThreadPoolExecutor(max_workers=n) as pool:
+        with CpuWindow(p) as floor_cpu, ThreadPoolExecutor(max_workers=n) as pool:
             floor = list(pool.map(lambda _: floor_launch(wide, long, label, floor_hc), range(n)))
     finally:
         wide.close()
+    print(f"burst x{n}: CPU seconds per launch: titus: agent {cpu.seconds['agent'] / n:.3f}, scheduler "
+          f"{cpu.seconds['scheduler'] / n:.3f}, engine and the rest {cpu.seconds['rest'] / n:.3f}; floor: engine and "
+          f"the rest {floor_cpu.seconds['rest'] / n:.3f} (agent and scheduler idle: "
+          f"{(floor_cpu.seconds['agent'] + floor_cpu.seconds['scheduler']) / n:.3f})", flush=True)
     return titus, floor
 
 

@@ -1,6 +1,7 @@
 """Writing the host's cpusets to containers: `CpusetApplier` compares what each container should have
 (`HostCpus.desired`) with what was last written, writes the difference with `docker update
---cpuset-cpus`, and periodically reads the engine's and the kernel's value back to correct drift.
+--cpuset-cpus`, and periodically reads the kernel's value back (and, less often or on a mismatch,
+the engine's) to correct drift.
 `CpuResource` is the CPUs' lifecycle (agent/host/base.py): rebuild from the task checkpoints at
 start, then the apply/rebalance/read-back loop."""
 
@@ -29,6 +30,10 @@ log = logging.getLogger("titus.agent.cpus")
 
 UPDATE_CONCURRENCY = 16
 PENDING_RETRY_SECONDS = 1.0  # a container not created yet when its cpuset changed
+# The kernel's cpuset.cpus is read back on every check (a file read); the engine's record (one inspect
+# per container, most of an idle agent's CPU at 100 tasks) on every 10th, or when the kernel differs.
+# Drift in the engine's record alone is rare: `docker update` moves the cgroup too.
+ENGINE_READBACK_EVERY = 10
 
 
 class CpusetApplier:
@@ -43,6 +48,8 @@ class CpusetApplier:
         self.pending = False  # some write could not happen yet (container not created, engine away)
         self._lock = asyncio.Lock()
         self._limit = asyncio.Semaphore(UPDATE_CONCURRENCY)
+        self._ids: dict[str, str] = {}  # task → its container's id, learned from an inspect
+        self._checks = 0
 
     def created_with(self, task_id: str, cpus: str) -> None:
         """The cpuset step hands the container its cpuset at create time."""
@@ -60,10 +67,30 @@ class CpusetApplier:
             self.pending = not all(results)
 
     async def verify(self) -> None:
-        """Read every container's cpuset back from the engine and the cgroup; put drifted ones back."""
+        """Read every container's cpuset back from the cgroup (and from the engine on every
+        ENGINE_READBACK_EVERY-th check, for a container not seen yet, or on a mismatch); put drifted
+        ones back."""
         async with self._lock:
             desired = self.host.desired()
-            await asyncio.gather(*(self._verify_one(t, c) for t, c in desired.items()))
+            for gone in set(self._ids) - set(desired):
+                del self._ids[gone]
+            engine_too = self._checks % ENGINE_READBACK_EVERY == 0
+            self._checks += 1
+            known = {} if engine_too else {t: self._ids[t] for t in desired if t in self._ids}
+            kernel: dict[str, str | None] = {}
+            if known:
+                try:
+                    kernel = await self.docker.cgroup_cpusets(list(known.values()), self.cgroup_root)
+                except (DockerError, DockerUnavailable, OSError) as e:  # then every one is asked of the engine
+                    log.warning("cpuset read-back from the cgroups failed: %s", e)
+            todo = []
+            for task_id, cpus in desired.items():
+                now = kernel.get(known[task_id]) if task_id in known else None
+                if now is not None and _cpus(now) == set(parse_cpulist(cpus)):
+                    self.applied[task_id] = cpus
+                else:  # not read yet, no cgroup (a new container id?) or drifted: ask the engine
+                    todo.append((task_id, cpus))
+            await asyncio.gather(*(self._verify_one(t, c) for t, c in todo))
 
     async def _write(self, task_id: str, cpus: str) -> bool:
         async with self._limit:
@@ -90,6 +117,7 @@ class CpusetApplier:
                 if state is None:
                     return
                 engine = str(state["HostConfig"].get("CpusetCpus") or "")
+                self._ids[task_id] = str(state["Id"])
                 kernel = await self.docker.cgroup_cpuset(str(state["Id"]), self.cgroup_root)
             except (DockerError, DockerUnavailable) as e:
                 log.warning("cpuset read-back failed: %s", e, extra={"task_id": task_id})

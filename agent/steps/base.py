@@ -75,6 +75,16 @@ class LaunchContext:
         else:
             self.save()
 
+    def release_create_inputs(self) -> None:
+        """The container exists: what the steps gathered for its create call (the seccomp profile,
+        the environment…) is not needed again (a repeated setup adopts the container), so a running
+        task does not keep it (issue 17: the agent's footprint at 100+ tasks)."""
+        self.create_options.clear()
+        self.host_config_options.clear()
+        self.host_config_raw.clear()
+        self.environment.clear()
+        self.binds.clear()
+
     def resources(self, step: str) -> dict[str, Any]:
         return self.record.resources.setdefault(step, {})
 

@@ -31,6 +31,7 @@ class ContainerStep:
                 container_id, fresh = await self._create(ctx)
             mine["id"] = container_id
             ctx.record.container_id = container_id
+            ctx.release_create_inputs()
             await ctx.commit()
             # Created just now by this call: it has not run, no inspect needed (one engine round trip
             # less per launch). Adopted after a restart (or a create conflict): ask the engine.

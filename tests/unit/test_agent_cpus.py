@@ -18,7 +18,7 @@ from agent.host.cpus import (
     auto_reserved,
     discover,
 )
-from agent.host.cpuset_apply import CpusetApplier
+from agent.host.cpuset_apply import ENGINE_READBACK_EVERY, CpusetApplier
 from agent.docker_api import DockerError
 from agent.metrics import AgentMetrics
 from agent.steps.base import LaunchContext, StepError
@@ -227,6 +227,7 @@ class FakeEngine:
         self.cpusets: dict[str, str] = {}  # container name → HostConfig.CpusetCpus
         self.kernel: dict[str, str] = {}
         self.updates: list[tuple[str, str]] = []
+        self.inspects = 0
 
     async def update_cpuset(self, container: str, cpus: str) -> None:
         if container not in self.cpusets:
@@ -235,12 +236,16 @@ class FakeEngine:
         self.cpusets[container] = self.kernel[container] = cpus
 
     async def inspect(self, container: str) -> dict[str, Any] | None:
+        self.inspects += 1
         if container not in self.cpusets:
             return None
         return {"Id": container, "HostConfig": {"CpusetCpus": self.cpusets[container]}}
 
     async def cgroup_cpuset(self, container_id: str, root: Path) -> str | None:
         return self.kernel.get(container_id)
+
+    async def cgroup_cpusets(self, container_ids: list[str], root: Path) -> dict[str, str | None]:
+        return {c: self.kernel.get(c) for c in container_ids}
 
     def create(self, task_id: str, cpus: str) -> None:
         self.cpusets[f"titus-{task_id}"] = self.kernel[f"titus-{task_id}"] = cpus
@@ -288,6 +293,33 @@ async def test_applier_corrects_drift_in_the_engine_and_in_the_cgroup() -> None:
     assert engine.kernel["titus-s"] == str(mine)
     assert metric(host, "titus_agent_cpuset_drift_corrections_total", source="engine") == 1
     assert metric(host, "titus_agent_cpuset_drift_corrections_total", source="cgroup") == 1
+
+
+async def test_read_back_asks_the_engine_only_every_tenth_check_or_on_a_mismatch() -> None:
+    applier, engine = applier_on(TINY)
+    host = applier.host
+    place(host, record("s", cpu=1))
+    (mine,) = host.grants["s"].exclusive
+    engine.create("s", str(mine))
+    await applier.verify()
+    assert engine.inspects == 1  # the first check learns the container's id from the engine
+    for _ in range(ENGINE_READBACK_EVERY - 1):
+        await applier.verify()
+    assert engine.inspects == 1  # the kernel agreed: no engine round trip
+    await applier.verify()
+    assert engine.inspects == 2  # the 10th check reads the engine's record too
+    engine.cpusets["titus-s"] = "0-1"  # the engine's record alone drifted: found on the next full check
+    for _ in range(ENGINE_READBACK_EVERY):
+        await applier.verify()
+    assert engine.cpusets["titus-s"] == str(mine) and engine.inspects == 3
+    engine.kernel["titus-s"] = "0-1"  # the kernel drifted: the very next check asks the engine, corrects
+    await applier.verify()
+    assert engine.inspects == 4 and engine.kernel["titus-s"] == str(mine)
+    assert metric(host, "titus_agent_cpuset_drift_corrections_total", source="engine") == 1
+    assert metric(host, "titus_agent_cpuset_drift_corrections_total", source="cgroup") == 1
+    host.release("s")
+    await applier.verify()
+    assert applier._ids == {}  # a task gone is forgotten
 
 
 # ---- the step ----------------------------------------------------------------------------------------

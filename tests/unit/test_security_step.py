@@ -149,3 +149,38 @@ def test_agent_config_and_bad_policy_stops_the_agent(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "cannot start" in proc.stderr and "security policy" in proc.stderr and str(policy) in proc.stderr
+
+
+class CreatingEngine(Docker):
+    """Creates and starts on paper: what the container step sends is kept for the test to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: list[dict[str, Any]] = []
+        self.started: list[str] = []
+
+    async def create(self, name: str, **options: Any) -> str:  # type: ignore[override]
+        self.created.append(options)
+        return f"id-of-{name}"
+
+    async def start(self, container_id: str) -> None:
+        self.started.append(container_id)
+
+
+async def test_a_created_container_leaves_its_create_inputs_behind(tmp_path: Path, host: HostSecurity) -> None:
+    """A running task does not keep what its create call needed (the seccomp profile, the platform's
+    environment…): the agent holds 100+ tasks for hours (issue 17)."""
+    store = CheckpointStore(tmp_path / "state")
+    rec = record()
+    engine = CreatingEngine()
+    ctx = LaunchContext(rec, docker=engine, node_id="n1", save=lambda: store.save(rec))
+    await SecurityStep(host).setup(ctx)
+    ctx.environment["AWS_REGION"] = "eu-west-1"
+    ctx.binds.append(f"{tmp_path}/tokens:/run/titus:ro")
+    await ContainerStep().setup(ctx)
+    (sent,) = engine.created
+    assert any(o.startswith("seccomp=") for o in sent["host_config"]["SecurityOpt"])
+    assert sent["environment"]["AWS_REGION"] == "eu-west-1" and engine.started == ["id-of-titus-t1"]
+    assert (ctx.create_options, ctx.host_config_options, ctx.host_config_raw, ctx.environment, ctx.binds) == (
+        {}, {}, {}, {}, [])
+    assert [r.container_id for r in store.load_all()] == ["id-of-titus-t1"]  # checkpointed after the release
