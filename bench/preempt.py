@@ -11,7 +11,12 @@ decision over every host and task, the engine's one-host check, the kills throug
 how many preemption passes until every claim is placed, and the simulated seconds that took (a
 pass longer than 200 ms is followed by a pause 9 times as long) (victims end at once: their kills are answered as the
 agents would), victims, critical victims (must be 0), and the replacements left waiting.
-Last line: `RESULT preempt hosts=… claims=… pass_ms=… victims=… critical_victims=0 placed=… passes=… all_placed_s=…`.
+Each pass is also decided from a full scan of every task on the same input first (`pass_ms`: that
+decision plus the pass's kills; `pass_ms_index`: the pass as run, from the per-host usage index,
+scheduler/groupuse.py); `same_plans` says whether both ways chose the same at every pass. The
+control loop's once-a-second preemption check also runs during the fill (it keeps the index current).
+Last line: `RESULT preempt hosts=… claims=… pass_ms=… pass_ms_index=… speedup=… same_plans=True victims=…
+critical_victims=0 placed=… passes=… all_placed_s=…`.
 """
 
 from __future__ import annotations

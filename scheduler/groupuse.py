@@ -58,7 +58,7 @@ def host_use(node_id: str, tasks: Iterable[TaskRecord], info: Callable[[str], Jo
     candidates: list[tuple[bool, float, str, Running]] = []
     in_flight: dict[str, int] = {}
     for t in tasks:
-        if t.state.terminal:
+        if t.state is TaskState.FINISHED:
             continue
         j = info(t.job_id)
         held[0] += j.cpu

@@ -171,15 +171,17 @@ class Plan:
 Fits = Callable[[Claim, str, Sequence[Running], Sequence[Claim]], bool]
 
 
-def _pick(c: Claim, room: HostRoom, candidates: list[Running], groups: Mapping[str, GroupUse],
+def _pick(c: Claim, room: HostRoom, candidates: Sequence[Running], groups: Mapping[str, GroupUse],
           budget: Mapping[str, int]) -> list[Running] | None:
-    """The fewest candidates, in preference order, that make room for `c` on this host; None if no
-    admissible set does."""
+    """The fewest candidates, in preference order, that make room for `c` on this host (never of
+    the claim's own group); None if no admissible set does."""
     chosen: list[Running] = []
     freed = [0.0, 0.0, 0.0]
     taken_by_group: dict[str, list[float]] = {}
     taken_by_job: dict[str, int] = {}
     for v in candidates:
+        if v.group == c.group:
+            continue
         if room.fits(c, *freed):
             break
         short_cpu = c.cpu > room.free_cpu + freed[0] + EPS
@@ -237,7 +239,16 @@ def plan(
     use = {n: GroupUse(g.tier, g.reserved_cpu, g.reserved_memory_mib, g.used_cpu, g.used_memory_mib)
            for n, g in groups.items()}
     left = dict(budget)
-    rooms = {h.node_id: HostRoom(h.node_id, h.free_cpu, h.free_memory_mib, h.free_disk_mib) for h in hosts}
+    rooms = {h.node_id: h for h in hosts}  # the caller's: copied before this plan changes one
+    copied: set[str] = set()
+
+    def room(h: str) -> HostRoom:
+        r = rooms[h]
+        if h not in copied:
+            r = rooms[h] = HostRoom(r.node_id, r.free_cpu, r.free_memory_mib, r.free_disk_mib)
+            copied.add(h)
+        return r
+
     # Hosts with some room on every resource (a full cell has few): where a claim may fit as is.
     roomy = {h for h, r in rooms.items() if r.free_cpu > EPS and r.free_memory_mib > EPS}
     per_host = running if isinstance(running, Mapping) else by_host(running, use)
@@ -252,7 +263,7 @@ def plan(
     routed: dict[str, list[Claim]] = {}  # host → the claims this plan makes room for there
 
     def entry(c: Claim, h: str) -> tuple[Key, str] | None:
-        chosen = _pick(c, rooms[h], [r for r in on[h] if r.group != c.group], use, left)
+        chosen = _pick(c, rooms[h], on[h], use, left)
         if not chosen:
             return None
         return (len(chosen), sum(use[r.group].tier == "critical" for r in chosen),
@@ -272,7 +283,7 @@ def plan(
                 ready = h
                 break
         if ready is not None:  # room there already (kills in flight): wait for them, kill nothing more
-            _claim(rooms[ready], c, g)
+            _claim(room(ready), c, g)
             routed.setdefault(ready, []).append(c)
             out.waiting[c.task_id] = ready
             continue
@@ -293,7 +304,7 @@ def plan(
             if heap and fresh[0] > heap[0][0]:
                 heapq.heappush(heap, fresh)
                 continue
-            chosen = _pick(c, rooms[h], [r for r in on[h] if r.group != c.group], use, left) or []
+            chosen = _pick(c, rooms[h], on[h], use, left) or []
             if len(out.victims) + len(chosen) > max_victims:
                 heapq.heappush(heap, fresh)
                 capped = True
@@ -308,7 +319,7 @@ def plan(
                                       else "no host where tasks above their groups' reservations make room")
             continue
         chosen = best[1]
-        host = rooms[best[0][4]]
+        host = room(best[0][4])
         routed.setdefault(host.node_id, []).append(c)
         on[host.node_id] = [r for r in on[host.node_id] if r not in chosen]
         for r in chosen:
