@@ -34,6 +34,7 @@ from scheduler.capacity import Groups
 from scheduler.errors import BadMode, BadRequest, Conflict, NotFound
 from scheduler.fitness import Mode
 from scheduler.hostfacts import HostFactsTable
+from scheduler.groupuse import GroupUseIndex
 from scheduler.index import TaskIndex
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placer
@@ -90,6 +91,8 @@ class Scheduler:
         self.execs = ExecRelay(self._deliveries.wake, clock)  # owners' exec sessions (docs/exec.md)
         self._schedule_wanted = asyncio.Event()
         self.capacity = Groups(self.config.capacity_groups)  # admission limits, tiers, fair share
+        # Per host, per capacity group, what its tasks hold; kept current from the index's dirty hosts.
+        self.groupuse = GroupUseIndex(self._index, self.jobs, self.capacity)
         self.placing = PlacementLoop(self, placer)
         self.protocol = NodeProtocol(self)  # agents' heartbeats, syncs and reports (nodeproto.py)
         self.control = ControlLoop(self)  # host checks, reconciliation, the loop (control.py)
@@ -218,6 +221,7 @@ class Scheduler:
         if task.kill_requested or task.state.terminal:
             return None
         task.kill_requested = True
+        self._index.touched(task)  # its capacity is on its way back (scheduler/groupuse.py)
         now = self.clock()
         never_delivered = task.state is TaskState.ACCEPTED or (
             task.state is TaskState.LAUNCHED and not self._deliveries.was_sent(task.id)
@@ -344,7 +348,8 @@ class Scheduler:
             log.info("job finished", extra={"job_id": job.id})
 
     def _live(self, job_id: str) -> int:
-        return sum(1 for t in self.job_tasks(job_id) if not t.state.terminal)
+        """The job's tasks not Finished (counted by the index: the kill path asks once per kill)."""
+        return self._index.live(job_id)
 
     def crash_looping(self, job: JobRecord) -> bool:
         if job.id not in self.jobs:

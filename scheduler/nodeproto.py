@@ -152,6 +152,7 @@ class NodeProtocol:
             newly_started = TaskState.STARTED.value not in task.timestamps and TaskState.STARTED in u.timestamps
             if lifecycle.merge_report(task, u):
                 s._deliveries.forget(task.id)
+            s._index.touched(task)  # its state or start time, which its host's use reads (groupuse.py)
             if provenance.pin_from_report(s.jobs[task.job_id], task, u.image_digest):
                 jobs[task.job_id] = s.jobs[task.job_id]
             if newly_started:

@@ -28,10 +28,10 @@ A critical group's `reserved_cpu` / `reserved_memory_mib` is a guarantee. Two me
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Claim", "GroupUse", "Headroom", "HostRoom", "Plan", "Running", "Victim", "plan", "within_reservation"]
+__all__ = ["Claim", "GroupUse", "Headroom", "HostRoom", "Plan", "Running", "Victim", "by_host", "plan", "within_reservation"]
 
 EPS = 1e-9
 FITS_TRIES = 32  # hosts the caller's `fits` may refuse per claim, at most (each may build a table)
@@ -171,15 +171,17 @@ class Plan:
 Fits = Callable[[Claim, str, Sequence[Running], Sequence[Claim]], bool]
 
 
-def _pick(c: Claim, room: HostRoom, candidates: list[Running], groups: Mapping[str, GroupUse],
+def _pick(c: Claim, room: HostRoom, candidates: Sequence[Running], groups: Mapping[str, GroupUse],
           budget: Mapping[str, int]) -> list[Running] | None:
-    """The fewest candidates, in preference order, that make room for `c` on this host; None if no
-    admissible set does."""
+    """The fewest candidates, in preference order, that make room for `c` on this host (never of
+    the claim's own group); None if no admissible set does."""
     chosen: list[Running] = []
     freed = [0.0, 0.0, 0.0]
     taken_by_group: dict[str, list[float]] = {}
     taken_by_job: dict[str, int] = {}
     for v in candidates:
+        if v.group == c.group:
+            continue
         if room.fits(c, *freed):
             break
         short_cpu = c.cpu > room.free_cpu + freed[0] + EPS
@@ -208,9 +210,20 @@ def _pick(c: Claim, room: HostRoom, candidates: list[Running], groups: Mapping[s
     return chosen
 
 
+def by_host(running: Iterable[Running], groups: Mapping[str, GroupUse]) -> dict[str, list[Running]]:
+    """Each host's candidates in victim preference order: flex first, then the youngest; the id
+    for a stable order (what `groupuse.host_use` keeps per host)."""
+    on: dict[str, list[Running]] = {}
+    for r in running:
+        on.setdefault(r.node_id, []).append(r)
+    for tasks in on.values():
+        tasks.sort(key=lambda r: (groups[r.group].tier == "critical", -r.started_at, r.task_id))
+    return on
+
+
 def plan(
     claims: Sequence[Claim],
-    running: Sequence[Running],
+    running: Sequence[Running] | Mapping[str, Sequence[Running]],
     hosts: Sequence[HostRoom],
     groups: Mapping[str, GroupUse],
     budget: Mapping[str, int],
@@ -218,22 +231,29 @@ def plan(
     max_victims: int = 100,
 ) -> Plan:
     """Victims for `claims` (in the order given: the placement pass's), at most `max_victims`.
-    `running`: tasks holding resources, kills in flight left out; `hosts`: the hosts the claims'
-    jobs may use at all, with kills in flight counted free; `budget`: per job, how many of its tasks
-    may still be disrupted now. Nothing is mutated; the caller kills the victims."""
+    `running`: tasks holding resources, kills in flight left out (or per host, already in the
+    order of `by_host`); `hosts`: the hosts the claims' jobs may use at all, with kills in flight
+    counted free; `budget`: per job, how many of its tasks may still be disrupted now. Nothing is
+    mutated; the caller kills the victims."""
     out = Plan()
     use = {n: GroupUse(g.tier, g.reserved_cpu, g.reserved_memory_mib, g.used_cpu, g.used_memory_mib)
            for n, g in groups.items()}
     left = dict(budget)
-    rooms = {h.node_id: HostRoom(h.node_id, h.free_cpu, h.free_memory_mib, h.free_disk_mib) for h in hosts}
+    rooms = {h.node_id: h for h in hosts}  # the caller's: copied before this plan changes one
+    copied: set[str] = set()
+
+    def room(h: str) -> HostRoom:
+        r = rooms[h]
+        if h not in copied:
+            r = rooms[h] = HostRoom(r.node_id, r.free_cpu, r.free_memory_mib, r.free_disk_mib)
+            copied.add(h)
+        return r
+
     # Hosts with some room on every resource (a full cell has few): where a claim may fit as is.
     roomy = {h for h, r in rooms.items() if r.free_cpu > EPS and r.free_memory_mib > EPS}
-    on: dict[str, list[Running]] = {}
-    for r in running:
-        if r.node_id in rooms:
-            on.setdefault(r.node_id, []).append(r)
-    for tasks in on.values():  # flex first, then the youngest; the id for a stable order
-        tasks.sort(key=lambda r: (use[r.group].tier == "critical", -r.started_at, r.task_id))
+    per_host = running if isinstance(running, Mapping) else by_host(running, use)
+    # (copied lazily: the caller's lists are never changed)
+    on: dict[str, Sequence[Running]] = {h: rs for h, rs in per_host.items() if h in rooms and rs}
     # Per job of the claims: a heap of (key, host), evaluated lazily. A host's set only gets worse
     # as other hosts give up victims (their groups near their reservations, budgets shrink), so a
     # key is recomputed when it reaches the top and pushed back if it is no longer the best; the
@@ -243,7 +263,7 @@ def plan(
     routed: dict[str, list[Claim]] = {}  # host → the claims this plan makes room for there
 
     def entry(c: Claim, h: str) -> tuple[Key, str] | None:
-        chosen = _pick(c, rooms[h], [r for r in on[h] if r.group != c.group], use, left)
+        chosen = _pick(c, rooms[h], on[h], use, left)
         if not chosen:
             return None
         return (len(chosen), sum(use[r.group].tier == "critical" for r in chosen),
@@ -263,7 +283,7 @@ def plan(
                 ready = h
                 break
         if ready is not None:  # room there already (kills in flight): wait for them, kill nothing more
-            _claim(rooms[ready], c, g)
+            _claim(room(ready), c, g)
             routed.setdefault(ready, []).append(c)
             out.waiting[c.task_id] = ready
             continue
@@ -284,7 +304,7 @@ def plan(
             if heap and fresh[0] > heap[0][0]:
                 heapq.heappush(heap, fresh)
                 continue
-            chosen = _pick(c, rooms[h], [r for r in on[h] if r.group != c.group], use, left) or []
+            chosen = _pick(c, rooms[h], on[h], use, left) or []
             if len(out.victims) + len(chosen) > max_victims:
                 heapq.heappush(heap, fresh)
                 capped = True
@@ -299,12 +319,12 @@ def plan(
                                       else "no host where tasks above their groups' reservations make room")
             continue
         chosen = best[1]
-        host = rooms[best[0][4]]
+        host = room(best[0][4])
         routed.setdefault(host.node_id, []).append(c)
+        on[host.node_id] = [r for r in on[host.node_id] if r not in chosen]
         for r in chosen:
             gone.setdefault(host.node_id, []).append(r)
             out.victims.append(Victim(r, c.task_id, c.group))
-            on[r.node_id].remove(r)
             v = use[r.group]
             v.used_cpu -= r.cpu
             v.used_memory_mib -= r.memory_mib

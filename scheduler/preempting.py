@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 import logging
 import time
 from collections import Counter
@@ -30,11 +31,24 @@ from titus_common.states import FinishReason, TaskState
 if TYPE_CHECKING:
     from scheduler.core import Scheduler
 
-__all__ = ["Preemptor"]
+__all__ = ["Cell", "Preemptor"]
 
 log = logging.getLogger("titus.scheduler.preempt")
 
 MAX_CLAIMS = 200  # claims looked at per pass (the oldest): bounds a pass on a big backlog
+
+
+@dataclass
+class Cell:
+    """What the guards read of the cell (`Preemptor._scan`)."""
+
+    use: dict[str, preempt.GroupUse]  # per group: reservation, and use on Ready hosts
+    free_cpu: float = 0.0  # what the Ready, untainted hosts have free
+    free_memory_mib: float = 0.0
+    rooms: list[preempt.HostRoom] = field(default_factory=list)  # every Ready host, kills in flight counted free
+    running: dict[str, tuple[preempt.Running, ...]] = field(default_factory=dict)  # Ready host → candidates, in order
+    jobs: set[str] = field(default_factory=set)  # jobs with a task holding resources, no kill in flight
+    in_flight: Counter[str] = field(default_factory=Counter)  # job → its kills in flight
 
 
 class Preemptor:
@@ -46,7 +60,7 @@ class Preemptor:
         self._admitted: list[str] = []
         self._held: list[str] = []
         self._seen_passes = -1  # the placement passes counted at the last look (nothing new: skip)
-        self._rooms_now: list[preempt.HostRoom] = []  # set by `_scan`
+        self.decide_seconds = 0.0  # how long the last pass took to decide (bench/preempt.py)
         self._ready_hosts = 1  # Ready hosts at this pass (the engine's default per-host job cap)
         self._next_at = -1e18  # (monotonic) no preemption pass before this: its duty cycle
 
@@ -59,48 +73,40 @@ class Preemptor:
     def group_use(self) -> dict[str, preempt.GroupUse]:
         """Per group: its reservation, and what its placed tasks on Ready hosts hold (kills in flight
         left out): a group is above its reservation only on hosts that are running its work."""
-        return self._scan()[0]
+        return self._scan().use
 
-    def _scan(self) -> tuple[dict[str, preempt.GroupUse], list[TaskRecord], float, float]:
-        """One scan of the tasks holding resources: each group's use, those tasks, and what the
-        Ready, untainted hosts have free (cpu, memory). Also `self._rooms_now`: every Ready host
-        with what its tasks leave free, a kill in flight counted as free."""
+    def _scan(self, full_scan: bool = False) -> Cell:
+        """The cell as the guards see it, from each host's `groupuse.HostUse`: as the index keeps
+        it (recomputed only for the hosts whose tasks changed), or with `full_scan` computed afresh
+        from every task (the reference: the same sums, in the same order)."""
         s = self._s
+        groups = s.groupuse
+        if not full_scan:
+            groups.refresh()
+        per_host = groups.full_scan if full_scan else groups.host
         use = {n: preempt.GroupUse(g.tier, g.reserved_cpu, float(g.reserved_memory_mib))
                for n, g in s.capacity.by_name.items()}
-        of_job: dict[str, tuple[preempt.GroupUse, float, float, float]] = {}
-        holding: list[TaskRecord] = []
-        free_cpu = free_mem = 0.0
-        self._rooms_now = []
+        cell = Cell(use)
         for n in s.nodes.values():
-            open_host = n.status is NodeStatus.READY and not n.taints
+            h = per_host(n.id)
+            ready = n.status is NodeStatus.READY
             cpu, mem = float(n.capacity.cpus), float(n.capacity.memory_mib)
-            room = preempt.HostRoom(n.id, cpu, mem, float(n.capacity.disk_mib))
-            for t in s.node_tasks(n.id):
-                if t.state.terminal:
-                    continue
-                holding.append(t)
-                g = of_job.get(t.job_id)
-                if g is None:
-                    spec = s.jobs[t.job_id].spec
-                    r = spec.container.resources
-                    g = of_job[t.job_id] = (use[s.capacity.group_of(spec).name], r.cpu, float(r.memory_mib),
-                                            float(r.disk_mib))
-                cpu -= g[1]
-                mem -= g[2]
-                if not t.kill_requested:
-                    if n.status is NodeStatus.READY:  # a silent host's tasks may be lost: never a reason to kill
-                        g[0].used_cpu += g[1]
-                        g[0].used_memory_mib += g[2]
-                    room.free_cpu -= g[1]
-                    room.free_memory_mib -= g[2]
-                    room.free_disk_mib -= g[3]
-            if open_host:
-                free_cpu += max(0.0, cpu)
-                free_mem += max(0.0, mem)
-            if n.status is NodeStatus.READY:
-                self._rooms_now.append(room)
-        return use, holding, free_cpu, free_mem
+            if ready and not n.taints:
+                cell.free_cpu += max(0.0, cpu - h.held_cpu)
+                cell.free_memory_mib += max(0.0, mem - h.held_memory_mib)
+            cell.jobs.update(h.jobs)
+            for job_id, k in h.in_flight.items():
+                cell.in_flight[job_id] += k
+            if not ready:  # a silent host's tasks may be lost: never a reason to kill
+                continue
+            for g, (c, m) in h.groups.items():
+                use[g].used_cpu += c
+                use[g].used_memory_mib += m
+            cell.rooms.append(preempt.HostRoom(n.id, cpu - h.live_cpu, mem - h.live_memory_mib,
+                                               float(n.capacity.disk_mib) - h.live_disk_mib))
+            if h.candidates:
+                cell.running[n.id] = h.candidates
+        return cell
 
     # ---- hold-back (in the placement pass) --------------------------------------------------------
 
@@ -109,8 +115,8 @@ class Preemptor:
         s = self._s
         if not s.config.reservation_hold_back or not self.guarded:
             return pending
-        use, _, free_cpu, free_mem = self._scan()
-        room = preempt.Headroom(use, free_cpu, free_mem)
+        cell = self._scan()
+        room = preempt.Headroom(cell.use, cell.free_cpu, cell.free_memory_mib)
         if not room.active:
             return pending
         out: list[TaskRecord] = []
@@ -150,15 +156,20 @@ class Preemptor:
         """Kill what makes room for parked critical tasks; returns how many victims were killed."""
         s = self._s
         self._recheck_held()
-        if not s.config.preemption or not self.guarded:
+        if not self.guarded:
+            return 0
+        # Kept current every second, so that a pass after a burst of placements does not pay for
+        # all of them at once (the hold-back's placement passes refresh it too).
+        s.groupuse.refresh()
+        if not s.config.preemption:
             return 0
         # The claims are what the placement passes parked: without a pass since the last look, and
         # with no kill refused then (its budget may have come back), there is nothing new to decide.
         if s.placing.passes == self._seen_passes and not self.held_kills:
             return 0
-        # A pass scans every task holding resources (seconds at 7,000 hosts, bench/preempt.py): one
-        # longer than 200 ms is followed by a pause 9 times as long, so preemption takes at most
-        # 10 % of the loop's time, whatever the placement passes do meanwhile.
+        # A pass reads every host (and recomputes those whose tasks changed, scheduler/groupuse.py):
+        # one longer than 200 ms is followed by a pause 9 times as long, so preemption takes at
+        # most 10 % of the loop's time, whatever the placement passes do meanwhile.
         if s.placing.tick() < self._next_at:
             return 0
         started = time.perf_counter()
@@ -171,6 +182,18 @@ class Preemptor:
     def _run(self, s: Scheduler) -> int:
         self._seen_passes = s.placing.passes
         self.held_kills = ""
+        started = time.perf_counter()
+        p = self.decide()
+        self.decide_seconds = time.perf_counter() - started
+        self.last = p
+        if not p.victims:
+            return 0
+        return self._kill(p, s.clock())
+
+    def decide(self, full_scan: bool = False) -> preempt.Plan:
+        """The plan for the claims parked now (nothing is changed: `_run` kills its victims).
+        `full_scan`: from every task rather than the index (the reference, bench/preempt.py)."""
+        s = self._s
         now = s.clock()
         parked = [s.tasks[i] for i in s.placing.parked if i in s.tasks]
         claims_tasks = sorted(
@@ -179,39 +202,18 @@ class Preemptor:
             key=lambda t: (t.timestamps[TaskState.ACCEPTED.value], t.job_id, t.index),
         )[:MAX_CLAIMS]
         if not claims_tasks:
-            self.last = preempt.Plan()
-            return 0
+            return preempt.Plan()
         claims = [self._claim(t) for t in claims_tasks]
-        use, holding, _, _ = self._scan()
-        running: list[preempt.Running] = []
-        in_flight: Counter[str] = Counter()
-        group_of: dict[str, str] = {}
-        for t in holding:
-            if t.kill_requested:
-                in_flight[t.job_id] += 1
-                continue
-            assert t.node_id is not None
-            job = s.jobs[t.job_id]
-            r = job.spec.container.resources
-            group = group_of.get(t.job_id)
-            if group is None:
-                group = group_of[t.job_id] = s.capacity.group_of(job.spec).name
-            started = t.timestamps.get(TaskState.STARTED.value, t.timestamps.get(TaskState.LAUNCHED.value, 0.0))
-            running.append(preempt.Running(t.id, t.job_id, group, t.node_id, r.cpu, r.memory_mib, r.disk_mib, started))
-        live = Counter(t.job_id for t in holding)  # the job's tasks not Finished: holding, or waiting
-        live.update(s.tasks[i].job_id for i in s._index.pending)
+        cell = self._scan(full_scan)
         budget = {}
-        for job_id in {r.job_id for r in running}:
+        for job_id in cell.jobs:
             job = s.jobs[job_id]
             if job.state is JobState.ACCEPTED:
-                budget[job_id] = drain.job_budget(job, live[job_id], s.config.job_disruption_fraction) - in_flight[job_id]
-        self._ready_hosts = max(1, len(self._rooms_now))
-        p = preempt.plan(claims, running, self._rooms_now, use, budget, self._fits,
-                         s.config.preemption_max_per_pass)
-        self.last = p
-        if not p.victims:
-            return 0
-        return self._kill(p, now)
+                budget[job_id] = (drain.job_budget(job, s._live(job_id), s.config.job_disruption_fraction)
+                                  - cell.in_flight[job_id])
+        self._ready_hosts = max(1, len(cell.rooms))
+        return preempt.plan(claims, cell.running, cell.rooms, cell.use, budget, self._fits,
+                            s.config.preemption_max_per_pass)
 
     def _claim(self, t: TaskRecord) -> preempt.Claim:
         job = self._s.jobs[t.job_id]
