@@ -125,12 +125,14 @@ class HostTable:
                 if sg not in self.warm:
                     self.warm[sg] = np.zeros(n, dtype=np.float64)
                 self.warm[sg][i] = free
-        self.job_on_host: dict[str, F] = {}
+        # Each job's tasks per host and per zone, made into arrays only for the jobs a pass places
+        # (`_job`, `job_zone_of`): a burst's hundreds of jobs each cost an array per pass otherwise.
+        self._job_hosts: dict[str, list[tuple[int, int]]] = {}
         for i, h in enumerate(hosts):
             for job, count in h.job_tasks.items():
-                self._job(job)[i] += count
-        self.job_zone: dict[str, F] = {j: np.bincount(self.zone, weights=a, minlength=len(self.zones)).astype(np.float64)
-                                       for j, a in self.job_on_host.items()}
+                self._job_hosts.setdefault(job, []).append((i, count))
+        self.job_on_host: dict[str, F] = {}
+        self.job_zone: dict[str, F] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -139,7 +141,17 @@ class HostTable:
         a = self.job_on_host.get(job_id)
         if a is None:
             a = self.job_on_host[job_id] = np.zeros(len(self.ids), dtype=np.float64)
+            for i, count in self._job_hosts.get(job_id, ()):
+                a[i] += count
         return a
+
+    def job_zone_of(self, job_id: str) -> F | None:
+        """The job's tasks per zone; None for a job with none in the table (and none placed since)."""
+        jz = self.job_zone.get(job_id)
+        if jz is None and job_id in self._job_hosts:
+            jz = self.job_zone[job_id] = np.bincount(self.zone, weights=self._job(job_id),
+                                                     minlength=len(self.zones)).astype(np.float64)
+        return jz
 
     def label_mask(self, key: str, value: str) -> B:
         m = self._label_masks.get((key, value))
@@ -157,8 +169,8 @@ class HostTable:
         self.tasks[i] += 1
         self.free_frac[i] = (self.free_cpu[i] * self.inv_cpu[i] + self.free_mem[i] * self.inv_mem[i]) / 2.0
         self.base_ok[i] = not self.bad[i] and self.tasks[i] < self.max_tasks and self.free_ips[i] >= 1
+        jz = self.job_zone_of(r.job_id)  # before this placement is counted in `_job`
         self._job(r.job_id)[i] += 1
-        jz = self.job_zone.get(r.job_id)
         if jz is None:
             jz = self.job_zone[r.job_id] = np.zeros(len(self.zones), dtype=np.float64)
         jz[self.zone[i]] += 1
@@ -264,7 +276,7 @@ class Engine:
                 break
             # The zone terms, per zone: 1 where the zone holds the fewest of the job's tasks among
             # zones with a fitting host (zone balance), else 0; hard zone balance closes the others.
-            jz = table.job_zone.get(r.job_id)
+            jz = table.job_zone_of(r.job_id)
             zmin = np.ones(len(table.zones), dtype=np.float64)
             if jz is not None and jz.any():
                 zmin = (jz <= jz[zone_open > 0].min()).astype(np.float64)

@@ -81,6 +81,10 @@ class TaskIndex:
     def node_tasks(self, node_id: str) -> list[TaskRecord]:
         return [self.tasks[i] for i in self._active_by_node.get(node_id, ())]
 
+    def node_task_ids(self, node_id: str) -> frozenset[str]:
+        """The ids of `node_tasks`, without looking the records up (what a pass's host cache compares)."""
+        return frozenset(self._active_by_node.get(node_id, ()))
+
     def forget_job(self, job_id: str) -> list[TaskRecord]:
         """Drop a finished job's tasks from memory (scheduler/retention.py); returns them."""
         gone = [self.tasks.pop(i) for i in self._by_job.pop(job_id, []) if i in self.tasks]

@@ -11,14 +11,14 @@ import numpy as np
 
 from scheduler import eligibility
 from scheduler.engine import B, Decision, Engine, HostInput, HostTable, Request, reason_text
-from scheduler.hostfacts import HostFactsTable, sg_key
+from scheduler.hostfacts import HostFacts, HostFactsTable, sg_key
 from scheduler.placement import NodeView
 from scheduler.records import JobRecord, NodeRecord, NodeStatus, TaskRecord
 from security.profiles import SecurityPolicy
 from titus_common.jobspec import IMAGE_REFERENCE
 from titus_common.provenance import digest_reference
 
-__all__ = ["build_table", "plan", "waiting_message"]
+__all__ = ["HostInputCache", "build_table", "host_input", "plan", "waiting_message"]
 
 
 def build_table(
@@ -29,32 +29,68 @@ def build_table(
     seed: int,
     unhealthy: Callable[[NodeRecord], bool] | None = None,
     max_tasks_per_host: int = 120,
+    cache: HostInputCache | None = None,
 ) -> tuple[HostTable, list[NodeRecord]]:
     """Ready hosts as the engine's table. Taints are per-job masks (`plan`), not `bad`; a host with
-    a degraded check gets the fitness penalty."""
+    a degraded check gets the fitness penalty. `cache`: hosts whose inputs did not change since the
+    last pass keep their `HostInput` (never with `unhealthy`, which the cache does not see)."""
     ready = sorted((n for n in nodes if n.status is NodeStatus.READY), key=lambda n: n.id)
-    hosts: list[HostInput] = []
-    for n in ready:
-        f = facts.get(n.id)
-        h = HostInput(
-            n.id, n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib,
-            n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib,
-            labels=n.labels, images=f.images, free_ips=f.free_ips, warm=dict(f.warm),
-            bad=bool(unhealthy and unhealthy(n)), degraded=eligibility.is_degraded(n),
-        )
-        for t in tasks_on(n.id):
-            r = jobs[t.job_id].spec.container.resources
-            h.free_cpus -= r.cpu
-            h.free_memory_mib -= r.memory_mib
-            h.free_disk_mib -= r.disk_mib
-            h.tasks += 1
-            h.job_tasks[t.job_id] = h.job_tasks.get(t.job_id, 0) + 1
-        if f.ip_capacity is not None:  # every task placed here holds (or will hold) one address
-            h.free_ips = f.ip_capacity - h.tasks
-        if h.free_ips is not None:
-            h.free_ips = max(0, h.free_ips)
-        hosts.append(h)
+    if cache is not None and unhealthy is None:
+        hosts = cache.inputs(ready, tasks_on, jobs, facts)
+    else:
+        hosts = [host_input(n, tasks_on(n.id), jobs, facts.get(n.id), bool(unhealthy and unhealthy(n)))
+                 for n in ready]
     return HostTable(hosts, seed, max_tasks_per_host), ready
+
+
+def host_input(n: NodeRecord, tasks: Iterable[TaskRecord], jobs: Mapping[str, JobRecord], f: HostFacts,
+               bad: bool = False) -> HostInput:
+    """One Ready host as the engine sees it: capacity less what its tasks hold, and its facts."""
+    h = HostInput(
+        n.id, n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib,
+        n.capacity.cpus, n.capacity.memory_mib, n.capacity.disk_mib,
+        labels=n.labels, images=f.images, free_ips=f.free_ips, warm=dict(f.warm),
+        bad=bad, degraded=eligibility.is_degraded(n),
+    )
+    for t in tasks:
+        r = jobs[t.job_id].spec.container.resources
+        h.free_cpus -= r.cpu
+        h.free_memory_mib -= r.memory_mib
+        h.free_disk_mib -= r.disk_mib
+        h.tasks += 1
+        h.job_tasks[t.job_id] = h.job_tasks.get(t.job_id, 0) + 1
+    if f.ip_capacity is not None:  # every task placed here holds (or will hold) one address
+        h.free_ips = f.ip_capacity - h.tasks
+    if h.free_ips is not None:
+        h.free_ips = max(0, h.free_ips)
+    return h
+
+
+class HostInputCache:
+    """Each host's `HostInput` from pass to pass, rebuilt only when what it is made of changed: the
+    host's capacity, labels, degraded checks, facts, or the set of tasks on it (a job's resources never
+    change). At 7,000 hosts rebuilding every host was most of a burst's pass; a burst changes few
+    hosts per pass. The engine never changes a `HostInput` (`take` changes the table's arrays)."""
+
+    def __init__(self, task_ids: Callable[[str], frozenset[str]]) -> None:
+        self._task_ids = task_ids
+        self._hosts: dict[str, tuple[tuple[object, ...], HostInput]] = {}
+
+    def inputs(self, ready: list[NodeRecord], tasks_on: Callable[[str], Iterable[TaskRecord]],
+               jobs: Mapping[str, JobRecord], facts: HostFactsTable) -> list[HostInput]:
+        out: list[HostInput] = []
+        kept: dict[str, tuple[tuple[object, ...], HostInput]] = {}
+        for n in ready:
+            f = facts.get(n.id)
+            c = n.capacity
+            key = (c.cpus, c.memory_mib, c.disk_mib, n.labels, eligibility.is_degraded(n),
+                   f.images, f.free_ips, f.ip_capacity, dict(f.warm), self._task_ids(n.id))
+            hit = self._hosts.get(n.id)
+            h = hit[1] if hit is not None and hit[0] == key else host_input(n, tasks_on(n.id), jobs, f)
+            kept[n.id] = (key, h)
+            out.append(h)
+        self._hosts = kept  # hosts no longer Ready are dropped
+        return out
 
 
 class HostGroups:

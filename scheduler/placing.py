@@ -40,6 +40,7 @@ class PlacementLoop:
         # ending, a mode switch (`unpark`). New tasks are never parked.
         self.parked: set[str] = set()
         self.passes = 0  # passes that evaluated at least one task
+        self._hosts = passes.HostInputCache(sched._index.node_task_ids)  # unchanged hosts kept between passes
         c = sched.config
         # Every engine pass written down for `titus-scheduler replay` (scheduler/trace.py); off by default.
         self.trace = TraceWriter(Path(c.decision_trace)) if c.decision_trace else None
@@ -131,7 +132,7 @@ class PlacementLoop:
         # of its tasks (per-job masks in passes.plan); a degraded host is penalised (fitness).
         s = self._s
         table, ready = passes.build_table(s.nodes.values(), s.node_tasks, s.jobs, s.facts, engine.seed,
-                                          max_tasks_per_host=s.config.host_task_limit)
+                                          max_tasks_per_host=s.config.host_task_limit, cache=self._hosts)
         placed: list[TaskRecord] = []
         waiting: list[TaskRecord] = []
         on_pass = None
