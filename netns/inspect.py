@@ -23,7 +23,7 @@ from netns.wiring import (
     iproute_in,
 )
 
-__all__ = ["EniLinkState", "inspect_eni", "nft_ruleset"]
+__all__ = ["EniLinkState", "inspect_eni", "iptables_legacy_filter", "nft_ruleset"]
 
 IFF_UP = 1
 
@@ -92,6 +92,33 @@ def inspect_eni(eni_id: str, eni: HostEni, addresses: Iterable[str], host_netns:
         mtu=int(mtu) if isinstance(mtu, int) else None, want_mtu=eni.mtu, gateway_route=gateway,
         default_route=default, addresses=len(wanted), missing_rules=tuple(a for a in wanted if a not in have),
     )
+
+
+def iptables_legacy_filter(host_netns: str | None = None, timeout: float = 10.0) -> str | None:
+    """`iptables-legacy -S` of the legacy `filter` table, or None when the kernel has none (read from
+    /proc/net/ip_tables_names in that namespace first: running iptables-legacy would load the module
+    and create the table) or iptables-legacy is not installed. Raises WiringError when it fails."""
+    legacy = shutil.which("iptables-legacy")
+    if legacy is None:
+        return None
+
+    def enter() -> None:
+        if host_netns is not None:
+            fd = os.open(host_netns, os.O_RDONLY)
+            enter_netns_fd(fd)
+            os.close(fd)
+
+    script = 'grep -qx filter /proc/net/ip_tables_names 2>/dev/null || exit 3; exec "$0" -t filter -S'
+    try:
+        done = subprocess.run(["/bin/sh", "-c", script, legacy], capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=enter if host_netns is not None else None)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise WiringError(f"iptables-legacy -S: {e}") from None
+    if done.returncode == 3:
+        return None
+    if done.returncode != 0:
+        raise WiringError(f"iptables-legacy -S: {done.stderr.strip()[:200]}")
+    return done.stdout
 
 
 def nft_ruleset(host_netns: str | None = None, timeout: float = 10.0) -> dict[str, Any]:

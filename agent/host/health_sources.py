@@ -88,10 +88,16 @@ def metadata_facts(metadata: MetadataResource, probe: MetadataProbe | None = Non
 
 def forward_facts(config: AgentConfig, network: NetworkResource) -> ForwardFacts:
     """On the check's thread: the host's nftables ruleset (netns/inspect.py)."""
+    host = network.tasks.networks.wiring.host_netns
     try:
-        return ForwardFacts(config.network_provider, inspect.nft_ruleset(network.tasks.networks.wiring.host_netns))
+        ruleset = inspect.nft_ruleset(host)
     except NetworkError as e:
         return ForwardFacts(config.network_provider, None, e.message)
+    try:
+        legacy = inspect.iptables_legacy_filter(host)
+    except NetworkError as e:
+        return ForwardFacts(config.network_provider, None, e.message)
+    return ForwardFacts(config.network_provider, ruleset, legacy=legacy)
 
 
 def eni_link(s: inspect.EniLinkState) -> EniLink:

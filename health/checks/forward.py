@@ -16,8 +16,9 @@ direction (`iifname "tn*"` out of a task, `oifname "tn*"` into one):
 A base chain whose verdict is drop in either direction → failed `ForwardDropsTasks` on aws (no
 task traffic at all), degraded on the local provider (as the pre-flight judges); the fix is
 `iptables -I FORWARD -i tn+ -j ACCEPT; iptables -I FORWARD -o tn+ -j ACCEPT` (or the nft rules).
-`nft` unreadable → degraded `ForwardUnreadable`. Not seen: rules of iptables-legacy (not in nft's
-view; the pre-flight reads `iptables -S FORWARD` at start).
+`nft` unreadable → degraded `ForwardUnreadable`. Rules of iptables-legacy are not in nft's view:
+when the kernel has a legacy `filter` table its `FORWARD` chain is judged the same way
+(health/checks/forward_legacy.py) and reported as chain `legacy filter FORWARD`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from health.blocking import Worker
+from health.checks.forward_legacy import legacy_verdicts
 from health.model import Observation, degraded, failed, ok
 from titus_common.protocol import EvidenceValue
 
@@ -50,6 +52,7 @@ class ForwardFacts:
     provider: str
     ruleset: Mapping[str, Any] | None  # `nft -j list ruleset`; None: unreadable
     error: str = ""
+    legacy: str | None = None  # `iptables-legacy -S` of the legacy filter table; None: the host has none
 
 
 def _iface(match: Mapping[str, Any], prefix: str) -> str | None:
@@ -145,6 +148,9 @@ class ForwardCheck:
         if f.ruleset is None:
             return degraded("ForwardUnreadable", f"cannot read the forward hooks: {f.error}"[:256], provider=f.provider)
         chains = forward_verdicts(f.ruleset, self.prefix)
+        legacy = legacy_verdicts(f.legacy, self.prefix) if f.legacy is not None else None
+        if legacy is not None:
+            chains.append(ChainVerdict("legacy filter FORWARD", *legacy))
         evidence: dict[str, EvidenceValue] = {"provider": f.provider, "forwardChains": len(chains)}
         dropping = [c for c in chains if "drop" in (c.from_tasks, c.to_tasks)]
         for c in dropping[:8]:

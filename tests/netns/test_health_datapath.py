@@ -24,7 +24,7 @@ from health.checks.network import MetadataCheck, MetadataFacts
 from imds.credentials import CredentialBroker
 from imds.service import MetadataService
 from imds.thread import ServiceThread
-from netns.inspect import inspect_eni, nft_ruleset
+from netns.inspect import inspect_eni, iptables_legacy_filter, nft_ruleset
 from netns.metadata import IMDS_ADDRESS, MetadataNetwork
 from netns.probe import PROBE_ADDRESS, ProbeNamespace
 from netns.wiring import HOST_IF_PREFIX, ContainerNetSpec, HostEni, Wiring
@@ -139,6 +139,28 @@ def test_forward_check_reads_dockerd_style_iptables_nft_rules(world: World) -> N
         "    ip daddr 10.99.0.0/16 drop\n  }\n}\n"))
     status, _, evidence = forward_check(host)
     assert status is HealthStatus.FAILED and "from tasks drop" in str(evidence["chain.inet fw tasks_fw"])
+
+
+def legacy_check(host: str) -> tuple[HealthStatus, str, dict[str, object]]:
+    return run_check(ForwardCheck(
+        lambda: ForwardFacts("aws", nft_ruleset(host), legacy=iptables_legacy_filter(host)), prefix=HOST_IF_PREFIX))
+
+
+def test_forward_check_sees_a_drop_set_later_through_iptables_legacy(world: World) -> None:
+    """A tool on iptables-legacy (x_tables, invisible to nft) sets FORWARD DROP after the start."""
+    ns = world.hosts["a"].name
+    host = ns_path(ns)
+    assert iptables_legacy_filter(host) is None  # no legacy table in the namespace: none is created
+    assert legacy_check(host)[:2] == (HealthStatus.OK, "ForwardOk")
+    sh("ip", "netns", "exec", ns, "iptables-legacy", "-P", "FORWARD", "DROP")
+    text = iptables_legacy_filter(host)
+    assert text is not None and "-P FORWARD DROP" in text
+    status, reason, evidence = legacy_check(host)
+    assert (status, reason) == (HealthStatus.FAILED, "ForwardDropsTasks")
+    assert "policy DROP" in str(evidence["chain.legacy filter FORWARD"])
+    for flag in ("-i", "-o"):
+        sh("ip", "netns", "exec", ns, "iptables-legacy", "-I", "FORWARD", flag, f"{HOST_IF_PREFIX}+", "-j", "ACCEPT")
+    assert legacy_check(host)[:2] == (HealthStatus.OK, "ForwardOk")
 
 
 def test_forward_check_degrades_when_nft_cannot_read() -> None:
