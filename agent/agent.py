@@ -237,7 +237,10 @@ class Agent:
         await self.client.close()
         # Checkpoints saved last are made durable by the group sync; a clean stop waits for it.
         if not await asyncio.to_thread(self.store.flush, 10.0):
-            log.warning("task checkpoints not yet on disk after 10 s (they are in the page cache)")
+            if self.store.sync.error is not None:
+                log.error("task checkpoints may not be on disk: %s", self.store.sync.error)
+            else:
+                log.warning("task checkpoints not yet on disk after 10 s (they are in the page cache)")
 
     async def _stop_resources(self) -> None:
         for resource in reversed(self._started):

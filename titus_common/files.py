@@ -57,7 +57,11 @@ def _replace(path: Path, data: bytes, mode: int, durable: bool) -> None:
 class GroupSync:
     """Makes files written by `replace_bytes` in one directory durable on a thread of its own, in
     batches: every file named since the last round is fsynced, then the directory once. A burst of
-    writes costs its writer no disk wait and the disk a handful of flushes (group commit)."""
+    writes costs its writer no disk wait and the disk a handful of flushes (group commit).
+
+    A failed fsync is sticky (`error`): after EIO the kernel may have dropped the dirty pages and a
+    later fsync of the same file can succeed without them, so nothing since is claimed durable and
+    `flush` answers False from then on."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -67,6 +71,7 @@ class GroupSync:
         self._synced = 0
         self._thread: threading.Thread | None = None
         self.rounds = 0  # flush rounds done (for tests and figures)
+        self.error: str | None = None  # the first fsync that failed: durability is lost since
 
     def written(self, path: Path) -> None:
         with self._cond:
@@ -78,10 +83,11 @@ class GroupSync:
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything written before this call is on disk; False on timeout."""
+        """Wait until everything written before this call is on disk; False on timeout, or when an
+        fsync has failed (it may not be)."""
         with self._cond:
             target = self._queued
-            return self._cond.wait_for(lambda: self._synced >= target, timeout)
+            return self._cond.wait_for(lambda: self._synced >= target, timeout) and self.error is None
 
     def _run(self) -> None:
         while True:
@@ -94,15 +100,21 @@ class GroupSync:
                 except FileNotFoundError:
                     continue  # deleted since (or a test's directory removed): nothing to keep
                 except OSError as e:
-                    log.error("cannot open %s to make it durable: %s", path, e)
+                    self._failed(f"cannot open {path} to make it durable: {e}")
                     continue
                 try:
                     os.fsync(fd)
-                except OSError as e:  # EIO: the disk is failing; the content stays in the page cache
-                    log.error("fsync of %s failed: %s", path, e)
+                except OSError as e:  # EIO: the disk is failing
+                    self._failed(f"fsync of {path} failed: {e}")
                 finally:
                     os.close(fd)
             with self._cond:
                 self._synced = upto
                 self.rounds += 1
                 self._cond.notify_all()
+
+    def _failed(self, message: str) -> None:
+        log.error("%s: records written since are not known to be durable", message)
+        with self._cond:
+            if self.error is None:
+                self.error = message

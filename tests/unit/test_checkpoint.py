@@ -1,4 +1,5 @@
 import asyncio
+import errno
 import os
 import threading
 from pathlib import Path
@@ -207,3 +208,28 @@ def test_commit_runs_the_write_off_the_loop(tmp_path: Path) -> None:
     asyncio.run(ctx.commit())
     assert threads and threads[0].startswith("checkpoint_")  # its own pool, not the shared one
     assert store.load_all() == [rec]
+
+
+def test_a_failed_fsync_is_never_counted_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After EIO the kernel may have dropped the pages: a later fsync that succeeds proves nothing,
+    so flush says False from then on (and the agent's stop logs it), even for later writes."""
+    store = CheckpointStore(tmp_path / "state")
+    real_fsync = os.fsync
+    failing = {"on": True}
+
+    def eio_fsync(fd: int) -> None:
+        if failing["on"]:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", eio_fsync)
+    store.save(record("t0"))
+    assert store.flush(timeout=10) is False
+    assert store.sync.error is not None and "Input/output error" in store.sync.error
+    failing["on"] = False
+    store.save(record("t1"))
+    assert store.flush(timeout=10) is False  # sticky
+    assert {r.task_id for r in store.load_all()} == {"t0", "t1"}  # the records themselves are in place
+    healthy = CheckpointStore(tmp_path / "other")
+    healthy.save(record("t2"))
+    assert healthy.flush(timeout=10) is True
