@@ -49,7 +49,6 @@ from agent.watcher import ContainerWatcher
 from security.profiles import default_policy
 from titus_common.errors import ConfigError, TitusError
 from titus_common.memory import give_back
-from titus_common.jobspec import MAX_LABELS
 from titus_common.protocol import MAX_TASKS_PER_NODE, CapacityReport, NodeReport, TaskAssignment, WarmNetwork
 from titus_common.retry import Backoff, retry_forever
 from titus_common.states import TaskState
@@ -366,10 +365,9 @@ class Agent:
         gave up on by terminating that instance (scheduler/retire.py)."""
         c = self.config
         if c.network_provider == "aws" and c.aws_instance_id:  # the instance's own id, never a configured one
-            labels = {k: v for k, v in c.labels.items() if k != "instanceId"}
-            if len(labels) < MAX_LABELS:
-                return {**labels, "instanceId": c.aws_instance_id}
-            return labels
+            # Always room for it (the config admits MAX_LABELS - 1): a node bound to its instance
+            # that reports none is refused (scheduler/auth.py).
+            return {**{k: v for k, v in c.labels.items() if k != "instanceId"}, "instanceId": c.aws_instance_id}
         return c.labels
 
     async def _sync_loop(self) -> None:

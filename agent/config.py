@@ -22,6 +22,7 @@ from netns.providers.base import usable_addresses
 from titus_common.config import Source, build, env_source, flag_source, toml_source
 from titus_common.daemon import parse_listen
 from titus_common.errors import ConfigError
+from titus_common.jobspec import MAX_LABELS
 
 __all__ = ["ENV_PREFIX", "AgentConfig", "ConfigError", "build_parser", "check_network", "load_config"]
 
@@ -210,6 +211,9 @@ class AgentConfig(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_LABELS - 1:
+            raise ValueError(f"at most {MAX_LABELS - 1} labels, got {len(value)} (one is kept for the "
+                             "platform's instanceId)")
         for key in value:
             if not key or "=" in key or any(c.isspace() for c in key):
                 raise ValueError(f"label key {key!r}: expected a non-empty name without '=' or spaces")

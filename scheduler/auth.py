@@ -240,7 +240,10 @@ async def _check_instance(request: web.Request, who: Identity) -> None:
     node = body.get("node") if isinstance(body, dict) else None
     labels = node.get("labels") if isinstance(node, dict) else None
     reported = labels.get("instanceId") if isinstance(labels, dict) else None
-    if reported is not None and reported != who.instance:
+    if reported is None:  # else the host's record would name no instance to retire (scheduler/retire.py)
+        raise Refused(403, "instance_unreported", f"node {who.name}'s certificate is bound to instance "
+                                                  f"{who.instance}, but its report has no instanceId label")
+    if reported != who.instance:
         raise Refused(403, "instance_mismatch", f"node {who.name}'s certificate is bound to instance {who.instance}, "
                                                 f"but it reports instance {reported}")
 

@@ -396,3 +396,12 @@ def test_model_built_in_code_is_checked_too() -> None:
     bad = config.model_copy(update={"aws_account_id": "1"})  # model_copy does not validate
     with pytest.raises(ConfigError, match="aws_account_id: expected 12 digits"):
         check_network(bad)
+
+
+def test_labels_leave_room_for_the_platforms_instance_id() -> None:
+    from titus_common.jobspec import MAX_LABELS
+
+    many = {f"k{i}": "v" for i in range(MAX_LABELS - 1)}
+    assert len(AgentConfig(node_id="n", labels=many).labels) == MAX_LABELS - 1
+    with pytest.raises(ValidationError, match=f"at most {MAX_LABELS - 1} labels.*instanceId"):
+        AgentConfig(node_id="n", labels={**many, "one": "more"})

@@ -191,6 +191,11 @@ async def test_rotation_keeps_the_binding_and_a_different_instance_is_refused(ce
             await client.sync(aws_report(I1, "i-0fff00000000000ff"), 0)
         assert cell.refused("instance_mismatch") == 1
         assert cell.scheduler.nodes[I1].labels.get("instanceId") == I1  # the refused report was not applied
+        # or reports none (the host's record would name no instance to retire): refused too
+        with pytest.raises(SchedulerUnavailable, match="HTTP 403.*bound to instance .* no instanceId label"):
+            await client.sync(aws_report(I1, None), 0)
+        assert cell.refused("instance_unreported") == 1
+        assert cell.scheduler.nodes[I1].labels.get("instanceId") == I1
     finally:
         await client.close()
 
