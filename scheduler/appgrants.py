@@ -43,6 +43,9 @@ class AppGrants:
         db.execute("CREATE TABLE IF NOT EXISTS app_grants (app TEXT PRIMARY KEY, owner TEXT NOT NULL, "
                    "how TEXT NOT NULL, by TEXT NOT NULL, at REAL NOT NULL)")
         self._grants = {r[0]: AppGrant(*r) for r in db.execute("SELECT app, owner, how, by, at FROM app_grants")}
+        # app → uses in flight of a claim none of whose uses has succeeded yet (two submits of one
+        # owner can race: the second must not be left on an app the first one's failure released)
+        self._unsettled: dict[str, int] = {}
 
     def get(self, app: str) -> AppGrant | None:
         return self._grants.get(app)
@@ -61,22 +64,28 @@ class AppGrants:
         self.db.execute("INSERT OR REPLACE INTO app_grants VALUES (?,?,?,?,?)",
                         (new.app, new.owner, new.how, new.by, new.at))
         self._grants[app] = new
+        self._unsettled.pop(app, None)
         return previous
 
     def revoke(self, app: str) -> AppGrant | None:
+        self._unsettled.pop(app, None)
         previous = self._grants.pop(app, None)
         if previous is not None:
             self.db.execute("DELETE FROM app_grants WHERE app = ?", (app,))
         return previous
 
     def admit(self, app: str, owner: str, by: str) -> AppGrant | None:
-        """May `owner` use `app`? Raises AppRefused; returns the new claim when this use claimed the
-        app (so a refused submit can `release` it again), else None."""
+        """May `owner` use `app`? Raises AppRefused. Returns the claim this use depends on — a new one,
+        or one whose first use has not ended yet — which the caller must `settle` once the use ends;
+        None when the app is already the owner's for good."""
         grant = self._grants.get(app)
         if grant is not None:
             if grant.owner != owner:
                 raise AppRefused(f"app {app!r} belongs to owner {grant.owner!r}, not {owner!r} (an admin moves it: "
                                  f"titusctl admin app grant {app} --owner {owner})")
+            if app in self._unsettled:  # rides on a claim still in flight
+                self._unsettled[app] += 1
+                return grant
             return None
         if self.policy == "granted":
             raise AppRefused(f"app {app!r} is granted to no owner; an admin grants it: "
@@ -85,9 +94,21 @@ class AppGrants:
         self.db.execute("INSERT INTO app_grants VALUES (?,?,?,?,?)", (claim.app, claim.owner, claim.how, claim.by,
                                                                        claim.at))
         self._grants[app] = claim
+        self._unsettled[app] = 1
         return claim
 
-    def release(self, claim: AppGrant) -> None:
-        """Undo a claim whose use failed (a submit refused after the check): only that very claim."""
-        if self._grants.get(claim.app) == claim:
-            self.revoke(claim.app)
+    def settle(self, claim: AppGrant, succeeded: bool) -> bool:
+        """A use of `claim` (as `admit` returned it) has ended. The first use that succeeded makes the
+        claim final (True: the caller audits it); once every use has failed (a submit refused after
+        the check), the claim is undone. Only that very claim: a grant made meanwhile stays."""
+        left = self._unsettled.get(claim.app)
+        if left is None or self._grants.get(claim.app) != claim:
+            return False  # final already, or replaced or revoked meanwhile
+        if succeeded:
+            del self._unsettled[claim.app]
+            return True
+        if left > 1:
+            self._unsettled[claim.app] = left - 1
+            return False
+        self.revoke(claim.app)
+        return False

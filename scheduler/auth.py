@@ -316,11 +316,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             field = "container.iamRole" if e.reason == "iam_role" else "appName"
             body["problems"] = [{"field": field, "message": e.message}]
         response = web.json_response({"error": body}, status=e.status)
-    if claim is not None:
-        if response.status >= 400:
-            auth.store.apps.release(claim)  # the submit failed: the app stays unclaimed
-        else:
-            auth.store.audit(claim.by, "APP-CLAIM", request.path, response.status, detail=claim.view())
+    # A failed submit leaves the app unclaimed, unless another submit riding on the claim succeeds.
+    if claim is not None and auth.store.apps.settle(claim, response.status < 400):
+        auth.store.audit(claim.by, "APP-CLAIM", request.path, response.status, detail=claim.view())
     refused_exec = response.status >= 400 and EXEC.match(request.path) is not None  # sessions: exec_api
     if request.method not in ("GET", "HEAD") and not NODE_CALL.match(request.path) or refused_exec:
         outcome = "ok" if response.status < 400 else "refused"

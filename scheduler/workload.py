@@ -133,7 +133,7 @@ class WorkloadIssuer:
             claim = self.store.apps.admit(job.spec.app_name, job.spec.owner, f"job {job.id}")
         except AppRefused as e:
             raise Refusal(403, "app_grant", f"task {task_id} gets no identity: {e}") from None
-        if claim is not None:
+        if claim is not None and self.store.apps.settle(claim, True):  # a stored job uses it: final
             self.store.audit(claim.by, "APP-CLAIM", f"/v1/jobs/{job.id}", 201, detail=claim.view())
 
 

@@ -46,6 +46,7 @@ def test_first_use_claims_then_only_that_owner(tmp_path: Path) -> None:
     apps = store.apps
     claim = apps.admit("web", "alice", "op:alice")
     assert claim is not None and (claim.owner, claim.how) == ("alice", "claim")
+    assert apps.settle(claim, True)  # the submit succeeded: the claim is final
     assert apps.admit("web", "alice", "op:alice") is None  # already hers: no new claim
     with pytest.raises(AppRefused, match="app 'web' belongs to owner 'alice', not 'bob'"):
         apps.admit("web", "bob", "op:bob")
@@ -80,12 +81,38 @@ def test_release_undoes_only_that_claim(tmp_path: Path) -> None:
     claim = apps.admit("web", "alice", "x")
     assert claim is not None
     apps.grant("web", "bob", "admin")  # meanwhile an admin granted it
-    apps.release(claim)
+    assert not apps.settle(claim, False)
     assert apps.owner_of("web") == "bob"  # the grant stays
     second = apps.admit("etl", "alice", "x")
     assert second is not None
-    apps.release(second)
+    assert not apps.settle(second, False)
     assert apps.owner_of("etl") is None
+    store.close()
+
+
+def test_a_use_riding_on_a_claim_in_flight_keeps_it_when_the_claimant_fails(tmp_path: Path) -> None:
+    """Two submits of one owner race on a new app: the first claims it, the second admits on that
+    claim; the first then fails. The second's job is stored, so the app must stay the owner's."""
+    store = AuthStore(tmp_path / "a.auth")
+    apps: AppGrants = store.apps
+    first = apps.admit("web", "alice", "op:a1")
+    rider = apps.admit("web", "alice", "op:a2")
+    assert first is not None and rider == first
+    assert not apps.settle(first, False)  # the claimant failed: the rider is still in flight
+    assert apps.owner_of("web") == "alice"
+    assert apps.settle(rider, True)  # the rider's submit succeeded: final (audited once, here)
+    assert apps.admit("web", "alice", "op:a3") is None
+    with pytest.raises(AppRefused):
+        apps.admit("web", "bob", "op:bob")
+    # both uses fail: undone
+    a, b = apps.admit("etl", "alice", "x"), apps.admit("etl", "alice", "y")
+    assert a is not None and b is a
+    assert not apps.settle(b, False) and apps.owner_of("etl") == "alice"
+    assert not apps.settle(a, False) and apps.owner_of("etl") is None
+    # settled once, a late settle changes nothing
+    c = apps.admit("ml", "alice", "x")
+    assert c is not None and apps.settle(c, True) and not apps.settle(c, False)
+    assert apps.owner_of("ml") == "alice"
     store.close()
 
 
