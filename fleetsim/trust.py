@@ -1,7 +1,9 @@
 """The simulator's credentials against a TLS scheduler (docs/trust.md): every simulated host
 bootstraps its own node certificate the way the agent does (a key made here, a CSR with
 O=titus:nodes, CN=<node id> and a bounded-use bootstrap token to POST /v1/bootstrap; a 429 is
-retried after its Retry-After), and the burst's operator calls use a client certificate or a bearer
+retried after its Retry-After; a host whose certificate is already in `key_dir` keeps it, as the agent
+does across restarts, since the scheduler refuses a second bootstrap of a node id with a live
+certificate), and the burst's operator calls use a client certificate or a bearer
 token. Only titus_common and the public protocol: the simulator is a black-box client."""
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ class FleetTrust:
 
 
 async def bootstrap_node(session: aiohttp.ClientSession, base: str, trust: FleetTrust, node_id: str) -> ssl.SSLContext:
-    """One simulated host's certificate; returns the TLS context presenting it."""
+    """One simulated host's certificate (the one in `key_dir`, or a new one); returns the TLS context
+    presenting it."""
+    crt, key_file = trust.key_dir / f"{node_id}.crt", trust.key_dir / f"{node_id}.key"
+    if crt.exists() and key_file.exists():
+        return client_context(trust.ca_file, crt, key_file)
     if trust.bootstrap_token is None:
         raise ConfigError("fleetsim: a TLS scheduler needs --bootstrap-token-file (nodes 'sim-*', --uses ≥ --hosts)")
     key = new_key()
@@ -56,7 +62,7 @@ async def bootstrap_node(session: aiohttp.ClientSession, base: str, trust: Fleet
             if r.status != 201:
                 raise RuntimeError(f"fleetsim: bootstrap of {node_id} refused: HTTP {r.status}: {text[:200]}")
         cert = str(json.loads(text)["certificate"])
-        write_private(trust.key_dir / f"{node_id}.key", key_pem(key))
-        write_private(trust.key_dir / f"{node_id}.crt", cert.encode())
-        return client_context(trust.ca_file, trust.key_dir / f"{node_id}.crt", trust.key_dir / f"{node_id}.key")
+        write_private(key_file, key_pem(key))
+        write_private(crt, cert.encode())
+        return client_context(trust.ca_file, crt, key_file)
     raise RuntimeError(f"fleetsim: bootstrap of {node_id} still rate-limited after {BOOTSTRAP_ATTEMPTS} attempts")
