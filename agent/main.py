@@ -21,6 +21,7 @@ from titus_common.daemon import apply_log_level, one_line, refuse_start, reload_
 from titus_common.errors import ConfigError, TitusError
 from titus_common.logs import setup_logging
 from titus_common.memory import freeze_imported, limit_arenas
+from titus_common.tlsbuffers import shrink_tls_buffers
 from titus_common.sdnotify import Notifier
 from titus_common.threads import ElasticThreadPool
 
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     setup_logging("titus-agent", config.log_level)
     limit_arenas()  # before the thread pools exist (issue 17: footprint at 100+ tasks)
+    shrink_tls_buffers()  # 256 KiB per TLS connection to the scheduler otherwise (titus_common/tlsbuffers.py)
     try:  # aws: this instance's identity (IMDSv2), limits and default groups, checked (blocking)
         config = resolve_aws_host(config)
     except TitusError as e:

@@ -21,6 +21,7 @@ import aiohttp
 
 from fleetsim.trust import FleetTrust, bootstrap_node
 from titus_common.gctune import tune_for_server
+from titus_common.tlsbuffers import shrink_tls_buffers
 from titus_common.protocol import (
     CapacityReport, NodeReport, SyncResponse, TaskAssignment, TaskUpdate, UpdatesRequest, images_digest,
 )
@@ -249,10 +250,12 @@ class Fleet:
         # The simulator is this process's main load: as the scheduler, fewer full collections
         # (titus_common/gctune.py); the caller's thresholds are restored afterwards.
         old = tune_for_server()
+        old_buffer = shrink_tls_buffers()  # thousands of TLS connections, as the scheduler's
         try:
             await self._run(stop)
         finally:
             gc.set_threshold(*old)
+            shrink_tls_buffers(old_buffer)
 
     async def _run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.wait_seconds + 30)

@@ -31,6 +31,7 @@ from scheduler import trust_cli
 from scheduler.provenance import TagWatcher
 from scheduler.registry import Registry
 from titus_common.gctune import tune_for_server
+from titus_common.tlsbuffers import shrink_tls_buffers
 from scheduler.trust import build_trust
 from scheduler.store import SQLiteStore, StoreCorrupt
 from security.profiles import SecurityPolicy, default_policy, load_policy
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(refuse_start(PROG, log, e))
     setup_logging(PROG, config.log_level)
     tune_for_server()  # full collections were half the CPU at 7,000 hosts (titus_common/gctune.py)
+    shrink_tls_buffers()  # 256 KiB per TLS connection: ~3 GB at 7,000 hosts (titus_common/tlsbuffers.py)
     sys.exit(asyncio.run(serve(config, argv)))
 
 
