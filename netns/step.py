@@ -33,7 +33,7 @@ from netns.taskrules import MissingRule, WiredTask, WiredTasks, find_missing_in,
 from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, eni_table, host_ifname, iproute_in
 
 RECORD_VERSION = 1
-MAX_RULE_REPAIRS = 256  # re-added task rules the health check has not taken yet (oldest dropped)
+MAX_RULE_REPAIRS = 256  # re-added task rules remembered for the health check (oldest dropped)
 log = logging.getLogger("titus.netns.step")
 
 
@@ -119,7 +119,7 @@ class TaskNetworks:
         self.last_leaks = LeakReport()
         # The wired tasks: their own rules are re-added when deleted from outside (netns/taskrules.py).
         self.wired = WiredTasks(on_change=self._refresh_owned)
-        self.rule_repairs: list[MissingRule] = []  # re-added since the health check last took them
+        self.rule_repairs: list[tuple[float, MissingRule]] = []  # (when, what) re-added, time.monotonic()
 
     async def restore(self, records: Mapping[str, Mapping[str, Any]]) -> ReconcileReport:
         """At agent start, before any setup: the task checkpoints' network records of tasks whose
@@ -249,7 +249,8 @@ class TaskNetworks:
         """The wired tasks' own rules deleted from outside, put back (never those of a task whose
         teardown has begun); returns what was missing, by ENI id (the `to` rules: "tasks")."""
         readded = await asyncio.to_thread(readd_in, self.wiring.host_netns, self.wired)
-        self.rule_repairs = (self.rule_repairs + readded)[-MAX_RULE_REPAIRS:]
+        now = time.monotonic()
+        self.rule_repairs = (self.rule_repairs + [(now, m) for m in readded])[-MAX_RULE_REPAIRS:]
         by_table = {eni_table(h.device_index): eni_id for eni_id, h in self._eni_tables.items()}
         out: dict[str, list[str]] = {}
         for m in readded:
@@ -261,10 +262,11 @@ class TaskNetworks:
         """Read-only, for the health check: the wired tasks' own rules missing now."""
         return await asyncio.to_thread(find_missing_in, self.wiring.host_netns, self.wired)
 
-    def take_rule_repairs(self) -> list[MissingRule]:
-        """The task rules re-added since the last call (the health check reports each once)."""
-        taken, self.rule_repairs = self.rule_repairs, []
-        return taken
+    def recent_rule_repairs(self, within_s: float) -> list[MissingRule]:
+        """The task rules re-added in the last `within_s` seconds (older ones are forgotten)."""
+        since = time.monotonic() - within_s
+        self.rule_repairs = [(t, m) for t, m in self.rule_repairs if t >= since]
+        return [m for _, m in self.rule_repairs]
 
     async def eni_states(self, unowned_grace_s: float = 120.0) -> list[EniLinkState]:
         """Read-only, for the `eni` health check: every owned ENI's link and table (the tasks' own

@@ -36,6 +36,9 @@ log = logging.getLogger("titus.agent.health")
 
 LEAKS_METRIC = "titus_agent_network_leaks_removed_total"
 TASK_ROLE_FAILURES = 3
+# A task rule the agent re-added is reported this long: a deletion repaired within a second still
+# reaches the scheduler (heartbeats carry the latest result only) and the operator.
+TASK_RULE_REPAIR_HOLD_S = 60.0
 
 
 @dataclass
@@ -113,17 +116,17 @@ async def eni_links(network: NetworkResource) -> list[EniLink]:
     return [eni_link(s, sum(1 for r in rules if r.table == s.table)) for s in states]
 
 
-async def task_rule_findings(network: NetworkResource) -> list[TaskRuleFinding]:
+async def task_rule_findings(network: NetworkResource,
+                             hold_s: float = TASK_RULE_REPAIR_HOLD_S) -> list[TaskRuleFinding]:
     """The wired tasks' own rules (netns/taskrules.py): missing ones are re-added first (as every
-    reconcile does); reported are those still missing and those re-added since the last call (by the
-    netlink watch, a reconcile, `reassert-network` or here), each once, so a deletion the agent
-    repaired within a second is still seen."""
+    reconcile does); reported are those still missing and those re-added in the last `hold_s`
+    seconds (by the netlink watch, a reconcile, `reassert-network` or here)."""
     networks = network.tasks.networks
     if await networks.missing_task_rules():
         await networks.readd_task_rules()
     still = await networks.missing_task_rules()
     missing = {(m.task_id, m.rule.describe()) for m in still}
-    readded = {(m.task_id, m.rule.describe()) for m in networks.take_rule_repairs()} - missing
+    readded = {(m.task_id, m.rule.describe()) for m in networks.recent_rule_repairs(hold_s)} - missing
     return ([TaskRuleFinding(t, r, False) for t, r in sorted(missing)]
             + [TaskRuleFinding(t, r, True) for t, r in sorted(readded)])
 

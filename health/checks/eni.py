@@ -8,7 +8,7 @@ was never found. And every wired task's own rules (netns/taskrules.py: `to <ip>`
 - a link absent or down, a table's route missing → failed `EniDatapathBroken` (tasks on that ENI
   lose their traffic or leave by the wrong interface); remediation `reassert-network` re-applies
   links and tables;
-- a task's rule missing now, or found missing and re-added since the check's last run → degraded
+- a task's rule missing now, or re-added by the agent in the last 60 s → degraded
   `TaskRuleMissing` naming the task and the rule (evidence `taskRule.<task>`; something outside the
   agent deletes its rules: the task lost its traffic for that while);
 - only an MTU other than the configured one → degraded `EniMtuMismatch` (large packets dropped);
@@ -85,7 +85,7 @@ class EniCheck:
         if rules:
             r0 = rules[0]
             return degraded("TaskRuleMissing", f"{len(rules)} task rule(s) deleted from outside; task {r0.task_id}: "
-                                               f"{r0.rule} {'was missing (re-added)' if r0.readded else 'missing'}",
+                                               f"{r0.rule} {'was missing (re-added)' if r0.readded else 'missing'}"[:256],
                             **evidence)
         if mtu:
             return degraded("EniMtuMismatch", f"{mtu[0].eni_id}: {'; '.join(mtu[0].problems)}", **evidence)

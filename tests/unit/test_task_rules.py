@@ -247,7 +247,7 @@ async def test_task_networks_teardown_during_a_re_add_on_a_thread(tmp_path: Path
 
     drift, _ = await asyncio.gather(networks.readd_task_rules(), teardown())
     assert drift == {} and host.rules == set()
-    assert networks.take_rule_repairs() == [] and networks.owned.task_rules == frozenset()
+    assert networks.recent_rule_repairs(60) == [] and networks.owned.task_rules == frozenset()
     assert await networks.readd_task_rules() == {} and host.rules == set()  # nor later
 
 
@@ -276,7 +276,7 @@ def test_eni_check_reports_task_rule_missing_naming_the_task_and_the_rule() -> N
     assert obs.evidence["taskRulesMissing"] == 2 and "; iif " in str(obs.evidence["taskRule.t-eni"])
 
 
-async def test_task_rule_findings_re_add_first_and_report_each_repair_once(tmp_path: Path,
+async def test_task_rule_findings_re_add_first_and_report_repairs_for_a_while(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
@@ -296,11 +296,12 @@ async def test_task_rule_findings_re_add_first_and_report_each_repair_once(tmp_p
     (found,) = await task_rule_findings(resource)
     assert (found.task_id, found.rule, found.readded) == ("t-eni", FROM_ENI.describe(), True)
     assert FROM_ENI in host.rules
-    assert await task_rule_findings(resource) == []  # reported once: back in place since
+    assert len(await task_rule_findings(resource)) == 1  # reported for a while after the re-add
+    assert await task_rule_findings(resource, hold_s=0.0) == []  # ...then no more: back in place since
     host.rules.discard(FROM_ENI)
     assert (await networks.reassert_eni_tables()) == {  # "tasks": its table is of no ENI this agent owns
         "tasks": ["task t-eni: from 10.0.0.7 lookup 101 priority 1536 was missing (re-added)"]}
-    (found,) = await task_rule_findings(resource)  # the reconcile repaired it: still reported once
+    (found,) = await task_rule_findings(resource)  # the reconcile repaired it: reported too
     assert found.readded and FROM_ENI in host.rules
 
     def refuse(rule: TaskRule) -> None:
