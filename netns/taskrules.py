@@ -203,7 +203,8 @@ def readd_missing(wired: WiredTasks, host: RuleOps) -> list[MissingRule]:
     C1 < A < C2 < X in this thread. Teardown marked before C1: skipped. Marked between C1 and C2: X
     removes the rule whatever the order of A and D. Marked after C2: D comes after A and removes it.
     A snapshot taken before a teardown that has since finished fails `keeps` too (the entry is no
-    longer the task's), so a slow re-add never resurrects a finished task's rules."""
+    longer the task's), so a slow re-add never resurrects a finished task's rules. (X deletes by
+    selector; it cannot hit another task's rule: a released address cools 30 s before its reuse.)"""
     rules, links = host.dump()
     tasks = {t.task_id: t for t in wired.tasks()}
     by_task: dict[str, list[MissingRule]] = {}
