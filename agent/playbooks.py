@@ -50,8 +50,9 @@ class Playbooks:
     async def _reassert_network(self) -> str:
         if self._a.network is None:
             raise Unsupported("networking is off on this agent")
-        await self._a.network.reconcile(self._a.tasks())  # re-applies every owned ENI's link and table
-        return "ENI links and tables re-asserted"
+        # Every owned ENI's link and table, and the wired tasks' own rules (missing ones re-added).
+        await self._a.network.reconcile(self._a.tasks())
+        return "ENI links, tables and tasks' rules re-asserted"
 
     async def _restart_engine(self) -> str:
         cmd = self._a.config.health_engine_restart_command

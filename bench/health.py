@@ -91,7 +91,7 @@ def _datapath_checks(state: Path) -> tuple[list[Any], Any]:
         return MetadataFacts(path.pinned(), True, probe_ok=r.ok, probe_step=r.step, probe_ms=r.elapsed_ms)
 
     async def links() -> list[Any]:
-        return [eni_link(await asyncio.to_thread(inspect_eni, "eni-bench", HostEni(99, "lo", "127.0.0.1"), []))]
+        return [eni_link(await asyncio.to_thread(inspect_eni, "eni-bench", HostEni(99, "lo", "127.0.0.1")))]
 
     def close() -> None:
         service.stop()

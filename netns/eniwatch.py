@@ -3,10 +3,12 @@
 Network managers (systemd-networkd, ec2-net-utils, cloud-init) flush custom tables or add the
 secondary IPs as host aliases at any time; the periodic re-assertion repairs it within a reconcile
 interval, this watcher within about a second. A thread reads the host namespace's rtnetlink events
-(links, IPv4 addresses, IPv4 routes) and calls `on_drift` — from that thread — when one concerns
-what the agent owns: a route deleted from an ENI table, an address added to an ENI link, an ENI
-link down or its MTU changed. The agent's own repairs (route replace, alias delete, link up) are
-not drift, so they do not trigger it again.
+(links, IPv4 addresses, IPv4 routes, IPv4 rules) and calls `on_drift` — from that thread — when one
+concerns what the agent owns: a route deleted from an ENI table, an address added to an ENI link,
+an ENI link down or its MTU changed, a wired task's own rule deleted (netns/taskrules.py). The
+agent's own repairs (route replace, alias delete, link up, rule add) are not drift, so they do not
+trigger it again; nor is a teardown's deletion of its task's rules (the task has left the wired set
+before its teardown deletes anything).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from netns.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, MarshalRtnl
+from netns.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_LINK, MarshalRtnl
+from netns.taskrules import TaskRule, present_rules
 from netns.wiring import enter_netns_fd
 
 __all__ = ["EniWatch", "Owned", "is_drift"]
@@ -33,10 +36,12 @@ IFF_UP = 1
 
 @dataclass(frozen=True)
 class Owned:
-    """What the agent owns now: ENI link names → wanted MTU (None: any), and the ENI tables."""
+    """What the agent owns now: ENI link names → wanted MTU (None: any), the ENI tables, and the
+    wired tasks' own rules."""
 
     links: dict[str, int | None]
     tables: frozenset[int]
+    task_rules: frozenset[TaskRule] = frozenset()
 
 
 def is_drift(msg: Any, owned: Owned) -> bool:
@@ -44,6 +49,8 @@ def is_drift(msg: Any, owned: Owned) -> bool:
     event = msg.get("event", "")
     if event == "RTM_DELROUTE":
         return msg.get_attr("RTA_TABLE") in owned.tables
+    if event == "RTM_DELRULE":
+        return bool(present_rules([msg]) & owned.task_rules)
     if event == "RTM_NEWADDR":
         return msg.get_attr("IFA_LABEL") in owned.links
     if event == "RTM_NEWLINK":
@@ -83,7 +90,7 @@ class EniWatch:
         # a select() on an IPRoute never became readable again after its first get(), so the watch went
         # deaf after its first repair (found by tests/integration/test_ec2sim_agent.py).
         try:
-            sock = event_socket(self.host_netns, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE)
+            sock = event_socket(self.host_netns, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE)
         except OSError as e:
             log.warning("ENI netlink watch not started: %s; drift is repaired at the next reconcile only", e)
             return

@@ -9,13 +9,11 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from netns.errors import WiringError
 from netns.wiring import (
-    RULE_FROM_CONTAINER_PRIORITY,
     HostEni,
     _link_index,
     eni_table,
@@ -41,8 +39,6 @@ class EniLinkState:
     want_mtu: int | None = None
     gateway_route: bool = False  # `<router>/32 dev <link> scope link` in the ENI's table
     default_route: bool = False  # `default via <router> dev <link>` in the ENI's table
-    addresses: int = 0  # task addresses on this ENI that were looked for
-    missing_rules: tuple[str, ...] = field(default=())  # of those: no `from <ip> lookup <table>`
 
     def problems(self) -> list[str]:
         if not self.present:
@@ -56,21 +52,17 @@ class EniLinkState:
             out.append(f"table {self.table} lacks the router's on-link route")
         if not self.default_route:
             out.append(f"table {self.table} lacks its default route")
-        if self.missing_rules:
-            out.append(f"{len(self.missing_rules)} task rule(s) to table {self.table} missing "
-                       f"({', '.join(self.missing_rules[:3])})")
         return out
 
 
-def inspect_eni(eni_id: str, eni: HostEni, addresses: Iterable[str], host_netns: str | None = None) -> EniLinkState:
-    """The ENI's link (by name), its table's two routes, and the `from <ip> lookup <table>` rule of
-    every task address in `addresses`."""
+def inspect_eni(eni_id: str, eni: HostEni, host_netns: str | None = None) -> EniLinkState:
+    """The ENI's link (by name) and its table's two routes. The tasks' own rules to its table are
+    netns/taskrules.py's (`TaskNetworks.missing_task_rules`)."""
     table = eni_table(eni.device_index)
-    wanted = sorted(set(addresses))
     with iproute_in(host_netns) as ipr:
         index = _link_index(ipr, eni.ifname)
         if index is None:
-            return EniLinkState(eni_id, eni.ifname, table, False, want_mtu=eni.mtu, addresses=len(wanted))
+            return EniLinkState(eni_id, eni.ifname, table, False, want_mtu=eni.mtu)
         (link,) = ipr.link("get", index=index)
         mtu = link.get("IFLA_MTU")
         gateway = default = False
@@ -81,16 +73,10 @@ def inspect_eni(eni_id: str, eni: HostEni, addresses: Iterable[str], host_netns:
                 default = True
             elif r.get("dst_len") == 32 and r.get("RTA_DST") == eni.gateway:
                 gateway = True
-        have = {
-            str(rule.get("FRA_SRC"))
-            for rule in ipr.rule("dump", family=2)
-            if rule.get("FRA_TABLE") == table and rule.get("FRA_PRIORITY") == RULE_FROM_CONTAINER_PRIORITY
-            and rule.get("src_len") == 32
-        }
     return EniLinkState(
         eni_id, eni.ifname, table, True, up=bool(link["flags"] & IFF_UP),
         mtu=int(mtu) if isinstance(mtu, int) else None, want_mtu=eni.mtu, gateway_route=gateway,
-        default_route=default, addresses=len(wanted), missing_rules=tuple(a for a in wanted if a not in have),
+        default_route=default,
     )
 
 

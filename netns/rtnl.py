@@ -62,7 +62,8 @@ _register_lean_package()
 
 from pyroute2.iproute import IPRoute  # noqa: E402
 from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK  # noqa: E402
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_LINK  # noqa: E402
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl  # noqa: E402
 
-__all__ = ["IPRoute", "MarshalRtnl", "NetlinkError", "RTMGRP_IPV4_IFADDR", "RTMGRP_IPV4_ROUTE", "RTMGRP_LINK"]
+__all__ = ["IPRoute", "MarshalRtnl", "NetlinkError", "RTMGRP_IPV4_IFADDR", "RTMGRP_IPV4_ROUTE", "RTMGRP_IPV4_RULE",
+           "RTMGRP_LINK"]

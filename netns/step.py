@@ -29,9 +29,11 @@ from netns.pool import NetworkPool
 from netns.providers.base import EniInfo
 from netns.eniwatch import Owned
 from netns.inspect import EniLinkState, inspect_eni
-from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, eni_table, iproute_in
+from netns.taskrules import MissingRule, WiredTask, WiredTasks, find_missing_in, readd_in
+from netns.wiring import ContainerNetSpec, GcReport, HostEni, Wiring, eni_table, host_ifname, iproute_in
 
 RECORD_VERSION = 1
+MAX_RULE_REPAIRS = 256  # re-added task rules remembered for the health check (oldest dropped)
 log = logging.getLogger("titus.netns.step")
 
 
@@ -115,7 +117,9 @@ class TaskNetworks:
         self.owned = Owned({}, frozenset())
         self.eni_drift: dict[str, list[str]] = {}  # last re-assertion: what had drifted, per ENI
         self.last_leaks = LeakReport()
-        self._wired: dict[str, tuple[str, int | None]] = {}  # task → (address, ENI table): rules to expect
+        # The wired tasks: their own rules are re-added when deleted from outside (netns/taskrules.py).
+        self.wired = WiredTasks(on_change=self._refresh_owned)
+        self.rule_repairs: list[tuple[float, MissingRule]] = []  # (when, what) re-added, time.monotonic()
 
     async def restore(self, records: Mapping[str, Mapping[str, Any]]) -> ReconcileReport:
         """At agent start, before any setup: the task checkpoints' network records of tasks whose
@@ -196,14 +200,21 @@ class TaskNetworks:
     def _remember_wiring(self, task_id: str, wired: Any) -> None:
         if isinstance(wired, Mapping) and isinstance(wired.get("address"), str):
             table = wired.get("table")
-            self._wired[task_id] = (str(wired["address"]), table if isinstance(table, int) else None)
+            name = wired.get("host_ifname")
+            self.wired.wired(WiredTask(task_id, str(wired["address"]), table if isinstance(table, int) else None,
+                                       name if isinstance(name, str) else host_ifname(task_id)))
 
     async def teardown(self, task_id: str, record: Mapping[str, Any]) -> None:
         """Unwire, then give the IP back (it cools before reuse). Safe when repeated."""
         wired = record.get("wiring")
-        if isinstance(wired, dict):
-            await asyncio.to_thread(self.wiring.teardown, wired)
-        self._wired.pop(task_id, None)
+        # Marked before anything is deleted, synchronously: a re-add running meanwhile on a thread
+        # does not put this task's rules back (the argument: netns/taskrules.py `readd_missing`).
+        self.wired.teardown_begins(task_id)
+        try:
+            if isinstance(wired, dict):
+                await asyncio.to_thread(self.wiring.teardown, wired)
+        finally:
+            self.wired.teardown_done(task_id)
         await self.pool.release(task_id)
 
     async def reassert_eni_tables(self) -> dict[str, list[str]]:
@@ -229,18 +240,41 @@ class TaskNetworks:
                 found = [e.message]
             if found:
                 drift.setdefault(eni_id, []).extend(found)
+        for eni_id, found in (await self.readd_task_rules()).items():
+            drift.setdefault(eni_id, []).extend(found)
         self.eni_drift = drift
         return drift
 
+    async def readd_task_rules(self) -> dict[str, list[str]]:
+        """The wired tasks' own rules deleted from outside, put back (never those of a task whose
+        teardown has begun); returns what was missing, by ENI id (the `to` rules: "tasks")."""
+        readded = await asyncio.to_thread(readd_in, self.wiring.host_netns, self.wired)
+        now = time.monotonic()
+        self.rule_repairs = (self.rule_repairs + [(now, m) for m in readded])[-MAX_RULE_REPAIRS:]
+        by_table = {eni_table(h.device_index): eni_id for eni_id, h in self._eni_tables.items()}
+        out: dict[str, list[str]] = {}
+        for m in readded:
+            out.setdefault(by_table.get(m.rule.table, "tasks"), []).append(
+                f"task {m.task_id}: {m.rule.describe()} was missing (re-added)")
+        return out
+
+    async def missing_task_rules(self) -> list[MissingRule]:
+        """Read-only, for the health check: the wired tasks' own rules missing now."""
+        return await asyncio.to_thread(find_missing_in, self.wiring.host_netns, self.wired)
+
+    def recent_rule_repairs(self, within_s: float) -> list[MissingRule]:
+        """The task rules re-added in the last `within_s` seconds (older ones are forgotten)."""
+        since = time.monotonic() - within_s
+        self.rule_repairs = [(t, m) for t, m in self.rule_repairs if t >= since]
+        return [m for _, m in self.rule_repairs]
+
     async def eni_states(self, unowned_grace_s: float = 120.0) -> list[EniLinkState]:
-        """Read-only, for the `eni` health check: every owned ENI's link and table, with the rule of
-        each wired task on it; and pool ENIs with a link to own (a MAC) that no link was found for
+        """Read-only, for the `eni` health check: every owned ENI's link and table (the tasks' own
+        rules: `missing_task_rules`); and pool ENIs with a link to own (a MAC) that no link was found for
         `unowned_grace_s` after their creation (absent). Netlink on a thread."""
         states: list[EniLinkState] = []
         for eni_id, host_eni in list(self._eni_tables.items()):
-            table = eni_table(host_eni.device_index)
-            addresses = [a for a, t in list(self._wired.values()) if t == table]
-            states.append(await asyncio.to_thread(inspect_eni, eni_id, host_eni, addresses, self.wiring.host_netns))
+            states.append(await asyncio.to_thread(inspect_eni, eni_id, host_eni, self.wiring.host_netns))
         now = self.pool.clock()
         for eni_id, eni in list(self.pool.enis.items()):
             record = self.pool.pool.enis.get(eni_id)
@@ -252,7 +286,8 @@ class TaskNetworks:
 
     def _refresh_owned(self) -> None:
         enis = list(self._eni_tables.values())
-        self.owned = Owned({e.ifname: e.mtu for e in enis}, frozenset(eni_table(e.device_index) for e in enis))
+        self.owned = Owned({e.ifname: e.mtu for e in enis}, frozenset(eni_table(e.device_index) for e in enis),
+                           self.wired.rules())
 
     async def close(self) -> None:
         """Stop the pool's refiller (the host's links and addresses stay: tasks keep running)."""

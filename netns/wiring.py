@@ -171,11 +171,11 @@ class Wiring:
         return drift
 
     def _ensure_task_routes(self, ipr: IPRoute, table: int) -> list[str]:
-        """The hairpin state of the ENI's tasks, re-derived from the host (each `from <ip> lookup
+        """The hairpin routes of the ENI's tasks, re-derived from the host (each `from <ip> lookup
         <table>` rule names a task of this ENI; the `tn…` link holding that /32 in main is its link):
-        the task's direct route in the ENI table and its `iif` rule. A flushed table gets them back
-        without knowing the tasks, and tasks wired by an agent that predates the hairpin get it.
-        Returns what was missing."""
+        the task's direct route in the ENI table. A flushed table gets them back without knowing the
+        tasks. Returns what was missing. (The tasks' rules, the `iif` one included, are re-added by
+        netns/taskrules.py, which knows the tasks and never races their teardown.)"""
         links = {link["index"]: str(link.get_attr("IFLA_IFNAME")) for link in ipr.link("dump")
                  if str(link.get_attr("IFLA_IFNAME") or "").startswith(HOST_IF_PREFIX)}
         holder = {str(r.get("RTA_DST")): int(r.get("RTA_OIF")) for r in ipr.route("dump", table=254)
@@ -183,7 +183,6 @@ class Wiring:
         present = {(str(r.get("RTA_DST")), r.get("RTA_OIF")) for r in ipr.route("dump", table=table)
                    if r.get("dst_len") == 32 and r.get("RTA_TABLE") == table}
         rules = [r for r in ipr.rule("dump") if r.get("FRA_PROTOCOL") == RT_PROTO_TITUS and r.get("FRA_TABLE") == table]
-        hairpinned = {r.get("FRA_IIFNAME") for r in rules if r.get("FRA_PRIORITY") == RULE_FROM_TASK_LINK_PRIORITY}
         missing: list[str] = []
         for rule in rules:
             address = rule.get("FRA_SRC")
@@ -194,9 +193,6 @@ class Wiring:
             if (str(address), link) not in present:
                 self._task_route(ipr, str(address), link, table)
                 missing.append(f"table {table} lacked {address} dev {ifname}")
-            if ifname not in hairpinned:
-                self._add_rule(ipr, priority=RULE_FROM_TASK_LINK_PRIORITY, table=table, iifname=ifname)
-                missing.append(f"no iif rule for {ifname}")
         return missing
 
     @staticmethod

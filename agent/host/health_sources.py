@@ -21,7 +21,7 @@ from health.checks.clock import ClockCheck
 from health.checks.credentials import CredentialFacts, CredentialsCheck
 from health.checks.leaks import LeaksCheck
 from agent.host.metadata_probe import PROBE_TASK_ID, MetadataProbe
-from health.checks.eni import EniCheck, EniLink
+from health.checks.eni import EniCheck, EniLink, TaskRuleFinding
 from health.checks.forward import ForwardCheck, ForwardFacts
 from health.checks.network import MetadataCheck, MetadataFacts, NetworkCheck, NetworkFacts
 from netns import inspect
@@ -30,12 +30,15 @@ from netns.wiring import HOST_IF_PREFIX
 from netns.providers.ec2_identity import read_instance_role
 
 __all__ = ["HostSources", "credential_facts", "eni_link", "eni_links", "forward_facts", "host_checks", "leaks_removed",
-           "metadata_facts", "network_facts"]
+           "metadata_facts", "network_facts", "task_rule_findings"]
 
 log = logging.getLogger("titus.agent.health")
 
 LEAKS_METRIC = "titus_agent_network_leaks_removed_total"
 TASK_ROLE_FAILURES = 3
+# A task rule the agent re-added is reported this long: a deletion repaired within a second still
+# reaches the scheduler (heartbeats carry the latest result only) and the operator.
+TASK_RULE_REPAIR_HOLD_S = 60.0
 
 
 @dataclass
@@ -100,10 +103,10 @@ def forward_facts(config: AgentConfig, network: NetworkResource) -> ForwardFacts
     return ForwardFacts(config.network_provider, ruleset, legacy=legacy)
 
 
-def eni_link(s: inspect.EniLinkState) -> EniLink:
+def eni_link(s: inspect.EniLinkState, rules_checked: int = 0) -> EniLink:
     problems = tuple(s.problems())
-    mtu_only = bool(problems) and s.present and s.up and s.gateway_route and s.default_route and not s.missing_rules
-    return EniLink(s.eni_id, s.ifname, problems, mtu_only, s.addresses)
+    mtu_only = bool(problems) and s.present and s.up and s.gateway_route and s.default_route
+    return EniLink(s.eni_id, s.ifname, problems, mtu_only, rules_checked)
 
 
 async def eni_links(network: NetworkResource) -> list[EniLink]:
@@ -115,7 +118,23 @@ async def eni_links(network: NetworkResource) -> list[EniLink]:
     if any(s.problems() for s in states):
         await networks.reassert_eni_tables()
         states = await networks.eni_states()
-    return [eni_link(s) for s in states]
+    rules = networks.wired.rules()
+    return [eni_link(s, sum(1 for r in rules if r.table == s.table)) for s in states]
+
+
+async def task_rule_findings(network: NetworkResource,
+                             hold_s: float = TASK_RULE_REPAIR_HOLD_S) -> list[TaskRuleFinding]:
+    """The wired tasks' own rules (netns/taskrules.py): missing ones are re-added first (as every
+    reconcile does); reported are those still missing and those re-added in the last `hold_s`
+    seconds (by the netlink watch, a reconcile, `reassert-network` or here)."""
+    networks = network.tasks.networks
+    if await networks.missing_task_rules():
+        await networks.readd_task_rules()
+    still = await networks.missing_task_rules()
+    missing = {(m.task_id, m.rule.describe()) for m in still}
+    readded = {(m.task_id, m.rule.describe()) for m in networks.recent_rule_repairs(hold_s)} - missing
+    return ([TaskRuleFinding(t, r, False) for t, r in sorted(missing)]
+            + [TaskRuleFinding(t, r, True) for t, r in sorted(readded)])
 
 
 def leaks_removed(counter: Counter) -> dict[str, float]:
@@ -174,7 +193,7 @@ def host_checks(config: AgentConfig, sources: HostSources) -> list[Check]:
     if network is not None:
         checks += [
             NetworkCheck(lambda: network_facts(config, network), period=period),
-            EniCheck(lambda: eni_links(network), period=period),
+            EniCheck(lambda: eni_links(network), period=period, task_rules=lambda: task_rule_findings(network)),
             ForwardCheck(lambda: forward_facts(config, network), prefix=HOST_IF_PREFIX, period=period),
         ]
     if metadata is not None:

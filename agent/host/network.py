@@ -372,15 +372,17 @@ class NetworkResource:
             raise HostRefused("host pre-flight: " + "; ".join(f"{f.check}: {f.message}" for f in refusals))
 
     async def _reassert_enis(self) -> None:
-        """Every reconcile: the ENI links and tables the agent owns, re-applied (networkd, ec2-net-utils
-        or cloud-init may flush them); drift is logged and shown in `titusctl node net`."""
+        """Every reconcile: the ENI links and tables the agent owns and the wired tasks' own rules,
+        re-applied (networkd, ec2-net-utils or cloud-init may flush them, an operator may delete a
+        rule); drift is logged and shown in `titusctl node net`."""
         try:
             drift = await self.tasks.networks.reassert_eni_tables()
         except Exception as e:  # never let the agent's loop die
             log.warning("re-asserting ENI tables failed: %s", e)
             return
-        for eni_id, found in drift.items():
-            log.warning("ENI %s had drifted (restored): %s", eni_id, "; ".join(found))
+        for eni_id, found in drift.items():  # "tasks": the tasks' `to` rules (netns/taskrules.py)
+            log.warning("%s had drifted (restored): %s", "task rules" if eni_id == "tasks" else f"ENI {eni_id}",
+                        "; ".join(found))
 
     async def _list_sandboxes(self) -> list[dict[str, Any]]:
         return await self.docker.list_containers(f"{LABEL_SANDBOX_AGENT}={self.config.node_id}", f"{LABEL_ROLE}={ROLE_SANDBOX}")

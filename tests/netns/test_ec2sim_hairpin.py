@@ -131,7 +131,8 @@ async def test_tasks_of_different_security_groups_on_one_host_talk_through_their
            host_ifname("web1"), "lookup", web_table)
         drift = await networks.reassert_eni_tables()
         assert f"table {web_table} lacked {addr['web2']} dev {host_ifname('web2')}" in drift[eni["web1"]]
-        assert f"no iif rule for {host_ifname('web1')}" in drift[eni["web1"]]
+        assert (f"task web1: iif {host_ifname('web1')} lookup {web_table} priority {RULE_FROM_TASK_LINK_PRIORITY} "
+                "was missing (re-added)") in drift[eni["web1"]]
         assert f"iif {host_ifname('web1')} lookup {web_table}" in sh("ip", "-n", spaces["h"], "rule")
         assert can_connect_to(spaces["db1"], addr["db1"], spaces["web1"]) is False  # still through the VPC
         assert can_connect_to(spaces["web2"], addr["web2"], spaces["web1"])

@@ -18,7 +18,7 @@ import pytest
 from agent.host.health_sources import eni_link
 from agent.host.metadata import PROBE_TASK_ID, HostMetadata
 from agent.host.metadata_probe import MetadataProbe
-from health.checks.eni import EniCheck, EniLink
+from health.checks.eni import EniCheck, EniLink, TaskRuleFinding
 from health.checks.forward import ForwardCheck, ForwardFacts
 from health.checks.network import MetadataCheck, MetadataFacts
 from imds.credentials import CredentialBroker
@@ -27,7 +27,8 @@ from imds.thread import ServiceThread
 from netns.inspect import inspect_eni, iptables_legacy_filter, nft_ruleset
 from netns.metadata import IMDS_ADDRESS, MetadataNetwork
 from netns.probe import PROBE_ADDRESS, ProbeNamespace
-from netns.wiring import HOST_IF_PREFIX, ContainerNetSpec, HostEni, Wiring
+from netns.taskrules import WiredTask, WiredTasks, find_missing_in, readd_in
+from netns.wiring import HOST_IF_PREFIX, ContainerNetSpec, HostEni, Wiring, eni_table, host_ifname
 from titus_common.protocol import HealthStatus
 from tests.netns.world import World, ns_path, sh
 
@@ -59,14 +60,20 @@ def test_eni_check_sees_a_downed_link_a_flushed_table_a_lost_rule_and_a_wrong_mt
     wiring.ensure_eni_table(eni)
     container = world.container("t1")
     wiring.setup(ContainerNetSpec("t1", container, "10.30.5.7", eni))
+    wired = WiredTasks()
+    wired.wired(WiredTask("t1", "10.30.5.7", eni_table(eni.device_index), host_ifname("t1")))
 
     def check() -> tuple[HealthStatus, str, dict[str, object]]:
         async def links() -> list[EniLink]:
-            return [eni_link(await asyncio.to_thread(inspect_eni, "eni-1", eni, ["10.30.5.7"], host))]
-        return run_check(EniCheck(links))
+            return [eni_link(await asyncio.to_thread(inspect_eni, "eni-1", eni, host), rules_checked=3)]
+
+        async def task_rules() -> list[TaskRuleFinding]:
+            return [TaskRuleFinding(m.task_id, m.rule.describe(), False)
+                    for m in await asyncio.to_thread(find_missing_in, host, wired)]
+        return run_check(EniCheck(links, task_rules=task_rules))
 
     status, reason, evidence = check()
-    assert (status, reason) == (HealthStatus.OK, "EniOk") and evidence["rulesChecked"] == 1
+    assert (status, reason) == (HealthStatus.OK, "EniOk") and evidence["rulesChecked"] == 3
 
     sh("ip", "-n", h.name, "link", "set", "eni1", "down")
     status, reason, evidence = check()
@@ -83,8 +90,9 @@ def test_eni_check_sees_a_downed_link_a_flushed_table_a_lost_rule_and_a_wrong_mt
 
     sh("ip", "-n", h.name, "rule", "del", "from", "10.30.5.7", "lookup", "101")
     status, reason, evidence = check()
-    assert reason == "EniDatapathBroken" and "10.30.5.7" in str(evidence["eni.eni-1"])
-    wiring.setup(ContainerNetSpec("t1", container, "10.30.5.7", eni))  # idempotent: re-adds the rule
+    assert (status, reason) == (HealthStatus.DEGRADED, "TaskRuleMissing")
+    assert evidence["taskRule.t1"] == "from 10.30.5.7 lookup 101 priority 1536 (still missing)"
+    assert [m.rule.describe() for m in readd_in(host, wired)] == ["from 10.30.5.7 lookup 101 priority 1536"]
     assert check()[1] == "EniOk"
 
     sh("ip", "-n", h.name, "link", "set", "eni1", "mtu", "1400")

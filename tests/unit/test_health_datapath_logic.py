@@ -187,16 +187,17 @@ def test_eni_drift_is_re_asserted_before_it_is_reported() -> None:
 
     from agent.host.health_sources import eni_links
     from netns.inspect import EniLinkState
+    from netns.taskrules import WiredTasks
 
     good = EniLinkState("eni-1", "eth1", 101, True, up=True, gateway_route=True, default_route=True)
     flushed = EniLinkState("eni-1", "eth1", 101, True, up=True)
-    no_rule = EniLinkState("eni-1", "eth1", 101, True, up=True, gateway_route=True, default_route=True,
-                           addresses=1, missing_rules=("10.0.0.5",))
+    down = EniLinkState("eni-1", "eth1", 101, True, up=False, gateway_route=True, default_route=True)
 
     class Networks:
         def __init__(self, *states: EniLinkState) -> None:
             self.states = list(states)
             self.reasserted = 0
+            self.wired = WiredTasks()
 
         async def eni_states(self) -> list[EniLinkState]:
             return [self.states.pop(0) if len(self.states) > 1 else self.states[0]]
@@ -208,9 +209,9 @@ def test_eni_drift_is_re_asserted_before_it_is_reported() -> None:
     repaired = Networks(flushed, good)  # a flush the re-assertion repairs: no fault
     links = asyncio.run(eni_links(SimpleNamespace(tasks=SimpleNamespace(networks=repaired))))  # type: ignore[arg-type]
     assert repaired.reasserted == 1 and links == [EniLink("eni-1", "eth1", (), False, 0)]
-    stuck = Networks(no_rule)  # a task's rule is not re-added: reported
+    stuck = Networks(down)  # a link the re-assertion does not bring up: reported
     (link,) = asyncio.run(eni_links(SimpleNamespace(tasks=SimpleNamespace(networks=stuck))))  # type: ignore[arg-type]
-    assert stuck.reasserted == 1 and "10.0.0.5" in link.problems[0]
+    assert stuck.reasserted == 1 and "eth1 down" in link.problems[0]
     healthy = Networks(good)
     asyncio.run(eni_links(SimpleNamespace(tasks=SimpleNamespace(networks=healthy))))  # type: ignore[arg-type]
     assert healthy.reasserted == 0
