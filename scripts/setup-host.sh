@@ -357,13 +357,26 @@ titus_runtime_registered() {
     docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' 2>/dev/null | grep -qw titus
 }
 
-setup_titus_runtime() {
-    local here f
+# The runtime's `create` is C (native/titus-runc-create.c, libc only): compiled here with gcc, as
+# native/Makefile's runc-create target does, then installed next to the front.
+install_titus_runc() {
+    local here dir built
     here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-    for f in titus-runc-create titus-runc; do  # the front last: it execs the other
-        install -D -m 0755 "$here/$f" "$(dirname "$TITUS_RUNC")/$f.new"
-        mv -f "$(dirname "$TITUS_RUNC")/$f.new" "$(dirname "$TITUS_RUNC")/$f"
-    done
+    dir="$(dirname "$TITUS_RUNC")"
+    command -v gcc >/dev/null || die "gcc is needed to build the titus runtime's create (native/titus-runc-create.c)"
+    mkdir -p "$dir"
+    built="$dir/titus-runc-create.new"
+    gcc -std=c99 -O2 -Wall -Wextra -o "$built" "$here/../native/titus-runc-create.c" \
+        || die "cannot compile native/titus-runc-create.c"
+    chmod 0755 "$built"
+    mv -f "$built" "$dir/titus-runc-create"
+    # the front last: it execs the other
+    install -D -m 0755 "$here/titus-runc" "$dir/titus-runc.new"
+    mv -f "$dir/titus-runc.new" "$dir/titus-runc"
+}
+
+setup_titus_runtime() {
+    install_titus_runc
     mkdir -p /run/titus/netns
     if titus_runtime_registered; then
         summary runtime "titus registered ($TITUS_RUNC)"
