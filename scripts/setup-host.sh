@@ -360,19 +360,20 @@ titus_runtime_registered() {
 # The runtime's `create` is C (native/titus-runc-create.c, libc only): compiled here with gcc, as
 # native/Makefile's runc-create target does, then installed next to the front.
 install_titus_runc() {
-    local here dir built
-    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    local dir built
     dir="$(dirname "$TITUS_RUNC")"
     command -v gcc >/dev/null || die "gcc is needed to build the titus runtime's create (native/titus-runc-create.c)"
     mkdir -p "$dir"
     built="$dir/titus-runc-create.new"
-    gcc -std=c99 -O2 -Wall -Wextra -o "$built" "$here/../native/titus-runc-create.c" \
+    gcc -std=c99 -O2 -Wall -Wextra -o "$built" "$REPO_ROOT/native/titus-runc-create.c" \
         || die "cannot compile native/titus-runc-create.c"
     chmod 0755 "$built"
-    mv -f "$built" "$dir/titus-runc-create"
-    # the front last: it execs the other
-    install -D -m 0755 "$here/titus-runc" "$dir/titus-runc.new"
+    # The front first: it execs whatever titus-runc-create is there, and runs the Python one an
+    # older install left (through its shebang) as well as the binary; the older front could not
+    # run the binary.
+    install -D -m 0755 "$REPO_ROOT/scripts/titus-runc" "$dir/titus-runc.new"
     mv -f "$dir/titus-runc.new" "$dir/titus-runc"
+    mv -f "$built" "$dir/titus-runc-create"
 }
 
 setup_titus_runtime() {

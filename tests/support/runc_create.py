@@ -6,9 +6,12 @@ of it is visible to the host or to the engine's users."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,3 +58,11 @@ def in_private_mounts(argv: list[str], env: dict[str, str]) -> subprocess.Comple
     os.makedirs("/run/titus/netns", exist_ok=True)
     return subprocess.run(["unshare", "--mount", "sh", "-c", SETUP, "sh", *argv],
                           capture_output=True, text=True, env=env, timeout=60)
+
+
+@functools.cache
+def built_front() -> Path:
+    """One build per test process (removed at exit), for tests that just need a working runtime."""
+    directory = Path(tempfile.mkdtemp(prefix="titus-runc-"))
+    atexit.register(shutil.rmtree, directory, True)
+    return build_runtime(directory)
