@@ -247,3 +247,41 @@ def test_same_json_as_the_python_implementation(tmp_path: Path, front: Path, nam
         assert c.config == py.config == config
         if "[Errno" not in py.stderr:  # the oracle's realpath can raise where C's just fails the check
             assert c.stderr == py.stderr
+
+
+def strict_json(raw: bytes) -> bool:
+    """What json.load accepts, less NaN/Infinity (not JSON; the C tokenizer refuses them)."""
+    def no_constants(name: str) -> None:
+        raise ValueError(name)
+    try:
+        json.loads(raw, parse_constant=no_constants)
+    except ValueError:
+        return False
+    return True
+
+
+def test_mutated_configs_are_read_as_json_load_reads_them(tmp_path: Path, front: Path) -> None:
+    """Random byte mutations of a config: refused as malformed exactly when Python's json refuses
+    it; otherwise the same outcome as the oracle, and the file untouched whenever it fails."""
+    base = json.dumps(spec(['A="\\x', f"TITUS_NETNS={PINNED}", "B=é😀"],
+                           [{"type": "network", "path": "/x"}, {"type": "user"}]), ensure_ascii=False).encode()
+    rng = random.Random(1717)
+    for i in range(150):
+        raw = bytearray(base)
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(raw))
+            op = rng.randrange(3)
+            if op == 0:
+                raw[at] = rng.choice(b'{}[]",:\\u0123456789abcdefnulltrue \xff\xc3\x00\n')
+            elif op == 1:
+                del raw[at]
+            else:
+                raw.insert(at, rng.choice(b'{}[]",:\\ue.-+'))
+        c = create(tmp_path, bytes(raw), front, f"c{i}")
+        assert c.returncode in (0, 1), c.stderr
+        assert ("is not valid JSON" in c.stderr) == (not strict_json(bytes(raw))), (bytes(raw), c.stderr)
+        if c.returncode == 1:
+            assert c.config == bytes(raw) and c.runc_argv is None
+        elif "is not valid JSON" not in c.stderr:
+            py = create(tmp_path, bytes(raw), ORACLE, f"py{i}")
+            assert py.returncode == 0 and json.loads(c.config) == json.loads(py.config), (bytes(raw), py.stderr)
