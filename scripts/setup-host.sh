@@ -357,13 +357,27 @@ titus_runtime_registered() {
     docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' 2>/dev/null | grep -qw titus
 }
 
+# The runtime's `create` is C (native/titus-runc-create.c, libc only): compiled here with gcc, as
+# native/Makefile's runc-create target does, then installed next to the front.
+install_titus_runc() {
+    local dir built
+    dir="$(dirname "$TITUS_RUNC")"
+    command -v gcc >/dev/null || die "gcc is needed to build the titus runtime's create (native/titus-runc-create.c)"
+    mkdir -p "$dir"
+    built="$dir/titus-runc-create.new"
+    gcc -std=c99 -O2 -Wall -Wextra -o "$built" "$REPO_ROOT/native/titus-runc-create.c" \
+        || die "cannot compile native/titus-runc-create.c"
+    chmod 0755 "$built"
+    # The front first: it execs whatever titus-runc-create is there, and runs the Python one an
+    # older install left (through its shebang) as well as the binary; the older front could not
+    # run the binary.
+    install -D -m 0755 "$REPO_ROOT/scripts/titus-runc" "$dir/titus-runc.new"
+    mv -f "$dir/titus-runc.new" "$dir/titus-runc"
+    mv -f "$built" "$dir/titus-runc-create"
+}
+
 setup_titus_runtime() {
-    local here f
-    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-    for f in titus-runc-create titus-runc; do  # the front last: it execs the other
-        install -D -m 0755 "$here/$f" "$(dirname "$TITUS_RUNC")/$f.new"
-        mv -f "$(dirname "$TITUS_RUNC")/$f.new" "$(dirname "$TITUS_RUNC")/$f"
-    done
+    install_titus_runc
     mkdir -p /run/titus/netns
     if titus_runtime_registered; then
         summary runtime "titus registered ($TITUS_RUNC)"

@@ -1,5 +1,5 @@
 """netns.prepared without creating namespaces (that needs the engine lock: tests/integration/
-test_network.py), and scripts/titus-runc with a fake runc: pass-through and refusals."""
+test_network.py), and scripts/titus-runc (with native/titus-runc-create built) with a fake runc: pass-through and refusals."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from netns import prepared
 from netns.errors import WiringError
 from netns.wiring import netns_name
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-WRAPPER = SCRIPTS / "titus-runc"
+from tests.support.runc_create import built_front
 
 
 def test_engine_id_map_mirrors_dockerd_default_remapping(tmp_path: Path) -> None:
@@ -59,7 +58,7 @@ def run_wrapper(tmp_path: Path, *args: str, env: list[str] | None = None) -> tup
     fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/argv\n")
     fake.chmod(0o755)
     argv = [a.replace("BUNDLE", str(bundle)).replace("LOG", str(tmp_path / "log.json")) for a in args]
-    done = subprocess.run([str(WRAPPER), *argv], capture_output=True, text=True,
+    done = subprocess.run([str(built_front()), *argv], capture_output=True, text=True,
                           env={**os.environ, "TITUS_RUNC_REAL": str(fake)}, timeout=30)
     return done, json.loads((bundle / "config.json").read_text())
 

@@ -1,4 +1,4 @@
-"""scripts/titus-runc finds the real runc: TITUS_RUNC_REAL when set (no fallback when it is wrong),
+"""scripts/titus-runc (run next to native/titus-runc-create built with gcc, as installed) finds the real runc: TITUS_RUNC_REAL when set (no fallback when it is wrong),
 else the first executable file of its search list in order (Debian's /usr/sbin/runc, docker-ce's
 /usr/bin/runc from containerd.io…), else a clear error naming what it looked for, also in runc's
 --log file (the shim reports it). The search list is overridden here with TITUS_RUNC_PATHS."""
@@ -10,8 +10,8 @@ import os
 import subprocess
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-WRAPPER = SCRIPTS / "titus-runc"
+from tests.support.runc_create import FRONT, built_front
+
 DEFAULT = ["/usr/local/sbin/runc", "/usr/local/bin/runc", "/usr/sbin/runc", "/usr/bin/runc"]
 
 
@@ -29,7 +29,7 @@ def run(tmp_path: Path, *args: str, real: str | None = None,
         env["TITUS_RUNC_REAL"] = real
     if paths is not None:
         env["TITUS_RUNC_PATHS"] = " ".join(str(p) for p in paths)
-    return subprocess.run([str(WRAPPER), *args], capture_output=True, text=True, env=env, timeout=30)
+    return subprocess.run([str(built_front()), *args], capture_output=True, text=True, env=env, timeout=30)
 
 
 def test_the_first_executable_of_the_search_list_in_order(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_no_runc_anywhere_names_every_path_it_looked_at(tmp_path: Path) -> None:
         assert str(p) in done.stderr and str(p) in msg
 
 
-def test_create_goes_through_the_python_half_with_the_runc_found(tmp_path: Path) -> None:
+def test_create_goes_through_the_c_half_with_the_runc_found(tmp_path: Path) -> None:
     out = tmp_path / "argv"
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -86,14 +86,14 @@ def test_create_goes_through_the_python_half_with_the_runc_found(tmp_path: Path)
 
 def test_the_create_half_alone_refuses_without_the_front(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TITUS_RUNC")}
-    done = subprocess.run(["/usr/bin/python3", "-IS", str(SCRIPTS / "titus-runc-create"), "--version"],
+    done = subprocess.run([str(built_front().parent / "titus-runc-create"), "--version"],
                           capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 1 and "run titus-runc-create through titus-runc" in done.stderr
 
 
 def test_the_default_search_list_finds_this_hosts_runc(tmp_path: Path) -> None:
     """systemd's PATH order (what dockerd's own default runtime finds), documented in the script."""
-    assert "paths=${TITUS_RUNC_PATHS:-" + " ".join(DEFAULT) + "}" in WRAPPER.read_text()
+    assert "paths=${TITUS_RUNC_PATHS:-" + " ".join(DEFAULT) + "}" in FRONT.read_text()
     found = next(p for p in DEFAULT if os.access(p, os.X_OK))  # setup-host.sh installs runc
     done = run(tmp_path, "--version")
     version = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30).stdout

@@ -1,5 +1,9 @@
 #!/usr/bin/python3 -IS
-"""titus-runc-create: `create` of the titus OCI runtime (scripts/titus-runc execs it; docs/launch-netns.md).
+"""The Python titus-runc-create that native/titus-runc-create.c replaced, kept as the tests' oracle
+(tests/unit/test_titus_runc_create.py: the C output must parse to the same JSON). Unchanged but
+for this paragraph; not installed anywhere.
+
+titus-runc-create: `create` of the titus OCI runtime (scripts/titus-runc execs it; docs/launch-netns.md).
 
 A thin wrapper around runc. For every command but `create` it execs runc unchanged. For `create`,
 when the bundle's process environment carries TITUS_NETNS=<path> (the agent sets it last, after the
