@@ -5,6 +5,7 @@ and after its links were deleted too; a second run changes nothing. Run under th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -51,7 +52,7 @@ async def resource(tmp_path: Path) -> AsyncIterator[MetadataResource]:
         yield res
     finally:
         await res.stop()
-        res.host.path.remove_namespace()
+        await asyncio.to_thread(res.host.path.remove_namespace)
 
 
 def ask(netns_path: str, path: str = "/latest/meta-data/instance-id") -> str:
@@ -80,8 +81,9 @@ async def started_task(res: MetadataResource, world: World, task_id: str) -> tup
     """A namespace playing a wired container, attached and served as the metadata step does."""
     netns = world.container(task_id[-1])
     sh("ip", "-n", f"{world.prefix}c{task_id[-1]}", "addr", "add", f"{ADDRESS}/32", "dev", "lo")
-    link = res.host.path.attach(task_id, netns, ADDRESS)
-    imds, ecs = res.host.path.listeners(task_id, ecs=False)
+    # Blocking netlink: off the event loop, as the agent does.
+    link = await asyncio.to_thread(res.host.path.attach, task_id, netns, ADDRESS)
+    imds, ecs = await asyncio.to_thread(res.host.path.listeners, task_id, False)
     await res.host.service.add_task(TaskIdentity(
         task_id=task_id, job_id="j1", role_arn=None, ipv4=ADDRESS, mac="02:00:00:00:00:01", hostname="h",
         instance_id=task_id, instance_type="m5.large", availability_zone="us-east-1a", region="us-east-1",
@@ -107,7 +109,7 @@ async def test_an_unpinned_namespace_is_re_created_and_the_stale_peer_re_made(
     assert os.stat(resource.host.path.path).st_ino != old_inode
     assert ask(netns) == "task-a"  # through the new namespace's tm… and new listeners
     assert link_names(netns).count(CONTAINER_IFNAME) == 1
-    assert resource.host.path.links() == [meta_ifname("task-a")]
+    assert await asyncio.to_thread(resource.host.path.links) == [meta_ifname("task-a")]
     again = await resource.restart(lambda: tasks)
     assert again == "metadata namespace adopted, service answered (kept), 0 task(s) re-wired, 1 unchanged"
     assert ask(netns) == "task-a"
@@ -116,7 +118,8 @@ async def test_an_unpinned_namespace_is_re_created_and_the_stale_peer_re_made(
 async def test_deleted_links_and_pin_are_re_made(resource: MetadataResource, world: World) -> None:
     netns, tasks = await started_task(resource, world, "task-b")
     assert ask(netns) == "task-b"
-    MetadataNetwork(resource.host.path.owner, resource.host.path.path.parent).remove_namespace()  # from outside
+    outside = MetadataNetwork(resource.host.path.owner, resource.host.path.path.parent)
+    await asyncio.to_thread(outside.remove_namespace)  # from outside
     assert CONTAINER_IFNAME not in link_names(netns)  # its veth went with its tm…
     result = await resource.restart(lambda: tasks)
     assert result == "metadata namespace re-created, service answered (kept), 1 task(s) re-wired, 0 unchanged"
