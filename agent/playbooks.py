@@ -24,7 +24,7 @@ class Playbooks:
 
     def actions(self) -> dict[str, Callable[[], Awaitable[str]]]:
         return {"prune": self._prune, "network-gc": self._network_gc, "restart-engine": self._restart_engine,
-                "reassert-network": self._reassert_network}
+                "reassert-network": self._reassert_network, "restart-metadata": self._restart_metadata}
 
     async def _prune(self) -> str:
         """Exited containers of tasks this agent no longer holds, and leftover scratch containers."""
@@ -53,6 +53,12 @@ class Playbooks:
         # Every owned ENI's link and table, and the wired tasks' own rules (missing ones re-added).
         await self._a.network.reconcile(self._a.tasks())
         return "ENI links, tables and tasks' rules re-asserted"
+
+    async def _restart_metadata(self) -> str:
+        if self._a.metadata is None:
+            raise Unsupported("the metadata proxy is off on this agent")
+        # Namespace, service, every task's link and listeners (agent/host/metadata.py).
+        return await self._a.metadata.restart(self._a.tasks)
 
     async def _restart_engine(self) -> str:
         cmd = self._a.config.health_engine_restart_command

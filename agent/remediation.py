@@ -5,7 +5,8 @@ scheduler sees whether the action helped.
 
 Actions: `prune` (remove exited containers of tasks this agent no longer holds, and scratch
 containers); `network-gc` (the network resource's leak GC); `reassert-network` (every owned ENI's link and
-table re-applied); `restart-engine` (the configured
+table re-applied); `restart-metadata` (the metadata namespace, service and every task's metadata
+link and listeners: agent/host/metadata.py); `restart-engine` (the configured
 `health_engine_restart_command`, e.g. `systemctl restart docker`, safe with live-restore). An action
 this agent does not know or has not configured is reported unsupported — not a failure of the host.
 """

@@ -229,6 +229,13 @@ class CredentialBroker:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
 
+    def forget(self) -> None:
+        """Drop every task's state and the refresher without awaiting them: their loop is gone or
+        stuck. The next `add` on a new loop starts a new refresher."""
+        for st in list(self._tasks.values()):
+            self.remove(st.task_id)
+        self._loop_task = None
+
     # ---- hand-out ----
 
     def peek(self, task_id: str) -> Credentials | None:

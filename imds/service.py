@@ -308,6 +308,13 @@ class MetadataService:
             await self.remove_task(tid)
         await self._broker.close()
 
+    def forget(self) -> None:
+        """Drop every task without touching its servers: their loop is gone or stuck (ServiceThread's
+        restart). Leaves the service as new, to run on another loop."""
+        self._tasks.clear()
+        self._broker.forget()
+        self.metrics.tasks.set(0)
+
     def snapshot(self) -> dict[str, Any]:
         creds = self._broker.snapshot()
         out: dict[str, Any] = {}

@@ -240,13 +240,16 @@ class MetadataNetwork:
 
     # ---- per task ---------------------------------------------------------------------------------
 
-    def attach(self, task_id: str, container_netns_path: str, task_ipv4: str) -> dict[str, Any]:
+    def attach(self, task_id: str, container_netns_path: str, task_ipv4: str, *,
+               replace_stale_peer: bool = False) -> dict[str, Any]:
         """Link the task's namespace to the metadata namespace; returns the record to checkpoint.
 
         Idempotent (a re-run after a restart finds `tm…` by name and re-applies the rest); a `tm…`
         whose peer is not in `container_netns_path` (the task got a new namespace) is replaced, and
         then the record's `meta_ifindex` changes: SO_BINDTODEVICE holds an ifindex, so listeners opened
         for the old link no longer match and must be re-opened.
+        An `imds0` in the container without its `tm…` here (the metadata namespace was replaced: its
+        peer is in the old one) is refused, or deleted and re-made with `replace_stale_peer`.
         Raises WiringError; a failure can leave a `tm…` link behind: `detach` removes it."""
         address = str(ipaddress.IPv4Address(task_ipv4))
         name = meta_ifname(task_id)
@@ -267,6 +270,9 @@ class MetadataNetwork:
                     # Left from an earlier namespace of this task: its peer is elsewhere (or gone).
                     _ignore((errno.ENODEV,), meta.link, "del", index=index)
                     index = None
+                if index is None and peer is not None and replace_stale_peer:
+                    _ignore((errno.ENODEV,), inner.link, "del", index=peer)  # takes its old tm… with it
+                    peer = None
                 if index is None:
                     if peer is not None:
                         raise WiringError(

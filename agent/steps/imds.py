@@ -10,6 +10,8 @@ the task opts in to that endpoint by setting AWS_CONTAINER_CREDENTIALS_FULL_URI 
 SDK that reads the URI but not the token file would otherwise fail instead of using IMDS.
 
 The listening sockets live in the agent's process: after a restart `readopt` opens them again.
+The `restart-metadata` remediation (agent/host/metadata.py) re-wires tasks outside the pipeline;
+the host's `wiring` gate keeps it and this step apart.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ class ImdsStep:
         self.host = host
 
     async def setup(self, ctx: LaunchContext) -> None:
+        async with self.host.wiring.shared():  # never while `restart-metadata` re-wires (agent/host/metadata.py)
+            await self._setup(ctx)
+
+    async def _setup(self, ctx: LaunchContext) -> None:
         mine = ctx.resources(self.name)
         address, netns_path = self._network(ctx)
         try:
@@ -94,7 +100,8 @@ class ImdsStep:
         if not mine.get("link"):
             return  # this task never had a metadata link
         address, _ = self._network(ctx)
-        await self._serve(ctx, await self._identity(ctx, address))
+        async with self.host.wiring.shared():
+            await self._serve(ctx, await self._identity(ctx, address))
         log.info("metadata service re-opened", extra={"task_id": ctx.task_id})
 
     async def _serve(self, ctx: LaunchContext, identity: TaskIdentity) -> None:
@@ -153,9 +160,11 @@ class ImdsStep:
 
     async def teardown(self, ctx: LaunchContext) -> None:
         mine = ctx.record.resources.get(self.name)
-        await self.host.service.remove_task(ctx.task_id)  # idempotent
+        async with self.host.wiring.shared():  # a restart re-wiring the task meanwhile would leave its link
+            await self.host.service.remove_task(ctx.task_id)  # idempotent
+            if mine:
+                await asyncio.to_thread(self.host.path.detach, ctx.task_id, mine.get("link"))
         if not mine:
             return
-        await asyncio.to_thread(self.host.path.detach, ctx.task_id, mine.get("link"))
         if mine.get("token_file"):
             self.host.token_file(ctx.task_id).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import pytest
 
 import agent.steps.imds as imds_module
 from agent.checkpoint import NetworkOutput, TaskCheckpoint
+from agent.host.gate import Gate
 from agent.steps.base import LaunchContext, StepError
 from agent.steps.imds import TOKEN_PATH_IN_TASK, ImdsStep
 from imds.identity import TaskIdentity
@@ -90,6 +91,7 @@ class FakeHost:
         self.account_calls = 0
         self.account_error: Exception | None = None
         self.iam_policy = IamPolicy(enforce=False)
+        self.wiring = Gate()
 
     def ecs_token(self, task_id: str) -> str:
         return f"ecs-token-of-{task_id}"
