@@ -80,6 +80,22 @@ def inspect_eni(eni_id: str, eni: HostEni, host_netns: str | None = None) -> Eni
     )
 
 
+def _run_in(host_netns: str | None, argv: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+    """Run a command in the host's namespace (the child enters it between fork and exec, as
+    netns/isolation.py does); WiringError naming `what` when it cannot run."""
+    def enter() -> None:
+        assert host_netns is not None
+        fd = os.open(host_netns, os.O_RDONLY)
+        enter_netns_fd(fd)
+        os.close(fd)
+
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=enter if host_netns is not None else None)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise WiringError(f"{what}: {e}") from None
+
+
 def iptables_legacy_filter(host_netns: str | None = None, timeout: float = 10.0) -> str | None:
     """`iptables-legacy -S` of the legacy `filter` table, or None when the kernel has none (read from
     /proc/net/ip_tables_names in that namespace first: running iptables-legacy would load the module
@@ -87,19 +103,8 @@ def iptables_legacy_filter(host_netns: str | None = None, timeout: float = 10.0)
     legacy = shutil.which("iptables-legacy")
     if legacy is None:
         return None
-
-    def enter() -> None:
-        if host_netns is not None:
-            fd = os.open(host_netns, os.O_RDONLY)
-            enter_netns_fd(fd)
-            os.close(fd)
-
     script = 'grep -qx filter /proc/net/ip_tables_names 2>/dev/null || exit 3; exec "$0" -t filter -S'
-    try:
-        done = subprocess.run(["/bin/sh", "-c", script, legacy], capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=enter if host_netns is not None else None)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise WiringError(f"iptables-legacy -S: {e}") from None
+    done = _run_in(host_netns, ["/bin/sh", "-c", script, legacy], timeout, "iptables-legacy -S")
     if done.returncode == 3:
         return None
     if done.returncode != 0:
@@ -113,18 +118,7 @@ def nft_ruleset(host_netns: str | None = None, timeout: float = 10.0) -> dict[st
     nft = shutil.which("nft")
     if nft is None:
         raise WiringError("nft not found")
-
-    def enter() -> None:  # in the child between fork and exec (as netns/isolation.py does)
-        if host_netns is not None:
-            fd = os.open(host_netns, os.O_RDONLY)
-            enter_netns_fd(fd)
-            os.close(fd)
-
-    try:
-        done = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=enter if host_netns is not None else None)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise WiringError(f"nft list ruleset: {e}") from None
+    done = _run_in(host_netns, [nft, "-j", "list", "ruleset"], timeout, "nft list ruleset")
     if done.returncode != 0:
         raise WiringError(f"nft list ruleset: {done.stderr.strip()[:200]}")
     try:

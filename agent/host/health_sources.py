@@ -90,17 +90,14 @@ def metadata_facts(metadata: MetadataResource, probe: MetadataProbe | None = Non
 
 
 def forward_facts(config: AgentConfig, network: NetworkResource) -> ForwardFacts:
-    """On the check's thread: the host's nftables ruleset (netns/inspect.py)."""
+    """On the check's thread: the host's nftables ruleset and iptables-legacy's filter table
+    (netns/inspect.py); either unreadable makes the facts unreadable."""
     host = network.tasks.networks.wiring.host_netns
     try:
-        ruleset = inspect.nft_ruleset(host)
+        return ForwardFacts(config.network_provider, inspect.nft_ruleset(host),
+                            legacy=inspect.iptables_legacy_filter(host))
     except NetworkError as e:
         return ForwardFacts(config.network_provider, None, e.message)
-    try:
-        legacy = inspect.iptables_legacy_filter(host)
-    except NetworkError as e:
-        return ForwardFacts(config.network_provider, None, e.message)
-    return ForwardFacts(config.network_provider, ruleset, legacy=legacy)
 
 
 def eni_link(s: inspect.EniLinkState, rules_checked: int = 0) -> EniLink:
